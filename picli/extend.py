@@ -1,0 +1,367 @@
+"""`picli extend`: write Position Interpolation into a new checkpoint.
+
+Plan, then apply. `plan_extend` resolves MODEL, computes the new config (rope.py) and the
+list of files to write, and checks the output location; it writes nothing, so `--dry-run`
+is just the plan rendered. `apply_extend` builds the output in a staging directory beside
+the target, proves the result with the installed transformers (the effective inverse
+frequencies must be the source's divided by the factor), and only then renames it into
+place. The source checkpoint is only ever read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import rope
+from .checkpoint import Checkpoint, read_config, read_json_file, require_shards, resolve
+from .errors import CannotExtend, OutputError, SelfCheckFailed
+from .files import atomic_write_json, check_writable_parent, copy_file, staged_directory, staged_file
+from .provenance import read_record, record_path, versions, now
+
+Events = Callable[[dict], None] | None
+
+REWRITTEN = ("config.json", "tokenizer_config.json", "generation_config.json", "picli.json")
+# Records about the source that are false for the output: verification is redone on it.
+NOT_CARRIED = ("picli-verify.json",)
+SKIPPED_DIRS = {".picli", ".git", ".cache", "__pycache__"}
+WEIGHT_MODES = ("copy", "hardlink", "symlink")
+GGUF_NO_ROPE = {"gpt2", "bloom", "mpt", "bert", "nomic-bert", "t5", "t5encoder", "jina-bert-v2", "starcoder"}
+
+
+@dataclass(frozen=True)
+class FileAction:
+    path: str  # relative to the checkpoint
+    size: int
+    action: str  # "rewrite", "copy", "hardlink", "symlink"
+
+
+@dataclass(frozen=True)
+class ExtendPlan:
+    source: Checkpoint
+    output: Path
+    target_window: int
+    current_window: int
+    original_window: int
+    factor: float
+    previous_factor: float
+    previous_type: str  # "default", "linear", or the scheme --force replaces
+    theta: float
+    weights: str
+    replace: bool
+    max_position: str
+    # file name -> [(key, before, after)]: the diff `--dry-run` shows.
+    changes: dict[str, list[tuple[str, Any, Any]]]
+    files: list[FileAction]
+    new_files: dict[str, dict]  # file name -> new JSON content (HF checkpoints)
+    gguf_updates: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ExtendResult:
+    plan: ExtendPlan
+    self_check: dict
+    record: dict
+
+
+def default_output(checkpoint: Checkpoint, target_window: int, cwd: Path) -> Path:
+    suffix = f"-{rope.format_window(target_window)}"
+    if checkpoint.kind == "gguf":
+        return cwd / f"{checkpoint.path.stem}{suffix}.gguf"
+    return cwd / f"{checkpoint.name}{suffix}"
+
+
+def plan_extend(
+    model: str,
+    target_window: int,
+    output: Path | None = None,
+    from_window: int | None = None,
+    weights: str = "copy",
+    max_position: str = "target",
+    force: bool = False,
+    on_event: Events = None,
+    cwd: Path | None = None,
+) -> ExtendPlan:
+    if weights not in WEIGHT_MODES:
+        raise CannotExtend(f"--weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}",
+                           hint="the default, copy, never shares storage with the source")
+    if max_position not in ("target", "original"):
+        raise CannotExtend(f"--max-position-embeddings must be target or original, got {max_position!r}",
+                           hint="target is the transformers/llama.cpp convention; original suits vLLM")
+    if from_window is not None and from_window <= 0:
+        raise CannotExtend(f"--from must be a positive number of tokens, got {from_window}", hint="e.g. --from 4096")
+    checkpoint = resolve(model, need_weights=True, on_event=on_event)
+    cwd = cwd or Path.cwd()
+    output = Path(output).expanduser() if output else default_output(checkpoint, target_window, cwd)
+    output = output if output.is_absolute() else (cwd / output)
+    output = output.parent.resolve() / output.name
+    if checkpoint.kind == "gguf":
+        plan = _plan_gguf(checkpoint, target_window, output, from_window, max_position, force)
+    else:
+        plan = _plan_hf(checkpoint, target_window, output, from_window, weights, max_position, force)
+    _check_output(checkpoint, output, force)
+    return plan
+
+
+def _check_output(checkpoint: Checkpoint, output: Path, force: bool) -> None:
+    source = checkpoint.path.resolve()
+    if output == source:
+        raise OutputError("the output is the source checkpoint itself", hint="choose another -o/--output")
+    if output.is_relative_to(source):
+        raise OutputError(f"the output {output} is inside the source checkpoint {source}",
+                          hint="choose an -o/--output outside the source")
+    if source.is_relative_to(output):
+        # --force would replace the output directory, and the source with it.
+        raise OutputError(f"the source {source} is inside the output {output}",
+                          hint="choose an -o/--output that does not contain the source")
+    if (output.exists() or output.is_symlink()) and not force:
+        raise OutputError(f"output {output} already exists", hint="pass --force to replace it, or choose -o/--output")
+    check_writable_parent(output)
+
+
+def _plan_hf(checkpoint, target_window, output, from_window, weights, max_position, force) -> ExtendPlan:
+    source = checkpoint.path
+    config = read_config(source)
+    require_shards(source)
+    record = read_record(source)
+    recorded = (record.get("rope") or {}).get("target_window") if record.get("rope") else None
+    if recorded and (record.get("rope") or {}).get("max_position_embeddings") != "original":
+        recorded = None  # HF convention: max_position_embeddings already says the window
+    config_plan = rope.plan_config(config, target_window, from_window=from_window,
+                                   keep_max_position=(max_position == "original"), force=force,
+                                   recorded_window=recorded)
+    changes = {"config.json": config_plan.changes}
+    new_files = {"config.json": config_plan.config}
+    # Tokenizers truncate (or warn) at model_max_length and generate() stops at max_length:
+    # raise them when they stood at the old window, leave deliberate other values alone.
+    for name, key in (("tokenizer_config.json", "model_max_length"), ("generation_config.json", "max_length")):
+        side = read_json_file(source / name)
+        if side is not None and side.get(key) == config_plan.current_window:
+            updated = dict(side)
+            updated[key] = target_window
+            new_files[name] = updated
+            changes[name] = [(key, config_plan.current_window, target_window)]
+    files = []
+    for path in _source_files(source):
+        relative = str(path.relative_to(source))
+        if relative in REWRITTEN or relative in NOT_CARRIED:
+            continue
+        action = weights if path.name.endswith((".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")) else "copy"
+        files.append(FileAction(relative, path.stat().st_size, action))
+    files += [FileAction(name, 0, "rewrite") for name in new_files]
+    files.append(FileAction("picli.json", 0, "rewrite"))
+    return ExtendPlan(
+        source=checkpoint, output=output, target_window=target_window,
+        current_window=config_plan.current_window, original_window=config_plan.original_window,
+        factor=config_plan.factor, previous_factor=config_plan.previous_factor,
+        previous_type=config_plan.previous_type, theta=config_plan.theta,
+        weights=weights, replace=force, max_position=max_position, changes=changes, files=files,
+        new_files=new_files, warnings=config_plan.warnings,
+    )
+
+
+def _source_files(source: Path) -> list[Path]:
+    return sorted(p for p in source.rglob("*")
+                  if p.is_file() and not SKIPPED_DIRS.intersection(p.relative_to(source).parts))
+
+
+def _plan_gguf(checkpoint, target_window, output, from_window, max_position, force) -> ExtendPlan:
+    from .gguf_io import read_gguf
+
+    info = read_gguf(checkpoint.path)
+    arch, meta = info.architecture, info.metadata
+    key = f"{arch}.rope".__add__
+    has_rope = any(name.startswith(f"{arch}.rope.") for name in meta)
+    if arch in GGUF_NO_ROPE or not has_rope:
+        raise CannotExtend(f"this GGUF ({arch}) has no RoPE metadata ({arch}.rope.*), so there is nothing to interpolate",
+                           hint="Position Interpolation applies only to RoPE models")
+    previous_type = str(meta.get(key(".scaling.type"), "none"))
+    previous_factor = float(meta.get(key(".scaling.factor"), 1.0)) if previous_type == "linear" else 1.0
+    if previous_type not in ("none", "linear"):
+        if not force:
+            raise CannotExtend(f"this GGUF already uses {previous_type} RoPE scaling; linear PI on top is a different scheme",
+                               hint="extend the base model instead, or pass --force to replace it with linear PI")
+        previous_factor = 1.0
+    context_key = f"{arch}.context_length"
+    if context_key not in meta and not from_window:
+        raise CannotExtend(f"this GGUF has no {context_key}", hint="pass --from N with the model's trained window")
+    current_window = from_window or int(meta[context_key])
+    original_context = meta.get(key(".scaling.original_context_length"))
+    if previous_type == "linear" and original_context and not from_window:
+        current_window = int(original_context * previous_factor)
+    if target_window <= current_window:
+        raise CannotExtend(f"--to {target_window} is not larger than the current window ({current_window} tokens)",
+                           hint=f"pass a target above {current_window}")
+    factor = float(previous_factor * target_window / current_window)
+    original_window = round(current_window / previous_factor)
+    context_after = target_window if max_position == "target" else int(meta.get(context_key, current_window))
+    updates = {
+        context_key: ("UINT32", context_after),
+        key(".scaling.type"): ("STRING", "linear"),
+        key(".scaling.factor"): ("FLOAT32", factor),
+        key(".scaling.original_context_length"): ("UINT32", original_window),
+    }
+    changes = {checkpoint.path.name: [(name, meta.get(name), value) for name, (_, value) in updates.items()
+                                      if meta.get(name) != value]}
+    return ExtendPlan(
+        source=checkpoint, output=output, target_window=target_window, current_window=current_window,
+        original_window=original_window, factor=factor, previous_factor=previous_factor,
+        previous_type=previous_type, theta=float(meta.get(key(".freq_base"), 10000.0)), weights="copy", replace=force,
+        max_position=max_position, changes=changes,
+        files=[FileAction(output.name, info.file_size, "rewrite"), FileAction(output.name + ".picli.json", 0, "rewrite")],
+        new_files={}, gguf_updates=updates,
+    )
+
+
+def apply_extend(plan: ExtendPlan, command: list[str], on_event: Events = None) -> ExtendResult:
+    if plan.source.kind == "gguf":
+        return _apply_gguf(plan, command, on_event)
+    source = plan.source.path
+    total = sum(action.size for action in plan.files)
+    done = 0
+    with staged_directory(plan.output, replace=plan.replace) as staging:
+        for action in plan.files:
+            if action.action == "rewrite":
+                continue
+            target = staging / action.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copy_file(source / action.path, target, action.action)
+            done += action.size
+            if on_event:
+                on_event({"kind": "progress", "task": "writing", "done": done, "total": total})
+        for name, content in plan.new_files.items():
+            atomic_write_json(staging / name, content)
+        check = self_check(staging, source, plan)
+        record = _record(plan, command, check)
+        atomic_write_json(staging / "picli.json", record)
+    return ExtendResult(plan, check, record)
+
+
+def _apply_gguf(plan: ExtendPlan, command: list[str], on_event: Events) -> ExtendResult:
+    from .gguf_io import read_gguf, rewrite_gguf_metadata
+
+    sidecar = record_path(plan.output)
+    with staged_file(plan.output, replace=plan.replace) as staging:
+        rewrite_gguf_metadata(plan.source.path, staging, plan.gguf_updates, on_event=on_event, replace=True)
+        written = read_gguf(staging)
+        source_info = read_gguf(plan.source.path)
+        wrong = [name for name, (_, value) in plan.gguf_updates.items()
+                 if not _same(written.metadata.get(name), value)]
+        if wrong or written.tensor_count != source_info.tensor_count or written.data_bytes != source_info.data_bytes:
+            raise SelfCheckFailed(f"the written GGUF does not read back as intended ({', '.join(wrong) or 'tensors differ'})",
+                                  hint="please report this; nothing was written")
+        check = {"ok": True, "method": "GGUF metadata read back; tensor data section copied unchanged",
+                 "tensors": written.tensor_count}
+        record = _record(plan, command, check)
+        atomic_write_json(sidecar, record)
+    return ExtendResult(plan, check, record)
+
+
+def _same(found: Any, expected: Any) -> bool:
+    if isinstance(expected, float):
+        return found is not None and abs(float(found) - expected) <= 1e-6 * abs(expected)
+    return found == expected
+
+
+def _record(plan: ExtendPlan, command: list[str], check: dict) -> dict:
+    previous = read_record(plan.source.path)
+    history = list(previous.get("history") or [])
+    if previous.get("rope"):
+        history.append({"operation": previous.get("operation"), "rope": previous["rope"],
+                        "created": previous.get("created")})
+    return {
+        "picli_version": versions()["picli"],
+        "created": now(),
+        "command": " ".join(command),
+        "operation": "position_interpolation",
+        "source": plan.source.source,
+        "base_model": plan.source.base_model or previous.get("base_model"),
+        "rope": {
+            "type": "linear", "factor": plan.factor, "previous_factor": plan.previous_factor,
+            "original_window": plan.original_window, "current_window": plan.current_window,
+            "target_window": plan.target_window, "theta": plan.theta, "max_position_embeddings": plan.max_position,
+        },
+        "changes": {name: [{"key": key, "before": before, "after": after} for key, before, after in diffs]
+                    for name, diffs in plan.changes.items()},
+        "weights": plan.weights,
+        "self_check": check,
+        "versions": versions(),
+        "history": history,
+        "finetune": None,
+        "verification": None,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The self-check: what the installed transformers will actually compute.
+
+
+def effective_inv_freqs(checkpoint_dir: Path) -> dict[str, "Any"]:
+    """Inverse frequencies transformers computes for this config: {layer type: tensor}.
+
+    Uses the model's own rotary embedding class, so every family's defaults and schema
+    quirks are transformers' and not picli's idea of them.
+    """
+    import importlib
+
+    import torch
+    import transformers
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+
+    transformers.logging.set_verbosity_error()
+    config = AutoConfig.from_pretrained(checkpoint_dir)
+    config = getattr(config, "text_config", None) or config
+    module_name = model_type_to_module_name(config.model_type)
+    module = importlib.import_module(f"transformers.models.{module_name}.modeling_{module_name}")
+    candidates = [obj for name, obj in vars(module).items()
+                  if name.endswith("RotaryEmbedding") and isinstance(obj, type) and obj.__module__ == module.__name__]
+    if not candidates:
+        raise SelfCheckFailed(f"transformers {transformers.__version__} has no rotary embedding for {config.model_type}",
+                              hint="this family cannot be checked; please report it")
+    prefix = type(config).__name__.removesuffix("Config")
+    rotary_class = max(candidates, key=lambda cls: (prefix.startswith(cls.__name__.removesuffix("RotaryEmbedding")),
+                                                    -len(cls.__name__)))
+    with torch.device("cpu"):
+        rotary = rotary_class(config)
+    buffers = {name: buf for name, buf in rotary.named_buffers() if name.endswith("inv_freq") and "original" not in name}
+    return {name.removesuffix("inv_freq").removesuffix("_") or "all": buf.double() for name, buf in buffers.items()}
+
+
+def self_check(new_dir: Path, source_dir: Path, plan: ExtendPlan) -> dict:
+    """new inverse frequencies == source's / (F / F_old) on interpolated layers, == elsewhere."""
+    import torch
+
+    new = effective_inv_freqs(new_dir)
+    source = effective_inv_freqs(source_dir)
+    step = plan.factor / plan.previous_factor
+    state = rope.read_state(plan.new_files["config.json"])
+    reference = torch.tensor(rope.inverse_frequencies(plan.theta, state.rotary_dim, plan.factor), dtype=torch.float64)
+    layers, worst = {}, 0.0
+    for layer_type, frequencies in new.items():
+        interpolated = layer_type == "all" or layer_type in rope.INTERPOLATED_LAYER_TYPES
+        expected = source[layer_type] / step if interpolated else source[layer_type]
+        if interpolated and plan.previous_type in rope.OTHER_SCHEMES:
+            expected = reference  # --force replaced another scheme: compare with plain PI
+        if frequencies.shape != expected.shape:
+            raise SelfCheckFailed(f"self-check: {layer_type} has {frequencies.numel()} frequencies, "
+                                  f"expected {expected.numel()}", hint="nothing was written; please report this")
+        error = float(((frequencies - expected).abs() / expected.abs()).max())
+        layers[layer_type] = {"interpolated": interpolated, "max_relative_error": error,
+                              "factor_applied": float((expected * step / frequencies).mean()) if interpolated else 1.0}
+        worst = max(worst, error)
+    tolerance = 1e-5  # float32 buffers: relative rounding ~1e-7, far below a wrong factor or theta
+    legacy = rope.predict_transformers4(plan.new_files["config.json"])
+    legacy_ok = abs(legacy["factor"] - plan.factor) < 1e-9 and legacy["rope_type"] == "linear" \
+        and abs(legacy["theta"] - plan.theta) <= 1e-6 * plan.theta
+    check = {"ok": worst < tolerance and legacy_ok, "method": "transformers rotary embedding, source vs output",
+             "transformers": versions().get("transformers"), "max_relative_error": worst, "layers": layers,
+             "transformers4_reads": {"theta": legacy["theta"], "rope_type": legacy["rope_type"], "factor": legacy["factor"]}}
+    if not check["ok"]:
+        raise SelfCheckFailed(
+            f"self-check failed: transformers computes inverse frequencies off by {worst:.2e} (relative) "
+            f"from the source's divided by {step:g}" + ("" if legacy_ok else ", and 4.x would read it differently"),
+            hint="nothing was written; run with PICLI_DEBUG=1 and please report this")
+    return check

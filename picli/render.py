@@ -1,0 +1,226 @@
+"""Everything picli prints. The only module that imports rich.
+
+Results go to stdout (tables, or JSON with --json); messages, warnings, progress and
+errors go to stderr, so `picli inspect m --json | jq` always gets clean JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from .errors import PicliError
+
+
+def out() -> Console:
+    # Built per call so tests (CliRunner swaps sys.stdout) and pipes get the right stream.
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+
+
+def err() -> Console:
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def message(text: str) -> None:
+    err().print(escape(text))
+
+
+def warning(text: str) -> None:
+    err().print(f"[yellow]Warning:[/] {escape(text)}")
+
+
+def error(exc: PicliError) -> None:
+    console = err()
+    console.print(f"[red]Error:[/] {escape(exc.message)}")
+    if exc.hint:
+        console.print(f"[dim]Hint:[/] {escape(exc.hint)}")
+
+
+def human_bytes(size: float | None) -> str:
+    if size is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(size) < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return str(size)
+
+
+def human_count(count: int | None) -> str:
+    if count is None:
+        return "unknown"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.2f}{unit} ({count:,})"
+    return f"{count:,}"
+
+
+@contextlib.contextmanager
+def progress(enabled: bool = True) -> Iterator[Any]:
+    """An `on_event` callback that draws byte progress and messages on stderr."""
+    quiet = not enabled or os.environ.get("PICLI_QUIET") == "1"
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TimeRemainingColumn(), console=err(), transient=True, disable=quiet)
+    tasks: dict[str, Any] = {}
+
+    def on_event(event: dict) -> None:
+        if event.get("kind") == "message":
+            if not quiet:
+                bar.console.print(escape(event["text"]), style="dim")
+            return
+        if event.get("kind") != "progress":
+            return
+        name = event.get("task", "writing")
+        if name not in tasks:
+            tasks[name] = bar.add_task(name.capitalize(), total=event.get("total"))
+        bar.update(tasks[name], completed=event.get("done", 0), total=event.get("total"))
+
+    with bar:
+        yield on_event
+
+
+def _kv(table: Table, key: str, value: Any) -> None:
+    table.add_row(key, escape(str(value)))
+
+
+def _section(title: str) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold", show_header=False, box=None, pad_edge=False)
+    table.add_column(style="cyan", no_wrap=True)
+    table.add_column()
+    return table
+
+
+def inspection(report: dict) -> None:
+    console = out()
+    rope = report["rope"]
+    summary = _section(f"{report['model']}  ({report['format']})")
+    _kv(summary, "path", report["path"])
+    if report.get("resolved_from"):
+        _kv(summary, "resolved", report["resolved_from"])
+    _kv(summary, "architecture", f"{report['architecture']}  (model_type {report['model_type']})")
+    _kv(summary, "parameters", human_count(report["parameters"]))
+    _kv(summary, "dtype", ", ".join(f"{dtype} x{count}" for dtype, count in report["dtypes"].items()) or "-")
+    _kv(summary, "files", f"{len(report['files'])} weight file(s), {report['shards']} safetensors shard(s), "
+        f"{human_bytes(report['size_bytes'])}" if report["format"] == "transformers"
+        else human_bytes(report["size_bytes"]))
+    console.print(summary)
+
+    if rope:
+        table = _section("RoPE")
+        scaling = "none" if rope["type"] == "default" else f"{rope['type']}, factor {rope['factor']:g}"
+        _kv(table, "window", f"{rope['window']} tokens" + ("  (family default: not in config)"
+                                                           if rope.get("window_from_default") else ""))
+        _kv(table, "theta", f"{rope['theta']:g}" + (f"  (sliding layers {rope['local_theta']:g})"
+                                                    if rope.get("local_theta") else ""))
+        _kv(table, "head_dim / rotary", f"{rope['head_dim']} / {rope['rotary_dim']}"
+            + (f"  (partial rotary {rope['partial_rotary_factor']:g})" if rope["partial_rotary_factor"] != 1 else ""))
+        _kv(table, "scaling", scaling + ("  (full-attention layers only)" if rope.get("nested") else ""))
+        if report["format"] == "transformers":
+            _kv(table, "rope_scaling", json.dumps(rope.get("rope_scaling")))
+            _kv(table, "rope_parameters", json.dumps(rope.get("rope_parameters")))
+        _kv(table, "tokenizer max", report.get("tokenizer_max_length") or "not set")
+        console.print(table)
+
+    verdict = _section("Position Interpolation")
+    _kv(verdict, "can extend", "yes" if report["can_extend"] else f"no: {report['cannot_extend_reason']}")
+    if report["kv_cache_bytes"]:
+        _kv(verdict, "KV cache / seq", "   ".join(f"{int(window) // 1024}k: {human_bytes(size)}"
+                                                 for window, size in report["kv_cache_bytes"].items()) + "  (fp16)")
+    console.print(verdict)
+
+    if report["runtimes"]:
+        table = Table(title="What each runtime will do", title_justify="left", title_style="bold")
+        table.add_column("runtime", style="cyan")
+        table.add_column("reads")
+        table.add_column("notes")
+        for name, view in report["runtimes"].items():
+            table.add_row(*_runtime_row(name, view))
+        console.print(table)
+
+    if report.get("provenance"):
+        record = report["provenance"]
+        rope_record = record["rope"]
+        console.print(f"[bold]picli.json[/]: PI x{rope_record['factor']:g}, {rope_record['original_window']} -> "
+                      f"{rope_record['target_window']} tokens, from {escape(str(record.get('base_model')))}")
+    for text in report["warnings"]:
+        warning(text)
+
+
+def _runtime_row(name: str, view: dict) -> tuple[str, str, str]:
+    if name.startswith("transformers"):
+        label = {"transformers5": "transformers 5.x", "transformers4": "transformers 4.x"}[name]
+        reads = f"theta {view['theta']:g}, " + ("no scaling" if view["rope_type"] == "default"
+                                                 else f"{view['rope_type']} x{view['factor']:g}")
+        notes = list(view.get("notes") or [])
+        if view.get("min_version") and view["rope_type"] != "default":
+            notes.insert(0, f"needs >= {view['min_version']} for this family")
+        return label, reads, escape("; ".join(notes))
+    if name == "vllm":
+        notes = f"pass {view['flag']}"
+        if view["over_claims"]:
+            notes += f" (vLLM alone would allow {view['derived_max_model_len']}, past the interpolated window)"
+        return "vLLM", f"max model len {view['derived_max_model_len']}", notes
+    if name == "llama_cpp":
+        reads = f"context {view['context_length']}, " + ("no scaling" if view["rope_scaling"] in ("default", "none")
+                                                          else f"{view['rope_scaling']} x{view['factor']:g}")
+        return "llama.cpp", reads, escape(view["flags"])
+    return name, json.dumps(view), ""
+
+
+def extend_plan(plan: dict, dry_run: bool) -> None:
+    console = out()
+    title = "Plan (dry run: nothing written)" if dry_run else "Extended"
+    table = _section(title)
+    _kv(table, "source", plan["source"])
+    _kv(table, "output", plan["output"])
+    _kv(table, "window", f"{plan['current_window']} -> {plan['target_window']} tokens")
+    _kv(table, "factor", f"{plan['factor']:g}" + (f"  ({plan['previous_factor']:g} already applied)"
+                                                  if plan["previous_factor"] != 1 else ""))
+    console.print(table)
+    for name, diffs in plan["changes"].items():
+        if not diffs:
+            continue
+        diff = Table(title=name, title_justify="left", title_style="bold")
+        diff.add_column("key", style="cyan")
+        diff.add_column("before", style="red")
+        diff.add_column("after", style="green")
+        for change in diffs:
+            diff.add_row(change["key"], escape(json.dumps(change["before"])), escape(json.dumps(change["after"])))
+        console.print(diff)
+    if dry_run:
+        files = Table(title="Files", title_justify="left", title_style="bold")
+        files.add_column("file")
+        files.add_column("size", justify="right")
+        files.add_column("action")
+        for action in plan["files"]:
+            files.add_row(escape(action["path"]), human_bytes(action["size"]) if action["size"] else "",
+                          action["action"])
+        console.print(files)
+
+
+def extend_result(result: dict) -> None:
+    extend_plan(result["plan"], dry_run=False)
+    check = result["self_check"]
+    console = out()
+    if "max_relative_error" in check:
+        console.print(f"[green]Self-check passed[/]: transformers {check.get('transformers')} computes inverse "
+                      f"frequencies = source / {result['plan']['factor'] / result['plan']['previous_factor']:g} "
+                      f"(max relative error {check['max_relative_error']:.1e}); 4.x reads theta "
+                      f"{check['transformers4_reads']['theta']:g}, linear x{check['transformers4_reads']['factor']:g}")
+    else:
+        console.print(f"[green]Self-check passed[/]: {check['method']}")
+    console.print("[yellow]Not fine-tuned yet[/]: PI without fine-tuning keeps attention bounded but models still "
+                  "need a short fine-tune at the new window (see docs/concepts.md).")

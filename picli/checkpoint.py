@@ -95,7 +95,9 @@ def resolve(model: str, need_weights: bool = True, on_event: Events = None) -> C
         return Checkpoint(checkpoint.path, "hf", model, checkpoint.source, checkpoint.base_model,
                           resolved_from=f"alias {model} -> {ALIASES[model]}")
     looks_like_path = model.startswith((".", "/", "~")) or model.endswith(".gguf") or model.count("/") > 1
-    if _REPO_ID.match(model) and not looks_like_path:
+    if looks_like_path:
+        raise ModelNotFound(f"{model}: no such file or directory", hint="check the path")
+    if _REPO_ID.match(model):
         return _hub(model, need_weights, on_event)
     raise ModelNotFound(
         f"{model}: no such file or directory, and not an alias or Hub id",

@@ -70,26 +70,36 @@ def human_count(count: int | None) -> str:
 
 @contextlib.contextmanager
 def progress(enabled: bool = True) -> Iterator[Any]:
-    """An `on_event` callback that draws byte progress and messages on stderr."""
+    """An `on_event` callback that draws byte progress and messages on stderr.
+
+    The bar starts on the first progress event, so commands that never report progress
+    print nothing extra.
+    """
     quiet = not enabled or os.environ.get("PICLI_QUIET") == "1"
     bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                   TimeRemainingColumn(), console=err(), transient=True, disable=quiet)
+                   TimeRemainingColumn(), console=err(), transient=True)
     tasks: dict[str, Any] = {}
 
     def on_event(event: dict) -> None:
+        if quiet:
+            return
         if event.get("kind") == "message":
-            if not quiet:
-                bar.console.print(escape(event["text"]), style="dim")
+            bar.console.print(escape(event["text"]), style="dim")
             return
         if event.get("kind") != "progress":
             return
         name = event.get("task", "writing")
+        if not tasks:
+            bar.start()
         if name not in tasks:
             tasks[name] = bar.add_task(name.capitalize(), total=event.get("total"))
         bar.update(tasks[name], completed=event.get("done", 0), total=event.get("total"))
 
-    with bar:
+    try:
         yield on_event
+    finally:
+        if tasks:
+            bar.stop()
 
 
 def _kv(table: Table, key: str, value: Any) -> None:

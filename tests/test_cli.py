@@ -1,0 +1,43 @@
+"""The command line as a whole: entry points, --help speed, version."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from picli import __version__
+from picli.cli import app, parse_window
+
+runner = CliRunner()
+
+
+def test_help_does_not_import_torch_or_transformers():
+    code = ("import sys; from picli.cli import app; from typer.testing import CliRunner; "
+            "result = CliRunner().invoke(app, ['--help']); assert result.exit_code == 0; "
+            "heavy = [m for m in ('torch', 'transformers', 'huggingface_hub', 'gguf', 'numpy') if m in sys.modules]; "
+            "print(','.join(heavy))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_python_dash_m_and_version():
+    result = subprocess.run([sys.executable, "-m", "picli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"picli {__version__}"
+
+
+def test_every_command_has_examples_in_help():
+    for command in ("inspect", "extend"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "Examples" in result.stdout and "--json" in result.stdout
+
+
+def test_missing_required_option_is_a_usage_error():
+    result = runner.invoke(app, ["extend", "smollm2-135m"])
+    assert result.exit_code == 2 and "--to" in result.stderr
+
+
+def test_parse_window():
+    assert parse_window("16384") == 16384
+    assert parse_window("16k") == 16384 and parse_window("32K") == 32768

@@ -1,0 +1,94 @@
+"""Older readers: transformers 4.44.2 and 4.57.1 (side environments without torch, built by
+`make test`) must read picli's outputs with the intended theta and factor."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from picli.cli import app
+from tests.test_extend import EXPECTED
+
+ROOT = Path(__file__).resolve().parent.parent
+VERSIONS = ("4.44.2", "4.57.1")
+pytestmark = pytest.mark.slow
+
+READER = """
+import json, sys, warnings, logging
+from transformers import AutoConfig
+config = AutoConfig.from_pretrained(sys.argv[1])
+print(json.dumps({
+    "theta": getattr(config, "rope_theta", None),
+    "rotary_emb_base": getattr(config, "rotary_emb_base", None),
+    "rope_scaling": getattr(config, "rope_scaling", None),
+    "max_position_embeddings": config.max_position_embeddings,
+    "partial_rotary_factor": getattr(config, "partial_rotary_factor", None),
+    "rotary_pct": getattr(config, "rotary_pct", None),
+    "local_theta": getattr(config, "rope_local_base_freq", None),
+}))
+"""
+
+# First 4.x release that knows each model_type at all.
+INTRODUCED = {"qwen3": "4.51.0", "gemma3_text": "4.50.0"}
+
+
+def _python(version: str) -> Path:
+    python = ROOT / f".venv-tf{version}" / "bin" / "python"
+    if not python.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{python} is missing: `make test` builds it")
+        pytest.skip(f"side environment for transformers {version} not built (run `make test`)")
+    return python
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+@pytest.fixture(scope="module")
+def outputs(family_checkpoints, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("compat")
+    made = {}
+    for name, (target, *_rest) in EXPECTED.items():
+        output = root / name
+        result = CliRunner().invoke(app, ["extend", str(family_checkpoints[name]), "--to", str(target),
+                                          "-o", str(output)])
+        assert result.exit_code == 0, result.stderr
+        made[name] = output
+    return made
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_old_transformers_reads_picli_outputs(version, outputs):
+    python = _python(version)
+    checked = 0
+    for name, output in sorted(outputs.items()):
+        target, theta, _rotary_dim, factor = EXPECTED[name]
+        model_type = json.loads((output / "config.json").read_text())["model_type"]
+        if _version_tuple(version) < _version_tuple(INTRODUCED.get(model_type, "4.0.0")):
+            continue
+        result = subprocess.run([str(python), "-c", READER, str(output)], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, f"{name}: {result.stderr[-2000:]}"
+        read = json.loads(result.stdout.strip().splitlines()[-1])
+        read_theta = read["rotary_emb_base"] if model_type == "gpt_neox" else read["theta"]
+        assert float(read_theta) == theta, (name, read)
+        scaling = read["rope_scaling"]
+        assert (scaling.get("rope_type") or scaling.get("type")) == "linear", (name, scaling)
+        assert scaling["factor"] == factor and isinstance(scaling["factor"], float), (name, scaling)
+        assert read["max_position_embeddings"] == target
+        if model_type == "phi":
+            assert read["partial_rotary_factor"] == 0.5
+        if model_type == "gpt_neox":
+            assert read["rotary_pct"] == 0.25
+        if model_type == "gemma3_text":
+            assert read["local_theta"] == 10000.0
+        # 4.x validates rope_scaling and logs what it rejects: picli's must pass silently.
+        assert "rope_scaling" not in result.stderr, (name, result.stderr[-1000:])
+        checked += 1
+    assert checked >= 8

@@ -123,8 +123,8 @@ def _local(path: Path) -> Checkpoint:
 
 def _hub(spec: str, need_weights: bool, on_event: Events) -> Checkpoint:
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     repo_id, _, revision = spec.partition("@")
     revision = revision or None
@@ -146,6 +146,9 @@ def _hub(spec: str, need_weights: bool, on_event: Events) -> Checkpoint:
         where = "picli is offline (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "the Hub could not be reached"
         raise ModelNotFound(f"{repo_id} is not in the local Hugging Face cache and {where}",
                             hint=f"fetch it on a connected machine with: {fetch}") from exc
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", "an error")
+        raise ModelNotFound(f"the Hub answered {status} for {repo_id}", hint=f"try again later, or: {fetch}") from exc
     path = Path(path)
     if not (path / "config.json").is_file():
         raise NotACheckpoint(f"{repo_id} has no config.json; it is not a transformers checkpoint",
@@ -216,7 +219,7 @@ def import_gguf(gguf_path: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     transformers.logging.set_verbosity_error()
-    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1" or os.environ.get("PICLI_QUIET") == "1":
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":
         transformers.utils.logging.disable_progress_bar()
     directory, name = str(gguf_path.parent), gguf_path.name
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name,

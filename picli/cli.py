@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback (always shown with PICLI_DEBUG=1)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -32,12 +33,27 @@ app = typer.Typer(
 )
 
 
-def _quiet_third_party(json_output: bool) -> None:
-    # transformers and huggingface_hub draw their own bars on stderr; --json means quiet.
+@contextlib.contextmanager
+def _quiet_third_party(json_output: bool):
+    """transformers and huggingface_hub draw their own bars on stderr; --json means none.
+
+    Restores the environment afterwards, so one command's --json never leaks into the next
+    in the same process (tests, notebooks).
+    """
+    changes = {"TRANSFORMERS_VERBOSITY": os.environ.get("TRANSFORMERS_VERBOSITY", "error")}
     if json_output:
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-        os.environ["PICLI_QUIET"] = "1"
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # TQDM_DISABLE: transformers' GGUF import and weight loading use plain tqdm.
+        changes.update({"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"})
+    saved = {key: os.environ.get(key) for key in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def boundary(command):
@@ -114,8 +130,7 @@ def inspect(
     """
     from .inspector import inspect_model
 
-    _quiet_third_party(json_output)
-    with render.progress(enabled=not json_output) as on_event:
+    with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
         report = inspect_model(model, on_event=on_event).to_dict()
     if json_output:
         render.print_json(report)
@@ -163,10 +178,9 @@ def extend(
     from .extend import apply_extend, plan_extend
     from .provenance import remember_last
 
-    _quiet_third_party(json_output)
     target_window = parse_window(to)
     current = parse_window(from_window, "--from") if from_window is not None else None
-    with render.progress(enabled=not json_output) as on_event:
+    with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
         plan = plan_extend(model, target_window, output=output, from_window=current, weights=weights,
                            max_position=max_position_embeddings, force=force, on_event=on_event)
         for text in plan.warnings:
@@ -185,7 +199,87 @@ def extend(
         render.extend_plan(payload["plan"], dry_run=True)
     else:
         render.extend_result(payload)
-        render.message(f"Wrote {plan.output}; `picli verify` and `picli push` will use it from this directory.")
+        render.message(f"Wrote {plan.output}; commands run here without MODEL will use it.")
+
+
+@app.command()
+@boundary
+def verify(
+    model: Annotated[Optional[str], typer.Argument(
+        help="Checkpoint to verify. Default: the last one `picli extend` wrote in this directory.")] = None,
+    passkey: Annotated[bool, typer.Option("--passkey", help="Passkey retrieval, the PI paper's protocol (k_max).")] = False,
+    perplexity: Annotated[bool, typer.Option("--perplexity", help="Sliding-window perplexity on --data.")] = False,
+    length: Annotated[Optional[list[str]], typer.Option(
+        "--length", help="Evaluated length in tokens (repeatable, e.g. --length 8k --length 16k). Default: the "
+        "model's window.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Text for perplexity: file, folder, JSONL, or hf:NAME.")] = None,
+    text_field: Annotated[str, typer.Option("--text-field", help="JSONL / dataset field holding the text.")] = "text",
+    stride: Annotated[int, typer.Option("--stride", help="Sliding-window stride (PI and YaRN use 256).")] = 256,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Score at most this many tokens of --data.")] = None,
+    positions: Annotated[int, typer.Option("--positions", help="Values of k per length (paper: 32).")] = 32,
+    trials: Annotated[int, typer.Option("--trials", help="Random keys per k (paper: 10).")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the keys; the same seed gives the same prompts.")] = 0,
+    quick: Annotated[bool, typer.Option("--quick", help="4 positions x 2 trials: a smoke test, not the paper's protocol.")] = False,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Also measure this model (usually the source) "
+                                                    "with the same protocol, side by side.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32.")] = "auto",
+    attn: Annotated[str, typer.Option("--attn", help="sdpa, flash_attention_2 or eager.")] = "sdpa",
+    device_map: Annotated[Optional[str], typer.Option("--device-map", help="auto: shard a large model across the "
+                                                      "visible GPUs (accelerate).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Passkey trials per forward pass "
+                                                      "(default: as many as memory allows).")] = None,
+    heatmap: Annotated[Optional[Path], typer.Option("--heatmap", help="Also write the passkey grid as a PNG "
+                                                    "(needs matplotlib).")] = None,
+    no_save: Annotated[bool, typer.Option("--no-save", help="Do not write picli-verify.json into the model.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON on stdout.")] = False,
+) -> None:
+    """Prove the extended window works: passkey k_max and long-context perplexity.
+
+    Passkey follows the PI paper (section 3.3): the key sits k tokens from the end of a
+    prompt of each --length; 32 values of k x 10 random 5-digit keys; k_max is the largest
+    k such that every k' <= k succeeds in at least 20% of trials. Scoring is one
+    teacher-forced pass per trial (equal to greedy decoding), sharing the prompt prefix's
+    KV cache. The record is saved as picli-verify.json in the model directory.
+
+    Examples:
+
+      picli verify --passkey
+
+      picli verify ./llama-7b-16k --passkey --length 8192 --length 16384
+
+      picli verify ./llama-7b-16k --passkey --baseline llama-7b
+
+      picli verify ./llama-7b-16k --perplexity --data pg19_book.txt --length 2048 --length 16384
+
+      picli verify ./m --passkey --quick --heatmap passkey.png --json
+    """
+    from .passkey import QUICK, Protocol
+    from .verify import Settings, run_verify
+
+    if quick:
+        positions, trials = QUICK
+    if positions < 1 or trials < 1:
+        raise PicliError("--positions and --trials must be at least 1", hint="the paper uses 32 and 10")
+    if heatmap and not (passkey or not perplexity):
+        raise PicliError("--heatmap draws the passkey grid", hint="add --passkey")
+    lengths = [parse_window(value, "--length") for value in length] if length else None
+    with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
+        report = run_verify(
+            model, passkey=passkey or not perplexity, perplexity=perplexity, lengths=lengths, data=data,
+            text_field=text_field, stride=stride, max_tokens=max_tokens,
+            protocol=Protocol(positions=positions, trials=trials, seed=seed), baseline=baseline,
+            settings=Settings(device=device, dtype=dtype, attention=attn, device_map=device_map,
+                              batch_size=batch_size),
+            save=not no_save, command=" ".join(["picli", *sys.argv[1:]]), on_event=on_event,
+        ).to_dict()
+    if heatmap:
+        render.passkey_heatmap_png(report, str(heatmap))
+        render.message(f"Wrote {heatmap}")
+    if json_output:
+        render.print_json(report)
+    else:
+        render.verify_report(report)
 
 
 def _plan_dict(plan) -> dict:

@@ -22,7 +22,6 @@ from .provenance import read_record, record_path, versions, now
 
 Events = Callable[[dict], None] | None
 
-REWRITTEN = ("config.json", "tokenizer_config.json", "generation_config.json", "picli.json")
 # Records about the source that are false for the output: verification is redone on it.
 NOT_CARRIED = ("picli-verify.json",)
 SKIPPED_DIRS = {".picli", ".git", ".cache", "__pycache__"}
@@ -126,9 +125,8 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
     config = read_config(source)
     require_shards(source)
     record = read_record(source)
-    recorded = (record.get("rope") or {}).get("target_window") if record.get("rope") else None
-    if recorded and (record.get("rope") or {}).get("max_position_embeddings") != "original":
-        recorded = None  # HF convention: max_position_embeddings already says the window
+    # A checkpoint picli wrote says its window in picli.json, whichever convention it used.
+    recorded = (record.get("rope") or {}).get("target_window")
     config_plan = rope.plan_config(config, target_window, from_window=from_window,
                                    keep_max_position=(max_position == "original"), force=force,
                                    recorded_window=recorded)
@@ -146,7 +144,7 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
     files = []
     for path in _source_files(source):
         relative = str(path.relative_to(source))
-        if relative in REWRITTEN or relative in NOT_CARRIED:
+        if relative in new_files or relative == "picli.json" or relative in NOT_CARRIED:
             continue
         action = weights if path.name.endswith((".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")) else "copy"
         files.append(FileAction(relative, path.stat().st_size, action))
@@ -299,35 +297,40 @@ def _record(plan: ExtendPlan, command: list[str], check: dict) -> dict:
 
 
 def effective_inv_freqs(checkpoint_dir: Path) -> dict[str, "Any"]:
-    """Inverse frequencies transformers computes for this config: {layer type: tensor}.
+    """Inverse frequencies as the installed transformers computes them: {layer type: tensor}.
 
-    Uses the model's own rotary embedding class, so every family's defaults and schema
-    quirks are transformers' and not picli's idea of them.
+    transformers itself reads the config (that is where the schema traps are: rope_scaling
+    winning, top-level theta, partial rotary, nested layer types) and computes every scaled
+    type with its own ROPE_INIT_FUNCTIONS. Unscaled layers use the one formula every default
+    rotary class shares. Importing a modeling module would add ~1.5 s for nothing; the tests
+    hold this function against each family's own rotary embedding class.
     """
-    import importlib
-
     import torch
     import transformers
     from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import model_type_to_module_name
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     transformers.logging.set_verbosity_error()
     config = AutoConfig.from_pretrained(checkpoint_dir)
     config = getattr(config, "text_config", None) or config
-    module_name = model_type_to_module_name(config.model_type)
-    module = importlib.import_module(f"transformers.models.{module_name}.modeling_{module_name}")
-    candidates = [obj for name, obj in vars(module).items()
-                  if name.endswith("RotaryEmbedding") and isinstance(obj, type) and obj.__module__ == module.__name__]
-    if not candidates:
-        raise SelfCheckFailed(f"transformers {transformers.__version__} has no rotary embedding for {config.model_type}",
-                              hint="this family cannot be checked; please report it")
-    prefix = type(config).__name__.removesuffix("Config")
-    rotary_class = max(candidates, key=lambda cls: (prefix.startswith(cls.__name__.removesuffix("RotaryEmbedding")),
-                                                    -len(cls.__name__)))
-    with torch.device("cpu"):
-        rotary = rotary_class(config)
-    buffers = {name: buf for name, buf in rotary.named_buffers() if name.endswith("inv_freq") and "original" not in name}
-    return {name.removesuffix("inv_freq").removesuffix("_") or "all": buf.double() for name, buf in buffers.items()}
+    config.standardize_rope_params()
+    params = config.rope_parameters
+    layer_types = config.nested_rope_parameter_keys(params) or [None]
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    frequencies = {}
+    for layer_type in layer_types:
+        layer_params = params[layer_type] if layer_type else params
+        if layer_params is None:
+            continue
+        rope_type = layer_params.get("rope_type", "default")
+        if rope_type == "default":
+            dim = int(head_dim * layer_params.get("partial_rotary_factor", 1.0))
+            exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+            inv_freq = 1.0 / (layer_params["rope_theta"] ** exponents)
+        else:
+            inv_freq, _ = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu", layer_type=layer_type)
+        frequencies[layer_type or "all"] = inv_freq.double()
+    return frequencies
 
 
 def self_check(new_dir: Path, source_dir: Path, plan: ExtendPlan) -> dict:
@@ -356,7 +359,7 @@ def self_check(new_dir: Path, source_dir: Path, plan: ExtendPlan) -> dict:
     legacy = rope.predict_transformers4(plan.new_files["config.json"])
     legacy_ok = abs(legacy["factor"] - plan.factor) < 1e-9 and legacy["rope_type"] == "linear" \
         and abs(legacy["theta"] - plan.theta) <= 1e-6 * plan.theta
-    check = {"ok": worst < tolerance and legacy_ok, "method": "transformers rotary embedding, source vs output",
+    check = {"ok": worst < tolerance and legacy_ok, "method": "transformers reads source and output; frequencies compared",
              "transformers": versions().get("transformers"), "max_relative_error": worst, "layers": layers,
              "transformers4_reads": {"theta": legacy["theta"], "rope_type": legacy["rope_type"], "factor": legacy["factor"]}}
     if not check["ok"]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import rope
-from .checkpoint import Checkpoint, read_config, read_json_file, resolve, tensor_summary
+from .checkpoint import Checkpoint, TensorSummary, read_config, read_json_file, resolve, tensor_summary
 from .errors import CannotExtend
 from .provenance import read_record
 
@@ -61,6 +61,8 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
     config = read_config(path)
     summary = tensor_summary(path)
     warnings = []
+    if not summary.files and checkpoint.source.get("repo"):
+        summary = _hub_tensor_summary(checkpoint, summary, warnings)
     if summary.missing_shards:
         warnings.append(f"shards named in the index are missing: {', '.join(summary.missing_shards)}")
     if summary.unread:
@@ -93,11 +95,12 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
             warnings.append(f"tokenizer model_max_length {int(max_length)} is below the window {state.window}")
         kv = {state.window * multiple: rope.kv_cache_bytes(config, state.window * multiple, KV_BYTES_PER_VALUE)
               for multiple in KV_MULTIPLES}
+        recorded = (read_record(path).get("rope") or {}).get("target_window")
         runtimes = {
             "transformers5": rope.predict_transformers5(config),
             "transformers4": rope.predict_transformers4(config),
-            "vllm": rope.predict_vllm(config),
-            "llama_cpp": rope.predict_llama_cpp(config),
+            "vllm": rope.predict_vllm(config, recorded),
+            "llama_cpp": rope.predict_llama_cpp(config, recorded),
         }
     return Inspection(
         model=model, path=str(path), format="transformers", resolved_from=checkpoint.resolved_from,
@@ -108,6 +111,27 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
         can_extend=reason is None, cannot_extend_reason=reason.message if reason else None,
         kv_cache_bytes=kv, runtimes=runtimes, provenance=_provenance(path), warnings=warnings,
     )
+
+
+def _hub_tensor_summary(checkpoint: Checkpoint, local: TensorSummary, warnings: list[str]) -> TensorSummary:
+    """Weights not downloaded: ask the Hub for the safetensors headers (range requests only)."""
+    from huggingface_hub import constants, get_safetensors_metadata
+
+    if constants.HF_HUB_OFFLINE:
+        warnings.append("weights are not in the local cache (offline): parameter count unknown")
+        return local
+    try:
+        metadata = get_safetensors_metadata(checkpoint.source["repo"], revision=checkpoint.source["revision"])
+    except Exception as exc:  # an optional detail: the rest of the report stands without it
+        warnings.append(f"could not read the weights' headers from the Hub ({type(exc).__name__})")
+        return local
+    dtypes: dict[str, int] = {}
+    for file_metadata in metadata.files_metadata.values():
+        for info in file_metadata.tensors.values():
+            dtypes[info.dtype] = dtypes.get(info.dtype, 0) + 1
+    return TensorSummary(parameter_count=sum(metadata.parameter_count.values()), dtypes=dtypes,
+                         files=sorted(metadata.files_metadata), total_bytes=0,
+                         shards=len(metadata.files_metadata))
 
 
 def _provenance(path: Path) -> dict | None:

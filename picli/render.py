@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .errors import PicliError
@@ -69,31 +69,36 @@ def human_count(count: int | None) -> str:
 
 
 @contextlib.contextmanager
-def progress(enabled: bool = True) -> Iterator[Any]:
-    """An `on_event` callback that draws byte progress and messages on stderr.
+def progress(bars: bool = True) -> Iterator[Any]:
+    """An `on_event` callback that prints messages and draws progress bars on stderr.
 
-    The bar starts on the first progress event, so commands that never report progress
-    print nothing extra.
+    bars=False (--json) keeps the messages and drops the bars. A bar starts on the first
+    progress event, so commands that never report progress print nothing extra.
     """
-    quiet = not enabled or os.environ.get("PICLI_QUIET") == "1"
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
                    TimeRemainingColumn(), console=err(), transient=True)
     tasks: dict[str, Any] = {}
+    started: dict[str, float] = {}
 
     def on_event(event: dict) -> None:
-        if quiet:
-            return
         if event.get("kind") == "message":
             bar.console.print(escape(event["text"]), style="dim")
             return
-        if event.get("kind") != "progress":
+        if event.get("kind") != "progress" or not bars:
             return
         name = event.get("task", "writing")
         if not tasks:
             bar.start()
         if name not in tasks:
-            tasks[name] = bar.add_task(name.capitalize(), total=event.get("total"))
-        bar.update(tasks[name], completed=event.get("done", 0), total=event.get("total"))
+            tasks[name] = bar.add_task(name.capitalize(), total=event.get("total"), detail="")
+            started[name] = time.perf_counter()
+        done, total, unit = event.get("done", 0), event.get("total"), event.get("unit", "bytes")
+        rate = done / max(time.perf_counter() - started[name], 1e-9)
+        if unit == "bytes":
+            detail = f"{human_bytes(done)} / {human_bytes(total)}  {human_bytes(rate)}/s"
+        else:
+            detail = f"{done:,} / {total:,} {unit}  {rate:,.1f} {unit}/s"
+        bar.update(tasks[name], completed=done, total=total, detail=detail)
 
     try:
         yield on_event
@@ -163,8 +168,9 @@ def inspection(report: dict) -> None:
     if report.get("provenance"):
         record = report["provenance"]
         rope_record = record["rope"]
+        origin = f", from {escape(record['base_model'])}" if record.get("base_model") else ""
         console.print(f"[bold]picli.json[/]: PI x{rope_record['factor']:g}, {rope_record['original_window']} -> "
-                      f"{rope_record['target_window']} tokens, from {escape(str(record.get('base_model')))}")
+                      f"{rope_record['target_window']} tokens{origin}")
     for text in report["warnings"]:
         warning(text)
 
@@ -234,3 +240,99 @@ def extend_result(result: dict) -> None:
         console.print(f"[green]Self-check passed[/]: {check['method']}")
     console.print("[yellow]Not fine-tuned yet[/]: PI without fine-tuning keeps attention bounded but models still "
                   "need a short fine-tune at the new window (see docs/concepts.md).")
+
+
+def _rate_style(rate: float) -> str:
+    if rate >= 1.0:
+        return "green"
+    if rate >= 0.6:
+        return "chartreuse3"
+    if rate >= 0.2:
+        return "yellow"
+    return "red" if rate == 0 else "dark_orange"
+
+
+def verify_report(report: dict) -> None:
+    console = out()
+    runs = [report["model"]] + ([report["baseline"]] if report.get("baseline") else [])
+    if report["model"].get("passkey"):
+        protocol = report["model"]["passkey"]["protocol"]
+        console.print(f"[bold]Passkey retrieval[/] ({protocol['name']} protocol: {protocol['positions']} positions x "
+                      f"{protocol['trials']} trials, seed {protocol['seed']}, k_max at >= "
+                      f"{protocol['threshold']:.0%} success)")
+        table = Table(title_justify="left")
+        table.add_column("length", justify="right")
+        for run in runs:
+            table.add_column(f"{run['model']} k_max", justify="right", no_wrap=True)
+            table.add_column(f"{run['model']} ok", justify="right", no_wrap=True)
+        if len(runs) == 2:
+            table.add_column("delta k_max", justify="right", no_wrap=True)
+        for index, length in enumerate(report["passkey_lengths"]):
+            row = [str(length)]
+            values = []
+            for run in runs:
+                result = run["passkey"]["results"][index]
+                rate = sum(result["success"]) / len(result["success"])
+                values.append(result["k_max"])
+                row += [f"{result['k_max']}" + (" *" if result["beyond_window"] else ""),
+                        f"[{_rate_style(rate)}]{rate:.0%}[/]"]
+            if len(runs) == 2:
+                row.append(f"{values[0] - values[1]:+d}")
+            table.add_row(*row)
+        console.print(table)
+        for run in runs:
+            console.print(f"[bold]{run['model']}[/] success by k (key depth, tokens from the end; "
+                          "left = near the end):")
+            for result in run["passkey"]["results"]:
+                cells = "".join(f"[{_rate_style(rate)}]█[/]" for rate in result["success"])
+                console.print(f"  {result['length']:>7}  {cells}  k_max {result['k_max']}")
+        console.print("  legend: [green]█[/] 100%  [chartreuse3]█[/] >=60%  [yellow]█[/] >=20%  "
+                      "[dark_orange]█[/] <20%  [red]█[/] 0%   * beyond the model's trained window")
+    if report["model"].get("perplexity"):
+        table = Table(title="Perplexity (sliding window, stride "
+                      f"{report['model']['perplexity']['stride']})", title_justify="left", title_style="bold")
+        table.add_column("length", justify="right")
+        for run in runs:
+            table.add_column(f"{run['model']} ppl", justify="right")
+        if len(runs) == 2:
+            table.add_column("delta", justify="right")
+        table.add_column("tokens scored", justify="right")
+        for index, length in enumerate(report["perplexity_lengths"]):
+            results = [run["perplexity"]["results"][index] for run in runs]
+            row = [str(length)] + [f"{result['perplexity']:.3f}" for result in results]
+            if len(runs) == 2:
+                row.append(f"{results[0]['perplexity'] - results[1]['perplexity']:+.3f}")
+            row.append(f"{results[0]['tokens_scored']:,}")
+            table.add_row(*row)
+        console.print(table)
+    for note in report.get("notes") or []:
+        console.print(f"[yellow]Note:[/] {escape(note)}")
+    if report.get("saved_to"):
+        message(f"Saved {report['saved_to']} (summary in picli.json)")
+
+
+def passkey_heatmap_png(report: dict, path: str) -> None:
+    """The success-by-k grid as a PNG (matplotlib, the optional 'plot' extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PicliError("--heatmap needs matplotlib", hint="pip install matplotlib (or picli[plot])") from None
+    runs = [report["model"]] + ([report["baseline"]] if report.get("baseline") else [])
+    figure, axes = plt.subplots(len(runs), 1, figsize=(10, 1.2 + 0.6 * len(report["passkey_lengths"]) * len(runs)),
+                                squeeze=False)
+    for axis, run in zip(axes[:, 0], runs):
+        results = run["passkey"]["results"]
+        grid = [result["success"] for result in results]
+        image = axis.imshow(grid, aspect="auto", cmap="RdYlGn", vmin=0, vmax=1)
+        axis.set_yticks(range(len(results)), [str(result["length"]) for result in results])
+        axis.set_xticks(range(len(results[0]["ks"])), [str(k) for k in results[0]["ks"]], rotation=90, fontsize=6)
+        axis.set_ylabel("length")
+        axis.set_title(f"{run['model']}: passkey success by k (tokens from the end)")
+        figure.colorbar(image, ax=axis, fraction=0.02)
+    axes[-1, 0].set_xlabel("k")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

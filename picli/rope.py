@@ -336,9 +336,8 @@ def plan_config(
                 "current window (transformers' convention); pass --from N if it is the pretraining window instead"
             )
     if target_window <= current_window:
-        same = "already is" if target_window == current_window else "is larger than"
         raise CannotExtend(
-            f"--to {target_window} is not larger than the current window: the model {same} {current_window} tokens",
+            f"--to {target_window} is not larger than the current window of {current_window} tokens",
             hint=f"pass a target above {current_window}, or --from N if the config's window is wrong",
         )
 
@@ -435,25 +434,29 @@ def predict_transformers5(config: dict) -> dict:
             "local_theta": state.local_theta, "notes": [state.disagreement] if state.disagreement else []}
 
 
-def predict_vllm(config: dict) -> dict:
+def predict_vllm(config: dict, intended_window: int | None = None) -> dict:
     """vLLM multiplies max_position_embeddings by a linear/dynamic/yarn factor (it assumes
     the field holds the pretraining window), so a PI checkpoint in the HF convention is
-    over-claimed by the factor unless --max-model-len is passed."""
+    over-claimed by the factor unless --max-model-len is passed.
+
+    intended_window: the window picli.json recorded (needed for checkpoints written with
+    --max-position-embeddings original, where the config alone does not say it)."""
     state = read_state(config)
     derived = state.window
     if state.scaling_type in ("linear", "dynamic", "yarn"):
         derived = int(state.window * state.factor)
-    intended = state.window if state.scaling_type in ("default", "linear") else derived
+    intended = intended_window or (state.window if state.scaling_type in ("default", "linear") else derived)
     return {"derived_max_model_len": derived, "intended_max_model_len": intended,
             "flag": f"--max-model-len {intended}",
             "over_claims": derived > intended}
 
 
-def predict_llama_cpp(config: dict) -> dict:
+def predict_llama_cpp(config: dict, intended_window: int | None = None) -> dict:
     """convert_hf_to_gguf writes max_position_embeddings as context_length and the linear
-    factor as rope.scaling.*; at run time n_ctx defaults to context_length."""
+    factor as rope.scaling.*; recent llama.cpp defaults n_ctx to context_length, older
+    builds to less, so the flags always name the context."""
     state = read_state(config)
-    flags = f"-c {state.window}"
+    flags = f"-c {intended_window or state.window}"
     if state.scaling_type == "linear":
         flags += f" --rope-scaling linear --rope-scale {state.factor:g}"
     return {"context_length": state.window, "rope_scaling": state.scaling_type,

@@ -183,3 +183,27 @@ def workdir(tmp_path, monkeypatch) -> Path:
     directory.mkdir()
     monkeypatch.chdir(directory)
     return directory
+
+
+def rotary_class_inv_freqs(checkpoint_dir: Path) -> dict:
+    """The truth for RoPE checks: the family's own rotary embedding module, built from the
+    config by transformers, and its inverse-frequency buffers ({layer type: tensor})."""
+    import importlib
+
+    import torch
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+
+    config = AutoConfig.from_pretrained(checkpoint_dir)
+    module_name = model_type_to_module_name(config.model_type)
+    module = importlib.import_module(f"transformers.models.{module_name}.modeling_{module_name}")
+    candidates = [obj for name, obj in vars(module).items()
+                  if name.endswith("RotaryEmbedding") and isinstance(obj, type) and obj.__module__ == module.__name__]
+    prefix = type(config).__name__.removesuffix("Config")
+    rotary_class = max(candidates, key=lambda cls: (prefix.startswith(cls.__name__.removesuffix("RotaryEmbedding")),
+                                                    -len(cls.__name__)))
+    rotary = rotary_class(config)
+    buffers = {name: buffer for name, buffer in rotary.named_buffers()
+               if name.endswith("inv_freq") and "original" not in name}
+    return {name.removesuffix("inv_freq").removesuffix("_") or "all": buffer.to(torch.float64)
+            for name, buffer in buffers.items()}

@@ -30,7 +30,7 @@ def reference_inv_freq(theta: float, rotary_dim: int, factor: float) -> torch.Te
 
 
 def effective(path: Path) -> dict[str, torch.Tensor]:
-    from picli.extend import effective_inv_freqs
+    from tests.conftest import rotary_class_inv_freqs as effective_inv_freqs
 
     return effective_inv_freqs(path)
 
@@ -330,3 +330,26 @@ def test_debug_shows_traceback(checkpoint, workdir, monkeypatch):
     monkeypatch.setenv("PICLI_DEBUG", "1")
     result = run("extend", checkpoint, "--to", "1024")
     assert result.exit_code == 1 and result.exception is not None
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_self_check_frequencies_equal_the_model_rotary_class(name, family_checkpoints, workdir):
+    """picli's self-check reads configs through transformers without importing modeling code;
+    here it must agree with each family's own rotary embedding, source and output."""
+    from picli.extend import effective_inv_freqs
+
+    output = workdir / "out"
+    assert run("extend", family_checkpoints[name], "--to", EXPECTED[name][0], "-o", output).exit_code == 0
+    for path in (family_checkpoints[name], output):
+        fast, truth = effective_inv_freqs(path), effective(path)
+        assert fast.keys() == truth.keys()
+        for layer_type in truth:
+            torch.testing.assert_close(fast[layer_type], truth[layer_type], rtol=1e-6, atol=0)
+
+
+def test_generation_config_is_carried_when_unchanged(tmp_path, workdir):
+    source = write_checkpoint(tmp_path / "gen", FAMILY_CONFIGS["llama_v4"], tokenizer_max=100000)
+    (source / "generation_config.json").write_text(json.dumps({"eos_token_id": 2}))
+    assert run("extend", source, "--to", 4096, "-o", workdir / "out").exit_code == 0
+    assert json.loads((workdir / "out" / "generation_config.json").read_text()) == {"eos_token_id": 2}
+    assert json.loads((workdir / "out" / "tokenizer_config.json").read_text()) == {"model_max_length": 100000}

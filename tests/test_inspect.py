@@ -85,3 +85,13 @@ def test_inspect_gguf(tmp_path):
     assert report["rope"]["window"] == 2048 and report["rope"]["theta"] == 10000.0
     assert report["parameters"] == 4 * 6 + 7 + 3 * 5
     assert report["runtimes"]["llama_cpp"]["context_length"] == 2048
+
+
+def test_inspect_original_mode_uses_recorded_window(family_checkpoints, workdir):
+    result = runner.invoke(app, ["extend", str(family_checkpoints["llama_v4"]), "--to", "8192", "-o", "orig",
+                                 "--max-position-embeddings", "original"])
+    assert result.exit_code == 0, result.stderr
+    runtimes = inspect_json(workdir / "orig")["runtimes"]
+    assert runtimes["vllm"]["derived_max_model_len"] == 8192  # 2048 x 4: right for vLLM
+    assert runtimes["vllm"]["over_claims"] is False and runtimes["vllm"]["flag"] == "--max-model-len 8192"
+    assert runtimes["llama_cpp"]["flags"].startswith("-c 8192 ")

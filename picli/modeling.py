@@ -1,0 +1,152 @@
+"""Loading a checkpoint for evaluation: device, dtype and attention choices, memory checks.
+
+Shared by `verify` (passkey, perplexity) and later `finetune`. `--device-map auto` hands
+placement to accelerate's big-model inference; picli never splits a model itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import PicliError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+ATTENTIONS = ("sdpa", "flash_attention_2", "eager")
+
+
+class OutOfMemory(PicliError):
+    """The requested length or batch does not fit; the message carries the estimate."""
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    device: Any  # torch.device of the inputs (the first device under --device-map auto)
+    dtype: Any
+    attention: str
+    path: Path
+
+    @property
+    def config(self):
+        return self.model.config
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device not in DEVICES:
+        raise PicliError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}", hint="e.g. --device cpu")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PicliError("--device cuda was asked for but torch sees no CUDA GPU", hint="use --device cpu or auto")
+    return device
+
+
+def pick_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise PicliError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}", hint="e.g. --dtype bfloat16")
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # CPU kernels for half types are slow or missing; float32 is the safe default there.
+    return torch.float32
+
+
+def load_model(path: Path, device: str = "auto", dtype: str = "auto", attention: str = "sdpa",
+               device_map: str | None = None) -> LoadedModel:
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":
+        transformers.utils.logging.disable_progress_bar()
+    if attention not in ATTENTIONS:
+        raise PicliError(f"--attn must be one of {', '.join(ATTENTIONS)}, got {attention!r}", hint="sdpa works everywhere")
+    if attention == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise PicliError("--attn flash_attention_2 needs the flash-attn package", hint="pip install flash-attn, or use --attn sdpa")
+    if device_map not in (None, "auto"):
+        raise PicliError(f"--device-map must be auto, got {device_map!r}", hint="omit it to use one device")
+    chosen_device = pick_device(device) if device_map is None else "cuda"
+    torch_dtype = pick_dtype(dtype, chosen_device)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": attention}
+    if device_map:
+        kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise OutOfMemory(f"the model's weights do not fit on {chosen_device}",
+                          hint="try --dtype bfloat16, or --device-map auto to shard across GPUs") from exc
+    if not device_map:
+        model.to(chosen_device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    input_device = next(model.parameters()).device
+    return LoadedModel(model, tokenizer, input_device, torch_dtype, attention, Path(path))
+
+
+def available_memory(device) -> int | None:
+    """Bytes free for activations and KV cache on `device`, or None when unknown."""
+    import torch
+
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as handle:
+                for line in handle:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def kv_bytes_per_token(config, dtype) -> int:
+    import torch
+
+    text = getattr(config, "text_config", None) or config
+    layers = text.num_hidden_layers
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return int(2 * layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size())
+
+
+def check_fits(loaded: LoadedModel, tokens: int, batch: int = 1, what: str = "this length") -> None:
+    """Fail before a long run when the KV cache plus working memory clearly cannot fit."""
+    free = available_memory(loaded.device)
+    if free is None:
+        return
+    import torch
+
+    text = getattr(loaded.config, "text_config", None) or loaded.config
+    per_token = kv_bytes_per_token(loaded.config, loaded.dtype)
+    # Working set besides the cache: one layer's activations (hidden states, MLP), a few copies.
+    element = torch.tensor([], dtype=loaded.dtype).element_size()
+    intermediate = getattr(text, "intermediate_size", None) or 4 * text.hidden_size
+    working = tokens * batch * (text.hidden_size * 8 + intermediate * 3) * element
+    needed = per_token * tokens * batch + working
+    if needed > free:
+        gib = 1024 ** 3
+        raise OutOfMemory(
+            f"{what} ({tokens} tokens x batch {batch}) needs about {needed / gib:.1f} GiB on {loaded.device} "
+            f"(KV cache {per_token * tokens * batch / gib:.1f} GiB), but only {free / gib:.1f} GiB is free",
+            hint="try a smaller --length, --batch-size 1, --dtype bfloat16, or --device-map auto across GPUs",
+        )

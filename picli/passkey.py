@@ -1,0 +1,289 @@
+"""Passkey retrieval as the PI paper measures it (§3.3), and fast.
+
+The prompt is Mohtashami & Jaggi's: a task line, the filler "The grass is green. ..."
+repeated, the line "The pass key is {key}. Remember it. {key} is the pass key.", more
+filler, then "What is the pass key? The pass key is". Every prompt of an evaluated length
+L has the same number of tokens; the key line starts k tokens before the end. `positions`
+values of k are spread uniformly over the prompt, `trials` random 5-digit keys each, and
+
+    k_max = the largest k such that every evaluated k' <= k succeeds in >= 20% of trials.
+
+Scoring is teacher-forced: greedy decoding reproduces the key exactly when the argmax at
+each answer position is the next key token, so one forward pass replaces a generate loop,
+and only the answer positions get logits. All prompts of a length share their beginning
+(task line + filler, truncated at the key), so prompts are visited from the largest k to
+the smallest while one KV cache of that shared prefix grows; each trial then runs only its
+own ~k tokens, batched across the trials of a k.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from .errors import PicliError
+
+TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+        "I will quiz you about the important information there.")
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+KEY_LINE = "The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = "What is the pass key? The pass key is"
+THRESHOLD = 0.2  # the paper's success rate for "retrieved at this distance"
+
+Events = Callable[[dict], None] | None
+
+
+@dataclass(frozen=True)
+class Protocol:
+    positions: int = 32
+    trials: int = 10
+    seed: int = 0
+    threshold: float = THRESHOLD
+
+    @property
+    def name(self) -> str:
+        if (self.positions, self.trials) == (32, 10):
+            return "paper"
+        return "quick" if (self.positions, self.trials) == QUICK else "custom"
+
+    def describe(self) -> dict:
+        return {"name": self.name, "positions": self.positions, "trials": self.trials, "seed": self.seed,
+                "threshold": self.threshold, "scoring": "teacher-forced greedy (argmax at every key token)",
+                "prompt": "Mohtashami & Jaggi 2023, as in PI (Chen et al. 2023) section 3.3",
+                "k": "tokens from the start of the key line to the end of the prompt"}
+
+
+QUICK = (4, 2)
+
+
+@dataclass(frozen=True)
+class LengthResult:
+    length: int
+    ks: list[int]
+    success: list[float]  # per k, fraction of trials retrieved
+    outcomes: list[list[bool]]  # per k, per trial
+    keys: list[list[int]]
+    k_max: int
+    beyond_window: bool  # evaluated past the model's max_position_embeddings
+    seconds: float
+
+    @property
+    def passed_all(self) -> bool:
+        return all(rate >= 1.0 for rate in self.success)
+
+
+@dataclass(frozen=True)
+class PasskeyReport:
+    protocol: dict
+    window: int  # the model's max_position_embeddings
+    results: list[LengthResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One prompt, as token ids, split where the shared prefix ends."""
+
+    k: int
+    key: int
+    prefix_length: int  # tokens shared with every prompt of a smaller k
+    suffix: list[int]  # key line, filler, question, and the answer without its last token
+    answer: list[int]  # the key's tokens, which greedy decoding must reproduce
+
+
+@dataclass(frozen=True)
+class LengthPrompts:
+    """Every trial of one evaluated length; each prompt = prefix_stream[:prefix_length] + suffix."""
+
+    length: int
+    ks: list[int]
+    groups: list[list[Trial]]  # per k, its trials
+    prefix_stream: list[int]  # task line + filler: what every prompt starts with, up to its key
+
+    def full_prompt(self, trial: Trial) -> list[int]:
+        """The whole prompt of one trial, without the answer (for generate-based checks)."""
+        return self.prefix_stream[:trial.prefix_length] + trial.suffix[:len(trial.suffix) - len(trial.answer) + 1]
+
+
+def k_max(ks: list[int], success: list[float], threshold: float = THRESHOLD) -> int:
+    """The largest k with every k' <= k at or above the threshold; 0 if the smallest fails."""
+    best = 0
+    for k, rate in sorted(zip(ks, success)):
+        if rate < threshold:
+            break
+        best = k
+    return best
+
+
+class PromptBuilder:
+    """Token-exact passkey prompts for one tokenizer."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.task = tokenizer(TASK, add_special_tokens=True).input_ids
+        self.question = self._ids(" " + QUESTION)
+        self._filler: list[int] = []
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def filler(self, tokens: int) -> list[int]:
+        """The first `tokens` tokens of the filler repeated; the same stream for every prompt."""
+        while len(self._filler) < tokens:
+            self._filler = self._ids((" " + FILLER) * (2 * max(tokens, 64) // 16 + 4))
+        return self._filler[:tokens]
+
+    def key_line(self, key: int) -> list[int]:
+        return self._ids(" " + KEY_LINE.format(key=key))
+
+    def answer(self, key: int) -> list[int]:
+        return self._ids(f" {key}")
+
+    def grid(self, length: int, positions: int, answer_room: int, key_line: int) -> tuple[int, list[int]]:
+        """(prompt tokens, the k values): k spread uniformly from the smallest possible to the largest."""
+        prompt_length = length - answer_room
+        smallest = key_line + len(self.question)
+        largest = prompt_length - len(self.task)
+        if largest < smallest:
+            raise PicliError(f"--length {length} is too short for a passkey prompt (needs at least "
+                             f"{smallest + len(self.task) + answer_room} tokens)", hint="use a longer --length")
+        if positions == 1:
+            return prompt_length, [largest]
+        step = (largest - smallest) / (positions - 1)
+        return prompt_length, sorted({round(smallest + step * index) for index in range(positions)})
+
+    def prompts(self, length: int, protocol: Protocol, rng: random.Random) -> LengthPrompts:
+        keys = [[rng.randint(10000, 99999) for _ in range(protocol.trials)] for _ in range(protocol.positions)]
+        answer_room = max(len(self.answer(key)) for row in keys for key in row)
+        key_line_room = max(len(self.key_line(key)) for row in keys for key in row)
+        prompt_length, ks = self.grid(length, protocol.positions, answer_room, key_line_room)
+        grouped = []
+        for k, row in zip(ks, keys):
+            prefix_length = prompt_length - k
+            group = []
+            for key in row:
+                line, answer = self.key_line(key), self.answer(key)
+                after = k - len(line) - len(self.question)
+                suffix = line + self.filler(after) + self.question + answer[:-1]
+                group.append(Trial(k, key, prefix_length, suffix, answer))
+            grouped.append(group)
+        return LengthPrompts(length, ks, grouped, self.task + self.filler(prompt_length))
+
+
+def evaluate_passkey(loaded, lengths: list[int], protocol: Protocol = Protocol(), batch_size: int | None = None,
+                     on_event: Events = None) -> PasskeyReport:
+    from .modeling import check_fits
+
+    builder = PromptBuilder(loaded.tokenizer)
+    window = int(getattr(loaded.config, "max_position_embeddings", 0) or 0)
+    rng = random.Random(protocol.seed)
+    results = []
+    for length in lengths:
+        prompts = builder.prompts(length, protocol, rng)
+        check_fits(loaded, length, batch=1, what=f"passkey at {length} tokens")
+        started = time.perf_counter()
+        predictions = predict_answers(loaded, prompts, batch_size, on_event)
+        outcomes = [[predicted == trial.answer for predicted, trial in zip(row, group)]
+                    for row, group in zip(predictions, prompts.groups)]
+        success = [sum(row) / len(row) for row in outcomes]
+        results.append(LengthResult(
+            length=length, ks=prompts.ks, success=success, outcomes=outcomes,
+            keys=[[trial.key for trial in group] for group in prompts.groups],
+            k_max=k_max(prompts.ks, success, protocol.threshold), beyond_window=bool(window and length > window),
+            seconds=time.perf_counter() - started,
+        ))
+    return PasskeyReport(protocol=protocol.describe(), window=window, results=results)
+
+
+def predict_answers(loaded, prompts: LengthPrompts, batch_size: int | None = None,
+                    on_event: Events = None) -> list[list[list[int]]]:
+    """Greedy tokens at every answer position, per k, per trial (teacher-forced).
+
+    Largest k first: the shared prefix only grows, so its KV cache is extended, never
+    recomputed; each group of trials runs on a copy of it.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    model, device = loaded.model, loaded.device
+    grouped, length = prompts.groups, prompts.length
+    order = sorted(range(len(grouped)), key=lambda index: -grouped[index][0].k)
+    predictions: list[list[list[int]]] = [[] for _ in grouped]
+    cache = DynamicCache(config=model.config)
+    # transformers renamed past_key_values to cache (5.2x); pass whichever this release takes.
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    consumed = 0
+    done, total = 0, sum(len(group) for group in grouped)
+    batch = batch_size or _auto_batch(loaded, length, len(grouped[0]))
+    with torch.inference_mode():
+        for index in order:
+            group = grouped[index]
+            prefix_length = group[0].prefix_length
+            if prefix_length > consumed:
+                new_tokens = torch.tensor([prompts.prefix_stream[consumed:prefix_length]], device=device)
+                model(input_ids=new_tokens, **{cache_name: cache}, use_cache=True, logits_to_keep=1)
+                consumed = prefix_length
+            results = {}
+            for chunk in _same_length_chunks(group, batch):
+                trial_cache = copy.deepcopy(cache)
+                if len(chunk) > 1:
+                    trial_cache.batch_repeat_interleave(len(chunk))
+                suffix = torch.tensor([trial.suffix for _, trial in chunk], device=device)
+                answer_length = len(chunk[0][1].answer)
+                logits = model(input_ids=suffix, **{cache_name: trial_cache}, use_cache=True,
+                               logits_to_keep=answer_length).logits
+                for (position, _trial), tokens in zip(chunk, logits.argmax(-1).tolist()):
+                    results[position] = tokens
+                del trial_cache, logits
+                done += len(chunk)
+                if on_event:
+                    on_event({"kind": "progress", "task": f"passkey {length}", "done": done, "total": total,
+                              "unit": "trials"})
+            predictions[index] = [results[position] for position in range(len(group))]
+    return predictions
+
+
+def _same_length_chunks(group: list[Trial], batch: int) -> list[list[tuple[int, Trial]]]:
+    """Trials whose suffixes have equal length can share one batch without padding."""
+    by_length: dict[tuple[int, int], list[tuple[int, Trial]]] = {}
+    for position, trial in enumerate(group):
+        by_length.setdefault((len(trial.suffix), len(trial.answer)), []).append((position, trial))
+    chunks = []
+    for members in by_length.values():
+        chunks += [members[start:start + batch] for start in range(0, len(members), batch)]
+    return chunks
+
+
+def _auto_batch(loaded, length: int, trials: int) -> int:
+    """As many trials per forward as the free memory allows for their copied caches."""
+    from .modeling import available_memory, kv_bytes_per_token
+
+    free = available_memory(loaded.device)
+    if free is None:
+        return 1
+    per_trial = kv_bytes_per_token(loaded.config, loaded.dtype) * length * 3  # cache copy + activations
+    return max(1, min(trials, int(free * 0.5 // max(per_trial, 1))))
+
+
+def generate_success(loaded, prompts: LengthPrompts, trial: Trial) -> bool:
+    """The public scripts' way, for checks and benchmarks: greedy generate, then compare."""
+    import torch
+
+    prompt = torch.tensor([prompts.full_prompt(trial)], device=loaded.device)
+    with torch.inference_mode():
+        generated = loaded.model.generate(prompt, max_new_tokens=len(trial.answer), do_sample=False,
+                                          pad_token_id=loaded.tokenizer.eos_token_id)
+    return generated[0, prompt.shape[1]:].tolist() == trial.answer
+
+
+def summary(report: PasskeyReport) -> dict[str, Any]:
+    return {"protocol": report.protocol["name"], "window": report.window,
+            "k_max": {str(result.length): result.k_max for result in report.results},
+            "mean_success": {str(result.length): sum(result.success) / len(result.success)
+                             for result in report.results}}

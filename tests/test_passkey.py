@@ -1,0 +1,221 @@
+"""Passkey: prompt construction, the k grid, the k_max rule, scoring with stub models, the
+shared-prefix cache against a naive computation, and the real SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from picli import passkey
+from picli.cli import app
+from picli.passkey import FILLER, KEY_LINE, QUESTION, TASK, PromptBuilder, Protocol, k_max
+
+runner = CliRunner()
+
+
+def word_tokenizer():
+    """A word-level tokenizer that splits digits, so a 5-digit key is 5 tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = set()
+    for text in (TASK, FILLER, KEY_LINE.format(key=0), QUESTION, "the quick brown fox"):
+        for piece in text.replace(".", " . ").replace("?", " ? ").split():
+            words.add(piece)
+    vocab = {"[UNK]": 0, "[EOS]": 1, **{str(d): 2 + d for d in range(10)}}
+    for word in sorted(words):
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                       pre_tokenizers.Digits(individual_digits=True)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", eos_token="[EOS]")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return word_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A tiny random Llama saved with the word tokenizer: a complete checkpoint for the CLI."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
+                         rope_theta=10000.0)
+    directory = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_prompt_shape_and_key_distance(tokenizer):
+    builder = PromptBuilder(tokenizer)
+    prompts = builder.prompts(600, Protocol(positions=8, trials=3, seed=1), random.Random(1))
+    lengths = set()
+    for k, group in zip(prompts.ks, prompts.groups):
+        for trial in group:
+            prompt = prompts.full_prompt(trial)
+            lengths.add(len(prompt))
+            line = builder.key_line(trial.key)
+            assert prompt[len(prompt) - k: len(prompt) - k + len(line)] == line  # key line starts k from the end
+            assert len(prompt) + len(trial.answer) - 1 <= 600  # prompt and answer fit in the length
+            assert tokenizer.decode(prompt[-len(builder.question):]) == tokenizer.decode(builder.question)
+            assert trial.answer == [2 + int(digit) for digit in str(trial.key)]
+    assert len(lengths) == 1  # every prompt of a length has the same number of tokens
+    assert tokenizer.decode(prompts.prefix_stream[:len(builder.task)]) == tokenizer.decode(builder.task)
+
+
+def test_k_grid_is_uniform_over_the_prompt(tokenizer):
+    builder = PromptBuilder(tokenizer)
+    prompts = builder.prompts(2000, Protocol(positions=32, trials=1), random.Random(0))
+    ks = prompts.ks
+    assert len(ks) == 32 and ks == sorted(ks)
+    gaps = {b - a for a, b in zip(ks, ks[1:])}
+    assert max(gaps) - min(gaps) <= 1
+    key_line = len(builder.key_line(12345))
+    assert ks[0] == key_line + len(builder.question)
+    prompt_length = len(prompts.full_prompt(prompts.groups[0][0]))
+    assert ks[-1] == prompt_length - len(builder.task)
+
+
+def test_keys_are_seeded_five_digit_numbers(tokenizer):
+    builder = PromptBuilder(tokenizer)
+    first = builder.prompts(500, Protocol(positions=4, trials=10, seed=7), random.Random(7))
+    again = builder.prompts(500, Protocol(positions=4, trials=10, seed=7), random.Random(7))
+    keys = [trial.key for group in first.groups for trial in group]
+    assert keys == [trial.key for group in again.groups for trial in group]
+    assert all(10000 <= key <= 99999 for key in keys) and len(set(keys)) > 30
+
+
+def test_length_too_short(tokenizer):
+    with pytest.raises(passkey.PicliError, match="too short"):
+        PromptBuilder(tokenizer).prompts(40, Protocol(positions=2, trials=1), random.Random(0))
+
+
+@pytest.mark.parametrize("rates, expected", [
+    ([1.0, 1.0, 1.0], 300),
+    ([0.0, 1.0, 1.0], 0),  # the nearest key already fails
+    ([1.0, 0.1, 1.0], 100),  # a later success does not count past a failure
+    ([0.2, 0.2, 0.19], 200),  # 20% is a pass
+])
+def test_k_max_rule(rates, expected):
+    assert k_max([100, 200, 300], rates) == expected
+
+
+def test_k_max_sorts_by_k():
+    assert k_max([300, 100, 200], [0.0, 1.0, 1.0]) == 200
+
+
+class Oracle(torch.nn.Module):
+    """Reads the key from the key line in its input and predicts it (or never does)."""
+
+    def __init__(self, tokenizer, knows: bool):
+        super().__init__()
+        from transformers import LlamaConfig
+
+        self.config = LlamaConfig(hidden_size=8, num_attention_heads=1, num_hidden_layers=1, vocab_size=len(tokenizer),
+                                  max_position_embeddings=4096)
+        self.anchor = tokenizer.convert_tokens_to_ids("is")
+        self.knows = knows
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, past_key_values=None, use_cache=True, logits_to_keep=0):
+        batch, length = input_ids.shape
+        vocab = self.config.vocab_size
+        logits = torch.zeros(batch, max(logits_to_keep, 1), vocab)
+        if self.knows and logits_to_keep > 1:  # a trial's suffix: it starts with the key line
+            for row in range(batch):
+                start = (input_ids[row] == self.anchor).nonzero()[0].item() + 1
+                key = input_ids[row, start:start + logits_to_keep]
+                logits[row, torch.arange(logits_to_keep), key] = 1.0
+        return SimpleNamespace(logits=logits)
+
+
+@pytest.mark.parametrize("knows, expected", [(True, 1.0), (False, 0.0)])
+def test_stub_models_score_one_and_zero(tokenizer, knows, expected):
+    from picli.modeling import LoadedModel
+
+    loaded = LoadedModel(Oracle(tokenizer, knows), tokenizer, torch.device("cpu"), torch.float32, "eager", None)
+    report = passkey.evaluate_passkey(loaded, [300, 600], Protocol(positions=5, trials=3))
+    for result in report.results:
+        assert result.success == [expected] * 5
+        assert result.k_max == (result.ks[-1] if knows else 0)
+    assert report.protocol["name"] == "custom" and report.protocol["trials"] == 3
+
+
+def test_shared_prefix_cache_equals_full_prompts(tiny_model_dir):
+    """Cache reuse and batching change nothing: the same argmax as each full prompt alone."""
+    from picli.modeling import load_model
+
+    loaded = load_model(tiny_model_dir, device="cpu")
+    prompts = PromptBuilder(loaded.tokenizer).prompts(400, Protocol(positions=5, trials=3), random.Random(3))
+    for batch_size in (1, 3):
+        cached = passkey.predict_answers(loaded, prompts, batch_size=batch_size)
+        for row, group in zip(cached, prompts.groups):
+            for predicted, trial in zip(row, group):
+                sequence = prompts.full_prompt(trial) + trial.answer[:-1]
+                with torch.no_grad():
+                    logits = loaded.model(torch.tensor([sequence])).logits[0, -len(trial.answer):]
+                assert predicted == logits.argmax(-1).tolist()
+
+
+def test_verify_cli_on_tiny_model(tiny_model_dir, tmp_path, workdir):
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    result = runner.invoke(app, ["verify", str(model), "--passkey", "--quick", "--length", "256",
+                                 "--length", "384", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    results = report["model"]["passkey"]["results"]
+    assert [r["length"] for r in results] == [256, 384]
+    assert all(len(r["ks"]) == 4 and len(r["outcomes"][0]) == 2 for r in results)
+    assert report["model"]["passkey"]["protocol"]["name"] == "quick"
+    saved = json.loads((model / "picli-verify.json").read_text())
+    assert saved["model"]["passkey"]["results"][0]["ks"] == results[0]["ks"]
+    summary = json.loads((model / "picli.json").read_text())["verification"]
+    assert summary["model"]["passkey_k_max"] == {"256": results[0]["k_max"], "384": results[1]["k_max"]}
+
+
+def test_verify_without_model_uses_last_extended(tiny_model_dir, workdir):
+    assert runner.invoke(app, ["extend", str(tiny_model_dir), "--to", "1024", "-o", "ext"]).exit_code == 0
+    result = runner.invoke(app, ["verify", "--quick", "--length", "256", "--baseline", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.stderr
+    assert f"MODEL: {workdir / 'ext'}" in result.stderr
+    assert "baseline k_max" in result.stdout and "delta k_max" in result.stdout
+    summary = json.loads((workdir / "ext" / "picli.json").read_text())
+    assert summary["rope"]["factor"] == 2.0 and summary["verification"]["baseline"]["passkey_k_max"]
+    assert not (tiny_model_dir / "picli-verify.json").exists()  # the baseline is only read
+
+
+def test_verify_errors(tmp_path, workdir):
+    result = runner.invoke(app, ["verify", "--passkey"])
+    assert result.exit_code == 1 and "no MODEL given" in result.stderr
+    result = runner.invoke(app, ["verify", str(tmp_path), "--perplexity"])
+    assert result.exit_code == 1 and "--perplexity needs text" in result.stderr
+
+
+# --- the real model -------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_smollm2_teacher_forced_equals_generate(smollm2):
+    from picli.modeling import load_model
+
+    loaded = load_model(smollm2, device="cpu")
+    protocol = Protocol(positions=4, trials=2, seed=0)
+    report = passkey.evaluate_passkey(loaded, [1024], protocol)
+    prompts = PromptBuilder(loaded.tokenizer).prompts(1024, protocol, random.Random(0))
+    generated = [[passkey.generate_success(loaded, prompts, trial) for trial in group] for group in prompts.groups]
+    assert generated == report.results[0].outcomes
+    # The unmodified model within its window: retrieved at every distance.
+    assert report.results[0].k_max == report.results[0].ks[-1]
+    assert sum(report.results[0].success) / 4 >= 0.75

@@ -219,3 +219,23 @@ def test_smollm2_teacher_forced_equals_generate(smollm2):
     # The unmodified model within its window: retrieved at every distance.
     assert report.results[0].k_max == report.results[0].ks[-1]
     assert sum(report.results[0].success) / 4 >= 0.75
+
+
+def test_verify_perplexity_cli_side_by_side(tiny_model_dir, tmp_path, workdir):
+    text = tmp_path / "book.txt"
+    text.write_text(" ".join([FILLER, TASK, QUESTION] * 40))
+    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--perplexity", "--data", str(text), "--length", "128",
+                                 "--length", "256", "--stride", "64", "--baseline", str(tiny_model_dir), "--no-save",
+                                 "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    model_results = report["model"]["perplexity"]["results"]
+    baseline_results = report["baseline"]["perplexity"]["results"]
+    assert [r["length"] for r in model_results] == [128, 256]
+    # Same weights, same text, same protocol: identical numbers side by side.
+    assert [r["perplexity"] for r in model_results] == [r["perplexity"] for r in baseline_results]
+    assert model_results[0]["tokens_scored"] == model_results[1]["tokens_scored"] > 1000
+    assert report["model"]["passkey"] is None and not (tiny_model_dir / "picli-verify.json").exists()
+    table = runner.invoke(app, ["verify", str(tiny_model_dir), "--perplexity", "--data", str(text), "--length", "128",
+                                "--stride", "64", "--no-save"])
+    assert "Perplexity" in table.stdout and "tokens scored" in table.stdout

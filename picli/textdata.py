@@ -1,0 +1,126 @@
+"""Text to evaluate or train on: files, folders, JSON Lines, or a Hugging Face Hub dataset.
+
+    load_texts("book.txt")                 one document
+    load_texts("corpus/")                  every .txt/.md/.jsonl/.json inside, recursively, sorted
+    load_texts("data.jsonl", "content")    one document per line, from the "content" field
+    load_texts("hf:pg19:test")             a Hub dataset split (needs `pip install datasets`)
+
+Used by `verify` (perplexity) and `finetune` (data packing). Empty documents are dropped:
+they score no tokens and train nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PicliError
+
+TEXT_SUFFIXES = (".txt", ".md")
+RECORD_SUFFIXES = (".jsonl", ".json")
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str  # where it came from: a path, "path:line", or "hf:NAME:SPLIT[i]"
+    text: str
+
+
+def load_texts(spec: str, text_field: str = "text", max_documents: int | None = None) -> list[Document]:
+    if spec.startswith("hf:"):
+        documents = _load_hub(spec, text_field, max_documents)
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise PicliError(f"no such file or folder: {spec}",
+                             hint="give a .txt/.md/.jsonl/.json file, a folder, or hf:NAME[:SPLIT]")
+        files = [path] if path.is_file() else sorted(
+            found for found in path.rglob("*")
+            if found.is_file() and found.suffix.lower() in TEXT_SUFFIXES + RECORD_SUFFIXES
+            and not any(part.startswith(".") for part in found.relative_to(path).parts))
+        documents = []
+        for file in files:
+            documents += [doc for doc in _load_file(file, text_field) if doc.text.strip()]
+            if max_documents is not None and len(documents) >= max_documents:
+                break
+    documents = [doc for doc in documents if doc.text.strip()][:max_documents]
+    if not documents:
+        raise PicliError(f"{spec} holds no text to use (no documents, or all of them empty)",
+                         hint=f"check the path; for JSON data, check --text-field (now {text_field!r})")
+    return documents
+
+
+def _load_file(file: Path, text_field: str) -> list[Document]:
+    try:
+        content = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        # Also what a .parquet or .arrow file named by mistake runs into.
+        raise PicliError(f"{file} is not UTF-8 text",
+                         hint="convert it to UTF-8, or give .txt/.md/.jsonl/.json") from exc
+    suffix = file.suffix.lower()
+    if suffix == ".jsonl":
+        return [Document(f"{file}:{number}", _field(_parse(line, file, number), text_field, file, number))
+                for number, line in enumerate(content.splitlines(), start=1) if line.strip()]
+    if suffix == ".json":
+        data = _parse(content, file, None)
+        records = data if isinstance(data, list) else [data]
+        # A list of plain strings is a common hand-written form; accept it as it is.
+        return [Document(f"{file}[{index}]",
+                         record if isinstance(record, str) else _field(record, text_field, file, None))
+                for index, record in enumerate(records)]
+    # .txt, .md, or any other file the user named explicitly: the whole file is one document.
+    return [Document(str(file), content)]
+
+
+def _parse(text: str, file: Path, line: int | None):
+    where = f"{file} line {line}" if line else str(file)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PicliError(f"{where} is not valid JSON ({exc.msg})",
+                         hint="JSON Lines needs one JSON object per line") from exc
+
+
+def _field(record, text_field: str, file: Path, line: int | None) -> str:
+    where = f"{file} line {line}" if line else str(file)
+    if not isinstance(record, dict):
+        raise PicliError(f"{where} is a {type(record).__name__}, not an object with a {text_field!r} field",
+                         hint="each record must be a JSON object like {\"text\": \"...\"}")
+    if not isinstance(record.get(text_field), str):
+        fields = ", ".join(sorted(record)) or "none"
+        raise PicliError(f"{where} has no text field {text_field!r} (fields: {fields})",
+                         hint="name the field that holds the text with --text-field")
+    return record[text_field]
+
+
+def _load_hub(spec: str, text_field: str, max_documents: int | None) -> list[Document]:
+    import importlib
+
+    name, _, split = spec[len("hf:"):].partition(":")
+    # "train" is the one split every Hub dataset has; evaluation should name its split (hf:NAME:test).
+    split = split or "train"
+    if not name:
+        raise PicliError(f"{spec!r} names no dataset", hint="e.g. hf:emozilla/pg19-test:test")
+    try:
+        datasets = importlib.import_module("datasets")
+    except ImportError as exc:
+        raise PicliError(f"reading {spec} needs the datasets package", hint="pip install datasets") from exc
+    try:
+        dataset = datasets.load_dataset(name, split=split if max_documents is None else f"{split}[:{max_documents}]")
+    except Exception as exc:
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise PicliError(f"dataset {name!r} (split {split}) is not in the local cache and HF_HUB_OFFLINE=1",
+                             hint="unset HF_HUB_OFFLINE to download it, or use a local file") from exc
+        if isinstance(exc, (FileNotFoundError, ValueError)) or type(exc).__name__ == "DatasetNotFoundError":
+            # ValueError is how datasets reports an unknown split; its first line lists the real ones.
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise PicliError(f"cannot load dataset {name!r} split {split!r}: {reason}",
+                             hint="check the name and split on huggingface.co/datasets") from exc
+        raise
+    if text_field not in dataset.column_names:
+        raise PicliError(f"dataset {name!r} has no column {text_field!r} (columns: {', '.join(dataset.column_names)})",
+                         hint="name the column that holds the text with --text-field")
+    return [Document(f"{spec}[{index}]", text) for index, text in enumerate(dataset[text_field])
+            if isinstance(text, str)]

@@ -282,6 +282,82 @@ def verify(
         render.verify_report(report)
 
 
+@app.command()
+@boundary
+def finetune(
+    model: Annotated[Optional[str], typer.Argument(
+        help="Checkpoint to train (usually `picli extend` output). Default: the last one written here.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Text files, a folder, JSONL, or hf:NAME.")] = None,
+    text_field: Annotated[str, typer.Option("--text-field", help="JSONL / dataset field holding the text.")] = "text",
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output directory. Default: ./<name>-ft.")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps (paper: 1000; ~200 already reach the window).")] = 1000,
+    seq_len: Annotated[Optional[str], typer.Option("--seq-len", help="Tokens per sequence. Default: the model's window.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate. Default: 2e-5, or 1e-5 above 30B parameters.")] = None,
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warmup from 10% of the LR (paper: 20).")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch in sequences (paper: 64), reached by "
+                                            "gradient accumulation.")] = 64,
+    micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", help="Sequences per forward pass per process.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for data order and initialisation.")] = 0,
+    lora: Annotated[bool, typer.Option("--lora", help="LoRA on attention plus trainable embeddings and norms (LongLoRA).")] = False,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", help="LoRA rank.")] = 16,
+    keep_adapter: Annotated[bool, typer.Option("--keep-adapter", help="Save the LoRA adapter instead of merging it.")] = False,
+    gradient_checkpointing: Annotated[str, typer.Option("--gradient-checkpointing",
+                                                        help="auto (on above 4k tokens), on or off.")] = "auto",
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Every N steps: held-out loss and a quick "
+                                                      "passkey at the training length.")] = None,
+    stop_when_verified: Annotated[bool, typer.Option("--stop-when-verified", help="Stop once passkey k_max reaches the "
+                                                     "window (needs --eval-every; default 50).")] = False,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps (default: 100).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in the output directory exactly.")] = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Estimate memory and time per step; train nothing.")] = False,
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 autocast on GPUs that have it), bfloat16, float16, "
+                                       "float32.")] = "auto",
+    attn: Annotated[str, typer.Option("--attn", help="sdpa or flash_attention_2.")] = "sdpa",
+    cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even when a GPU is visible.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Train into an existing output directory.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """The PI paper's short fine-tune at the new window.
+
+    Defaults are the paper's recipe: AdamW (0.9, 0.95), no weight decay, LR 2e-5, 20 warmup
+    steps from 10% of the LR, global batch 64, 1000 steps, sequence length = the window.
+    Runs unchanged under `accelerate launch` or `torchrun` (DDP, FSDP). Checkpoints are
+    atomic; Ctrl-C saves one; --resume continues exactly. The output keeps the PI config.
+
+    Examples:
+
+      picli finetune --data ./books/ --steps 1000
+
+      picli finetune ./llama-7b-16k --data corpus.jsonl --text-field text -o ./llama-7b-16k-ft
+
+      picli finetune ./m --data ./books --lora --eval-every 50 --stop-when-verified
+
+      picli finetune ./m --data ./books --plan
+
+      picli finetune ./m --resume
+
+      accelerate launch --config_file fsdp.yaml -m picli finetune ./m --data ./books
+    """
+    from .finetune import TrainSettings, finetune_command
+
+    settings = TrainSettings(
+        data=data, text_field=text_field, steps=steps, seq_len=parse_window(seq_len, "--seq-len") if seq_len else None,
+        lr=lr, warmup_steps=warmup_steps, batch_size=batch_size, micro_batch_size=micro_batch_size, seed=seed,
+        lora=lora, lora_rank=lora_rank, keep_adapter=keep_adapter, gradient_checkpointing=gradient_checkpointing,
+        eval_every=eval_every or (50 if stop_when_verified else None), stop_when_verified=stop_when_verified,
+        save_every=save_every if save_every is not None else 100, dtype=dtype, attention=attn, cpu=cpu,
+    )
+    with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
+        result = finetune_command(model, output, settings, resume=resume, plan_only=plan, force=force,
+                                  command=" ".join(["picli", *sys.argv[1:]]), on_event=on_event)
+    if json_output:
+        render.print_json(result)
+    elif plan:
+        render.finetune_plan(result)
+    else:
+        render.finetune_result(result)
+
+
 def _plan_dict(plan) -> dict:
     return {
         "source": str(plan.source.path), "source_record": plan.source.source, "output": str(plan.output),

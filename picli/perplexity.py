@@ -91,7 +91,7 @@ def evaluate_token_ids(loaded: LoadedModel, token_ids_list: list[list[int]], len
         raise PicliError("the evaluation text is too short: no document has two tokens",
                          hint="give more text, or raise --max-tokens")
     longest = max(len(ids) for ids in sequences)
-    decoder, head, adjust = _split_model(loaded.model)
+    decoder, head, adjust = split_model(loaded.model)
     results = []
     for length in lengths:
         task = f"perplexity {length}"
@@ -133,7 +133,7 @@ def _windows(count: int, length: int, stride: int):
             break
 
 
-def _split_model(model):
+def split_model(model):
     """The decoder body, the output head, and the family's post-head logit transform."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     head = model.get_output_embeddings()

@@ -84,6 +84,13 @@ def progress(bars: bool = True) -> Iterator[Any]:
         if event.get("kind") == "message":
             bar.console.print(escape(event["text"]), style="dim")
             return
+        if event.get("kind") == "settings":
+            training_settings(event)
+            return
+        if event.get("kind") == "step":
+            event = {"kind": "progress", "task": "training", "done": event["step"], "total": event["total_steps"],
+                     "unit": "steps", "extra": f"loss {event['loss']:.4f}  {event['tokens_per_second']:,.0f} tok/s  "
+                     f"mem {human_bytes(event['memory_bytes'])}"}
         if event.get("kind") != "progress" or not bars:
             return
         name = event.get("task", "writing")
@@ -98,6 +105,8 @@ def progress(bars: bool = True) -> Iterator[Any]:
             detail = f"{human_bytes(done)} / {human_bytes(total)}  {human_bytes(rate)}/s"
         else:
             detail = f"{done:,} / {total:,} {unit}  {rate:,.1f} {unit}/s"
+        if event.get("extra"):
+            detail += "  " + event["extra"]
         bar.update(tasks[name], completed=done, total=total, detail=detail)
 
     try:
@@ -336,3 +345,48 @@ def passkey_heatmap_png(report: dict, path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def training_settings(event: dict) -> None:
+    """Every setting of a training run, printed before it starts (stderr)."""
+    settings = event["settings"]
+    console = err()
+    console.print("[bold]Fine-tune settings[/] (paper defaults unless set):")
+    shown = {key: value for key, value in settings.items() if value is not None}
+    console.print("  " + ", ".join(f"{key}={value}" for key, value in shown.items()), highlight=False)
+    console.print(f"  processes={event['processes']} accumulation={event['accumulation']} "
+                  f"gradient_checkpointing={event['gradient_checkpointing']} train_sequences={event['sequences']} "
+                  f"held_out={event['held_out']} parameters={event['parameters']:,}")
+
+
+def finetune_plan(plan: dict) -> None:
+    console = out()
+    console.print(f"[bold]Plan[/] for {escape(plan['model'])}: {human_count(plan['parameters'])} parameters, "
+                  f"seq-len {plan['seq_len']}, global batch {plan['batch_size']} "
+                  f"(micro {plan['micro_batch_size']})")
+    table = Table(title="Estimated memory per device", title_justify="left")
+    table.add_column("mode")
+    table.add_column("gradient checkpointing")
+    table.add_column("memory", justify="right")
+    for row in plan["memory"]:
+        table.add_row(row["mode"], "on" if row["gradient_checkpointing"] else "off", human_bytes(row["bytes"]))
+    console.print(table)
+    console.print(f"Measured: one step of {plan['probe']['tokens']} tokens took {plan['probe']['seconds']:.2f} s; "
+                  f"estimated {plan['estimated_seconds_per_step']:.1f} s per optimizer step, "
+                  f"{plan['estimated_hours']:.2f} h for the run (a floor: attention grows faster than linear).")
+    console.print(f"Suggestion: {escape(plan['suggestion'])}")
+
+
+def finetune_result(result: dict) -> None:
+    console = out()
+    if result["interrupted"]:
+        console.print(f"[yellow]Interrupted[/] after step {result['steps_done']}; checkpoint saved in "
+                      f"{escape(result['output'])}/checkpoints. Continue with: picli finetune --resume -o "
+                      f"{escape(result['output'])}")
+        return
+    eval_text = f", eval loss {result['eval_loss']:.4f}" if result.get("eval_loss") is not None else ""
+    early = (f"; passkey reached the window at step {result['stopped_early_at']}"
+             if result.get("stopped_early_at") else "")
+    console.print(f"[green]Fine-tuned[/] {result['steps_done']} steps, {result['tokens']:,} tokens in "
+                  f"{result['seconds']:.0f} s; final loss {result['final_loss']:.4f}{eval_text}{early}")
+    console.print(f"Wrote {escape(result['output'])} (metrics.jsonl, picli.json); next: picli verify --passkey")

@@ -149,6 +149,47 @@ def tree_hash(path: Path) -> dict[str, str]:
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+def word_tokenizer():
+    """A word-level tokenizer that splits digits, so a 5-digit key is 5 tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from picli.passkey import FILLER, KEY_LINE, QUESTION, TASK
+
+    words = set()
+    for text in (TASK, FILLER, KEY_LINE.format(key=0), QUESTION, "the quick brown fox"):
+        for piece in text.replace(".", " . ").replace("?", " ? ").split():
+            words.add(piece)
+    vocab = {"[UNK]": 0, "[EOS]": 1, **{str(d): 2 + d for d in range(10)}}
+    for word in sorted(words):
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                       pre_tokenizers.Digits(individual_digits=True)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", eos_token="[EOS]")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return word_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A tiny random Llama saved with the word tokenizer: a complete checkpoint for the CLI."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
+                         rope_theta=10000.0)
+    directory = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def family_checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("families")

@@ -1,0 +1,549 @@
+"""`picli finetune`: the PI paper's short fine-tune at the new window (DESIGN.md §1, §4).
+
+Read top to bottom: settings -> data (tokenize, join with EOS, pack, shuffle by seed) ->
+model (full, or LoRA + trainable embeddings and norms) -> the loop -> the output.
+
+Defaults are the paper's: AdamW (0.9, 0.95), no weight decay, LR 2e-5 (1e-5 above 30B
+parameters), 20 warmup steps from 10% of the LR, global batch 64 sequences, 1000 steps,
+sequence length = the model's (extended) window. The loop runs through accelerate, so the
+same code runs on one CPU, one GPU, or many under `accelerate launch` / `torchrun` (DDP or
+FSDP). The loss never materialises full-vocabulary logits for a whole sequence: the head
+runs on 1024-position chunks, each recomputed in backward (activation checkpointing).
+
+Every `save_every` steps (and on Ctrl-C / SIGTERM) a checkpoint is written atomically:
+model, optimizer, scheduler and RNG through accelerate, plus the step, which fixes the data
+position because batch order is a pure function of (seed, step). `--resume` continues
+exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import PicliError
+from .files import atomic_write_json, staged_directory
+from .provenance import now, read_record, versions
+
+Events = Callable[[dict], None] | None
+LOSS_CHUNK = 1024
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+NORM_NAMES = ("norm", "ln_", "layernorm")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    data: str | None = None
+    text_field: str = "text"
+    steps: int = 1000
+    seq_len: int | None = None  # default: the model's window
+    lr: float | None = None  # default: 2e-5, or 1e-5 above 30B parameters
+    warmup_steps: int = 20
+    warmup_start: float = 0.1  # warmup begins at 10% of the LR
+    batch_size: int = 64  # global, in sequences
+    micro_batch_size: int = 1
+    seed: int = 0
+    lora: bool = False
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    keep_adapter: bool = False
+    gradient_checkpointing: str = "auto"  # auto: on above 4k tokens
+    max_grad_norm: float | None = None  # the paper does not clip
+    eval_every: int | None = None
+    stop_when_verified: bool = False
+    save_every: int | None = None
+    eval_fraction: float = 0.01
+    dtype: str = "auto"
+    attention: str = "sdpa"
+    cpu: bool = False
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output: str
+    steps_done: int
+    stopped_early_at: int | None
+    interrupted: bool
+    final_loss: float | None
+    eval_loss: float | None
+    tokens: int
+    seconds: float
+    record: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+
+
+def pack_sequences(token_lists: list[list[int]], eos_token_id: int | None, seq_len: int) -> list[list[int]]:
+    """Documents joined with EOS and cut into full sequences of seq_len (the tail is dropped)."""
+    stream: list[int] = []
+    for tokens in token_lists:
+        stream.extend(tokens)
+        if eos_token_id is not None:
+            stream.append(eos_token_id)
+    return [stream[start:start + seq_len] for start in range(0, len(stream) - seq_len + 1, seq_len)]
+
+
+def split_and_order(sequence_count: int, seed: int, eval_fraction: float) -> tuple[list[int], list[int]]:
+    """A seeded permutation: the last slice is held out for the eval loss, the rest trains."""
+    import torch
+
+    order = torch.randperm(sequence_count, generator=torch.Generator().manual_seed(seed)).tolist()
+    held_out = max(1, round(sequence_count * eval_fraction)) if sequence_count >= 4 else 0
+    return order[: sequence_count - held_out], order[sequence_count - held_out:]
+
+
+def batch_indices(train: list[int], step: int, batch_size: int) -> list[int]:
+    """The global batch of one optimizer step: a pure function of the step, so resume is exact."""
+    start = step * batch_size
+    return [train[(start + offset) % len(train)] for offset in range(batch_size)]
+
+
+def load_sequences(tokenizer, settings: TrainSettings, seq_len: int, on_event: Events) -> list[list[int]]:
+    from .textdata import load_texts
+
+    if not settings.data:
+        raise PicliError("no training data given", hint="pass --data FILE|DIR|JSONL|hf:NAME")
+    documents = load_texts(settings.data, text_field=settings.text_field)
+    if on_event:
+        on_event({"kind": "message", "text": f"Tokenizing {len(documents)} document(s) from {settings.data}"})
+    token_lists = [tokenizer(document.text, add_special_tokens=False).input_ids for document in documents]
+    total = sum(len(tokens) + 1 for tokens in token_lists)
+    sequences = pack_sequences(token_lists, tokenizer.eos_token_id, seq_len)
+    if not sequences:
+        raise PicliError(f"the data has {total} tokens, shorter than one sequence of {seq_len}",
+                         hint="add more text, or lower --seq-len")
+    return sequences
+
+
+# ---------------------------------------------------------------------------------------
+# Model and loss
+
+
+def _build_loss_module(model):
+    """Mean next-token cross-entropy from the decoder's hidden states, head applied per chunk.
+
+    A module of its own so that DDP/FSDP wrap one forward call that includes the loss.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    from .perplexity import split_model
+
+    class LossModule(torch.nn.Module):
+        def __init__(self, language_model):
+            super().__init__()
+            self.language_model = language_model
+
+        def forward(self, input_ids):
+            decoder, head, adjust = split_model(self.language_model)
+            hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+            targets = input_ids[:, 1:]
+            total = hidden.new_zeros((), dtype=torch.float32)
+
+            def chunk_loss(rows, labels):
+                logits = adjust(head(rows)).float()
+                return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
+
+            for start in range(0, hidden.shape[1], LOSS_CHUNK):
+                rows, labels = hidden[:, start:start + LOSS_CHUNK], targets[:, start:start + LOSS_CHUNK]
+                # Recompute this chunk's logits in backward instead of keeping [chunk x vocab] floats.
+                total = total + checkpoint(chunk_loss, rows, labels, use_reentrant=False)
+            return total / targets.numel()
+
+    return LossModule(model)
+
+
+def _apply_lora(model, settings: TrainSettings):
+    """LoRA on the attention projections, plus trainable embeddings and norms (LongLoRA)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise PicliError("--lora needs the peft package", hint="pip install peft") from None
+    names = {name.split(".")[-1] for name, _ in model.named_modules()}
+    targets = [name for name in ("q_proj", "k_proj", "v_proj", "o_proj", "query_key_value", "dense", "qkv_proj",
+                                 "Wqkv", "out_proj") if name in names]
+    if not targets:
+        raise PicliError(f"no attention projections found for LoRA in {type(model).__name__}",
+                         hint="fine-tune without --lora")
+    embeddings = [name for name, module in model.named_modules()
+                  if module is model.get_input_embeddings() or module is model.get_output_embeddings()]
+    peft_model = get_peft_model(model, LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha,
+                                                  target_modules=targets, lora_dropout=0.0, bias="none",
+                                                  modules_to_save=None, task_type="CAUSAL_LM"))
+    for name, parameter in peft_model.named_parameters():
+        lowered = name.lower()
+        if any(part in lowered for part in NORM_NAMES) or any(f"{embedding}." in name for embedding in embeddings):
+            parameter.requires_grad = True
+    return peft_model
+
+
+def parameter_count(model) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def default_lr(parameters: int) -> float:
+    return 1e-5 if parameters > 30e9 else 2e-5
+
+
+def warmup_multiplier(step: int, warmup_steps: int, start: float) -> float:
+    """Linear from `start` x LR to the full LR over warmup_steps, then constant (the paper)."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return 1.0
+    return start + (1.0 - start) * step / warmup_steps
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+
+
+def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume: bool = False,
+                 source_record: dict | None = None, command: str = "picli finetune", on_event: Events = None) -> TrainResult:
+    import torch
+    import transformers
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    checkpoint_dir = _latest_checkpoint(output) if resume else None
+    if resume and checkpoint_dir is None:
+        raise PicliError(f"nothing to resume: {output / CHECKPOINTS} holds no checkpoint",
+                         hint="start without --resume, or point -o at the interrupted run's output")
+    if checkpoint_dir:
+        # The interrupted run's data, batch and schedule win: resuming means continuing it.
+        saved = json.loads((checkpoint_dir / "trainer_state.json").read_text())
+        settings = TrainSettings(**{**asdict(settings), **saved["settings"], "steps": settings.steps})
+    accelerator = Accelerator(cpu=settings.cpu, mixed_precision=_mixed_precision(settings))
+    main = accelerator.is_main_process
+    events = on_event if main else None
+    world = accelerator.num_processes
+    per_step = settings.micro_batch_size * world
+    if settings.batch_size % per_step:
+        raise PicliError(f"--batch-size {settings.batch_size} is not a multiple of --micro-batch-size x processes "
+                         f"({settings.micro_batch_size} x {world})", hint="choose a batch size divisible by that")
+    accumulation = settings.batch_size // per_step
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    config = json.loads((model_path / "config.json").read_text())
+    seq_len = settings.seq_len or int(config.get("max_position_embeddings") or 0)
+    if seq_len < 2:
+        raise PicliError("cannot tell the sequence length from config.json", hint="pass --seq-len N")
+    sequences = load_sequences(tokenizer, settings, seq_len, events)
+    train_ids, eval_ids = split_and_order(len(sequences), settings.seed, settings.eval_fraction)
+
+    torch.manual_seed(settings.seed)
+    # Master weights stay float32; accelerate's autocast gives bf16 compute where supported.
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                 attn_implementation=settings.attention)
+    checkpointing = settings.gradient_checkpointing == "on" or (
+        settings.gradient_checkpointing == "auto" and seq_len > 4096)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    parameters = parameter_count(model)
+    lr = settings.lr or default_lr(parameters)
+    if settings.lora:
+        model = _apply_lora(model, settings)
+    settings = replace(settings, lr=lr, seq_len=seq_len)
+    loss_module = _build_loss_module(model)
+    trainable = [parameter for parameter in loss_module.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_multiplier(step, settings.warmup_steps, settings.warmup_start))
+    loss_module, optimizer, scheduler = accelerator.prepare(loss_module, optimizer, scheduler)
+
+    start_step, tokens_done = 0, 0
+    if checkpoint_dir:
+        accelerator.load_state(str(checkpoint_dir))
+        state = json.loads((checkpoint_dir / "trainer_state.json").read_text())
+        start_step, tokens_done = state["step"], state["tokens"]
+        if events:
+            events({"kind": "message", "text": f"Resuming from {checkpoint_dir.name} (step {start_step})"})
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        _trim_metrics(output / METRICS, start_step)
+        atomic_write_json(output / "training_args.json", {**asdict(settings), "parameters": parameters,
+                                                          "processes": world, "accumulation": accumulation,
+                                                          "gradient_checkpointing": checkpointing})
+        if events:
+            events({"kind": "settings", "settings": asdict(settings), "processes": world,
+                    "accumulation": accumulation, "gradient_checkpointing": checkpointing,
+                    "sequences": len(train_ids), "held_out": len(eval_ids), "parameters": parameters})
+
+    stop = {"signal": None}
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(signal="SIGTERM"))
+    started, completed, last_loss, eval_loss, verified_at = time.perf_counter(), start_step, None, None, None
+    eval_history = []
+    try:
+        for step in range(start_step, settings.steps):
+            step_started = time.perf_counter()
+            indices = batch_indices(train_ids, step, settings.batch_size)
+            loss_sum = torch.zeros((), device=accelerator.device)
+            for micro in range(accumulation):
+                start = (micro * world + accelerator.process_index) * settings.micro_batch_size
+                chunk = [sequences[index] for index in indices[start:start + settings.micro_batch_size]]
+                batch = torch.tensor(chunk, device=accelerator.device)
+                sync = micro == accumulation - 1
+                context = nullcontext() if sync or world == 1 else accelerator.no_sync(loss_module)
+                with context:
+                    loss = loss_module(batch) / accumulation
+                    accelerator.backward(loss)
+                loss_sum += loss.detach()
+            if settings.max_grad_norm:
+                accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
+            step_lr = scheduler.get_last_lr()[0]  # the rate this step used
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            last_loss = accelerator.reduce(loss_sum, reduction="mean").item()
+            tokens_done += settings.batch_size * seq_len
+            seconds = time.perf_counter() - step_started
+            metric = {"step": step + 1, "loss": last_loss, "lr": step_lr,
+                      "tokens": tokens_done, "tokens_per_second": settings.batch_size * seq_len / seconds,
+                      "seconds": seconds, "memory_bytes": _memory_bytes(accelerator.device)}
+            if settings.eval_every and (step + 1) % settings.eval_every == 0:
+                eval_loss, k_max, target = _evaluate(accelerator, loss_module, model, tokenizer, sequences, eval_ids,
+                                                     seq_len, settings)
+                metric.update({"eval_loss": eval_loss, "passkey_k_max": k_max, "passkey_target": target})
+                eval_history.append({"step": step + 1, "eval_loss": eval_loss, "passkey_k_max": k_max})
+                if settings.stop_when_verified and k_max is not None and k_max >= target:
+                    verified_at = step + 1
+            if main:
+                with open(output / METRICS, "a") as handle:
+                    handle.write(json.dumps(metric) + "\n")
+            if events:
+                events({"kind": "step", **metric, "total_steps": settings.steps})
+            completed = step + 1
+            if settings.save_every and completed % settings.save_every == 0 and completed < settings.steps:
+                _save_checkpoint(accelerator, output, completed, tokens_done, settings)
+            if verified_at or stop["signal"]:
+                break
+    except KeyboardInterrupt:
+        stop["signal"] = "SIGINT"
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    if stop["signal"]:
+        # Interrupted mid-step, the partial gradients are dropped: the checkpoint is the
+        # state after the last completed step, which is where --resume continues.
+        tokens_done = completed * settings.batch_size * seq_len
+        if completed > start_step:
+            _save_checkpoint(accelerator, output, completed, tokens_done, settings)
+        accelerator.wait_for_everyone()
+        return TrainResult(str(output), completed, None, True, last_loss, eval_loss, tokens_done,
+                           time.perf_counter() - started)
+    steps_done = completed
+
+    if settings.eval_every is None and eval_ids:
+        eval_loss = _eval_loss(accelerator, loss_module, sequences, eval_ids)
+    seconds = time.perf_counter() - started
+    record = {
+        "data": settings.data, "text_field": settings.text_field, "steps": steps_done, "planned_steps": settings.steps,
+        "tokens": tokens_done, "seq_len": seq_len, "batch_size": settings.batch_size,
+        "micro_batch_size": settings.micro_batch_size, "processes": world, "lr": lr,
+        "warmup_steps": settings.warmup_steps, "optimizer": "AdamW(0.9, 0.95), weight decay 0",
+        "lora": {"rank": settings.lora_rank, "alpha": settings.lora_alpha, "merged": not settings.keep_adapter}
+        if settings.lora else None,
+        "final_loss": last_loss, "eval_loss": eval_loss, "eval_history": eval_history,
+        "stopped_when_verified_at": verified_at, "wall_seconds": seconds, "hardware": _hardware(accelerator),
+        "seed": settings.seed, "finished": now(),
+    }
+    if main:
+        _export(accelerator, loss_module, model_path, output, settings, record, source_record, command, parameters)
+    accelerator.wait_for_everyone()
+    return TrainResult(str(output), steps_done, verified_at, False, last_loss, eval_loss, tokens_done, seconds,
+                       record)
+
+
+def _mixed_precision(settings: TrainSettings) -> str:
+    import torch
+
+    if settings.dtype in ("bfloat16", "float16"):
+        return {"bfloat16": "bf16", "float16": "fp16"}[settings.dtype]
+    if settings.dtype == "auto" and not settings.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def _memory_bytes(device) -> int:
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def _hardware(accelerator) -> dict:
+    import platform
+
+    import torch
+
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": device.type, "name": name, "processes": accelerator.num_processes,
+            "cpu_threads": torch.get_num_threads()}
+
+
+def _eval_loss(accelerator, loss_module, sequences, eval_ids) -> float | None:
+    import torch
+
+    if not eval_ids:
+        return None
+    loss_module.eval()
+    total = 0.0
+    with torch.no_grad():
+        for index in eval_ids:
+            total += loss_module(torch.tensor([sequences[index]], device=accelerator.device)).item()
+    loss_module.train()
+    return total / len(eval_ids)
+
+
+def _evaluate(accelerator, loss_module, model, tokenizer, sequences, eval_ids, seq_len, settings):
+    """Held-out loss and a quick passkey at the training length (main process; others wait)."""
+    from .modeling import LoadedModel
+    from .passkey import QUICK, Protocol, evaluate_passkey
+
+    from accelerate.utils import broadcast_object_list
+
+    eval_loss = _eval_loss(accelerator, loss_module, sequences, eval_ids)
+    verdict = [None, None]
+    if accelerator.is_main_process:
+        language_model = accelerator.unwrap_model(loss_module).language_model
+        language_model.eval()
+        loaded = LoadedModel(language_model, tokenizer, accelerator.device, next(language_model.parameters()).dtype,
+                             settings.attention, Path("."))
+        result = evaluate_passkey(loaded, [seq_len], Protocol(positions=QUICK[0], trials=QUICK[1],
+                                                              seed=settings.seed)).results[0]
+        language_model.train()
+        verdict = [result.k_max, result.ks[-1]]
+    # Every process must agree on whether to stop.
+    k_max, target = broadcast_object_list(verdict) if accelerator.num_processes > 1 else verdict
+    return eval_loss, k_max, target
+
+
+def _latest_checkpoint(output: Path) -> Path | None:
+    folder = output / CHECKPOINTS
+    candidates = sorted(folder.glob("step-*")) if folder.is_dir() else []
+    return candidates[-1] if candidates else None
+
+
+def _save_checkpoint(accelerator, output: Path, step: int, tokens: int, settings: TrainSettings) -> None:
+    """Atomic: built in a staging directory and renamed; older checkpoints are pruned after."""
+    folder = output / CHECKPOINTS
+    target = folder / f"step-{step:07d}"
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    staging = folder / f".{target.name}.picli-tmp"
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    # Pickled state: tied weights (embeddings = head) survive it, safetensors would drop one.
+    accelerator.save_state(str(staging), safe_serialization=False)
+    if accelerator.is_main_process:
+        atomic_write_json(staging / "trainer_state.json", {"step": step, "tokens": tokens, "settings": {
+            key: value for key, value in asdict(settings).items()
+            if key in ("seed", "batch_size", "micro_batch_size", "seq_len", "lr", "warmup_steps", "warmup_start",
+                       "lora", "lora_rank", "lora_alpha", "data", "text_field", "eval_fraction")}})
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+        for old in sorted(folder.glob("step-*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop metrics of steps the checkpoint does not contain."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _export(accelerator, loss_module, model_path: Path, output: Path, settings: TrainSettings, record: dict,
+            source_record: dict | None, command: str, parameters: int) -> None:
+    """The final checkpoint: weights saved by transformers, config.json copied from the source.
+
+    transformers 5's save_pretrained drops the legacy rope_scaling/rope_theta keys, so the
+    source's dual-schema config.json (written by `picli extend`) is carried verbatim.
+    """
+    language_model = accelerator.unwrap_model(loss_module).language_model
+    if settings.lora and not settings.keep_adapter:
+        language_model = language_model.merge_and_unload()
+    staging_parent = output / ".final"
+    if staging_parent.exists():
+        shutil.rmtree(staging_parent)
+    staging_parent.mkdir()
+    with staged_directory(staging_parent / "model") as staging:
+        language_model.save_pretrained(staging, safe_serialization=True)
+        if not (settings.lora and settings.keep_adapter):
+            shutil.copyfile(model_path / "config.json", staging / "config.json")
+        for name in os.listdir(model_path):
+            source = model_path / name
+            carried = name.startswith("tokenizer") or name in ("special_tokens_map.json", "chat_template.jinja",
+                                                              "generation_config.json", "vocab.json", "merges.txt")
+            if carried and source.is_file() and not (staging / name).exists():
+                shutil.copyfile(source, staging / name)
+        previous = source_record or read_record(model_path)
+        history = list(previous.get("history") or [])
+        record_out = {**previous, "created": now(), "command": command, "finetune": record,
+                      "source": previous.get("source") or {"path": str(model_path)}, "verification": None,
+                      "versions": versions(), "history": history, "parameters": parameters}
+        atomic_write_json(staging / "picli.json", record_out)
+    for name in os.listdir(staging_parent / "model"):
+        os.replace(staging_parent / "model" / name, output / name)
+    shutil.rmtree(staging_parent, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The command: resolve MODEL and the output, then plan or train.
+
+
+def finetune_command(model: str | None, output: Path | None, settings: TrainSettings, resume: bool = False,
+                     plan_only: bool = False, force: bool = False, command: str = "picli finetune",
+                     on_event: Events = None) -> dict:
+    from .checkpoint import read_config, tensor_summary
+    from .provenance import remember_last
+    from .verify import resolve_model
+
+    if settings.gradient_checkpointing not in ("auto", "on", "off"):
+        raise PicliError(f"--gradient-checkpointing must be auto, on or off, got {settings.gradient_checkpointing!r}",
+                         hint="auto turns it on above 4k tokens")
+    if settings.steps < 1 or settings.batch_size < 1 or settings.micro_batch_size < 1:
+        raise PicliError("--steps, --batch-size and --micro-batch-size must be at least 1", hint="e.g. --steps 200")
+    if settings.keep_adapter and not settings.lora:
+        raise PicliError("--keep-adapter only applies with --lora", hint="add --lora")
+    checkpoint = resolve_model(model, on_event)
+    output = Path(output) if output else Path.cwd() / f"{checkpoint.name}-ft"
+    output = output.resolve()
+    if output == checkpoint.path or output.is_relative_to(checkpoint.path) or checkpoint.path.is_relative_to(output):
+        raise PicliError("the output overlaps the source checkpoint", hint="choose another -o/--output")
+    config = read_config(checkpoint.path)
+    parameters = tensor_summary(checkpoint.path).parameter_count or 0
+    seq_len = settings.seq_len or int(config.get("max_position_embeddings") or 0)
+    if plan_only:
+        from .finetune_plan import plan
+
+        return plan(checkpoint.path, config, parameters, seq_len, settings, on_event)
+    if not resume:
+        if not settings.data:
+            raise PicliError("no training data given", hint="pass --data FILE|DIR|JSONL|hf:NAME")
+        if output.exists() and any(output.iterdir()) and not force:
+            raise PicliError(f"output {output} already exists",
+                             hint="pass --resume to continue it, --force to train into it, or choose -o")
+    result = run_finetune(checkpoint.path, output, settings, resume=resume, command=command, on_event=on_event)
+    if not result.interrupted:
+        remember_last(output, "finetune")
+    return asdict(result)

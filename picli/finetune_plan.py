@@ -1,0 +1,95 @@
+"""`picli finetune --plan`: memory per device and time per step before committing to a run.
+
+The memory model is deliberately simple (weights, gradients, AdamW states, activations with
+and without checkpointing, one chunk of logits); the time comes from one measured
+forward+backward on this machine, so the estimate reflects the hardware it will run on.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .finetune import LOSS_CHUNK, Events, TrainSettings, _build_loss_module
+
+
+def estimate_memory(parameters: int, layers: int, hidden: int, seq_len: int, micro_batch: int, lora: bool,
+                    checkpointing: bool, bytes_per_value: int = 2) -> dict[str, float]:
+    """Bytes per device, roughly: weights, gradients, AdamW states, activations."""
+    weights = parameters * 4  # float32 master weights
+    trainable = parameters * (0.02 if lora else 1.0)
+    gradients = trainable * 4
+    optimizer = trainable * 8
+    tokens = seq_len * micro_batch
+    if checkpointing:
+        activations = layers * tokens * hidden * bytes_per_value + tokens * hidden * 34 * bytes_per_value
+    else:
+        activations = layers * tokens * hidden * 34 * bytes_per_value
+    logits = LOSS_CHUNK * micro_batch * 4 * 50_000  # one chunk of float32 logits
+    total = weights + gradients + optimizer + activations + logits
+    return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations,
+            "logits_chunk": logits, "total": total}
+
+
+def plan_memory(config: dict, parameters: int, seq_len: int, micro_batch: int) -> list[dict[str, Any]]:
+    layers = config.get("num_hidden_layers") or 1
+    hidden = config.get("hidden_size") or 1
+    rows = []
+    for lora in (False, True):
+        for checkpointing in (False, True):
+            estimate = estimate_memory(parameters, layers, hidden, seq_len, micro_batch, lora, checkpointing)
+            rows.append({"mode": "lora" if lora else "full", "gradient_checkpointing": checkpointing,
+                         "bytes": estimate["total"], "breakdown": estimate})
+    return rows
+
+
+def plan(model_path: Path, config: dict, parameters: int, seq_len: int, settings: TrainSettings,
+         on_event: Events) -> dict:
+    """Memory per device for full and LoRA, with and without checkpointing, and a timed probe."""
+    rows = plan_memory(config, parameters, seq_len, settings.micro_batch_size)
+    probe = probe_step(model_path, min(seq_len, 512), settings, on_event)
+    # Cost per token grows with the window (attention); scaling linearly from the probe is a floor.
+    seconds_per_sequence = probe * seq_len / min(seq_len, 512)
+    return {"model": str(model_path), "parameters": parameters, "seq_len": seq_len, "batch_size": settings.batch_size,
+            "micro_batch_size": settings.micro_batch_size, "memory": rows,
+            "probe": {"tokens": min(seq_len, 512), "seconds": probe},
+            "estimated_seconds_per_step": seconds_per_sequence * settings.batch_size,
+            "estimated_hours": seconds_per_sequence * settings.batch_size * settings.steps / 3600,
+            "suggestion": _suggest(rows)}
+
+
+def probe_step(model_path: Path, tokens: int, settings: TrainSettings, on_event: Events) -> float:
+    """Seconds for one forward+backward of one sequence of `tokens` on this machine."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if on_event:
+        on_event({"kind": "message", "text": f"Timing one training step of {tokens} tokens"})
+    device = "cuda" if torch.cuda.is_available() and not settings.cpu else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+    loss_module = _build_loss_module(model).train()
+    batch = torch.randint(0, model.config.vocab_size, (1, tokens), device=device)
+    loss_module(batch).backward()  # warm-up
+    started = time.perf_counter()
+    loss_module(batch).backward()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def _suggest(rows: list[dict]) -> str:
+    from .modeling import available_memory
+
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    free = available_memory(device)
+    if free is None:
+        return "free memory unknown"
+    for row in rows:
+        if row["bytes"] < free * 0.9:
+            flag = "--lora " if row["mode"] == "lora" else ""
+            checkpointing = "on" if row["gradient_checkpointing"] else "off"
+            return f"{flag}--gradient-checkpointing {checkpointing} fits in {free / 2**30:.1f} GiB free"
+    return "nothing fits on one device: use several GPUs (accelerate launch with FSDP), --lora, or a shorter --seq-len"

@@ -324,7 +324,8 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
             if events:
                 events({"kind": "step", **metric, "total_steps": settings.steps})
             completed = step + 1
-            if settings.save_every and completed % settings.save_every == 0 and completed < settings.steps:
+            # Also at the last step when it falls on the interval: `--resume --steps MORE` continues it.
+            if settings.save_every and completed % settings.save_every == 0:
                 _save_checkpoint(accelerator, output, completed, tokens_done, settings)
             if verified_at or stop["signal"]:
                 break

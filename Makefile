@@ -42,6 +42,8 @@ demo: install
 	cd $(DEMO_DIR) && ../$(PICLI) extend smollm2-135m --to 16384 --force
 	@echo "== picli inspect $(DEMO_DIR)/smollm2-135m-16k"
 	$(PICLI) inspect $(DEMO_DIR)/smollm2-135m-16k
+	@echo "== picli verify --passkey --quick: PI x2 without fine-tuning vs the source, side by side"
+	cd $(DEMO_DIR) && ../$(PICLI) verify --passkey --quick --length 2048 --baseline smollm2-135m
 
 test: install $(COMPAT_STAMPS)
 	$(PY) -m pytest -q

@@ -4,7 +4,8 @@ The prompt is Mohtashami & Jaggi's: a task line, the filler "The grass is green.
 repeated, the line "The pass key is {key}. Remember it. {key} is the pass key.", more
 filler, then "What is the pass key? The pass key is". Every prompt of an evaluated length
 L has the same number of tokens; the key line starts k tokens before the end. `positions`
-values of k are spread uniformly over the prompt, `trials` random 5-digit keys each, and
+values of k are spread uniformly over the prompt (k_i = i/n of it), `trials` random
+5-digit keys each, and
 
     k_max = the largest k such that every evaluated k' <= k succeeds in >= 20% of trials.
 
@@ -146,17 +147,20 @@ class PromptBuilder:
         return self._ids(f" {key}")
 
     def grid(self, length: int, positions: int, answer_room: int, key_line: int) -> tuple[int, list[int]]:
-        """(prompt tokens, the k values): k spread uniformly from the smallest possible to the largest."""
+        """(prompt tokens, the k values): k_i = i/n of the prompt, i = 1..n, uniform over the length.
+
+        Starting at 1/n rather than at the smallest possible k keeps filler between the key
+        and the question, as in the original prompt; the largest k puts the key line right
+        after the task line.
+        """
         prompt_length = length - answer_room
         smallest = key_line + len(self.question)
         largest = prompt_length - len(self.task)
         if largest < smallest:
             raise PicliError(f"--length {length} is too short for a passkey prompt (needs at least "
                              f"{smallest + len(self.task) + answer_room} tokens)", hint="use a longer --length")
-        if positions == 1:
-            return prompt_length, [largest]
-        step = (largest - smallest) / (positions - 1)
-        return prompt_length, sorted({round(smallest + step * index) for index in range(positions)})
+        return prompt_length, sorted({max(smallest, round(largest * index / positions))
+                                      for index in range(1, positions + 1)})
 
     def prompts(self, length: int, protocol: Protocol, rng: random.Random) -> LengthPrompts:
         keys = [[rng.randint(10000, 99999) for _ in range(protocol.trials)] for _ in range(protocol.positions)]

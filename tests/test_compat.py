@@ -92,3 +92,24 @@ def test_old_transformers_reads_picli_outputs(version, outputs):
         assert "rope_scaling" not in result.stderr, (name, result.stderr[-1000:])
         checked += 1
     assert checked >= 8
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_old_transformers_reads_finetuned_output(version, tiny_model_dir, tmp_path):
+    """The PI config survives `picli finetune` in both schemas (save_pretrained in 5.x would drop 4.x keys)."""
+    python = _python(version)
+    runner = CliRunner()
+    extended = tmp_path / "ext"
+    assert runner.invoke(app, ["extend", str(tiny_model_dir), "--to", "1024", "-o", str(extended)]).exit_code == 0
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The grass is green. The sky is blue. " * 400)
+    tuned = tmp_path / "ft"
+    result = runner.invoke(app, ["finetune", str(extended), "--data", str(corpus), "--seq-len", "64", "--steps", "1",
+                                 "--batch-size", "2", "--cpu", "-o", str(tuned)])
+    assert result.exit_code == 0, result.stderr
+    read = subprocess.run([str(python), "-c", READER, str(tuned)], capture_output=True, text=True, timeout=120)
+    assert read.returncode == 0, read.stderr[-2000:]
+    values = json.loads(read.stdout.strip().splitlines()[-1])
+    scaling = values["rope_scaling"]
+    assert values["theta"] == 10000.0 and scaling["type"] == "linear" and scaling["factor"] == 2.0
+    assert values["max_position_embeddings"] == 1024

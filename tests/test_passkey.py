@@ -42,10 +42,10 @@ def test_k_grid_is_uniform_over_the_prompt(tokenizer):
     assert len(ks) == 32 and ks == sorted(ks)
     gaps = {b - a for a, b in zip(ks, ks[1:])}
     assert max(gaps) - min(gaps) <= 1
-    key_line = len(builder.key_line(12345))
-    assert ks[0] == key_line + len(builder.question)
     prompt_length = len(prompts.full_prompt(prompts.groups[0][0]))
-    assert ks[-1] == prompt_length - len(builder.task)
+    largest = prompt_length - len(builder.task)
+    assert ks[-1] == largest and ks[0] == round(largest / 32)  # k_i = i/32 of the prompt
+    assert ks[0] > len(builder.key_line(12345)) + len(builder.question)  # filler after the key
 
 
 def test_keys_are_seeded_five_digit_numbers(tokenizer):
@@ -201,3 +201,27 @@ def test_verify_perplexity_cli_side_by_side(tiny_model_dir, tmp_path, workdir):
     table = runner.invoke(app, ["verify", str(tiny_model_dir), "--perplexity", "--data", str(text), "--length", "128",
                                 "--stride", "64", "--no-save"])
     assert "Perplexity" in table.stdout and "tokens scored" in table.stdout
+
+
+def test_length_that_does_not_fit_is_a_clear_error(tiny_model_dir, workdir, monkeypatch):
+    import picli.modeling
+
+    monkeypatch.setattr(picli.modeling, "available_memory", lambda device: 1_000_000)
+    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--quick", "--length", "4096", "--no-save"])
+    assert result.exit_code == 1
+    assert "needs about" in result.stderr and "only 0.0 GiB is free" in result.stderr
+    assert "smaller --length" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cuda_oom_is_caught_at_the_boundary(tiny_model_dir, workdir, monkeypatch):
+    import picli.verify
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    def explode(*args, **kwargs):
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(picli.verify, "_measure", explode)
+    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--quick", "--no-save"])
+    assert result.exit_code == 1 and "out of GPU memory" in result.stderr and "Hint:" in result.stderr

@@ -80,6 +80,14 @@ def boundary(command):
         except KeyboardInterrupt:
             render.message("Interrupted; nothing was left behind.")
             raise typer.Exit(130) from None
+        except Exception as exc:
+            # torch's CUDA OOM, matched by name so the boundary never imports torch itself.
+            if type(exc).__name__ != "OutOfMemoryError" or os.environ.get("PICLI_DEBUG") == "1":
+                raise
+            render.error(PicliError(
+                "out of GPU memory", hint="lower --micro-batch-size / --batch-size / --length, try --lora, "
+                "--gradient-checkpointing on, --dtype bfloat16 or --device-map auto; `picli finetune --plan` estimates"))
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -356,6 +364,147 @@ def finetune(
         render.finetune_plan(result)
     else:
         render.finetune_result(result)
+
+
+@app.command()
+@boundary
+def push(
+    model_or_repo: Annotated[Optional[str], typer.Argument(
+        metavar="MODEL", help="Checkpoint directory to publish. Given only one argument, it is REPO and MODEL is "
+        "the last checkpoint picli wrote in this directory.", show_default=False)] = None,
+    repo: Annotated[Optional[str], typer.Argument(
+        metavar="REPO", help="Hub repo id, namespace/name (required).", show_default=False)] = None,
+    public: Annotated[bool, typer.Option("--public", help="Create the repo public (default: private).")] = False,
+    revision: Annotated[Optional[str], typer.Option(
+        "--revision", help="Push to this branch; a new branch is created from main.")] = None,
+    commit_message: Annotated[Optional[str], typer.Option(
+        "--commit-message", help="Commit title (default: the PI factor and windows).")] = None,
+    create_pr: Annotated[bool, typer.Option("--create-pr", help="Open a pull request against main instead "
+                                            "of committing to it.")] = False,
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow uploading into a repo (or branch) that "
+                                           "already has files.")] = False,
+    overwrite_card: Annotated[bool, typer.Option("--overwrite-card", help="Replace README.md entirely instead of "
+                                                 "keeping the user's text around picli's section.")] = False,
+    token: Annotated[Optional[str], typer.Option(
+        "--token", help="Hub token with write access (default: HF_TOKEN, then the stored `hf auth login`). "
+        "Prefer HF_TOKEN: options are visible to other local users.", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (files, sizes, repo, branch, model "
+                                          "card) and exit; no network call.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result (or the plan) as JSON on stdout.")] = False,
+) -> None:
+    """Publish a checkpoint to the Hugging Face Hub with an honest model card.
+
+    Before any network call the folder is checked (config and its two RoPE schemas agree,
+    every shard exists with the size its header implies, a tokenizer is there) and README.md
+    is generated from picli.json and picli-verify.json: what was done, the verification
+    tables, how to run it in transformers / vLLM / llama.cpp / TGI, and the limitations. A
+    README you wrote is kept; picli's section sits between markers. Then the repo is created
+    (private unless --public) and the folder uploaded with huggingface_hub; running the same
+    command again after an interruption finishes the upload. Training checkpoints,
+    optimizer state and .picli/ are never uploaded.
+
+    Examples:
+
+      picli push org/model-16k
+
+      picli push ./llama-7b-16k org/model-16k --public
+
+      picli push ./m org/model-16k --revision pi-16k --commit-message "PI x8, 200 steps"
+
+      picli push ./m org/model-16k --create-pr
+
+      picli push ./m org/model-16k --dry-run
+    """
+    from .hub import describe_plan, plan_push
+    from .hub import push as push_to_hub
+    from .provenance import last_output
+
+    if model_or_repo is None:
+        raise typer.BadParameter("missing the Hub repo id (namespace/name)", param_hint="REPO")
+    if repo is None:
+        model_dir = last_output()
+        render.message(f"MODEL: {model_dir} (the last checkpoint picli wrote here)")
+        repo_id = model_or_repo
+    else:
+        model_dir, repo_id = Path(model_or_repo), repo
+    with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
+        plan = plan_push(model_dir, repo_id, revision=revision, private=not public, create_pr=create_pr,
+                         exist_ok=exist_ok, commit_message=commit_message, overwrite_card=overwrite_card, token=token)
+        for text in plan.warnings:
+            render.warning(text)
+        if dry_run:
+            payload = {"dry_run": True, "plan": plan.to_dict()}
+        else:
+            payload = {"dry_run": False, **push_to_hub(plan, token=token, on_event=on_event).to_dict()}
+    if json_output:
+        render.print_json(payload)
+    elif dry_run:
+        render.out().print(describe_plan(plan), markup=False)
+    else:
+        where = " as a pull request" if payload["pr_url"] else f", branch {payload['revision']}" \
+            if payload["revision"] else ""
+        files = f"{len(payload['files'])} files ({render.human_bytes(payload['total_bytes'])})"
+        visibility = "private" if payload["private"] else "public"
+        if payload["changed"]:
+            render.message(f"Pushed {files} to {payload['repo_id']}{where} ({visibility}); "
+                           f"commit {(payload['commit'] or '')[:12]}")
+        else:
+            render.message(f"Nothing to push: {payload['repo_id']}{where} ({visibility}) already has these {files}")
+        render.out().print(payload["url"], markup=False)
+
+
+@app.command()
+@boundary
+def card(
+    model: Annotated[Optional[str], typer.Argument(
+        help="Checkpoint directory. Default: the last one picli wrote in this directory.")] = None,
+    repo: Annotated[Optional[str], typer.Option("--repo", help="Hub repo id the card's snippets should name "
+                                                "(default: the local path).")] = None,
+    overwrite_card: Annotated[bool, typer.Option("--overwrite-card", help="Replace README.md entirely instead of "
+                                                 "keeping the user's text around picli's section.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the card; write nothing.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Write or refresh README.md, the model card, without pushing.
+
+    The card is built from picli.json (what was done: window, factor, fine-tune record) and
+    picli-verify.json (passkey k_max and perplexity per length, baseline beside them), with
+    runtime snippets and limitations. picli's text sits between <!-- picli:begin --> and
+    <!-- picli:end -->; running it again replaces only that section, and a README without the
+    markers gets the section appended, its front matter merged.
+
+    Examples:
+
+      picli card ./llama-7b-16k
+
+      picli card ./m --repo org/model-16k --dry-run
+
+      picli card --overwrite-card --json
+    """
+    from . import card as card_module
+    from .provenance import last_output
+
+    if model is None:
+        model_dir = last_output()
+        render.message(f"MODEL: {model_dir} (the last checkpoint picli wrote here)")
+    else:
+        model_dir = Path(model)
+    if not (model_dir / "config.json").is_file():
+        raise PicliError(f"{model_dir} is not a checkpoint directory (no config.json)",
+                         hint="pass the directory picli extend wrote")
+    record, verify_record, existing = card_module.load_inputs(model_dir)
+    if not record:
+        render.warning("no picli.json here: the card has no provenance")
+    text = card_module.render_card(model_dir, record, verify_record, existing, repo, overwrite_card)
+    action = card_module.card_action(existing, overwrite_card)
+    path = None if dry_run else card_module.write_card(model_dir, text)
+    if json_output:
+        render.print_json({"path": str(path) if path else None, "action": action, "written": path is not None,
+                           "card": text})
+    elif dry_run:
+        render.out().print(text, markup=False)
+    else:
+        render.message(f"Wrote {path} ({action})")
 
 
 def _plan_dict(plan) -> dict:

@@ -1,0 +1,418 @@
+"""The model card (README.md) that `picli push` publishes and `picli card` writes.
+
+Everything in it comes from the checkpoint's own records: picli.json (what was done: the
+window L -> L', the factor, the fine-tune record, the base model) and picli-verify.json
+(what was measured: passkey k_max and perplexity per length, the baseline beside it).
+Nothing is claimed that was not recorded: a checkpoint without a fine-tune record says
+"not fine-tuned" plainly, one without a verification record says "not verified".
+
+`render_card` is pure apart from reading config.json (for the runtime flags). A README the
+user wrote is kept: picli's text lives between `<!-- picli:begin -->` and
+`<!-- picli:end -->`, a refresh replaces only that section, and a README without the
+markers gets the section appended. Front matter is merged: the user's keys stay, picli
+adds the ones missing. `base_model` / `base_model_relation` are the exception when
+picli.json names the base model: a README copied from the source checkpoint names the
+source's own parent there, which would be false for this repo.
+
+base_model_relation is always "finetune" when the base model is known. The Hub allows
+adapter, merge, quantized and finetune; a PI checkpoint is a full checkpoint derived from
+one base model, which is what the Hub itself infers as "finetune" when the key is absent.
+Whether it was actually trained is said in the body, not in this key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from . import rope
+from .checkpoint import read_config
+from .errors import PicliError
+from .files import atomic_write_bytes
+
+BEGIN = "<!-- picli:begin -->"
+END = "<!-- picli:end -->"
+README = "README.md"
+VERIFY_RECORD = "picli-verify.json"  # the same name verify.py writes; not imported (it pulls passkey/torch code)
+TAGS = ["picli", "position-interpolation", "long-context", "rope-scaling"]
+# Licenses of base models picli knows without reading their card (the embedded model).
+KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
+# DESIGN.md section 1, measured on the embedded model: the reason a config-only checkpoint says so.
+UNTRAINED_EVIDENCE = ("measured on SmolLM2-135M-Instruct with factor 2 and no fine-tune, passkey retrieval "
+                      "failed even at 2.4k tokens (0/3 trials), where the unmodified model scored 3/3")
+_FRONT_MATTER = re.compile(r"\A\s*---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.S)
+
+
+class CardError(PicliError):
+    """README.md cannot be merged with picli's section (e.g. its front matter is not YAML)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Reading the inputs (the only I/O besides config.json and writing the result).
+
+
+def load_inputs(checkpoint_dir: Path) -> tuple[dict, dict | None, str | None]:
+    """(picli.json, picli-verify.json or None, README.md text or None) of a checkpoint."""
+    def read_json(name: str) -> dict | None:
+        try:
+            value = json.loads((checkpoint_dir / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    try:
+        existing = (checkpoint_dir / README).read_text(encoding="utf-8")
+    except OSError:
+        existing = None
+    return read_json("picli.json") or {}, read_json(VERIFY_RECORD), existing
+
+
+def write_card(checkpoint_dir: Path, text: str) -> Path:
+    path = checkpoint_dir / README
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return path
+
+
+def card_action(existing_readme: str | None, overwrite: bool) -> str:
+    """create | refresh (replace picli's marked section) | append (to the user's README) | overwrite."""
+    if existing_readme is None or not existing_readme.strip():
+        return "create"
+    if overwrite:
+        return "overwrite"
+    return "refresh" if BEGIN in existing_readme and END in existing_readme else "append"
+
+
+# ---------------------------------------------------------------------------------------
+# The card.
+
+
+def render_card(checkpoint_dir: Path, record: dict, verify_record: dict | None, existing_readme: str | None,
+                repo_id: str | None, overwrite: bool = False) -> str:
+    """README.md: merged front matter, then the user's text with picli's section in place."""
+    checkpoint_dir = Path(checkpoint_dir)
+    config = read_config(checkpoint_dir)
+    user_meta, user_body = split_front_matter(existing_readme or "")
+    license_id = user_meta.get("license") or _source_license(record)
+    metadata = _metadata(record, license_id)
+    section = "\n".join([BEGIN, _body(checkpoint_dir, config, record, verify_record, repo_id), END])
+    action = card_action(existing_readme, overwrite)
+    if action in ("create", "overwrite"):
+        return _join(metadata, section + "\n")
+    merged = _merge_metadata(user_meta, metadata, authoritative=bool(record.get("base_model")))
+    if action == "refresh":
+        start, end = user_body.index(BEGIN), user_body.index(END, user_body.index(BEGIN)) + len(END)
+        body = user_body[:start] + section + user_body[end:]
+    else:
+        body = user_body.rstrip() + "\n\n" + section + "\n"
+    return _join(merged, body)
+
+
+def split_front_matter(text: str) -> tuple[dict, str]:
+    """({front matter}, the rest). A README without front matter is all body."""
+    import yaml
+
+    match = _FRONT_MATTER.match(text)
+    if not match:
+        return {}, text
+    try:
+        data = yaml.safe_load(match.group(1)) or {}
+    except yaml.YAMLError as exc:
+        raise CardError(f"README.md front matter is not valid YAML ({str(exc).splitlines()[0]})",
+                        hint="fix the block between the --- lines, or pass --overwrite-card") from exc
+    if not isinstance(data, dict):
+        raise CardError("README.md front matter is not a mapping of keys to values",
+                        hint="fix the block between the --- lines, or pass --overwrite-card")
+    return data, text[match.end():]
+
+
+def _join(metadata: dict, body: str) -> str:
+    import yaml
+
+    front = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, default_flow_style=False).strip()
+    return f"---\n{front}\n---\n\n{body.lstrip()}"
+
+
+def _metadata(record: dict, license_id: str | None) -> dict:
+    metadata: dict[str, Any] = {}
+    if license_id:
+        metadata["license"] = license_id
+    base_model = record.get("base_model")
+    if base_model:
+        metadata["base_model"] = base_model
+        metadata["base_model_relation"] = "finetune"
+    metadata["library_name"] = "transformers"
+    metadata["pipeline_tag"] = "text-generation"
+    metadata["tags"] = list(TAGS)
+    return metadata
+
+
+def _merge_metadata(user: dict, ours: dict, authoritative: bool) -> dict:
+    merged = dict(user)
+    for key, value in ours.items():
+        if key == "tags":
+            existing = user.get("tags") or []
+            existing = existing if isinstance(existing, list) else [existing]
+            merged["tags"] = existing + [tag for tag in value if tag not in existing]
+        elif key in ("base_model", "base_model_relation") and authoritative:
+            merged[key] = value
+        else:
+            merged.setdefault(key, value)
+    return merged
+
+
+def _source_license(record: dict) -> str | None:
+    """The base model's license: a local source's README front matter, else a known base model."""
+    source_path = (record.get("source") or {}).get("path")
+    if source_path:
+        try:
+            meta, _ = split_front_matter((Path(source_path) / README).read_text(encoding="utf-8"))
+            if isinstance(meta.get("license"), str):
+                return meta["license"]
+        except (OSError, CardError):
+            pass
+    return KNOWN_LICENSES.get(record.get("base_model") or "")
+
+
+def _body(checkpoint_dir: Path, config: dict, record: dict, verify_record: dict | None, repo_id: str | None) -> str:
+    rope_record = record.get("rope") or {}
+    state = rope.read_state(config)
+    target = rope_record.get("target_window") or state.window
+    original = rope_record.get("original_window") or round(target / state.factor)
+    factor = rope_record.get("factor") or state.factor
+    name = repo_id or f"./{checkpoint_dir.name}"
+    base = record.get("base_model")
+    title = repo_id.split("/")[-1] if repo_id else checkpoint_dir.name
+    parts = [f"# {title}", ""]
+    if rope_record:
+        origin = f"[{base}](https://huggingface.co/{base})" if base else _source_label(record)
+        parts.append(f"{origin} with its context window extended from **{original:,} to {target:,} tokens** by "
+                     f"linear Position Interpolation (PI, [Chen et al. 2023](https://arxiv.org/abs/2306.15595)), "
+                     f"factor **{factor:g}**. Made with picli {record.get('picli_version', '')}".rstrip() + ".")
+    else:
+        parts.append("No picli.json was found beside this checkpoint, so this card has no provenance: what was "
+                     f"done to it is not recorded. Its config says RoPE {state.scaling_type}, factor "
+                     f"{state.factor:g}, window {state.window:,} tokens.")
+    parts += ["", *_what_was_done(config, record, state, original, target, factor)]
+    parts += ["", *_verification(record, verify_record, target)]
+    parts += ["", *_how_to_run(config, record, state, name, target, factor)]
+    parts += ["", *_limitations(config, original, target, factor)]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _source_label(record: dict) -> str:
+    source = record.get("source") or {}
+    if source.get("repo"):
+        return f"`{source['repo']}`"
+    if source.get("path"):
+        return f"`{Path(source['path']).name}`"  # a local path says nothing useful to readers
+    return "The source model"
+
+
+def _source_note(record: dict) -> str | None:
+    """What the source's own record says about its weights (the embedded model: dequantized GGUF)."""
+    source = record.get("source") or {}
+    try:
+        note = json.loads((Path(source["path"]) / "picli.json").read_text()).get("note")
+    except (KeyError, TypeError, OSError, ValueError, AttributeError):
+        note = None
+    if not note and source.get("embedded"):
+        note = "imported from a GGUF file"
+    return note if isinstance(note, str) else None
+
+
+def _what_was_done(config: dict, record: dict, state, original: int, target: int, factor: float) -> list[str]:
+    lines = ["## What was done", ""]
+    if not record.get("rope"):
+        return lines + ["Unknown: no picli.json record."]
+    versions = record.get("versions") or {}
+    rows = [
+        ("base model", f"`{record['base_model']}`" if record.get("base_model") else _source_label(record)),
+        ("method", f"linear RoPE scaling (Position Interpolation): position m is read as m / {factor:g}"),
+        ("window", f"{original:,} -> {target:,} tokens (factor {factor:g}, RoPE theta {state.theta:g})"),
+        ("config", f"`rope_scaling` = `{json.dumps(config.get('rope_scaling'))}` (transformers 4.x, vLLM, TGI, "
+                   f"llama.cpp); `rope_parameters` = `{json.dumps(config.get('rope_parameters'))}` (transformers "
+                   f"5.x); `max_position_embeddings` = {config.get('max_position_embeddings')}"),
+        ("weights", "fine-tuned at the new window (below)" if record.get("finetune")
+         else "**unchanged** by picli: the source checkpoint's weights; only the config was changed"
+         + (f" (the source was {note}, so they are not bit-identical to the base model's)"
+            if (note := _source_note(record)) else "")),
+        ("self-check", "transformers reloaded the config and computed the source's inverse frequencies "
+                       "divided by the factor" if (record.get("self_check") or {}).get("ok") else "not recorded"),
+        ("tools", ", ".join(f"{name} {versions[name]}" for name in ("picli", "transformers") if versions.get(name))
+         or "-"),
+    ]
+    for step in record.get("history") or []:
+        earlier = step.get("rope") or {}
+        if earlier:
+            rows.append(("earlier step", f"{earlier.get('original_window')} -> {earlier.get('target_window')} "
+                                         f"tokens, factor {earlier.get('factor'):g}"))
+    lines += ["| | |", "|---|---|", *[f"| {key} | {value} |" for key, value in rows], ""]
+    finetune = record.get("finetune")
+    if finetune:
+        lines += ["### Fine-tune", "", "| setting | value |", "|---|---|"]
+        items = finetune.items() if isinstance(finetune, dict) else [("record", finetune)]
+        for key, value in items:
+            if isinstance(value, (dict, list)):
+                value = json.dumps(value)
+            lines.append(f"| {key} | {_cell(value)} |")
+    else:
+        lines.append(f"**Not fine-tuned.** This checkpoint has the source's weights; only its RoPE configuration "
+                     "changed. Interpolation keeps attention scores bounded, but models still need a short "
+                     f"fine-tune at the new window (the PI paper trains 1000 steps; its passkey window reaches the "
+                     f"target after about 200): {UNTRAINED_EVIDENCE}. Treat it as the starting point for that fine-tune "
+                     "(`picli finetune`), not as a long-context model.")
+    return lines
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def verification_summary(record: dict, verify_record: dict | None) -> dict | None:
+    """The shape verify.summarise writes into picli.json, from picli-verify.json when present."""
+    if not verify_record or not isinstance(verify_record.get("model"), dict):
+        return record.get("verification")
+
+    def one(run: dict | None) -> dict | None:
+        if not run:
+            return None
+        summary: dict[str, Any] = {"window": run.get("window")}
+        if run.get("passkey"):
+            results = run["passkey"]["results"]
+            summary["passkey_k_max"] = {str(r["length"]): r["k_max"] for r in results}
+            summary["passkey_success"] = {str(r["length"]): sum(r["success"]) / len(r["success"]) for r in results}
+        if run.get("perplexity"):
+            summary["perplexity"] = {str(r["length"]): r["perplexity"] for r in run["perplexity"]["results"]}
+            summary["stride"] = run["perplexity"].get("stride")
+        return summary
+
+    model = verify_record["model"]
+    return {"created": verify_record.get("created"),
+            "passkey_protocol": (model.get("passkey") or {}).get("protocol"),
+            "perplexity_data": verify_record.get("data"), "model": one(model),
+            "baseline": one(verify_record.get("baseline")), "notes": verify_record.get("notes") or []}
+
+
+def _verification(record: dict, verify_record: dict | None, target: int) -> list[str]:
+    lines = ["## Verification", ""]
+    summary = verification_summary(record, verify_record)
+    if not summary or not summary.get("model"):
+        return lines + [f"**Not verified.** No `picli verify` record is stored with this checkpoint, so nothing "
+                        f"here shows that it works at {target:,} tokens. Measure it with "
+                        "`picli verify MODEL --passkey --baseline BASE` before relying on the window."]
+    model, baseline = summary["model"], summary.get("baseline")
+    finetune = record.get("finetune")
+    if isinstance(finetune, dict) and summary.get("created") and str(finetune.get("created", "")) > summary["created"]:
+        lines += ["> The verification below predates the fine-tune: it measured the weights before training.", ""]
+    if model.get("passkey_k_max"):
+        protocol = summary.get("passkey_protocol") or {}
+        lines += ["### Passkey retrieval", ""]
+        described = (f"{protocol.get('positions')} key depths x {protocol.get('trials')} random 5-digit keys "
+                     f"(seed {protocol.get('seed')})") if protocol else "protocol not recorded"
+        if protocol.get("name") == "quick":
+            described += "; the *quick* smoke test, not the paper's 32 x 10"
+        threshold = protocol.get("threshold", 0.2)
+        lines += [f"Mohtashami & Jaggi's prompt as in the PI paper (section 3.3): {described}. k_max is the "
+                  f"largest depth k (tokens from the key to the end of the prompt) such that every depth up to "
+                  f"k succeeds in at least {threshold:.0%} of trials; k_max = length means retrieval works "
+                  "everywhere in the prompt.", ""]
+        header, rule = "| length | k_max | mean success |", "|---:|---:|---:|"
+        if baseline and baseline.get("passkey_k_max"):
+            header += " baseline k_max | baseline success |"
+            rule += "---:|---:|"
+        lines += [header, rule]
+        for length, k_max in model["passkey_k_max"].items():
+            row = f"| {int(length):,} | {k_max:,} | {_rate(model, length)} |"
+            if baseline and baseline.get("passkey_k_max"):
+                base_k = baseline["passkey_k_max"].get(length)
+                row += f" {'-' if base_k is None else f'{base_k:,}'} | {_rate(baseline, length)} |"
+            lines.append(row)
+        lines.append("")
+    if model.get("perplexity"):
+        data = summary.get("perplexity_data")
+        data_label = data if isinstance(data, str) and data.startswith("hf:") else (Path(data).name if data else "?")
+        stride = model.get("stride") or 256
+        lines += ["### Perplexity", "", f"Sliding window (stride {stride}) on `{data_label}`; lower is better.", ""]
+        header, rule = "| length | perplexity |", "|---:|---:|"
+        if baseline and baseline.get("perplexity"):
+            header += " baseline | delta |"
+            rule += "---:|---:|"
+        lines += [header, rule]
+        for length, value in model["perplexity"].items():
+            row = f"| {int(length):,} | {value:.3f} |"
+            if baseline and baseline.get("perplexity"):
+                base_value = baseline["perplexity"].get(length)
+                row += (" - | - |" if base_value is None else f" {base_value:.3f} | {value - base_value:+.3f} |")
+            lines.append(row)
+        lines.append("")
+    if baseline:
+        lines.append(f"Baseline: the model before interpolation (window {baseline.get('window'):,} tokens), measured "
+                     "with the same prompts, keys and text.")
+    for note in summary.get("notes") or []:
+        lines.append(f"- Note: {note}")
+    return lines
+
+
+def _rate(run: dict, length: str) -> str:
+    rate = (run.get("passkey_success") or {}).get(length)
+    return "-" if rate is None else f"{rate:.0%}"
+
+
+def _how_to_run(config: dict, record: dict, state, name: str, target: int, factor: float) -> list[str]:
+    legacy = rope.predict_transformers4(config)
+    local = name if name.startswith(".") else name.split("/")[-1]
+    vllm = rope.predict_vllm(config, intended_window=target)
+    llama = rope.predict_llama_cpp(config, intended_window=target)
+    lines = ["## How to run it", "", "**transformers** (5.x reads `rope_parameters`; 4.x reads `rope_scaling` and "
+             f"needs >= {legacy['min_version']} for `{state.model_type}`, older releases ignore the scaling "
+             "silently):", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
+             f'model = AutoModelForCausalLM.from_pretrained("{name}", dtype="auto")  # < 4.56: torch_dtype="auto"',
+             "```", "",
+             f"**vLLM**: pass the window explicitly. vLLM multiplies `max_position_embeddings` by the factor "
+             f"(it assumes the field holds the pretraining window), so on its own it would allow "
+             f"{vllm['derived_max_model_len']:,} tokens" + (", past the interpolated window" if vllm["over_claims"]
+                                                            else "") + ":", "",
+             "```bash", f"vllm serve {name} {vllm['flag']}", "```", "",
+             "**llama.cpp**: the converter writes the linear factor into the GGUF "
+             "(`rope.scaling.type`, `rope.scaling.factor`); name the context, since builds differ in its default:",
+             "", "```bash", *([f"hf download {name} --local-dir {local}"] if "/" in name and not name.startswith(".")
+                              else []),
+             f"python convert_hf_to_gguf.py {local} --outfile model.gguf",
+             f"llama-cli -m model.gguf -c {target}",
+             "# a GGUF converted without the scaling keys:",
+             f"llama-cli -m model.gguf {llama['flags'] if state.scaling_type == 'linear' else f'-c {target}'}",
+             "```", "",
+             "**Text Generation Inference** reads `rope_scaling` from config.json but caps the request length "
+             "on its own; raise the limits to the window:", "",
+             "```bash",
+             "docker run --gpus all -p 8080:80 ghcr.io/huggingface/text-generation-inference \\",
+             f"  --model-id {name} \\",
+             f"  --max-input-tokens {target - 1} --max-total-tokens {target} --max-batch-prefill-tokens {target}",
+             f"# where TGI does not apply the config's scaling, set it: -e ROPE_SCALING=linear -e ROPE_FACTOR={factor:g}",
+             "```"]
+    return lines
+
+
+def _limitations(config: dict, original: int, target: int, factor: float) -> list[str]:
+    lines = ["## Limitations", "",
+             f"- **No extrapolation past {target:,} tokens.** PI maps positions 0..{target:,} into the trained "
+             f"range 0..{original:,}; beyond {target:,} the model sees angles it never saw and fails as the "
+             "base model does past its window.",
+             "- **A passkey pass is not full long-context understanding.** Retrieving one number shows the "
+             "positions are usable, not that the model reasons over the whole window (RULER found 32k PI models "
+             "effective at about 4k).",
+             f"- **Short contexts may get slightly worse.** PI compresses every RoPE frequency by {factor:g}, so "
+             "neighbouring tokens are harder to tell apart; the paper reports up to ~2% drops on original-window "
+             "benchmarks at 8k, and small models feel it more."]
+    try:
+        kv_bytes = rope.kv_cache_bytes(config, target)
+    except (KeyError, TypeError, ZeroDivisionError):
+        kv_bytes = 0
+    if kv_bytes:
+        size = f"{kv_bytes / 2**30:.1f} GiB" if kv_bytes >= 2**30 else f"{kv_bytes / 2**20:.1f} MiB"
+        lines.append(f"- **Memory.** The KV cache of one {target:,}-token sequence takes about {size} in "
+                     "16-bit precision, on top of the weights.")
+    return lines

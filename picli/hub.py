@@ -1,0 +1,492 @@
+"""`picli push`: publish a checkpoint to the Hugging Face Hub, after checking it.
+
+Plan, then apply. `plan_push` is offline: it checks the folder (`preflight`: the config
+reads and its two RoPE schemas agree, every shard the index names exists with the size its
+header implies, a tokenizer is there), lists the files that will go up with their sizes,
+and renders the model card (card.py). `--dry-run` shows that plan and makes no network
+call at all. `push` then talks to the Hub through huggingface_hub only:
+
+    whoami (a clear error for a missing, invalid or read-only token, before anything else)
+    -> repo state (new / empty after an interrupted push / existing: refused without --exist-ok)
+    -> create_repo (private unless --public) and, for a new --revision, create_branch from main
+    -> README.md written atomically into the folder
+    -> upload_folder (one commit; re-running after an interruption sends only what is missing:
+       LFS / Xet objects already stored are skipped)
+
+Every huggingface_hub / network error becomes one PicliError line with the next step, with
+the token scrubbed from any text that reaches the user. The token is never stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from . import card as card_module
+from . import rope
+from .checkpoint import read_config, read_json_file, safetensors_header
+from .errors import NotACheckpoint, PicliError
+
+Events = Callable[[dict], None] | None
+
+# Never published: training state, picli's own bookkeeping and half-written files. The
+# patterns are fnmatch-style on the path relative to the checkpoint (`*` crosses `/`), the
+# same matching huggingface_hub's upload_folder applies, so the plan lists what goes up.
+IGNORE_PATTERNS = [
+    ".picli/*", "*/.picli/*",
+    "checkpoint-*/*", "*/checkpoint-*/*", "global_step*/*",
+    "optimizer.*", "*/optimizer.*", "scheduler.pt", "*/scheduler.pt", "rng_state*.pth", "*/rng_state*.pth",
+    "trainer_state.json", "training_args.bin",
+    "*.picli-tmp-*",
+    "__pycache__/*", "*/__pycache__/*", ".cache/*", ".ipynb_checkpoints/*", "*/.ipynb_checkpoints/*",
+    "wandb/*", "runs/*",
+]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "tiktoken.model", "vocab.json")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+class HubError(PicliError):
+    """The Hub refused or could not be reached: auth, not found, gated, forbidden, network, offline."""
+
+
+class PreflightFailed(PicliError):
+    """The folder is not a checkpoint worth publishing yet."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    checkpoint: Path
+    repo_id: str
+    revision: str | None  # None: main
+    private: bool
+    create_pr: bool
+    exist_ok: bool
+    commit_message: str
+    commit_description: str
+    endpoint: str
+    files: list[FileEntry]
+    ignored: list[str]
+    card: str  # README.md as it will be uploaded
+    card_action: str  # create | refresh | append | overwrite
+    auth: str | None  # where the token will come from (never the token itself)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(entry.size for entry in self.files)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["checkpoint"] = str(self.checkpoint)
+        data["total_bytes"] = self.total_bytes
+        data["url"] = repo_url(self.endpoint, self.repo_id, self.revision)
+        return data
+
+
+@dataclass(frozen=True)
+class PushResult:
+    url: str
+    repo_id: str
+    revision: str | None
+    private: bool
+    created: bool  # the repo (or branch) was created by this push
+    changed: bool  # False: the Hub already had these exact files, so no commit was made
+    commit: str | None
+    commit_url: str | None
+    pr_url: str | None
+    files: list[FileEntry]
+    total_bytes: int
+    card: str  # path of the README.md written
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def repo_url(endpoint: str, repo_id: str, revision: str | None) -> str:
+    return f"{endpoint}/{repo_id}" + (f"/tree/{revision}" if revision else "")
+
+
+# ---------------------------------------------------------------------------------------
+# Pre-flight: everything that can be checked without the network.
+
+
+def preflight(checkpoint_dir: Path) -> tuple[list[str], list[str]]:
+    """(problems, warnings) for publishing this folder; problems block the push."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    if not checkpoint_dir.is_dir():
+        return [f"{checkpoint_dir} is not a directory"], warnings
+    record, verify_record, _ = card_module.load_inputs(checkpoint_dir)
+    try:
+        config = read_config(checkpoint_dir)
+    except NotACheckpoint as exc:
+        problems.append(exc.message)
+        config = None
+    if config is not None:
+        if not config.get("model_type"):
+            problems.append("config.json has no model_type, so transformers cannot load it")
+        try:
+            state = rope.read_state(config)
+        except PicliError as exc:
+            problems.append(exc.message)
+        else:
+            if state.disagreement:
+                problems.append(f"config.json: {state.disagreement}")
+            recorded = (record.get("rope") or {}).get("factor")
+            if recorded and (state.scaling_type != "linear" or abs(recorded - state.factor) > 1e-9 * recorded):
+                found = f"factor {state.factor:g}" if state.scaling_type == "linear" else f"{state.scaling_type} RoPE"
+                problems.append(f"config.json says {found} but picli.json recorded linear factor {recorded:g} "
+                                "(config.json was edited after picli wrote it), so the card would be wrong")
+    files = [entry.path for entry in list_files(checkpoint_dir)[0]]
+    problems += _weight_problems(checkpoint_dir, files)
+    if not any(Path(name).name in TOKENIZER_FILES for name in files):
+        problems.append("no tokenizer (tokenizer.json, tokenizer.model or vocab.json): the model could not be "
+                        "used from the Hub")
+    if not (checkpoint_dir / "picli.json").is_file():
+        warnings.append("no picli.json here: the model card will have no provenance (what was done, by which "
+                        "picli) and cannot say whether the model was fine-tuned")
+    elif not verify_record and not record.get("verification"):
+        warnings.append("not verified: the card will say so; run `picli verify --passkey` first to publish "
+                        "measured numbers")
+    return problems, warnings
+
+
+def _weight_problems(checkpoint_dir: Path, files: list[str]) -> list[str]:
+    problems = []
+    weights = [name for name in files if name.endswith((".safetensors", ".bin", ".pt", ".pth"))]
+    if not weights:
+        problems.append("no weight files (*.safetensors or *.bin)")
+    for index_name in [name for name in files if name.endswith(".safetensors.index.json")]:
+        try:
+            index = read_json_file(checkpoint_dir / index_name) or {}
+        except NotACheckpoint as exc:
+            problems.append(exc.message)
+            continue
+        for shard in sorted(set((index.get("weight_map") or {}).values())):
+            if shard not in files:
+                problems.append(f"{index_name} names {shard}, which is missing")
+    for name in weights:
+        if not name.endswith(".safetensors"):
+            continue
+        path = checkpoint_dir / name
+        try:
+            header = safetensors_header(path)
+        except NotACheckpoint as exc:
+            problems.append(exc.message)
+            continue
+        with open(path, "rb") as handle:
+            (header_length,) = struct.unpack("<Q", handle.read(8))
+        data_end = max((info["data_offsets"][1] for key, info in header.items()
+                        if key != "__metadata__" and isinstance(info, dict) and "data_offsets" in info), default=0)
+        expected, actual = 8 + header_length + data_end, path.stat().st_size
+        if actual != expected:
+            problems.append(f"{name} is {actual:,} bytes but its header implies {expected:,} "
+                            "(truncated, or still being written)")
+    return problems
+
+
+def list_files(checkpoint_dir: Path) -> tuple[list[FileEntry], list[str]]:
+    """(files that will be uploaded, files left out), as upload_folder will decide."""
+    from huggingface_hub.utils import filter_repo_objects
+    from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
+
+    every = sorted(path.relative_to(checkpoint_dir).as_posix() for path in checkpoint_dir.glob("**/*")
+                   if path.is_file())
+    kept = list(filter_repo_objects(every, ignore_patterns=IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS))
+    kept_set = set(kept)
+    return ([FileEntry(name, (checkpoint_dir / name).stat().st_size) for name in kept],
+            [name for name in every if name not in kept_set])
+
+
+# ---------------------------------------------------------------------------------------
+# The plan.
+
+
+def plan_push(
+    checkpoint_dir: Path,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    private: bool = True,
+    create_pr: bool = False,
+    exist_ok: bool = False,
+    commit_message: str | None = None,
+    overwrite_card: bool = False,
+    token: str | None = None,
+) -> PushPlan:
+    """What `push` will do. No network: `--dry-run` prints exactly this."""
+    from huggingface_hub import constants
+
+    checkpoint_dir = Path(checkpoint_dir).expanduser().resolve()
+    if not _REPO_ID.match(repo_id or "") or ".." in repo_id or repo_id.endswith((".git", ".")):
+        raise PicliError(f"REPO must be a Hub repo id like your-name/model-16k, got {repo_id!r}",
+                         hint="picli push [MODEL] NAMESPACE/NAME (NAMESPACE: your user name or an organization)")
+    revision = None if revision in (None, "", "main") else revision
+    if revision and (revision.startswith("refs/") or not re.fullmatch(r"[\w.\-/]+", revision)):
+        raise PicliError(f"--revision must be a branch name, got {revision!r}",
+                         hint="e.g. --revision pi-16k; use --create-pr to open a pull request")
+    if create_pr and revision:
+        raise PicliError("--create-pr opens a pull request against main; it cannot be combined with --revision",
+                         hint="drop one of them")
+    if not checkpoint_dir.exists():
+        raise PicliError(f"{checkpoint_dir}: no such directory", hint="pass the checkpoint directory to publish")
+    problems, warnings = preflight(checkpoint_dir)
+    if problems:
+        listed = "; ".join(f"({number}) {text}" for number, text in enumerate(problems, 1))
+        raise PreflightFailed(f"{checkpoint_dir.name} is not ready to publish, {len(problems)} problem"
+                              f"{'s' if len(problems) > 1 else ''}: {listed}",
+                              hint="fix them and run again; nothing was uploaded")
+    record, verify_record, existing = card_module.load_inputs(checkpoint_dir)
+    card_text = card_module.render_card(checkpoint_dir, record, verify_record, existing, repo_id, overwrite_card)
+    files, ignored = list_files(checkpoint_dir)
+    readme = FileEntry(card_module.README, len(card_text.encode("utf-8")))
+    files = sorted([entry for entry in files if entry.path != card_module.README] + [readme],
+                   key=lambda entry: entry.path)
+    return PushPlan(
+        checkpoint=checkpoint_dir, repo_id=repo_id, revision=revision, private=private, create_pr=create_pr,
+        exist_ok=exist_ok, commit_message=commit_message or default_commit_message(record),
+        commit_description=f"Uploaded with picli {record.get('picli_version') or ''}".strip(),
+        endpoint=constants.ENDPOINT.rstrip("/"), files=files, ignored=ignored, card=card_text,
+        card_action=card_module.card_action(existing, overwrite_card), auth=token_source(token),
+        warnings=warnings,
+    )
+
+
+def default_commit_message(record: dict) -> str:
+    rope_record = record.get("rope") or {}
+    if not rope_record:
+        return "Upload model with picli"
+    message = (f"PI x{rope_record['factor']:g}: {rope_record.get('original_window')} -> "
+               f"{rope_record.get('target_window')} tokens")
+    return message + (", fine-tuned" if record.get("finetune") else ", not fine-tuned")
+
+
+def token_source(token: str | None) -> str | None:
+    """Where the token will come from: --token, then HF_TOKEN, then the stored login."""
+    from huggingface_hub import constants
+
+    if token:
+        return "--token"
+    if os.environ.get("HF_TOKEN"):
+        return "HF_TOKEN"
+    if os.path.isfile(constants.HF_TOKEN_PATH):
+        return "stored login"
+    return None
+
+
+def describe_plan(plan: PushPlan) -> str:
+    """The --dry-run text: where, what, and the card."""
+    from .render import human_bytes
+
+    target = f"{plan.repo_id}" + (f" (branch {plan.revision}, created from main if new)" if plan.revision else "")
+    lines = [
+        "Push plan (dry run: no network call was made, nothing was written)",
+        f"  repo        {target}",
+        f"  url         {repo_url(plan.endpoint, plan.repo_id, plan.revision)}",
+        f"  visibility  {'private' if plan.private else 'public'} (applies when the repo is created)",
+        "  mode        " + ("pull request against main" if plan.create_pr else
+                             "upload into an existing repo allowed (--exist-ok)" if plan.exist_ok else
+                             "new repo (refused if it exists and is not empty)"),
+        f"  commit      {plan.commit_message}",
+        f"  auth        {plan.auth or 'none found: pass --token, set HF_TOKEN or run `hf auth login`'}",
+        f"  model card  README.md ({plan.card_action})",
+        f"Files ({len(plan.files)}, {human_bytes(plan.total_bytes)}):",
+    ]
+    width = max((len(entry.path) for entry in plan.files), default=0)
+    lines += [f"  {entry.path:<{width}}  {human_bytes(entry.size):>9}" for entry in plan.files]
+    if plan.ignored:
+        lines.append(f"Left out ({len(plan.ignored)}): " + ", ".join(plan.ignored))
+    lines += ["", "----- README.md -----", plan.card.rstrip(), "----- end of README.md -----"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# The push.
+
+
+def push(plan: PushPlan, token: str | None = None, on_event: Events = None) -> PushResult:
+    from huggingface_hub import HfApi, constants, get_token
+
+    def say(text: str) -> None:
+        if on_event:
+            on_event({"kind": "message", "text": text})
+
+    if constants.is_offline_mode():
+        raise HubError("offline mode is on (HF_HUB_OFFLINE=1), so nothing can be pushed",
+                       hint="unset HF_HUB_OFFLINE to push, or use --dry-run to see the plan")
+    token = token or get_token()
+    if not token:
+        raise HubError("no Hugging Face token: not logged in",
+                       hint="run `hf auth login`, set HF_TOKEN, or pass --token (write access needed)")
+    api = HfApi(endpoint=plan.endpoint, token=token)
+    with translate_errors(token, plan):
+        user = api.whoami()
+        role = ((user.get("auth") or {}).get("accessToken") or {}).get("role")
+        if role == "read":
+            raise HubError(f"the token of {user.get('name')} is read-only; pushing needs write access",
+                           hint="create a write token at https://huggingface.co/settings/tokens and pass it")
+        say(f"Logged in as {user.get('name')} (token from {plan.auth or 'huggingface_hub'})")
+        created, head, private = _prepare_target(api, plan, say)
+        card_path = card_module.write_card(plan.checkpoint, plan.card)
+        say(f"Uploading {len(plan.files)} files to {plan.repo_id}"
+            + (f"@{plan.revision}" if plan.revision else "") + (" as a pull request" if plan.create_pr else ""))
+        try:
+            info = api.upload_folder(
+                repo_id=plan.repo_id, folder_path=plan.checkpoint, revision=plan.revision,
+                create_pr=plan.create_pr or None, commit_message=plan.commit_message,
+                commit_description=plan.commit_description, ignore_patterns=list(IGNORE_PATTERNS),
+            )
+        except KeyboardInterrupt:
+            # Not the CLI's generic "nothing was left behind": the repo may exist and objects be stored.
+            raise HubError("interrupted during the upload; nothing was committed",
+                           hint="run the same command again: files already uploaded are not sent again") from None
+    files, _ = list_files(plan.checkpoint)
+    return PushResult(
+        url=info.pr_url or repo_url(plan.endpoint, plan.repo_id, plan.revision), repo_id=plan.repo_id,
+        revision=plan.revision, private=private, created=created, changed=info.oid != head, commit=info.oid,
+        commit_url=info.commit_url, pr_url=info.pr_url, files=files,
+        total_bytes=sum(entry.size for entry in files), card=str(card_path),
+    )
+
+
+def _prepare_target(api, plan: PushPlan, say: Callable[[str], None]) -> tuple[bool, str | None, bool]:
+    """Create what is missing; refuse to overwrite what exists.
+
+    Returns (whether something was created, the head commit the upload starts from, private)."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        main = api.repo_info(plan.repo_id)
+    except GatedRepoError:
+        raise
+    except RepositoryNotFoundError:
+        main = None
+    if main is None:
+        if plan.create_pr:
+            raise HubError(f"{plan.repo_id} does not exist, so no pull request can be opened on it",
+                           hint="drop --create-pr to create the repo, or check the name")
+        api.create_repo(plan.repo_id, private=plan.private)
+        say(f"Created {'private' if plan.private else 'public'} repo {plan.repo_id}")
+        if plan.revision:
+            api.create_branch(plan.repo_id, branch=plan.revision, revision="main")
+        return True, None, plan.private
+    if bool(main.private) != plan.private:
+        say(f"{plan.repo_id} exists and stays {'private' if main.private else 'public'}; "
+            "--public only applies when picli creates the repo")
+    private = bool(main.private)
+    if plan.create_pr:
+        return False, main.sha, private
+    if plan.revision:
+        try:
+            branch = api.repo_info(plan.repo_id, revision=plan.revision)
+        except RevisionNotFoundError:
+            api.create_branch(plan.repo_id, branch=plan.revision, revision="main")
+            say(f"Created branch {plan.revision} from main")
+            return True, main.sha, private
+        if plan.exist_ok or branch.sha == main.sha:
+            if not plan.exist_ok:
+                say(f"Branch {plan.revision} exists with nothing pushed to it yet (an interrupted push?): resuming")
+            return False, branch.sha, private
+        raise HubError(f"branch {plan.revision} of {plan.repo_id} already exists and has commits",
+                       hint="pass --exist-ok to add a commit to it, or choose a new --revision")
+    remote_files = {sibling.rfilename for sibling in (main.siblings or [])}
+    if plan.exist_ok:
+        return False, main.sha, private
+    if remote_files <= {".gitattributes"}:
+        say(f"{plan.repo_id} exists but is empty (an interrupted push?): resuming")
+        return False, main.sha, private
+    raise HubError(f"{plan.repo_id} already exists on the Hub with {len(remote_files)} files",
+                   hint="pass --exist-ok to upload into it (a new commit; also finishes a push of this folder that "
+                        "was cut off mid-way), --revision NAME to push to a new branch, or --create-pr")
+
+
+# ---------------------------------------------------------------------------------------
+# Errors: one line and the next step, never the token.
+
+
+def scrub(text: str, token: str | None) -> str:
+    if token:
+        text = text.replace(token, "***")
+    return re.sub(r"\bhf_[A-Za-z0-9]{20,}\b", "hf_***", text)
+
+
+@contextlib.contextmanager
+def translate_errors(token: str | None, plan: PushPlan) -> Iterator[None]:
+    try:
+        yield
+    except PicliError as exc:
+        raise type(exc)(scrub(exc.message, token), hint=scrub(exc.hint or "", token) or None) from None
+    except Exception as exc:  # noqa: BLE001 - mapped below, or re-raised unchanged as a bug
+        mapped = hub_error(exc, plan)
+        if mapped is None:
+            raise
+        raise HubError(scrub(mapped.message, token), hint=scrub(mapped.hint or "", token) or None) from exc
+
+
+def hub_error(exc: BaseException, plan: PushPlan) -> PicliError | None:
+    """The one table from huggingface_hub / network errors to messages that name the next step."""
+    import httpx2
+    from huggingface_hub.errors import (BadRequestError, GatedRepoError, HfHubHTTPError, LocalTokenNotFoundError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+
+    repo, host = plan.repo_id, plan.endpoint
+    resume = "run the same command again: files already uploaded are not sent again"
+    if isinstance(exc, RuntimeError) and isinstance(exc.__cause__, Exception) and "uploading" in str(exc):
+        inner = hub_error(exc.__cause__, plan)  # huggingface_hub wraps a failed LFS upload
+        if inner is not None:
+            return inner
+    if isinstance(exc, OfflineModeIsEnabled):
+        return PicliError("offline mode is on (HF_HUB_OFFLINE=1)", hint="unset HF_HUB_OFFLINE to push")
+    if isinstance(exc, LocalTokenNotFoundError):
+        return PicliError("no Hugging Face token: not logged in",
+                          hint="run `hf auth login`, set HF_TOKEN, or pass --token")
+    if isinstance(exc, GatedRepoError):
+        return PicliError(f"{repo} is gated and this account has not been granted access",
+                          hint=f"request access at {host}/{repo}, or push to a repo of your own")
+    if isinstance(exc, RevisionNotFoundError):
+        return PicliError(f"{repo} has no revision {plan.revision or 'main'!r}",
+                          hint="check --revision; a new branch is created from main only when the repo exists")
+    if isinstance(exc, RepositoryNotFoundError):
+        return PicliError(f"{repo} was not found, or this token cannot see it",
+                          hint="check the name; a private repo needs a token of its owner or organization")
+    if isinstance(exc, BadRequestError) or (isinstance(exc, ValueError) and "Invalid metadata" in str(exc)):
+        detail = getattr(exc, "server_message", None) or str(exc).strip().splitlines()[-1]
+        return PicliError(f"the Hub rejected the request: {detail}",
+                          hint="if it is about README.md, run `picli card MODEL --overwrite-card` and push again")
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(exc.response, "status_code", None)
+        namespace = repo.split("/")[0]
+        if status == 401:
+            return PicliError("the Hub rejected the token (401 Unauthorized): it is invalid or expired",
+                              hint="pass a valid --token, set HF_TOKEN, or run `hf auth login` "
+                                   "(tokens: https://huggingface.co/settings/tokens)")
+        if status == 403:
+            return PicliError(f"forbidden: this token may not write to {namespace} (403)",
+                              hint=f"use a token with write access to {namespace}, push to your own namespace, "
+                                   "or pass --create-pr to propose the change")
+        if status == 409:
+            return PicliError(f"{repo} already exists (409 Conflict), possibly private to another account",
+                              hint="choose another name, or use a token that can see it and pass --exist-ok")
+        if status == 429:
+            return PicliError("the Hub is rate-limiting this account (429)", hint="wait a minute, then " + resume)
+        if status is not None and status >= 500:
+            return PicliError(f"the Hub failed with {status} during the push; nothing was committed",
+                              hint=resume)
+        return PicliError(f"the Hub answered {status}: {exc.server_message or 'no detail'}",
+                          hint="check REPO and the token's permissions")
+    if isinstance(exc, httpx2.TransportError):
+        kind = "timed out" if isinstance(exc, httpx2.TimeoutException) else "connection failed"
+        return PicliError(f"could not reach {host} ({kind})",
+                          hint="check the network (and HF_ENDPOINT if set), then " + resume)
+    return None

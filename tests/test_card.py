@@ -1,0 +1,211 @@
+"""The model card: front matter the Hub accepts, numbers from the records, the user's text kept.
+
+Pure and fast: records are built here in the exact shapes picli writes (picli.json as
+extend._record lays it out, picli-verify.json from verify.VerifyReport.to_dict and the
+summary from verify.summarise), so no model is loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+from typer.testing import CliRunner
+
+from picli import rope
+from picli.card import BEGIN, END, TAGS, CardError, render_card, verification_summary
+from picli.cli import app
+from picli.passkey import LengthResult, PasskeyReport, Protocol
+from picli.perplexity import PerplexityReport, PerplexityResult
+from picli.verify import ModelRun, VerifyReport, summarise
+from tests.conftest import FAMILY_CONFIGS, write_checkpoint
+
+runner = CliRunner()
+BASE = "huggyllama/llama-7b"
+
+
+def picli_record(plan, base_model: str | None = BASE, finetune: dict | None = None, verification=None) -> dict:
+    """picli.json as extend._record writes it."""
+    return {
+        "picli_version": "0.1.0", "created": "2025-01-01T00:00:00+00:00",
+        "command": "picli extend llama-7b --to 8192", "operation": "position_interpolation",
+        "source": {"repo": base_model, "revision": "0" * 40} if base_model else {"path": "/home/someone/models/x"},
+        "base_model": base_model,
+        "rope": {"type": "linear", "factor": plan.factor, "previous_factor": 1.0, "original_window": 2048,
+                 "current_window": 2048, "target_window": 8192, "theta": plan.theta, "max_position_embeddings": "target"},
+        "changes": {}, "weights": "copy", "self_check": {"ok": True}, "versions": {"picli": "0.1.0", "transformers": "5.0"},
+        "history": [], "finetune": finetune, "verification": verification,
+    }
+
+
+def length_result(length: int, k_max: int, success: list[float]) -> LengthResult:
+    ks = [length * (index + 1) // len(success) for index in range(len(success))]
+    return LengthResult(length=length, ks=ks, success=success, outcomes=[[rate >= 0.5] for rate in success],
+                        keys=[[12345] for _ in success], k_max=k_max, beyond_window=False, seconds=1.0)
+
+
+def perplexity_result(length: int, value: float) -> PerplexityResult:
+    return PerplexityResult(length=length, perplexity=value, nll=1.0, tokens_scored=5000, documents=1, windows=3,
+                            seconds=1.0, tokens_per_second=100.0)
+
+
+def verify_report() -> VerifyReport:
+    protocol = Protocol().describe()
+    model = ModelRun(model="model", path="/abs/m", window=8192,
+                     passkey=PasskeyReport(protocol, 8192, [length_result(4096, 4096, [1.0, 1.0, 1.0, 1.0]),
+                                                            length_result(8192, 7168, [1.0, 1.0, 0.5, 0.0])]).to_dict(),
+                     perplexity=PerplexityReport(256, [perplexity_result(4096, 7.123),
+                                                       perplexity_result(8192, 6.877)]).to_dict())
+    baseline = ModelRun(model="baseline", path="/abs/base", window=2048,
+                        passkey=PasskeyReport(protocol, 2048, [length_result(4096, 1536, [1.0, 0.0, 0.0, 0.0]),
+                                                               length_result(8192, 0, [0.0, 0.0, 0.0, 0.0])]).to_dict(),
+                        perplexity=PerplexityReport(256, [perplexity_result(4096, 7.5),
+                                                          perplexity_result(8192, 812.25)]).to_dict())
+    return VerifyReport(model=model, baseline=baseline, passkey_lengths=[4096, 8192],
+                        perplexity_lengths=[4096, 8192], settings={}, notes=["baseline: 4096, 8192 lie beyond"])
+
+
+def verify_file(report: VerifyReport) -> dict:
+    """picli-verify.json as verify._save writes it."""
+    return {"created": "2025-01-02T00:00:00+00:00", "command": "picli verify --passkey", "data": "/data/pg19_book.txt",
+            "versions": {}, **report.to_dict()}
+
+
+@pytest.fixture
+def extended(tmp_path):
+    config = copy.deepcopy(FAMILY_CONFIGS["llama_v4"])
+    plan = rope.plan_config(config, 8192)
+    directory = write_checkpoint(tmp_path / "llama-7b-8k", plan.config, tokenizer_max=8192)
+    (directory / "README.md").unlink()
+    return directory, plan
+
+
+def test_front_matter_parses_as_a_hub_model_card(extended):
+    directory, plan = extended
+    existing = "---\nlicense: llama2\n---\n# the base model's card\n"
+    text = render_card(directory, picli_record(plan), None, existing, "org/llama-7b-8k", overwrite=True)
+    data = ModelCard(text).data.to_dict()
+    assert data["base_model"] == BASE and data["base_model_relation"] == "finetune"
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "text-generation"
+    assert set(TAGS) <= set(data["tags"]) and "position-interpolation" in data["tags"]
+    # --overwrite-card drops the text but the base model's license is still carried.
+    assert data["license"] == "llama2" and "the base model's card" not in text
+
+
+def test_card_carries_the_verification_numbers_from_either_record(extended):
+    directory, plan = extended
+    report = verify_report()
+    from_file = render_card(directory, picli_record(plan), verify_file(report), None, "org/m", False)
+    from_summary = render_card(directory, picli_record(plan, verification=summarise(report, "/data/pg19_book.txt")),
+                               None, None, "org/m", False)
+    for text in (from_file, from_summary):
+        body = ModelCard(text).text
+        # passkey: model k_max and success, baseline beside it
+        assert "| 8,192 | 7,168 | 62% | 0 | 0% |" in body
+        assert "| 4,096 | 4,096 | 100% | 1,536 | 25% |" in body
+        # perplexity with the baseline and the delta
+        assert "| 8,192 | 6.877 | 812.250 | -805.373 |" in body
+        assert "`pg19_book.txt`" in body and "/data/" not in body  # no local paths on the Hub
+        assert "32 key depths x 10 random 5-digit keys" in body
+        assert "Not verified" not in body
+    assert verification_summary(picli_record(plan), verify_file(report))["model"]["passkey_k_max"] == \
+        summarise(report)["model"]["passkey_k_max"]
+
+
+def test_unverified_and_not_fine_tuned_are_said_plainly(extended):
+    directory, plan = extended
+    text = render_card(directory, picli_record(plan), None, None, "org/m", False)
+    assert "**Not verified.**" in text
+    assert "**Not fine-tuned.**" in text and "0/3 trials" in text and "3/3" in text
+    assert "2,048 to 8,192 tokens" in text and "factor **4**" in text
+
+
+def test_fine_tune_record_replaces_the_warning(extended):
+    directory, plan = extended
+    finetune = {"steps": 200, "learning_rate": 2e-5, "sequence_length": 8192, "method": "full",
+                "created": "2025-01-03T00:00:00+00:00"}
+    text = render_card(directory, picli_record(plan, finetune=finetune), verify_file(verify_report()), None, "org/m",
+                       False)
+    assert "Not fine-tuned" not in text and "### Fine-tune" in text and "| steps | 200 |" in text
+    # the verification was recorded before the fine-tune: the card says it measured the old weights
+    assert "predates the fine-tune" in text
+
+
+def test_without_a_base_model_there_is_no_relation(extended):
+    directory, plan = extended
+    text = render_card(directory, picli_record(plan, base_model=None), None, None, None, False)
+    data = ModelCard(text).data.to_dict()
+    assert "base_model" not in data and "base_model_relation" not in data
+    assert "`x`" in text and "/home/someone" not in text  # the local source by name only
+
+
+def test_runtime_snippets_use_the_target_window(extended):
+    directory, plan = extended
+    text = render_card(directory, picli_record(plan), None, None, "org/llama-7b-8k", False)
+    # vLLM would multiply max_position_embeddings (8192) by 4 on its own.
+    assert "vllm serve org/llama-7b-8k --max-model-len 8192" in text and "32,768" in text
+    assert "llama-cli -m model.gguf -c 8192 --rope-scaling linear --rope-scale 4" in text
+    assert "--max-input-tokens 8191 --max-total-tokens 8192" in text and "ROPE_FACTOR=4" in text
+    assert 'AutoModelForCausalLM.from_pretrained("org/llama-7b-8k"' in text
+    assert "needs >= 4.31.0 for `llama`" in text
+    assert "No extrapolation past 8,192 tokens" in text and "RULER" in text
+
+
+def test_min_transformers_follows_the_family(tmp_path):
+    plan = rope.plan_config(copy.deepcopy(FAMILY_CONFIGS["mistral"]), 65536)
+    directory = write_checkpoint(tmp_path / "mistral-64k", plan.config)
+    text = render_card(directory, picli_record(plan), None, None, "org/m", False)
+    assert "needs >= 4.48.0 for `mistral`" in text
+
+
+def test_user_readme_is_kept_and_a_refresh_replaces_only_picli_section(extended):
+    directory, plan = extended
+    user = ("---\nlicense: mit\nlanguage: en\ntags:\n- my-tag\nbase_model: meta/grandparent\n---\n"
+            "# My model\n\nWritten by me.\n")
+    first = render_card(directory, picli_record(plan), None, user, "org/m", False)
+    data = ModelCard(first).data.to_dict()
+    assert data["license"] == "mit" and data["language"] == "en"
+    assert data["tags"][0] == "my-tag" and set(TAGS) <= set(data["tags"])
+    # A README copied from the source names the source's own parent: picli.json knows better.
+    assert data["base_model"] == BASE
+    assert first.index("Written by me.") < first.index(BEGIN) < first.index(END)
+
+    edited = first.replace(END, END + "\n\nA note I added below picli's section.\n")
+    second = render_card(directory, picli_record(plan), verify_file(verify_report()), edited, "org/m", False)
+    assert second.count(BEGIN) == 1 and second.count(END) == 1
+    assert "Written by me." in second and "A note I added below picli's section." in second
+    assert "**Not verified.**" in first and "**Not verified.**" not in second and "7,168" in second
+    # Refreshing with the same records gives the same text: `picli card` twice is stable.
+    assert render_card(directory, picli_record(plan), verify_file(verify_report()), second, "org/m", False) == second
+
+
+def test_invalid_front_matter_is_a_clear_error(extended):
+    directory, plan = extended
+    with pytest.raises(CardError, match="not valid YAML"):
+        render_card(directory, picli_record(plan), None, "---\nlicense: [mit\n---\nbody\n", "org/m", False)
+
+
+def test_card_command_writes_refreshes_and_previews(extended):
+    directory, plan = extended
+    (directory / "picli.json").write_text(json.dumps(picli_record(plan)))
+    (directory / "README.md").write_text("# notes of mine\n")
+    preview = runner.invoke(app, ["card", str(directory), "--repo", "org/m", "--dry-run"])
+    assert preview.exit_code == 0, preview.output
+    assert (directory / "README.md").read_text() == "# notes of mine\n" and BEGIN in preview.stdout
+    result = runner.invoke(app, ["card", str(directory), "--repo", "org/m", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["action"] == "append" and payload["written"]
+    written = (directory / "README.md").read_text()
+    assert written == payload["card"] and written.startswith("---\n") and "# notes of mine" in written
+    again = json.loads(runner.invoke(app, ["card", str(directory), "--repo", "org/m", "--json"]).stdout)
+    assert again["action"] == "refresh" and (directory / "README.md").read_text() == written
+
+
+def test_card_without_picli_json_says_it_has_no_provenance(extended):
+    directory, _ = extended
+    result = runner.invoke(app, ["card", str(directory), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "no provenance" in result.stdout and "no picli.json" in result.stderr

@@ -44,6 +44,8 @@ demo: install
 	$(PICLI) inspect $(DEMO_DIR)/smollm2-135m-16k
 	@echo "== picli verify --passkey --quick: PI x2 without fine-tuning vs the source, side by side"
 	cd $(DEMO_DIR) && ../$(PICLI) verify --passkey --quick --length 2048 --baseline smollm2-135m
+	@echo "== picli push your-name/smollm2-135m-16k --dry-run (the plan and model card; no network)"
+	cd $(DEMO_DIR) && ../$(PICLI) push your-name/smollm2-135m-16k --dry-run
 
 test: install $(COMPAT_STAMPS)
 	$(PY) -m pytest -q

@@ -251,12 +251,8 @@ def _what_was_done(config: dict, record: dict, state, original: int, target: int
     lines += ["| | |", "|---|---|", *[f"| {key} | {value} |" for key, value in rows], ""]
     finetune = record.get("finetune")
     if finetune:
-        lines += ["### Fine-tune", "", "| setting | value |", "|---|---|"]
-        items = finetune.items() if isinstance(finetune, dict) else [("record", finetune)]
-        for key, value in items:
-            if isinstance(value, (dict, list)):
-                value = json.dumps(value)
-            lines.append(f"| {key} | {_cell(value)} |")
+        lines += ["### Fine-tune", "", "| setting | value |", "|---|---|",
+                  *[f"| {key} | {_cell(value)} |" for key, value in _finetune_rows(finetune)]]
     else:
         lines.append(f"**Not fine-tuned.** This checkpoint has the source's weights; only its RoPE configuration "
                      "changed. Interpolation keeps attention scores bounded, but models still need a short "
@@ -264,6 +260,54 @@ def _what_was_done(config: dict, record: dict, state, original: int, target: int
                      f"target after about 200): {UNTRAINED_EVIDENCE}. Treat it as the starting point for that fine-tune "
                      "(`picli finetune`), not as a long-context model.")
     return lines
+
+
+def _finetune_rows(finetune: Any) -> list[tuple[str, Any]]:
+    """The fine-tune record (finetune.py's `record`) as readable rows; unknown scalar keys as they are."""
+    if not isinstance(finetune, dict):
+        return [("record", finetune)]
+    record = dict(finetune)
+    rows: list[tuple[str, Any]] = []
+
+    def take(key: str, label: str, shown=lambda value: value) -> None:
+        value = record.pop(key, None)
+        if value is not None:
+            rows.append((label, shown(value)))
+
+    data = record.pop("data", None)
+    if data:
+        rows.append(("data", data if str(data).startswith("hf:") else Path(str(data)).name))
+    record.pop("text_field", None)
+    steps, planned = record.pop("steps", None), record.pop("planned_steps", None)
+    if steps is not None:
+        rows.append(("steps", f"{steps} of {planned} planned" if planned and planned != steps else steps))
+    take("tokens", "tokens trained", lambda value: f"{value:,}")
+    take("seq_len", "sequence length", lambda value: f"{value:,}")
+    take("batch_size", "global batch (sequences)")
+    take("micro_batch_size", "micro batch")
+    take("processes", "processes")
+    take("lr", "learning rate", lambda value: f"{value:g}")
+    take("warmup_steps", "warmup steps")
+    take("optimizer", "optimizer")
+    lora = record.pop("lora", None)
+    rows.append(("weights trained", f"LoRA rank {lora.get('rank')}, alpha {lora.get('alpha')}, "
+                                    f"{'merged into the weights' if lora.get('merged') else 'kept as an adapter'}"
+                 if isinstance(lora, dict) else "all (full fine-tune)"))
+    take("final_loss", "final training loss", lambda value: f"{value:.4f}")
+    take("eval_loss", "held-out loss", lambda value: f"{value:.4f}")
+    history = record.pop("eval_history", None)
+    if history:
+        rows.append(("evaluations during training", len(history)))
+    take("stopped_when_verified_at", "stopped early at step", lambda value: f"{value} (passkey k_max reached the "
+                                                                             "target window)")
+    hardware = record.pop("hardware", None)
+    if isinstance(hardware, dict):
+        rows.append(("hardware", f"{hardware.get('processes', 1)} x {hardware.get('name') or hardware.get('device')}"))
+    take("wall_seconds", "wall time", lambda value: f"{value / 60:.1f} min")
+    take("seed", "seed")
+    take("finished", "finished")
+    rows += [(key, value) for key, value in record.items() if isinstance(value, (str, int, float, bool))]
+    return rows
 
 
 def _cell(value: Any) -> str:
@@ -304,7 +348,8 @@ def _verification(record: dict, verify_record: dict | None, target: int) -> list
                         "`picli verify MODEL --passkey --baseline BASE` before relying on the window."]
     model, baseline = summary["model"], summary.get("baseline")
     finetune = record.get("finetune")
-    if isinstance(finetune, dict) and summary.get("created") and str(finetune.get("created", "")) > summary["created"]:
+    trained = isinstance(finetune, dict) and (finetune.get("finished") or finetune.get("created"))
+    if trained and summary.get("created") and str(trained) > str(summary["created"]):
         lines += ["> The verification below predates the fine-tune: it measured the weights before training.", ""]
     if model.get("passkey_k_max"):
         protocol = summary.get("passkey_protocol") or {}

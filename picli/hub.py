@@ -39,10 +39,11 @@ Events = Callable[[dict], None] | None
 # same matching huggingface_hub's upload_folder applies, so the plan lists what goes up.
 IGNORE_PATTERNS = [
     ".picli/*", "*/.picli/*",
-    "checkpoint-*/*", "*/checkpoint-*/*", "global_step*/*",
+    # picli finetune: checkpoints/step-*/ (pickled model + optimizer state), .final/ (export staging)
+    "checkpoints/*", ".final/*", "checkpoint-*/*", "*/checkpoint-*/*", "global_step*/*",
     "optimizer.*", "*/optimizer.*", "scheduler.pt", "*/scheduler.pt", "rng_state*.pth", "*/rng_state*.pth",
     "trainer_state.json", "training_args.bin",
-    "*.picli-tmp-*",
+    "*.picli-tmp-*", "*.picli-tmp", "*.picli-tmp/*",
     "__pycache__/*", "*/__pycache__/*", ".cache/*", ".ipynb_checkpoints/*", "*/.ipynb_checkpoints/*",
     "wandb/*", "runs/*",
 ]

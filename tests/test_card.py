@@ -124,11 +124,25 @@ def test_unverified_and_not_fine_tuned_are_said_plainly(extended):
 
 def test_fine_tune_record_replaces_the_warning(extended):
     directory, plan = extended
-    finetune = {"steps": 200, "learning_rate": 2e-5, "sequence_length": 8192, "method": "full",
-                "created": "2025-01-03T00:00:00+00:00"}
+    # finetune.py's record, as it lands in picli.json
+    finetune = {"data": "/data/pg19.jsonl", "text_field": "text", "steps": 200, "planned_steps": 1000,
+                "tokens": 3276800, "seq_len": 8192, "batch_size": 2, "micro_batch_size": 1, "processes": 1,
+                "lr": 2e-5, "warmup_steps": 20, "optimizer": "AdamW(0.9, 0.95), weight decay 0", "lora": None,
+                "final_loss": 2.1234, "eval_loss": 2.2, "eval_history": [{"step": 100, "eval_loss": 2.3}],
+                "stopped_when_verified_at": 200, "wall_seconds": 600.0, "seed": 0,
+                "hardware": {"device": "cuda", "name": "NVIDIA H100", "processes": 1, "cpu_threads": 16},
+                "finished": "2025-01-03T00:00:00+00:00"}
     text = render_card(directory, picli_record(plan, finetune=finetune), verify_file(verify_report()), None, "org/m",
                        False)
-    assert "Not fine-tuned" not in text and "### Fine-tune" in text and "| steps | 200 |" in text
+    assert "Not fine-tuned" not in text and "### Fine-tune" in text
+    assert "| steps | 200 of 1000 planned |" in text and "| data | pg19.jsonl |" in text and "/data/" not in text
+    assert "| weights trained | all (full fine-tune) |" in text and "| learning rate | 2e-05 |" in text
+    assert "| stopped early at step | 200 (passkey k_max reached the target window) |" in text
+    assert "| hardware | 1 x NVIDIA H100 |" in text and "fine-tuned at the new window" in text
+    lora = render_card(directory, picli_record(plan, finetune={**finetune, "lora": {"rank": 8, "alpha": 16,
+                                                                                     "merged": True}}),
+                       None, None, "org/m", False)
+    assert "| weights trained | LoRA rank 8, alpha 16, merged into the weights |" in lora
     # the verification was recorded before the fine-tune: the card says it measured the old weights
     assert "predates the fine-tune" in text
 

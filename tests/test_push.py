@@ -38,7 +38,11 @@ READ_TOKEN = "hf_" + secrets.token_hex(16)
 STRANGER_TOKEN = "hf_" + secrets.token_hex(16)
 TOKENS = (TOKEN, READ_TOKEN, STRANGER_TOKEN)
 REPO = "org/llama-8k"
-JUNK = ["checkpoint-10/optimizer.pt", "checkpoint-10/model.safetensors", "optimizer.pt", ".picli/last.json"]
+# What training leaves beside a model (picli finetune's checkpoints/, HF Trainer's checkpoint-*/) and
+# picli's own bookkeeping: never uploaded.
+JUNK = ["checkpoints/step-0000200/optimizer.bin", "checkpoints/step-0000200/pytorch_model.bin",
+        "checkpoint-10/optimizer.pt", "checkpoint-10/model.safetensors", "optimizer.pt", ".picli/last.json",
+        ".config.json.picli-tmp-x1y2"]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ VERSIONS = ("4.44.2", "4.57.1")
 pytestmark = pytest.mark.slow
 
 READER = """
-import json, sys, warnings, logging
+import json, sys
 from transformers import AutoConfig
 config = AutoConfig.from_pretrained(sys.argv[1])
 print(json.dumps({
@@ -88,8 +88,12 @@ def test_old_transformers_reads_picli_outputs(version, outputs):
             assert read["rotary_pct"] == 0.25
         if model_type == "gemma3_text":
             assert read["local_theta"] == 10000.0
-        # 4.x validates rope_scaling and logs what it rejects: picli's must pass silently.
-        assert "rope_scaling" not in result.stderr, (name, result.stderr[-1000:])
+        # 4.x validates rope_scaling and logs what it rejects: picli's must pass, except for
+        # 4.43-4.44's notice that the legacy "type" key is unrecognized next to the
+        # "rope_type" it derives from it (the value is still read, as asserted above).
+        complaints = [line for line in result.stderr.splitlines() if "rope_scaling" in line
+                      and "Unrecognized keys in `rope_scaling` for 'rope_type'='linear': {'type'}" not in line]
+        assert not complaints, (name, complaints)
         checked += 1
     assert checked >= 8
 

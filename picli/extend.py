@@ -24,7 +24,8 @@ Events = Callable[[dict], None] | None
 
 # Records about the source that are false for the output: verification is redone on it.
 NOT_CARRIED = ("picli-verify.json",)
-SKIPPED_DIRS = {".picli", ".git", ".cache", "__pycache__"}
+# picli finetune's resumable training state (optimizer included) is not part of a model.
+SKIPPED_DIRS = {".picli", ".git", ".cache", "__pycache__", "checkpoints"}
 WEIGHT_MODES = ("copy", "hardlink", "symlink")
 GGUF_NO_ROPE = {"gpt2", "bloom", "mpt", "bert", "nomic-bert", "t5", "t5encoder", "jina-bert-v2", "starcoder"}
 

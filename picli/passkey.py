@@ -159,8 +159,8 @@ class PromptBuilder:
         if largest < smallest:
             raise PicliError(f"--length {length} is too short for a passkey prompt (needs at least "
                              f"{smallest + len(self.task) + answer_room} tokens)", hint="use a longer --length")
-        return prompt_length, sorted({max(smallest, round(largest * index / positions))
-                                      for index in range(1, positions + 1)})
+        # At tiny lengths neighbouring k can coincide; they stay separate rows of trials.
+        return prompt_length, [max(smallest, round(largest * index / positions)) for index in range(1, positions + 1)]
 
     def prompts(self, length: int, protocol: Protocol, rng: random.Random) -> LengthPrompts:
         keys = [[rng.randint(10000, 99999) for _ in range(protocol.trials)] for _ in range(protocol.positions)]

@@ -353,3 +353,12 @@ def test_generation_config_is_carried_when_unchanged(tmp_path, workdir):
     assert run("extend", source, "--to", 4096, "-o", workdir / "out").exit_code == 0
     assert json.loads((workdir / "out" / "generation_config.json").read_text()) == {"eos_token_id": 2}
     assert json.loads((workdir / "out" / "tokenizer_config.json").read_text()) == {"model_max_length": 100000}
+
+
+def test_training_checkpoints_are_not_carried(tmp_path, workdir):
+    source = write_checkpoint(tmp_path / "trained", FAMILY_CONFIGS["llama_v4"])
+    (source / "checkpoints" / "step-0000002").mkdir(parents=True)
+    (source / "checkpoints" / "step-0000002" / "optimizer.bin").write_bytes(b"x" * 100)
+    (source / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert run("extend", source, "--to", 4096, "-o", workdir / "out").exit_code == 0
+    assert not (workdir / "out" / "checkpoints").exists() and (workdir / "out" / "metrics.jsonl").exists()

@@ -225,3 +225,8 @@ def test_cuda_oom_is_caught_at_the_boundary(tiny_model_dir, workdir, monkeypatch
     monkeypatch.setattr(picli.verify, "_measure", explode)
     result = runner.invoke(app, ["verify", str(tiny_model_dir), "--quick", "--no-save"])
     assert result.exit_code == 1 and "out of GPU memory" in result.stderr and "Hint:" in result.stderr
+
+
+def test_every_position_keeps_its_trials_at_tiny_lengths(tokenizer):
+    prompts = PromptBuilder(tokenizer).prompts(128, Protocol(positions=8, trials=5), random.Random(0))
+    assert len(prompts.ks) == 8 and len(prompts.groups) == 8 and prompts.ks == sorted(prompts.ks)

@@ -1,0 +1,418 @@
+"""The PI paper's central experiment in miniature, run entirely through picli's own commands.
+
+Chen et al. 2023 (arXiv 2306.15595), Table 4: after Position Interpolation plus ~200 steps of
+fine-tuning, passkey retrieval reaches the whole extended window, while fine-tuning at the
+long window *without* PI barely grows it. This script asks the same question of a model
+small enough for 2 CPU cores:
+
+1. Setup (plain Python, no picli): a word-level tokenizer (every word of the passkey prompt,
+   the digits 0-9 as separate tokens, [EOS], [UNK]) and a random-init Llama (2 layers, hidden
+   128, 4 heads, MLP 512, window W, rope_theta 1e4), saved as a checkpoint; two JSONL corpora
+   of passkey documents built from picli.passkey's own text constants: task line, filler,
+   key line at a random depth, filler, question, and the answer ("... What is the pass key?
+   The pass key is 12345."). The documents are sized so that, with the EOS `picli finetune`
+   appends, they pack into sequences of exactly W (resp. T) tokens that cut no document:
+   half the sequences are one passkey document of W-1 tokens, half a shorter one plus a
+   filler-only document, so answers do not always sit at the same absolute positions.
+2. `picli finetune BASE --seq-len W` in rounds of --short-round steps (`--resume --steps`
+   continues a finished run exactly: the run saves a checkpoint at its last step because the
+   round size is its --save-every), `picli verify --passkey --length W` after each round,
+   until the short model retrieves the key at every evaluated depth of W (or --short-max).
+3. `picli extend short --to T` (T = multiple x W): PI, factor T/W, no new weights.
+4. Four arms, all measured by `picli verify --passkey --length T`:
+   (a) extrapolation: the short model as it is;
+   (b) PI without fine-tuning;
+   (c) PI + N steps of `picli finetune --seq-len T` on the T-token corpus;
+   (d) direct fine-tuning: the short model, config untouched, N steps of the same fine-tune
+       (transformers simply runs plain RoPE past max_position_embeddings).
+   Arms (c) and (d) are trained once each to the largest N, in increments: a run to N1 with
+   --save-every gcd(N), verify its exported model, then `--resume --steps N2`, and so on.
+   Batch order is a pure function of (seed, step) and the LR is constant after warmup, so
+   the model at N2 is the one an uninterrupted run would have produced, and every N costs
+   only its own extra steps. (b) and (a) are the N=0 column of (c) and (d).
+
+Every fine-tune uses the same recipe: global batch 16 (one micro-batch), AdamW at LR 1e-3,
+20 warmup steps, CPU, one torch thread per picli process (--threads). Every verification:
+8 depths x 5 random keys (not the paper's 32 x 10; the k grid is what `picli verify
+--positions 8 --trials 5` makes), success threshold 20%, k_max in tokens. Note that k cannot
+reach T: the largest evaluable k is T minus the task line and the answer room (222 of 256 at
+T=256); the table prints it.
+
+Run it from the repository root (13 minutes at the defaults, 28 with --multiple 4, on 2
+CPU cores shared with other jobs; the results are in docs/science.md):
+
+    .venv/bin/python benchmarks/miniature_pi.py                     # table (Table 4 style)
+    .venv/bin/python benchmarks/miniature_pi.py --json              # the numbers as JSON
+    .venv/bin/python benchmarks/miniature_pi.py --multiple 4 --steps 200,400,800
+    .venv/bin/python benchmarks/miniature_pi.py --quick             # plumbing smoke test
+
+Progress goes to stderr, the result to stdout. `--keep DIR` keeps the work directory (models,
+corpora, every picli command's JSON). The script exits 0 whatever the outcome: it is a
+measurement, and docs/science.md quotes it. It never tunes anything towards an answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from functools import reduce
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from picli.passkey import FILLER, KEY_LINE, QUESTION, TASK  # noqa: E402
+
+POSITIONS, TRIALS = 8, 5
+RECIPE = ["--batch-size", "16", "--micro-batch-size", "16", "--lr", "1e-3", "--warmup-steps", "20", "--cpu"]
+ARMS = {
+    "extrapolation": "(a) extrapolation: short model as is",
+    "pi_no_ft": "(b) PI, no fine-tuning",
+    "pi_ft": "(c) PI + fine-tuning at T",
+    "direct_ft": "(d) direct fine-tuning at T, no PI",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Setup: tokenizer, random model, corpora (no picli involved)
+
+
+def build_tokenizer(directory: Path, window: int):
+    """Word level, digits split, so a 5-digit key is 5 tokens (as in tests/conftest.py)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = set()
+    for text in (TASK, FILLER, KEY_LINE.format(key=0), QUESTION):
+        words.update(text.replace(".", " . ").replace("?", " ? ").split())
+    vocab = {"[UNK]": 0, "[EOS]": 1, **{str(digit): 2 + digit for digit in range(10)}}
+    for word in sorted(words):
+        vocab.setdefault(word, len(vocab))
+    model = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    model.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                   pre_tokenizers.Digits(individual_digits=True)])
+    model.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, unk_token="[UNK]", eos_token="[EOS]",
+                                        model_max_length=window)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def build_base_model(directory: Path, vocab_size: int, window: int, seed: int) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=window,
+                         rope_theta=10000.0, eos_token_id=1, bos_token_id=None, pad_token_id=None,
+                         tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(directory)
+
+
+def passkey_document(tokenizer, length: int, rng: random.Random, filler_ids: list[int]) -> list[int]:
+    """One complete example of exactly `length` tokens, the key line at a uniform random depth.
+
+    Same layout as picli.passkey's prompts: task, filler from its start, key line, filler from
+    its start again, question, then the answer the model must learn to copy.
+    """
+    key = rng.randint(10000, 99999)
+    encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    task, key_line, question = encode(TASK), encode(" " + KEY_LINE.format(key=key)), encode(" " + QUESTION)
+    answer = encode(f" {key}.")
+    filler = length - len(task) - len(key_line) - len(question) - len(answer)
+    if filler < 0:
+        raise SystemExit(f"a passkey document needs {length - filler} tokens, not {length}")
+    before = rng.randint(0, filler)
+    return task + filler_ids[:before] + key_line + filler_ids[:filler - before] + question + answer
+
+
+def sequence_documents(tokenizer, sequence_length: int, shortest: int, rng: random.Random,
+                       filler_ids: list[int]) -> list[list[int]]:
+    """Documents that fill one packed training sequence exactly (each + its EOS).
+
+    Half the sequences are one passkey document of sequence_length - 1 tokens, laid out like
+    `picli verify`'s prompts of that length. The other half hold a shorter passkey document
+    (uniform length) and a filler-only document, in random order. Without them every answer
+    sat at the same absolute positions, and the first measured short model learned exactly
+    that: 97% on its training documents, 0% on verify's prompts, whose answer sits two
+    positions later (and 34/35 when verified at W-2, where the positions coincide again).
+    """
+    if rng.random() < 0.5 or sequence_length - 3 < shortest:
+        return [passkey_document(tokenizer, sequence_length - 1, rng, filler_ids)]
+    length = rng.randint(shortest, sequence_length - 3)  # leaves the filler document >= 1 token
+    documents = [passkey_document(tokenizer, length, rng, filler_ids), filler_ids[:sequence_length - length - 2]]
+    rng.shuffle(documents)
+    return documents
+
+
+def write_corpus(path: Path, tokenizer, sequence_length: int, sequences: int, seed: int) -> None:
+    """JSONL, one document per line; `picli finetune` packs it back into exactly these sequences."""
+    rng = random.Random(seed)
+    filler_ids = tokenizer((" " + FILLER) * (sequence_length // 10 + 2), add_special_tokens=False).input_ids
+    encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    shortest = len(encode(TASK + " " + KEY_LINE.format(key=10000) + " " + QUESTION + " 10000."))
+    with open(path, "w") as handle:
+        for _ in range(sequences):
+            documents = sequence_documents(tokenizer, sequence_length, shortest, rng, filler_ids)
+            assert sum(len(ids) + 1 for ids in documents) == sequence_length
+            for ids in documents:
+                text = tokenizer.decode(ids)
+                assert encode(text) == ids, "the corpus must tokenize back to the planned documents"
+                handle.write(json.dumps({"text": text}) + "\n")
+
+
+# ---------------------------------------------------------------------------------------
+# picli, as a user runs it
+
+
+class Picli:
+    """Runs `python -m picli ... --json` in the work directory and keeps every result."""
+
+    def __init__(self, workdir: Path, threads: int, verbose: bool):
+        self.workdir, self.verbose, self.started = workdir, verbose, time.perf_counter()
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                    "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+                    "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+        self.log = workdir / "commands.jsonl"
+
+    def say(self, text: str) -> None:
+        print(f"[{time.perf_counter() - self.started:6.0f}s] {text}", file=sys.stderr, flush=True)
+
+    def __call__(self, *args: str) -> dict:
+        command = [sys.executable, "-m", "picli", *args, "--json"]
+        started = time.perf_counter()
+        child = subprocess.Popen(command, cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            stdout, stderr = child.communicate()
+        finally:
+            if child.poll() is None:  # this script was interrupted: do not leave picli running
+                child.terminate()
+                child.wait()
+        seconds = time.perf_counter() - started
+        if child.returncode != 0:
+            sys.stderr.write(stderr[-4000:])
+            raise SystemExit(f"picli failed (exit {child.returncode}): {' '.join(args)}")
+        result = json.loads(stdout)
+        with open(self.log, "a") as handle:
+            handle.write(json.dumps({"command": ["picli", *args], "seconds": seconds, "result": result}) + "\n")
+        if self.verbose:
+            self.say(f"picli {' '.join(args)}  ({seconds:.0f} s)")
+        return result
+
+    def finetune(self, model: str, output: str, data: str, seq_len: int, steps: int, save_every: int,
+                 seed: int, resume: bool) -> dict:
+        if resume:
+            # The run's own settings (data, seq-len, batch, LR, seed) come from its checkpoint.
+            return self("finetune", model, "-o", output, "--resume", "--steps", str(steps),
+                        "--save-every", str(save_every))
+        return self("finetune", model, "-o", output, "--data", data, "--seq-len", str(seq_len), "--steps", str(steps),
+                    "--save-every", str(save_every), "--seed", str(seed), *RECIPE)
+
+    def passkey(self, model: str, lengths: list[int], baseline: str | None = None, seed: int = 0) -> dict:
+        """{"model"|"baseline": {length: {"k_max", "k_largest", "success"}}}."""
+        args = ["verify", model, "--passkey", "--positions", str(POSITIONS), "--trials", str(TRIALS),
+                "--seed", str(seed), "--no-save"]
+        for length in lengths:
+            args += ["--length", str(length)]
+        if baseline:
+            args += ["--baseline", baseline]
+        report = self(*args)
+        measured = {}
+        for label in ("model", "baseline"):
+            run = report.get(label)
+            if run:
+                measured[label] = {result["length"]: {"k_max": result["k_max"], "k_largest": result["ks"][-1],
+                                                      "success": sum(result["success"]) / len(result["success"])}
+                                   for result in run["passkey"]["results"]}
+        return measured
+
+
+# ---------------------------------------------------------------------------------------
+# The experiment
+
+
+def run(args) -> dict:
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # the long corpus exceeds the tokenizer's W: expected
+    transformers.utils.logging.disable_progress_bar()
+    window, target = args.window, args.window * args.multiple
+    steps = sorted(set(args.steps))
+    workdir = Path(args.keep or tempfile.mkdtemp(prefix="picli-miniature-")).resolve()
+    if workdir.exists() and any(workdir.iterdir()):
+        raise SystemExit(f"--keep {workdir} is not empty: choose a new directory")
+    workdir.mkdir(parents=True, exist_ok=True)
+    picli = Picli(workdir, args.threads, verbose=args.verbose)
+    started = time.perf_counter()
+
+    base = workdir / "base"
+    tokenizer = build_tokenizer(base, window)
+    build_base_model(base, len(tokenizer), window, args.seed)
+    write_corpus(workdir / "data-short.jsonl", tokenizer, window, args.sequences, args.seed)
+    write_corpus(workdir / "data-long.jsonl", tokenizer, target, args.sequences, args.seed + 1)
+    picli.say(f"setup: vocabulary {len(tokenizer)}, W={window}, T={target}, {args.sequences} sequences each, "
+              f"work directory {workdir}")
+
+    # 1. The short model: train at W in rounds until it retrieves at every depth of W.
+    short_steps, short_curve = 0, []
+    while short_steps < args.short_max:
+        short_steps = min(short_steps + args.short_round, args.short_max)
+        trained = picli.finetune("base", "short", "data-short.jsonl", window, short_steps, args.short_round,
+                                 args.seed, resume=short_steps > args.short_round)
+        at_window = picli.passkey("short", [window], seed=args.seed)["model"][window]
+        short_curve.append({"steps": short_steps, "loss": trained["final_loss"], **at_window})
+        picli.say(f"short model, {short_steps} steps at W={window}: loss {trained['final_loss']:.3f}, "
+                  f"k_max {at_window['k_max']}/{at_window['k_largest']}, success {at_window['success']:.0%}")
+        if at_window["k_max"] == at_window["k_largest"] and at_window["success"] >= args.short_success:
+            break
+
+    # 2. PI: the extended checkpoint, then arms (a) and (b) at W and T in one verify call.
+    picli("extend", "short", "--to", str(target), "-o", "pi")
+    zero = picli.passkey("pi", [window, target], baseline="short", seed=args.seed)
+    short_at, pi_at = zero["baseline"], zero["model"]
+    picli.say(f"(a) extrapolation at T: k_max {short_at[target]['k_max']}; "
+              f"(b) PI without fine-tuning at W: {pi_at[window]['k_max']}, at T: {pi_at[target]['k_max']}")
+
+    # 3. Arms (c) and (d): fine-tune at T, verified after each N of the step list.
+    save_every = reduce(math.gcd, steps)
+    by_steps = {0: {"pi_ft": pi_at[target], "direct_ft": short_at[target]}}
+    previous = 0
+    for count in steps:
+        arms = (("pi_ft", "pi"),) if args.no_direct else (("pi_ft", "pi"), ("direct_ft", "short"))
+        for arm, source in arms:
+            picli.finetune(source, arm, "data-long.jsonl", target, count, save_every, args.seed,
+                           resume=previous > 0)
+        measured = picli.passkey("pi_ft", [target], baseline=None if args.no_direct else "direct_ft",
+                                 seed=args.seed)
+        by_steps[count] = {"pi_ft": measured["model"][target]}
+        if not args.no_direct:
+            by_steps[count]["direct_ft"] = measured["baseline"][target]
+        picli.say(f"{count} steps at T: (c) PI + FT k_max {by_steps[count]['pi_ft']['k_max']}"
+                  + ("" if args.no_direct else f", (d) direct FT k_max {by_steps[count]['direct_ft']['k_max']}"))
+        previous = count
+
+    final = by_steps[steps[-1]]
+    at_target = {"extrapolation": short_at[target], "pi_no_ft": pi_at[target],
+                 "pi_ft": final["pi_ft"], "direct_ft": final.get("direct_ft")}
+    result = {
+        "short_window": window,
+        "target_window": target,
+        "steps": steps[-1],
+        "k_max": {arm: measured and measured["k_max"] for arm, measured in at_target.items()},
+        "by_steps": {str(count): {arm: measured["k_max"] for arm, measured in row.items()}
+                     for count, row in by_steps.items()},
+        # Beyond the requested shape: what the k_max values mean, and the success rates.
+        "k_largest": short_at[target]["k_largest"],
+        "success": {arm: measured and round(measured["success"], 3) for arm, measured in at_target.items()},
+        "success_by_steps": {str(count): {arm: round(measured["success"], 3) for arm, measured in row.items()}
+                             for count, row in by_steps.items()},
+        "at_short_window": {"short": short_at[window], "pi_no_ft": pi_at[window]},
+        "short_training": short_curve,
+        "protocol": {"positions": POSITIONS, "trials": TRIALS, "threshold": 0.2, "seed": args.seed},
+        "threads": args.threads,
+        "quick": args.quick,
+        "recipe": "picli finetune " + " ".join(RECIPE),
+        "model": "Llama, 2 layers, hidden 128, 4 heads, MLP 512, rope_theta 1e4, random init, "
+                 f"word-level vocabulary of {len(tokenizer)}",
+        "wall_seconds": round(time.perf_counter() - started),
+        "workdir": str(workdir) if args.keep else None,
+    }
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def table(result: dict) -> str:
+    """Rows: arms; columns: fine-tuning steps (the PI paper's Table 4 layout)."""
+    window, target, largest = result["short_window"], result["target_window"], result["k_largest"]
+    counts = list(result["by_steps"])
+    protocol = result["protocol"]
+    lines = [
+        f"Passkey k_max (tokens) at T={target} after PI from W={window}; largest evaluable k at T: {largest}.",
+        f"picli verify --passkey: {protocol['positions']} depths x {protocol['trials']} keys, a depth passes at "
+        f">= 20% of its keys; (mean success over all trials). Fine-tune: {result['recipe']}.",
+        "",
+        "| arm | " + " | ".join(f"{count} steps" for count in counts) + " |",
+        "|---|" + "---:|" * len(counts),
+    ]
+    for arm, label in ARMS.items():
+        cells = []
+        for count in counts:
+            if arm in result["by_steps"][count]:
+                k = result["by_steps"][count][arm]
+                cells.append(f"{k} ({result['success_by_steps'][count][arm]:.0%})")
+            elif count == "0":
+                k = result["k_max"][arm]
+                cells.append(f"{k} ({result['success'][arm]:.0%})")
+            else:
+                cells.append("")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    short, pi_short = result["at_short_window"]["short"], result["at_short_window"]["pi_no_ft"]
+    trained = result["short_training"][-1]
+    lines += [
+        "",
+        f"At W={window} (largest evaluable k {short['k_largest']}): short model k_max {short['k_max']} "
+        f"({short['success']:.0%}) after {trained['steps']} steps; PI without fine-tuning k_max {pi_short['k_max']} "
+        f"({pi_short['success']:.0%}).",
+        f"Wall time {result['wall_seconds']} s.",
+    ]
+    if result.get("quick"):
+        lines.append("--quick: tiny budgets, a smoke test of the plumbing; these numbers are not a measurement.")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--window", type=int, default=128, help="short window W in tokens (default 128)")
+    parser.add_argument("--multiple", type=int, default=2, help="target T = multiple x W (default 2)")
+    parser.add_argument("--steps", default="100,200,400,800", help="fine-tuning steps N at T, comma-separated")
+    parser.add_argument("--seed", type=int, default=0, help="model init, corpora, data order and passkey keys")
+    parser.add_argument("--short-round", type=int, default=250, help="steps per round of short-window training")
+    parser.add_argument("--short-max", type=int, default=2000, help="give up on the short model after this many")
+    parser.add_argument("--short-success", type=float, default=0.9,
+                        help="mean success at W the short model needs besides k_max = largest k (default 0.9)")
+    parser.add_argument("--sequences", type=int, default=4000, help="packed training sequences per corpus")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per picli process (default 1: on a shared 2-core machine, two "
+                        "threads spin-waiting on each other made each training step several times slower)")
+    parser.add_argument("--no-direct", action="store_true", help="skip arm (d), direct fine-tuning (the CI "
+                        "test asserts nothing about it)")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of the plumbing, "
+                        "not a measurement")
+    parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
+    parser.add_argument("--verbose", action="store_true", help="log every picli command on stderr")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    args = parser.parse_args(argv)
+    args.steps = [int(value) for value in str(args.steps).split(",") if value.strip()]
+    if args.quick:
+        args.steps, args.short_round, args.short_max, args.sequences = [10, 20], 20, 20, 200
+    if args.window < 80 or args.multiple < 2 or not args.steps or min(args.steps) < 1:
+        parser.error("--window must be >= 80 tokens, --multiple >= 2, --steps positive integers")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    # SIGTERM (a CI timeout) unwinds like Ctrl-C, so the running picli child is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -198,3 +198,59 @@ def test_plan_estimates_without_training(extended, workdir):
     assert rows[("lora", True)] < rows[("full", True)] < rows[("full", False)]
     assert plan["probe"]["seconds"] > 0 and plan["estimated_seconds_per_step"] > plan["probe"]["seconds"]
     assert list(workdir.iterdir()) == []  # nothing written
+
+
+def test_eval_every_and_stop_when_verified(extended, corpus, workdir, monkeypatch):
+    import picli.passkey
+
+    real = picli.passkey.evaluate_passkey
+    calls = []
+
+    def passes_from_second_eval(loaded, lengths, protocol, **kwargs):
+        report = real(loaded, lengths, protocol, **kwargs)
+        calls.append(lengths)
+        if len(calls) < 2:
+            return report
+        result = report.results[0]
+        verified = type(result)(**{**result.__dict__, "k_max": result.ks[-1]})
+        return type(report)(protocol=report.protocol, window=report.window, results=[verified])
+
+    monkeypatch.setattr(picli.passkey, "evaluate_passkey", passes_from_second_eval)
+    output = workdir / "verified"
+    result = train(extended, output, str(corpus), "--steps", "10", "--eval-every", "2", "--stop-when-verified")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["steps_done"] == 4 and report["stopped_early_at"] == 4
+    assert calls == [[128], [128]]  # a quick passkey at the training length, every 2 steps
+    metrics = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "eval_loss" in m] == [2, 4]
+    assert metrics[-1]["passkey_k_max"] == metrics[-1]["passkey_target"]
+    record = json.loads((output / "picli.json").read_text())["finetune"]
+    assert record["stopped_when_verified_at"] == 4 and len(record["eval_history"]) == 2
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_then_resume_finishes(extended, corpus, tmp_path):
+    import signal
+    import time
+
+    output = tmp_path / "term"
+    command = [sys.executable, "-m", "picli", "finetune", str(extended), "--data", str(corpus), "--seq-len", "128",
+               "--batch-size", "4", "--steps", "500", "--cpu", "--json", "-o", str(output)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not ((output / "metrics.jsonl").exists()
+                                          and (output / "metrics.jsonl").read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=240)
+    assert process.returncode == 0, stderr[-2000:]
+    report = json.loads(stdout)
+    assert report["interrupted"] is True and 2 <= report["steps_done"] < 500
+    assert (output / "checkpoints" / f"step-{report['steps_done']:07d}").is_dir()
+    resumed = subprocess.run([sys.executable, "-m", "picli", "finetune", str(extended), "-o", str(output), "--resume",
+                              "--steps", str(report["steps_done"] + 1), "--cpu", "--json"],
+                             capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(resumed.stdout)["steps_done"] == report["steps_done"] + 1
+    assert (output / "model.safetensors").exists()

@@ -1,0 +1,420 @@
+"""Benchmark: `picli finetune` against a plain transformers `Trainer` doing the same work.
+
+On SmolLM2-135M, extended by Position Interpolation to 16k (`picli extend smollm2-135m --to
+16384`, as a user would before fine-tuning; not timed), both train on the same packed
+2048-token sequences for a few optimizer steps on the CPU, and the script prints, side by
+side, steady-state tokens/s and peak RSS:
+
+- `picli finetune MODEL --data CORPUS --seq-len 2048 --steps 4 --batch-size 2
+  --micro-batch-size 1 --cpu` (picli's defaults otherwise: fp32 on CPU, AdamW(0.9, 0.95),
+  no weight decay, LR 2e-5, 20 warmup steps; gradient checkpointing "auto", which is off at
+  2048 tokens; the loss applies the head on 1024-position chunks, each recomputed in
+  backward);
+- `Trainer` with TrainingArguments(per_device_train_batch_size=1,
+  gradient_accumulation_steps=2, max_steps=4, learning_rate=2e-5, adam_beta2=0.95,
+  weight_decay=0, warmup_steps=20, use_cpu=True, report_to=[], save_strategy="no",
+  logging_steps=1, dataloader_num_workers=0, disable_tqdm=True), everything else default
+  (optimizer adamw_torch_fused, linear schedule, max_grad_norm 1.0), on the model loaded with
+  AutoModelForCausalLM (fp32, sdpa), fed the same sequences with labels = input_ids. Its
+  causal-LM loss materialises the full [2048 x 49152] fp32 logits (and their log-softmax and
+  gradient): that is the point of the comparison.
+- informational, not a target (skip with --no-checkpointing-row): `picli finetune
+  --gradient-checkpointing on`, meant to recompute the decoder's activations in backward.
+  With picli as of this writing it changes nothing: run_finetune never puts the model in
+  train mode (from_pretrained returns it in eval mode) and transformers checkpoints layers
+  only in training mode, so the row shows that bug (docs/benchmarks.md, "picli finetune").
+
+Data: tests/data/alice.txt (~3.5k tokens) repeated into a temporary corpus until it holds
+enough 2048-token sequences. Repeated text is fine for throughput and memory (the work per
+token does not depend on the text), and says nothing about quality.
+
+Every measured run is its own child process with torch.set_num_threads(THREADS) (default 2);
+its peak RSS is that child's `ru_maxrss` from `os.wait4` (model load, training, and for
+picli the final held-out loss and the export included). tokens/s counts the training steps
+only, from per-step wall times (picli: metrics.jsonl; Trainer: a callback timing
+on_step_end to on_step_end, the first step from on_step_begin): "steady" is steps 2..N, the
+first step (warm-up: allocator growth, first-touch of optimizer states) is shown apart. The
+JSON also holds CPU seconds per steady step (picli: the child's /proc utime+stime sampled as
+each metrics.jsonl line appears; Trainer: time.process_time() at on_step_end); under
+contention they track wall time (torch's threads spin), so they do not rescue a busy machine.
+Before each run the script waits (up to --max-wait seconds) for the 1-minute load average to
+fall below --max-load, and prints it. Each method runs --repeats times, interleaved; the table
+shows the median tokens/s and the largest peak RSS. Then it checks the targets and prints
+PASS/FAIL; it always exits 0, because it is a measurement.
+
+Targets (from the issue): picli's peak RSS <= 60% of the Trainer run's, at >= 70% of its
+steady tokens/s.
+
+Run it from the repository root (~15-25 minutes on 2 CPU cores with the defaults):
+
+    .venv/bin/python benchmarks/finetune.py            # table + targets
+    .venv/bin/python benchmarks/finetune.py --json     # raw numbers as JSON on stdout
+    .venv/bin/python benchmarks/finetune.py --seq-len 256 --steps 2 --repeats 1   # smoke test
+
+SmolLM2 is picli's embedded model: its imported checkpoint at
+$PICLI_HOME/models/smollm2-135m (default ~/.cache/picli/models/smollm2-135m) is created on
+first use, before anything is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+ALICE = ROOT / "tests" / "data" / "alice.txt"
+EXTEND_TO = 16384
+
+# Targets from the issue.
+RSS_RATIO_MAX = 0.60  # picli peak RSS / Trainer peak RSS
+SPEED_RATIO_MIN = 0.70  # picli steady tokens/s / Trainer steady tokens/s
+
+TRAINER = "plain Trainer"
+PICLI = "picli finetune"
+PICLI_GC = "picli finetune --gradient-checkpointing on"
+
+
+# ---------------------------------------------------------------------------------------
+# The Trainer child (run as `finetune.py _trainer SPEC.json`): only what a user would write.
+
+
+def trainer_child(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+    sys.path.insert(0, str(ROOT))
+    from picli.finetune import batch_indices, pack_sequences, split_and_order
+
+    transformers.logging.set_verbosity_error()
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    text = Path(spec["data"]).read_text()
+    # Exactly picli's packing and batch order, so both train on the same sequences.
+    sequences = pack_sequences([tokenizer(text, add_special_tokens=False).input_ids], tokenizer.eos_token_id,
+                               spec["seq_len"])
+    train_ids, _ = split_and_order(len(sequences), 0, 0.01)
+    order = [index for step in range(spec["steps"]) for index in batch_indices(train_ids, step, spec["batch_size"])]
+    dataset = [{"input_ids": sequences[index], "labels": sequences[index]} for index in order]
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32, attn_implementation="sdpa")
+    args = TrainingArguments(
+        output_dir=spec["scratch"], per_device_train_batch_size=spec["micro_batch_size"],
+        gradient_accumulation_steps=spec["batch_size"] // spec["micro_batch_size"], max_steps=spec["steps"],
+        learning_rate=2e-5, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, warmup_steps=20, use_cpu=True,
+        report_to=[], save_strategy="no", logging_steps=1, dataloader_num_workers=0, disable_tqdm=True, seed=0)
+
+    import resource
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.begin, self.ends, self.cpu, self.losses, self.rss = None, [], [], [], []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.begin is None:
+                self.begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+            self.cpu.append(time.process_time())  # this process's CPU seconds, all threads
+            self.rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(logs["loss"])
+
+    timer = StepTimes()
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[timer])
+    trainer.train()
+    marks = [timer.begin, *timer.ends]
+    seconds = [b - a for a, b in zip(marks, marks[1:])]
+    Path(spec["result"]).write_text(json.dumps({
+        "step_seconds": seconds, "step_end_cpu_seconds": timer.cpu, "losses": timer.losses, "step_rss_bytes": timer.rss,
+        "optimizer": str(trainer.args.optim), "max_grad_norm": trainer.args.max_grad_norm,
+        "threads": torch.get_num_threads()}))
+
+
+# ---------------------------------------------------------------------------------------
+# Measuring
+
+
+def wait_for_quiet(max_load: float, max_wait: float) -> float:
+    """Wait until the 1-minute load average is below max_load (or max_wait passes); return it."""
+    deadline = time.monotonic() + max_wait
+    load = os.getloadavg()[0]
+    if load >= max_load:
+        print(f"  load average {load:.2f} >= {max_load}: waiting up to {max_wait:.0f} s", file=sys.stderr)
+    while load >= max_load and time.monotonic() < deadline:
+        time.sleep(15)
+        load = os.getloadavg()[0]
+    return load
+
+
+def child_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a live process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(command: list[str], env: dict, cwd: Path, metrics: Path | None = None) -> tuple[float, float, list]:
+    """(wall seconds, peak RSS MB, CPU seconds at each new line of `metrics`) of one child process.
+
+    Raises with the child's stderr on failure. The CPU samples (picli's metrics.jsonl gains a
+    line at the end of each step) are read from /proc every 0.2 s while the child runs.
+    """
+    cpu_marks: list = []
+    seen = 0
+    with tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        child = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            if metrics is not None and metrics.exists():
+                lines = sum(1 for line in metrics.read_text().splitlines() if line.strip())
+                if lines > seen:
+                    cpu_marks.append(child_cpu_seconds(child.pid))
+                    seen = lines
+            time.sleep(0.2)
+        wall = time.perf_counter() - start
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            stderr.seek(0)
+            tail = stderr.read().decode(errors="replace")[-3000:]
+            raise RuntimeError(f"{' '.join(command)} exited {code}:\n{tail}")
+    return wall, usage.ru_maxrss / 1024, cpu_marks  # ru_maxrss is KiB on Linux
+
+
+def picli_cli() -> list[str]:
+    """`picli` as a user runs it, with torch's thread count fixed first (like the Trainer child)."""
+    return [PYTHON, "-c", "import sys, runpy, torch; torch.set_num_threads(int(sys.argv.pop(1))); "
+                          "sys.argv[0] = 'picli'; runpy.run_module('picli', run_name='__main__')"]
+
+
+def run_picli(label: str, model: Path, corpus: Path, settings: dict, extra: list[str], work: Path, env: dict,
+              max_load: float, max_wait: float) -> dict:
+    out = work / "picli-out"
+    shutil.rmtree(out, ignore_errors=True)
+    command = [*picli_cli(), str(settings["threads"]), "finetune", str(model), "--data", str(corpus),
+               "--seq-len", str(settings["seq_len"]), "--steps", str(settings["steps"]),
+               "--batch-size", str(settings["batch_size"]), "--micro-batch-size", str(settings["micro_batch_size"]),
+               "--cpu", "-o", str(out), "--force", "--json", *extra]
+    load = wait_for_quiet(max_load, max_wait)
+    # cwd: picli remembers its last output in ./.picli
+    wall, peak, cpu_marks = measure(command, env, cwd=work, metrics=out / "metrics.jsonl")
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    args = json.loads((out / "training_args.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    return summarise(label, [m["seconds"] for m in metrics], cpu_marks, settings, wall, peak, load,
+                     {"losses": [m["loss"] for m in metrics], "step_rss_bytes": [m["memory_bytes"] for m in metrics],
+                      "gradient_checkpointing": args["gradient_checkpointing"], "command": command[4:]})
+
+
+def run_trainer(model: Path, corpus: Path, settings: dict, work: Path, env: dict, max_load: float,
+                max_wait: float) -> dict:
+    spec = {**settings, "model": str(model), "data": str(corpus), "scratch": str(work / "trainer-out"),
+            "result": str(work / "trainer-result.json")}
+    (work / "trainer-spec.json").write_text(json.dumps(spec))
+    load = wait_for_quiet(max_load, max_wait)
+    wall, peak, _ = measure([PYTHON, str(Path(__file__).resolve()), "_trainer", str(work / "trainer-spec.json")],
+                            env, cwd=work)
+    result = json.loads((work / "trainer-result.json").read_text())
+    shutil.rmtree(work / "trainer-out", ignore_errors=True)
+    return summarise(TRAINER, result.pop("step_seconds"), result.pop("step_end_cpu_seconds"), settings, wall, peak,
+                     load, result)
+
+
+def summarise(label: str, seconds: list[float], cpu_marks: list, settings: dict, wall: float, peak: float,
+              load: float, extra: dict) -> dict:
+    tokens = settings["batch_size"] * settings["seq_len"]
+    steady = seconds[1:] or seconds
+    # CPU seconds of steps 2..N: differences of the CPU time at consecutive step ends. Less
+    # sensitive to other jobs on the machine than wall time (but not immune: spinning threads).
+    cpu = ([b - a for a, b in zip(cpu_marks, cpu_marks[1:])]
+           if len(cpu_marks) == len(seconds) and None not in cpu_marks else [])
+    row = {"method": label, "step_seconds": seconds, "steady_step_cpu_seconds": cpu, "tokens_per_step": tokens,
+           "tokens_per_s_first": tokens / seconds[0], "tokens_per_s_steady": tokens * len(steady) / sum(steady),
+           "tokens_per_cpu_s_steady": tokens * len(cpu) / sum(cpu) if cpu else None,
+           "peak_rss_mb": peak, "child_wall_s": wall, "load_before": load, **extra}
+    per_cpu = f"{row['tokens_per_cpu_s_steady']:.1f}" if cpu else "n/a"
+    print(f"  {label:<44} steady {row['tokens_per_s_steady']:7.1f} tok/s  first {row['tokens_per_s_first']:7.1f} "
+          f"tok/s  {per_cpu} tok/CPU-s  peak RSS {peak:6.0f} MB  (child {wall:.0f} s, load before {load:.2f})",
+          file=sys.stderr)
+    return row
+
+
+# ---------------------------------------------------------------------------------------
+# Setup (not timed)
+
+
+def prepare(work: Path, env: dict, settings: dict) -> tuple[Path, Path, dict]:
+    picli = [PYTHON, "-m", "picli"]
+    home = Path(env.get("PICLI_HOME") or Path.home() / ".cache" / "picli")
+    if not (home / "models" / "smollm2-135m" / "config.json").is_file():
+        print("Importing smollm2-135m (once, not timed)...", file=sys.stderr)
+    subprocess.run([*picli, "inspect", "smollm2-135m", "--json"], env=env, check=True, stdout=subprocess.DEVNULL)
+    model = work / "smol-16k"
+    print(f"picli extend smollm2-135m --to {EXTEND_TO} -o {model} (not timed)", file=sys.stderr)
+    subprocess.run([*picli, "extend", "smollm2-135m", "--to", str(EXTEND_TO), "-o", str(model), "--json"],
+                   env=env, check=True, stdout=subprocess.DEVNULL, cwd=work)
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    text = ALICE.read_text()
+    per_copy = len(tokenizer(text, add_special_tokens=False).input_ids) + 1
+    # The steps' sequences, plus the one picli holds out for its eval loss, plus a spare.
+    needed = (settings["steps"] * settings["batch_size"] + 2) * settings["seq_len"]
+    copies = math.ceil(needed / per_copy)
+    corpus = work / "corpus.txt"
+    corpus.write_text("\n\n".join([text] * copies))
+    data = {"source": str(ALICE.relative_to(ROOT)), "copies": copies, "tokens_per_copy": per_copy,
+            "approx_tokens": copies * per_copy}
+    print(f"corpus: {ALICE.name} x {copies} (~{copies * per_copy} tokens) in {corpus}", file=sys.stderr)
+    return model, corpus, data
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    rows = []
+    for method in (TRAINER, PICLI, PICLI_GC):
+        mine = [run for run in runs if run["method"] == method]
+        if mine:
+            rows.append({"method": method, "runs": len(mine),
+                         "tokens_per_s_steady": statistics.median(r["tokens_per_s_steady"] for r in mine),
+                         "tokens_per_s_first": statistics.median(r["tokens_per_s_first"] for r in mine),
+                         "tokens_per_cpu_s_steady": statistics.median(r["tokens_per_cpu_s_steady"] for r in mine)
+                         if all(r["tokens_per_cpu_s_steady"] for r in mine) else None,
+                         "peak_rss_mb": max(r["peak_rss_mb"] for r in mine)})
+    base = next((row for row in rows if row["method"] == TRAINER), None)
+    for row in rows:
+        row["speed_ratio"] = row["tokens_per_s_steady"] / base["tokens_per_s_steady"] if base else None
+        row["rss_ratio"] = row["peak_rss_mb"] / base["peak_rss_mb"] if base else None
+    return rows
+
+
+def results_table(rows: list[dict]) -> str:
+    lines = ["| method | tokens/s (steady) | tokens/s (step 1) | peak RSS MB | tokens/s ratio | RSS ratio |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        note = " (informational)" if row["method"] == PICLI_GC else ""
+        lines.append(f"| {row['method']}{note} | {row['tokens_per_s_steady']:.1f} | {row['tokens_per_s_first']:.1f} | "
+                     f"{row['peak_rss_mb']:.0f} | {row['speed_ratio']:.2f}x | {row['rss_ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    found = {row["method"]: row for row in rows}
+    picli = found.get(PICLI)
+    if not picli or TRAINER not in found:
+        return []
+    return [
+        {"target": "picli peak RSS / Trainer peak RSS", "value": picli["rss_ratio"], "wanted": f"<= {RSS_RATIO_MAX:.2f}x",
+         "pass": picli["rss_ratio"] <= RSS_RATIO_MAX},
+        {"target": "picli tokens/s / Trainer tokens/s (steady)", "value": picli["speed_ratio"],
+         "wanted": f">= {SPEED_RATIO_MIN:.2f}x", "pass": picli["speed_ratio"] >= SPEED_RATIO_MIN},
+    ]
+
+
+def targets_table(checks: list[dict]) -> str:
+    lines = ["| target | measured | wanted | result |", "|---|---:|---|---|"]
+    for item in checks:
+        lines.append(f"| {item['target']} | {item['value']:.2f}x | {item['wanted']} | "
+                     f"{'PASS' if item['pass'] else 'FAIL'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "_trainer":
+        trainer_child(sys.argv[2])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="print the raw numbers as JSON on stdout")
+    parser.add_argument("--save-json", type=Path, default=None, help="also write the raw numbers to this file")
+    parser.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (default 2048)")
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (default 4)")
+    parser.add_argument("--batch-size", type=int, default=2, help="global batch in sequences (default 2)")
+    parser.add_argument("--micro-batch-size", type=int, default=1, help="sequences per forward pass (default 1)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every child (default 2)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per method, interleaved (default 2)")
+    parser.add_argument("--no-checkpointing-row", action="store_true",
+                        help="skip the informational picli --gradient-checkpointing on run")
+    parser.add_argument("--max-load", type=float, default=1.0, help="wait for a 1-min load average below this")
+    parser.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for it before each run")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the scratch directory goes")
+    args = parser.parse_args()
+    if args.batch_size % args.micro_batch_size:
+        parser.error("--batch-size must be a multiple of --micro-batch-size")
+
+    settings = {"seq_len": args.seq_len, "steps": args.steps, "batch_size": args.batch_size,
+                "micro_batch_size": args.micro_batch_size, "threads": args.threads}
+    env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false",
+               TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1", TQDM_DISABLE="1",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    load_start = os.getloadavg()[0]
+    work = Path(tempfile.mkdtemp(prefix="picli-ft-bench-", dir=args.workdir))
+    runs: list[dict] = []
+    try:
+        model, corpus, data = prepare(work, env, settings)
+        print(f"Measuring {args.repeats} run(s) per method: {args.steps} steps x {args.batch_size} sequences x "
+              f"{args.seq_len} tokens, micro-batch {args.micro_batch_size}, {args.threads} threads:", file=sys.stderr)
+        for _ in range(args.repeats):
+            runs.append(run_trainer(model, corpus, settings, work, env, args.max_load, args.max_wait))
+            runs.append(run_picli(PICLI, model, corpus, settings, [], work, env, args.max_load, args.max_wait))
+            if not args.no_checkpointing_row:
+                runs.append(run_picli(PICLI_GC, model, corpus, settings, ["--gradient-checkpointing", "on"], work,
+                                      env, args.max_load, args.max_wait))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    rows = aggregate(runs)
+    checks = targets(rows)
+    loads = [run["load_before"] for run in runs]
+    if args.json or args.save_json:
+        import torch
+        import transformers
+
+        raw = json.dumps({"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                                      "torch": torch.__version__, "transformers": transformers.__version__,
+                                      "load_average_start": load_start, "load_average_end": os.getloadavg()[0]},
+                          "settings": settings, "data": data, "results": rows, "runs": runs, "targets": checks},
+                         indent=2)
+        if args.save_json:
+            args.save_json.write_text(raw + "\n")
+        if args.json:
+            print(raw)
+            return
+    print(f"picli finetune vs Trainer on SmolLM2-135M (PI x2, {EXTEND_TO} window), fp32 CPU, {args.steps} steps x "
+          f"{args.batch_size} x {args.seq_len} tokens (micro-batch {args.micro_batch_size}), {args.threads} threads; "
+          f"median tokens/s of {args.repeats} run(s) (steady = steps 2..{args.steps}), peak RSS = max over runs; "
+          f"{os.cpu_count()} CPUs, 1-min load average before runs {min(loads):.2f}-{max(loads):.2f}, "
+          f"{os.getloadavg()[0]:.2f} after\n")
+    print(results_table(rows))
+    print()
+    print(targets_table(checks))
+    failed = [item["target"] for item in checks if not item["pass"]]
+    print(f"\n{len(checks) - len(failed)}/{len(checks)} targets met" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+
+
+if __name__ == "__main__":
+    main()

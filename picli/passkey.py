@@ -265,9 +265,15 @@ def _same_length_chunks(group: list[Trial], batch: int) -> list[list[tuple[int, 
 
 
 def _auto_batch(loaded, length: int, trials: int) -> int:
-    """As many trials per forward as the free memory allows for their copied caches."""
+    """As many trials per forward as the free memory allows for their copied caches.
+
+    On a CPU batching buys no speed (benchmarks/verify.py: both ways read ~500 tokens/s) and
+    costs a cache copy per trial, so trials run one at a time there.
+    """
     from .modeling import available_memory, kv_bytes_per_token
 
+    if loaded.device.type == "cpu":
+        return 1
     free = available_memory(loaded.device)
     if free is None:
         return 1

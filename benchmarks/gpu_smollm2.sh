@@ -69,6 +69,11 @@
 #   - give SMOLLM2_DIR (an imported checkpoint: 540 MB in float32, also too large for the tool),
 #     for a machine where the files already are.
 #
+# Time. Nobody has timed the full run on a GPU yet. The device tool allows 10 minutes a
+# command and 15 minutes of device time a session: run QUICK=1 first, and split the full run
+# with MODELS / LENGTHS if needed. Each verify step writes its JSON when it ends, so a run cut
+# off at its limit still returns the steps that finished (and log.txt up to that point).
+#
 # Exit status: 0 when every step passed; 1 when a setup step failed (nothing measured);
 # 2 when some verify steps failed (the others' reports are still in $OUT).
 
@@ -181,7 +186,10 @@ if [ -d "$WHEELS" ]; then
         wheel="${first%.part-aa}"
         [ -e "$wheel" ] || { echo "joining ${wheel##*/} from its parts"; cat "$wheel".part-* > "$wheel"; }
     done
-    echo "wheels in $WHEELS:"; ls -1 "$WHEELS" | grep '\.whl$' || echo "  (none)"
+    echo "wheels in $WHEELS:"
+    found=0
+    for wheel in "$WHEELS"/*.whl; do [ -e "$wheel" ] && { echo "  ${wheel##*/}"; found=1; }; done
+    [ "$found" = 1 ] || echo "  (none)"
 else
     echo "no wheel folder $WHEELS (only what is installed already can be used)"
 fi
@@ -293,6 +301,7 @@ for name in $MODELS; do
     step "verify-$name" bash -c "$(printf '%q ' "$PY" -m picli verify "$path" --passkey "${PPL_ARGS[@]}" \
         "${LENGTH_ARGS[@]}" "${PROTOCOL_ARGS[@]}" --no-save --json "${EXTRA[@]}") > $(printf '%q' "$OUT/verify-$name.json")"
     # The headline numbers, so the log alone tells the story.
+    [ -s "$OUT/verify-$name.json" ] || continue
     "$PY" - "$OUT/verify-$name.json" <<'EOF' || true
 import json, sys
 report = json.load(open(sys.argv[1]))

@@ -145,11 +145,12 @@ def child_passkey(method: str, path: str, length: int, positions: int, trials: i
     trials_all = [trial for group in prompts.groups for trial in group]
     memory = Memory()
     if method == "passkey-picli":
-        from picli.passkey import _auto_batch
+        import picli.passkey
 
         # Tokens the model reads: the shared prefix once, then each trial's own suffix.
         tokens = max(trial.prefix_length for trial in trials_all) + sum(len(trial.suffix) for trial in trials_all)
-        batch = _auto_batch(loaded, length, trials)
+        auto_batch = getattr(picli.passkey, "_auto_batch", None)  # a private helper: report it only if it is there
+        batch = auto_batch(loaded, length, trials) if auto_batch else "auto"
         memory.start()
         started = time.perf_counter()
         result = evaluate_passkey(loaded, [length], protocol).results[0]

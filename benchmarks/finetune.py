@@ -8,7 +8,7 @@ side, steady-state tokens/s and peak RSS:
 - `picli finetune MODEL --data CORPUS --seq-len 2048 --steps 4 --batch-size 2
   --micro-batch-size 1 --cpu` (picli's defaults otherwise: fp32 on CPU, AdamW(0.9, 0.95),
   no weight decay, LR 2e-5, 20 warmup steps; gradient checkpointing "auto", which is off at
-  2048 tokens; the loss applies the head on 1024-position chunks, each recomputed in
+  2048 tokens; the loss applies the head on 682-position chunks, each recomputed in
   backward);
 - `Trainer` with TrainingArguments(per_device_train_batch_size=1,
   gradient_accumulation_steps=2, max_steps=4, learning_rate=2e-5, adam_beta2=0.95,
@@ -18,11 +18,13 @@ side, steady-state tokens/s and peak RSS:
   AutoModelForCausalLM (fp32, sdpa), fed the same sequences with labels = input_ids. Its
   causal-LM loss materialises the full [2048 x 49152] fp32 logits (and their log-softmax and
   gradient): that is the point of the comparison.
-- informational, not a target (skip with --no-checkpointing-row): `picli finetune
-  --gradient-checkpointing on`, meant to recompute the decoder's activations in backward.
-  With picli as of this writing it changes nothing: run_finetune never puts the model in
-  train mode (from_pretrained returns it in eval mode) and transformers checkpoints layers
-  only in training mode, so the row shows that bug (docs/benchmarks.md, "picli finetune").
+- `picli finetune ... --gradient-checkpointing on`: the decoder's activations recomputed in
+  backward, which is what picli's default ("auto") does above 4k tokens, i.e. on every run at
+  a window PI extends to. Both picli rows are checked against the targets.
+- informational (skip both checkpointing rows with --no-checkpointing-rows): the same
+  Trainer with gradient_checkpointing=True (use_reentrant=False, as picli), so the table shows
+  how much of picli's saving is checkpointing, which a Trainer user can switch on too, and
+  how much is the chunked loss.
 
 Data: tests/data/alice.txt (~3.5k tokens) repeated into a temporary corpus until it holds
 enough 2048-token sequences. Repeated text is fine for throughput and memory (the work per
@@ -38,8 +40,10 @@ JSON also holds CPU seconds per steady step (picli: the child's /proc utime+stim
 each metrics.jsonl line appears; Trainer: time.process_time() at on_step_end); under
 contention they track wall time (torch's threads spin), so they do not rescue a busy machine.
 Before each run the script waits (up to --max-wait seconds) for the 1-minute load average to
-fall below --max-load, and prints it. Each method runs --repeats times, interleaved; the table
-shows the median tokens/s and the largest peak RSS. Then it checks the targets and prints
+fall below --max-load, and prints it (and the load after). Each method runs --repeats times,
+interleaved; the table shows the tokens/s of the fastest run (other jobs on a shared machine
+only ever slow a run down, so the fastest run is the least disturbed) and the largest peak
+RSS; the JSON holds every run. --from-json re-prints the table from a --save-json file. Then it checks the targets and prints
 PASS/FAIL; it always exits 0, because it is a measurement.
 
 Targets (from the issue): picli's peak RSS <= 60% of the Trainer run's, at >= 70% of its
@@ -82,6 +86,8 @@ SPEED_RATIO_MIN = 0.70  # picli steady tokens/s / Trainer steady tokens/s
 TRAINER = "plain Trainer"
 PICLI = "picli finetune"
 PICLI_GC = "picli finetune --gradient-checkpointing on"
+TRAINER_GC = "Trainer, gradient_checkpointing=True"
+METHODS = (TRAINER, TRAINER_GC, PICLI, PICLI_GC)
 
 
 # ---------------------------------------------------------------------------------------
@@ -115,7 +121,9 @@ def trainer_child(spec_path: str) -> None:
         output_dir=spec["scratch"], per_device_train_batch_size=spec["micro_batch_size"],
         gradient_accumulation_steps=spec["batch_size"] // spec["micro_batch_size"], max_steps=spec["steps"],
         learning_rate=2e-5, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, warmup_steps=20, use_cpu=True,
-        report_to=[], save_strategy="no", logging_steps=1, dataloader_num_workers=0, disable_tqdm=True, seed=0)
+        report_to=[], save_strategy="no", logging_steps=1, dataloader_num_workers=0, disable_tqdm=True, seed=0,
+        gradient_checkpointing=spec["gradient_checkpointing"],
+        gradient_checkpointing_kwargs={"use_reentrant": False} if spec["gradient_checkpointing"] else None)
 
     import resource
 
@@ -227,17 +235,17 @@ def run_picli(label: str, model: Path, corpus: Path, settings: dict, extra: list
                       "gradient_checkpointing": args["gradient_checkpointing"], "command": command[4:]})
 
 
-def run_trainer(model: Path, corpus: Path, settings: dict, work: Path, env: dict, max_load: float,
+def run_trainer(label: str, model: Path, corpus: Path, settings: dict, work: Path, env: dict, max_load: float,
                 max_wait: float) -> dict:
     spec = {**settings, "model": str(model), "data": str(corpus), "scratch": str(work / "trainer-out"),
-            "result": str(work / "trainer-result.json")}
+            "result": str(work / "trainer-result.json"), "gradient_checkpointing": label == TRAINER_GC}
     (work / "trainer-spec.json").write_text(json.dumps(spec))
     load = wait_for_quiet(max_load, max_wait)
     wall, peak, _ = measure([PYTHON, str(Path(__file__).resolve()), "_trainer", str(work / "trainer-spec.json")],
                             env, cwd=work)
     result = json.loads((work / "trainer-result.json").read_text())
     shutil.rmtree(work / "trainer-out", ignore_errors=True)
-    return summarise(TRAINER, result.pop("step_seconds"), result.pop("step_end_cpu_seconds"), settings, wall, peak,
+    return summarise(label, result.pop("step_seconds"), result.pop("step_end_cpu_seconds"), settings, wall, peak,
                      load, result)
 
 
@@ -252,11 +260,12 @@ def summarise(label: str, seconds: list[float], cpu_marks: list, settings: dict,
     row = {"method": label, "step_seconds": seconds, "steady_step_cpu_seconds": cpu, "tokens_per_step": tokens,
            "tokens_per_s_first": tokens / seconds[0], "tokens_per_s_steady": tokens * len(steady) / sum(steady),
            "tokens_per_cpu_s_steady": tokens * len(cpu) / sum(cpu) if cpu else None,
-           "peak_rss_mb": peak, "child_wall_s": wall, "load_before": load, **extra}
+           "peak_rss_mb": peak, "child_wall_s": wall, "load_before": load, "load_after": os.getloadavg()[0],
+           **extra}
     per_cpu = f"{row['tokens_per_cpu_s_steady']:.1f}" if cpu else "n/a"
     print(f"  {label:<44} steady {row['tokens_per_s_steady']:7.1f} tok/s  first {row['tokens_per_s_first']:7.1f} "
-          f"tok/s  {per_cpu} tok/CPU-s  peak RSS {peak:6.0f} MB  (child {wall:.0f} s, load before {load:.2f})",
-          file=sys.stderr)
+          f"tok/s  {per_cpu} tok/CPU-s  peak RSS {peak:6.0f} MB  (child {wall:.0f} s, load before {load:.2f}, "
+          f"after {row['load_after']:.2f})", file=sys.stderr)
     return row
 
 
@@ -297,15 +306,18 @@ def prepare(work: Path, env: dict, settings: dict) -> tuple[Path, Path, dict]:
 
 def aggregate(runs: list[dict]) -> list[dict]:
     rows = []
-    for method in (TRAINER, PICLI, PICLI_GC):
+    for method in METHODS:
         mine = [run for run in runs if run["method"] == method]
         if mine:
+            # The fastest run: on a shared machine, other jobs only ever slow a run down.
+            best = max(mine, key=lambda r: r["tokens_per_s_steady"])
             rows.append({"method": method, "runs": len(mine),
-                         "tokens_per_s_steady": statistics.median(r["tokens_per_s_steady"] for r in mine),
-                         "tokens_per_s_first": statistics.median(r["tokens_per_s_first"] for r in mine),
-                         "tokens_per_cpu_s_steady": statistics.median(r["tokens_per_cpu_s_steady"] for r in mine)
-                         if all(r["tokens_per_cpu_s_steady"] for r in mine) else None,
-                         "peak_rss_mb": max(r["peak_rss_mb"] for r in mine)})
+                         "tokens_per_s_steady": best["tokens_per_s_steady"],
+                         "tokens_per_s_first": best["tokens_per_s_first"],
+                         "tokens_per_cpu_s_steady": best.get("tokens_per_cpu_s_steady"),
+                         "tokens_per_s_steady_all": [r["tokens_per_s_steady"] for r in mine],
+                         "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
+                         "peak_rss_mb_all": [r["peak_rss_mb"] for r in mine]})
     base = next((row for row in rows if row["method"] == TRAINER), None)
     for row in rows:
         row["speed_ratio"] = row["tokens_per_s_steady"] / base["tokens_per_s_steady"] if base else None
@@ -317,7 +329,7 @@ def results_table(rows: list[dict]) -> str:
     lines = ["| method | tokens/s (steady) | tokens/s (step 1) | peak RSS MB | tokens/s ratio | RSS ratio |",
              "|---|---:|---:|---:|---:|---:|"]
     for row in rows:
-        note = " (informational)" if row["method"] == PICLI_GC else ""
+        note = " (informational)" if row["method"] == TRAINER_GC else ""
         lines.append(f"| {row['method']}{note} | {row['tokens_per_s_steady']:.1f} | {row['tokens_per_s_first']:.1f} | "
                      f"{row['peak_rss_mb']:.0f} | {row['speed_ratio']:.2f}x | {row['rss_ratio']:.2f}x |")
     return "\n".join(lines)
@@ -325,15 +337,18 @@ def results_table(rows: list[dict]) -> str:
 
 def targets(rows: list[dict]) -> list[dict]:
     found = {row["method"]: row for row in rows}
-    picli = found.get(PICLI)
-    if not picli or TRAINER not in found:
+    if TRAINER not in found:
         return []
-    return [
-        {"target": "picli peak RSS / Trainer peak RSS", "value": picli["rss_ratio"], "wanted": f"<= {RSS_RATIO_MAX:.2f}x",
-         "pass": picli["rss_ratio"] <= RSS_RATIO_MAX},
-        {"target": "picli tokens/s / Trainer tokens/s (steady)", "value": picli["speed_ratio"],
-         "wanted": f">= {SPEED_RATIO_MIN:.2f}x", "pass": picli["speed_ratio"] >= SPEED_RATIO_MIN},
-    ]
+    checks = []
+    for method in (PICLI, PICLI_GC):
+        picli = found.get(method)
+        if picli:
+            checks += [
+                {"target": f"{method}: peak RSS / plain Trainer's", "value": picli["rss_ratio"],
+                 "wanted": f"<= {RSS_RATIO_MAX:.2f}x", "pass": picli["rss_ratio"] <= RSS_RATIO_MAX},
+                {"target": f"{method}: tokens/s / plain Trainer's (steady)", "value": picli["speed_ratio"],
+                 "wanted": f">= {SPEED_RATIO_MIN:.2f}x", "pass": picli["speed_ratio"] >= SPEED_RATIO_MIN}]
+    return checks
 
 
 def targets_table(checks: list[dict]) -> str:
@@ -357,14 +372,24 @@ def main() -> None:
     parser.add_argument("--micro-batch-size", type=int, default=1, help="sequences per forward pass (default 1)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every child (default 2)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per method, interleaved (default 2)")
-    parser.add_argument("--no-checkpointing-row", action="store_true",
-                        help="skip the informational picli --gradient-checkpointing on run")
+    parser.add_argument("--no-checkpointing-rows", action="store_true",
+                        help="skip the runs with gradient checkpointing (picli's and the Trainer's)")
     parser.add_argument("--max-load", type=float, default=1.0, help="wait for a 1-min load average below this")
     parser.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for it before each run")
     parser.add_argument("--workdir", type=Path, default=None, help="where the scratch directory goes")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="measure nothing: print the table and targets from a file --save-json wrote")
     args = parser.parse_args()
     if args.batch_size % args.micro_batch_size:
         parser.error("--batch-size must be a multiple of --micro-batch-size")
+    if args.from_json:
+        raw = json.loads(args.from_json.read_text())
+        rows = aggregate(raw["runs"])
+        if args.json:
+            print(json.dumps({**raw, "results": rows, "targets": targets(rows)}, indent=2))
+            return
+        report(raw["runs"], raw["settings"], raw["machine"]["load_average_end"])
+        return
 
     settings = {"seq_len": args.seq_len, "steps": args.steps, "batch_size": args.batch_size,
                 "micro_batch_size": args.micro_batch_size, "threads": args.threads}
@@ -379,17 +404,18 @@ def main() -> None:
         print(f"Measuring {args.repeats} run(s) per method: {args.steps} steps x {args.batch_size} sequences x "
               f"{args.seq_len} tokens, micro-batch {args.micro_batch_size}, {args.threads} threads:", file=sys.stderr)
         for _ in range(args.repeats):
-            runs.append(run_trainer(model, corpus, settings, work, env, args.max_load, args.max_wait))
+            runs.append(run_trainer(TRAINER, model, corpus, settings, work, env, args.max_load, args.max_wait))
             runs.append(run_picli(PICLI, model, corpus, settings, [], work, env, args.max_load, args.max_wait))
-            if not args.no_checkpointing_row:
+            if not args.no_checkpointing_rows:
                 runs.append(run_picli(PICLI_GC, model, corpus, settings, ["--gradient-checkpointing", "on"], work,
                                       env, args.max_load, args.max_wait))
+                runs.append(run_trainer(TRAINER_GC, model, corpus, settings, work, env, args.max_load,
+                                        args.max_wait))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     rows = aggregate(runs)
     checks = targets(rows)
-    loads = [run["load_before"] for run in runs]
     if args.json or args.save_json:
         import torch
         import transformers
@@ -404,11 +430,19 @@ def main() -> None:
         if args.json:
             print(raw)
             return
-    print(f"picli finetune vs Trainer on SmolLM2-135M (PI x2, {EXTEND_TO} window), fp32 CPU, {args.steps} steps x "
-          f"{args.batch_size} x {args.seq_len} tokens (micro-batch {args.micro_batch_size}), {args.threads} threads; "
-          f"median tokens/s of {args.repeats} run(s) (steady = steps 2..{args.steps}), peak RSS = max over runs; "
-          f"{os.cpu_count()} CPUs, 1-min load average before runs {min(loads):.2f}-{max(loads):.2f}, "
-          f"{os.getloadavg()[0]:.2f} after\n")
+    report(runs, settings, os.getloadavg()[0])
+
+
+def report(runs: list[dict], settings: dict, load_end: float) -> None:
+    rows = aggregate(runs)
+    checks = targets(rows)
+    repeats = max(row["runs"] for row in rows)
+    loads = [run["load_before"] for run in runs]
+    print(f"picli finetune vs Trainer on SmolLM2-135M (PI x2, {EXTEND_TO} window), fp32 CPU, {settings['steps']} steps "
+          f"x {settings['batch_size']} x {settings['seq_len']} tokens (micro-batch {settings['micro_batch_size']}), "
+          f"{settings['threads']} threads; tokens/s of the fastest of {repeats} run(s) (steady = steps "
+          f"2..{settings['steps']}), peak RSS = max over runs; {os.cpu_count()} CPUs, 1-min load average before runs "
+          f"{min(loads):.2f}-{max(loads):.2f}, {load_end:.2f} at the end\n")
     print(results_table(rows))
     print()
     print(targets_table(checks))

@@ -17,7 +17,7 @@ both generate tests (it counts mismatches; it does not assert).
 Perplexity. One window of L=4096 tokens (tests/data/alice.txt tokenized and repeated to reach
 4096 tokens: repetition makes the value meaningless as a perplexity, but both sides score the
 same tokens, which is all a memory comparison needs) scored by picli's
-`evaluate_token_ids` (decoder body, then the output head on 1024 positions at a time) and by
+`evaluate_token_ids` (decoder body, then the output head on ~128 MiB of logits at a time) and by
 the full-logits way, `model(ids, labels=ids)` (a [4096 x 49152] float32 logits tensor, then
 cross-entropy over it). It reports the peak memory of each and checks the perplexities agree.
 

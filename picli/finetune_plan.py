@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .finetune import LOSS_CHUNK, Events, TrainSettings, _build_loss_module
+from .finetune import Events, TrainSettings, _build_loss_module
+from .perplexity import HEAD_ELEMENTS
 
 
 def estimate_memory(parameters: int, layers: int, hidden: int, seq_len: int, micro_batch: int, lora: bool,
@@ -26,7 +27,7 @@ def estimate_memory(parameters: int, layers: int, hidden: int, seq_len: int, mic
         activations = layers * tokens * hidden * bytes_per_value + tokens * hidden * 34 * bytes_per_value
     else:
         activations = layers * tokens * hidden * 34 * bytes_per_value
-    logits = LOSS_CHUNK * micro_batch * 4 * 50_000  # one chunk of float32 logits
+    logits = HEAD_ELEMENTS * 4 * 3  # one chunk of float32 logits, its log-softmax and their gradient
     total = weights + gradients + optimizer + activations + logits
     return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations,
             "logits_chunk": logits, "total": total}

@@ -27,7 +27,15 @@ from .textdata import Document
 
 Events = Callable[[dict], None] | None
 
-HEAD_CHUNK = 1024  # scored positions per lm_head call: 1024 x 152k vocab x 4 B = 0.6 GB at most
+HEAD_ELEMENTS = 2 ** 25  # float32 logits per lm_head call: 128 MiB, whatever the vocabulary
+
+
+def head_chunk(vocab_size: int, batch: int = 1) -> int:
+    """Positions per lm_head call so that one call's float32 logits stay near HEAD_ELEMENTS.
+
+    A fixed row count would cost 3x the memory on a 152k vocabulary (Qwen) as on a 49k one.
+    """
+    return max(64, HEAD_ELEMENTS // max(1, vocab_size * batch))
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,7 @@ def evaluate_perplexity(loaded: LoadedModel, documents: list[Document], lengths:
 
 
 def evaluate_token_ids(loaded: LoadedModel, token_ids_list: list[list[int]], lengths: list[int], stride: int = 256,
-                       on_event: Events = None, chunk_size: int = HEAD_CHUNK) -> PerplexityReport:
+                       on_event: Events = None, chunk_size: int | None = None) -> PerplexityReport:
     """The computation behind `evaluate_perplexity`, on token ids already made."""
     import torch
 
@@ -92,6 +100,7 @@ def evaluate_token_ids(loaded: LoadedModel, token_ids_list: list[list[int]], len
                          hint="give more text, or raise --max-tokens")
     longest = max(len(ids) for ids in sequences)
     decoder, head, adjust = split_model(loaded.model)
+    chunk_size = chunk_size or head_chunk(head.weight.shape[0])
     results = []
     for length in lengths:
         task = f"perplexity {length}"

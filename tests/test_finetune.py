@@ -68,20 +68,48 @@ def test_paper_warmup_schedule():
     assert finetune.default_lr(7_000_000_000) == 2e-5 and finetune.default_lr(65_000_000_000) == 1e-5
 
 
-def test_chunked_loss_equals_transformers_loss(extended):
+def test_chunked_loss_equals_transformers_loss(extended, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from picli import perplexity
+
     model = AutoModelForCausalLM.from_pretrained(extended, dtype=torch.float32)
     ids = torch.randint(0, model.config.vocab_size, (2, 300), generator=torch.Generator().manual_seed(0))
-    original = finetune.LOSS_CHUNK
-    try:
-        finetune.LOSS_CHUNK = 64  # several chunks, one ragged
-        ours = finetune._build_loss_module(model)(ids)
-    finally:
-        finetune.LOSS_CHUNK = original
+    monkeypatch.setattr(perplexity, "HEAD_ELEMENTS", 0)  # the 64-row floor: several chunks, one ragged
+    ours = finetune._build_loss_module(model)(ids)
     reference = model(ids, labels=ids).loss
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_head_chunk_scales_with_vocabulary():
+    from picli.perplexity import head_chunk
+
+    assert head_chunk(32_000) == 1048 and head_chunk(49_152) == 682 and head_chunk(151_936) == 220
+    assert head_chunk(49_152, batch=4) == 170 and head_chunk(10 ** 9) == 64
+
+
+def test_training_runs_in_train_mode_with_checkpointing(extended, corpus, workdir, monkeypatch):
+    # from_pretrained returns eval mode, in which transformers silently skips gradient checkpointing.
+    seen = []
+    build = finetune._build_loss_module
+
+    def spy(model):
+        module = build(model)
+        layer = module.language_model.model.layers[0]
+        module.register_forward_pre_hook(lambda m, args: seen.append(
+            (m.training, layer.training, layer.gradient_checkpointing, torch_grad_enabled())))
+        return module
+
+    def torch_grad_enabled():
+        import torch
+        return torch.is_grad_enabled()
+
+    monkeypatch.setattr(finetune, "_build_loss_module", spy)
+    result = train(extended, workdir / "gc", str(corpus), "--steps", "2", "--gradient-checkpointing", "on")
+    assert result.exit_code == 0, result.stderr
+    training_calls = [call for call in seen if call[3]]  # the held-out loss runs without grad, in eval mode
+    assert training_calls and all(call[:3] == (True, True, True) for call in training_calls)
 
 
 def test_finetune_keeps_pi_config_and_records_training(extended, corpus, workdir):

@@ -190,10 +190,14 @@ def test_lm_head_sees_only_scored_positions_in_chunks(tiny):
     assert sum(rows) == 299  # each scored position once, overlapping context never reaches the head
 
 
-def test_default_chunk_bounds_a_long_window(tiny):
-    ids = random_ids(1500, seed=7)  # one 1500-token window, beyond the default chunk of 1024
-    rows = head_rows(tiny, ids, [1500], stride=256)
-    assert rows == [1024, 475]
+def test_default_chunk_bounds_a_long_window(tiny, monkeypatch):
+    import picli.perplexity
+
+    vocab = tiny.model.get_output_embeddings().weight.shape[0]
+    # A budget of 600 rows of logits at this vocabulary: one 1500-token window takes three calls.
+    monkeypatch.setattr(picli.perplexity, "HEAD_ELEMENTS", 600 * vocab)
+    rows = head_rows(tiny, random_ids(1500, seed=7), [1500], stride=256)
+    assert rows == [600, 600, 299]
 
 
 # --- checks and errors -------------------------------------------------------------------------------

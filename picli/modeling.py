@@ -129,20 +129,24 @@ def kv_bytes_per_token(config, dtype) -> int:
     return int(2 * layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size())
 
 
+def working_bytes(config, dtype, tokens: int) -> int:
+    """Working set of one forward pass besides the KV cache: one layer's activations (hidden
+    states, MLP), a few copies of each."""
+    import torch
+
+    text = getattr(config, "text_config", None) or config
+    element = torch.tensor([], dtype=dtype).element_size()
+    intermediate = getattr(text, "intermediate_size", None) or 4 * text.hidden_size
+    return tokens * (text.hidden_size * 8 + intermediate * 3) * element
+
+
 def check_fits(loaded: LoadedModel, tokens: int, batch: int = 1, what: str = "this length") -> None:
     """Fail before a long run when the KV cache plus working memory clearly cannot fit."""
     free = available_memory(loaded.device)
     if free is None:
         return
-    import torch
-
-    text = getattr(loaded.config, "text_config", None) or loaded.config
     per_token = kv_bytes_per_token(loaded.config, loaded.dtype)
-    # Working set besides the cache: one layer's activations (hidden states, MLP), a few copies.
-    element = torch.tensor([], dtype=loaded.dtype).element_size()
-    intermediate = getattr(text, "intermediate_size", None) or 4 * text.hidden_size
-    working = tokens * batch * (text.hidden_size * 8 + intermediate * 3) * element
-    needed = per_token * tokens * batch + working
+    needed = per_token * tokens * batch + working_bytes(loaded.config, loaded.dtype, tokens * batch)
     if needed > free:
         gib = 1024 ** 3
         raise OutOfMemory(

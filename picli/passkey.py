@@ -235,7 +235,8 @@ def predict_answers(loaded, prompts: LengthPrompts, batch_size: int | None = Non
                 consumed = prefix_length
             results = {}
             for chunk in _same_length_chunks(group, batch):
-                trial_cache = copy.deepcopy(cache)
+                restore = _prefix_snapshot(cache) if len(chunk) == 1 else None
+                trial_cache = cache if restore else copy.deepcopy(cache)
                 if len(chunk) > 1:
                     trial_cache.batch_repeat_interleave(len(chunk))
                 suffix = torch.tensor([trial.suffix for _, trial in chunk], device=device)
@@ -244,6 +245,8 @@ def predict_answers(loaded, prompts: LengthPrompts, batch_size: int | None = Non
                                logits_to_keep=answer_length).logits
                 for (position, _trial), tokens in zip(chunk, logits.argmax(-1).tolist()):
                     results[position] = tokens
+                if restore:
+                    restore()
                 del trial_cache, logits
                 done += len(chunk)
                 if on_event:
@@ -251,6 +254,28 @@ def predict_answers(loaded, prompts: LengthPrompts, batch_size: int | None = Non
                               "unit": "trials"})
             predictions[index] = [results[position] for position in range(len(group))]
     return predictions
+
+
+def _prefix_snapshot(cache):
+    """A way to put the shared prefix back after one trial ran on `cache` itself, or None.
+
+    Copying the cache per trial costs a whole cache (16 GB for a 7B model at 32k). A full-
+    attention DynamicLayer appends by torch.cat, which leaves the old key/value tensors
+    untouched, so keeping references to them is enough. Sliding-window and other layers may
+    drop or modify past states, so they get a copy instead.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    saved = [(layer, layer.keys, layer.values, layer.is_initialized) for layer in layers]
+
+    def restore() -> None:
+        for layer, keys, values, initialized in saved:
+            layer.keys, layer.values, layer.is_initialized = keys, values, initialized
+
+    return restore
 
 
 def _same_length_chunks(group: list[Trial], batch: int) -> list[list[tuple[int, Trial]]]:
@@ -270,14 +295,19 @@ def _auto_batch(loaded, length: int, trials: int) -> int:
     On a CPU batching buys no speed (benchmarks/verify.py: both ways read ~500 tokens/s) and
     costs a cache copy per trial, so trials run one at a time there.
     """
-    from .modeling import available_memory, kv_bytes_per_token
+    from .modeling import available_memory, kv_bytes_per_token, working_bytes
 
     if loaded.device.type == "cpu":
         return 1
     free = available_memory(loaded.device)
     if free is None:
         return 1
-    per_trial = kv_bytes_per_token(loaded.config, loaded.dtype) * length * 3  # cache copy + activations
+    # Per trial in a batch: its copy of the cache and its suffix's keys (up to the whole
+    # prompt when the key sits early), one layer's activations over the suffix, and the
+    # [suffix x prompt] attention mask transformers builds for a suffix over a cached prefix
+    # (2 bytes a cell covers a bool or a half-precision mask).
+    per_trial = (kv_bytes_per_token(loaded.config, loaded.dtype) * length * 2
+                 + working_bytes(loaded.config, loaded.dtype, length) + length * length * 2)
     return max(1, min(trials, int(free * 0.5 // max(per_trial, 1))))
 
 

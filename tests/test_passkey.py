@@ -113,20 +113,50 @@ def test_stub_models_score_one_and_zero(tokenizer, knows, expected):
     assert report.protocol["name"] == "custom" and report.protocol["trials"] == 3
 
 
-def test_shared_prefix_cache_equals_full_prompts(tiny_model_dir):
+def test_shared_prefix_cache_equals_full_prompts(tiny_model_dir, monkeypatch):
     """Cache reuse and batching change nothing: the same argmax as each full prompt alone."""
     from picli.modeling import load_model
 
     loaded = load_model(tiny_model_dir, device="cpu")
     prompts = PromptBuilder(loaded.tokenizer).prompts(400, Protocol(positions=5, trials=3), random.Random(3))
+    copies = []
+    real_deepcopy = passkey.copy.deepcopy
+
+    def counting_deepcopy(value, memo=None):
+        if memo is None:  # a top-level call, not deepcopy's own recursion
+            copies.append(type(value).__name__)
+        return real_deepcopy(value, memo)
+
+    monkeypatch.setattr(passkey.copy, "deepcopy", counting_deepcopy)
     for batch_size in (1, 3):
+        copies.clear()
         cached = passkey.predict_answers(loaded, prompts, batch_size=batch_size)
+        # One trial at a time runs on the shared cache itself and restores the prefix; batches copy it.
+        assert copies.count("DynamicCache") == (0 if batch_size == 1 else 5)
         for row, group in zip(cached, prompts.groups):
             for predicted, trial in zip(row, group):
                 sequence = prompts.full_prompt(trial) + trial.answer[:-1]
                 with torch.no_grad():
                     logits = loaded.model(torch.tensor([sequence])).logits[0, -len(trial.answer):]
                 assert predicted == logits.argmax(-1).tolist()
+
+
+def test_auto_batch_counts_the_attention_mask(monkeypatch):
+    import picli.modeling
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                  num_attention_heads=9, num_key_value_heads=3, vocab_size=49152)
+    loaded = SimpleNamespace(device=torch.device("cuda"), config=config, dtype=torch.bfloat16)
+    monkeypatch.setattr(picli.modeling, "available_memory", lambda device: 80 * 2 ** 30)
+    # At 32k a SmolLM2-sized trial needs ~2 GiB of cache and activations and 2 GiB of
+    # [32k x 32k] mask: 10 fit in half of 80 GiB; the old cache-only estimate said 18.
+    kv = 30 * 2 * 3 * 64 * 2
+    per_trial = kv * 32768 * 2 + 32768 * (576 * 8 + 1536 * 3) * 2 + 32768 * 32768 * 2
+    assert passkey._auto_batch(loaded, 32768, trials=40) == int(40 * 2 ** 30 // per_trial) == 10
+    assert passkey._auto_batch(loaded, 4096, trials=10) == 10  # short prompts: every trial at once
+    loaded.device = torch.device("cpu")
+    assert passkey._auto_batch(loaded, 4096, trials=10) == 1
 
 
 def test_verify_cli_on_tiny_model(tiny_model_dir, tmp_path, workdir):

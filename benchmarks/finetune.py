@@ -103,7 +103,7 @@ def trainer_child(spec_path: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
     sys.path.insert(0, str(ROOT))
-    from picli.finetune import batch_indices, pack_sequences, split_and_order
+    from picli.textdata import batch_indices, pack_sequences, split_and_order
 
     transformers.logging.set_verbosity_error()
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])

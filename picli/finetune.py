@@ -1,7 +1,7 @@
 """`picli finetune`: the PI paper's short fine-tune at the new window (DESIGN.md §1, §4).
 
-Read top to bottom: settings -> data (tokenize, join with EOS, pack, shuffle by seed) ->
-model (full, or LoRA + trainable embeddings and norms) -> the loop -> the output.
+Read top to bottom: settings -> data (textdata.py: tokenize, join with EOS, pack, shuffle by
+seed) -> model (full, or LoRA + trainable embeddings and norms) -> the loop -> the output.
 
 Defaults are the paper's: AdamW (0.9, 0.95), no weight decay, LR 2e-5 (1e-5 above 30B
 parameters), 20 warmup steps from 10% of the LR, global batch 64 sequences, 1000 steps,
@@ -11,31 +11,28 @@ FSDP). The loss never materialises full-vocabulary logits for a whole sequence: 
 runs on chunks of ~128 MiB of float32 logits (682 positions at a 49k vocabulary), each
 recomputed in backward (activation checkpointing).
 
-Every `save_every` steps (and on Ctrl-C / SIGTERM) a checkpoint is written atomically:
-model, optimizer, scheduler and RNG through accelerate, plus the step, which fixes the data
-position because batch order is a pure function of (seed, step). `--resume` continues
-exactly.
+Every `save_every` steps (and on Ctrl-C / SIGTERM) a checkpoint is written atomically
+(finetune_output.py, with the final export); `--resume` continues exactly.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from .errors import PicliError
-from .files import atomic_write_json, staged_directory
-from .provenance import now, read_record, versions
+from .files import atomic_write_json
+from .finetune_output import (CHECKPOINTS, METRICS, export_model, latest_checkpoint, save_checkpoint,
+                              trim_metrics)
+from .provenance import now
+from .textdata import batch_indices, load_sequences, split_and_order
 
 Events = Callable[[dict], None] | None
-CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
 NORM_NAMES = ("norm", "ln_", "layernorm")
 
 
@@ -80,52 +77,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------
-# Data
-
-
-def pack_sequences(token_lists: list[list[int]], eos_token_id: int | None, seq_len: int) -> list[list[int]]:
-    """Documents joined with EOS and cut into full sequences of seq_len (the tail is dropped)."""
-    stream: list[int] = []
-    for tokens in token_lists:
-        stream.extend(tokens)
-        if eos_token_id is not None:
-            stream.append(eos_token_id)
-    return [stream[start:start + seq_len] for start in range(0, len(stream) - seq_len + 1, seq_len)]
-
-
-def split_and_order(sequence_count: int, seed: int, eval_fraction: float) -> tuple[list[int], list[int]]:
-    """A seeded permutation: the last slice is held out for the eval loss, the rest trains."""
-    import torch
-
-    order = torch.randperm(sequence_count, generator=torch.Generator().manual_seed(seed)).tolist()
-    held_out = max(1, round(sequence_count * eval_fraction)) if sequence_count >= 4 else 0
-    return order[: sequence_count - held_out], order[sequence_count - held_out:]
-
-
-def batch_indices(train: list[int], step: int, batch_size: int) -> list[int]:
-    """The global batch of one optimizer step: a pure function of the step, so resume is exact."""
-    start = step * batch_size
-    return [train[(start + offset) % len(train)] for offset in range(batch_size)]
-
-
-def load_sequences(tokenizer, settings: TrainSettings, seq_len: int, on_event: Events) -> list[list[int]]:
-    from .textdata import load_texts
-
-    if not settings.data:
-        raise PicliError("no training data given", hint="pass --data FILE|DIR|JSONL|hf:NAME")
-    documents = load_texts(settings.data, text_field=settings.text_field)
-    if on_event:
-        on_event({"kind": "message", "text": f"Tokenizing {len(documents)} document(s) from {settings.data}"})
-    token_lists = [tokenizer(document.text, add_special_tokens=False).input_ids for document in documents]
-    total = sum(len(tokens) + 1 for tokens in token_lists)
-    sequences = pack_sequences(token_lists, tokenizer.eos_token_id, seq_len)
-    if not sequences:
-        raise PicliError(f"the data has {total} tokens, shorter than one sequence of {seq_len}",
-                         hint="add more text, or lower --seq-len")
-    return sequences
-
-
-# ---------------------------------------------------------------------------------------
 # Model and loss
 
 
@@ -144,6 +95,8 @@ def _build_loss_module(model):
         def __init__(self, language_model):
             super().__init__()
             self.language_model = language_model
+            # FSDP's TRANSFORMER_BASED_WRAP looks for the decoder layer classes here.
+            self._no_split_modules = getattr(language_model, "_no_split_modules", None)
 
         def forward(self, input_ids):
             decoder, head, adjust = split_model(self.language_model)
@@ -216,7 +169,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     transformers.logging.set_verbosity_error()
-    checkpoint_dir = _latest_checkpoint(output) if resume else None
+    checkpoint_dir = latest_checkpoint(output) if resume else None
     if resume and checkpoint_dir is None:
         raise PicliError(f"nothing to resume: {output / CHECKPOINTS} holds no checkpoint",
                          hint="start without --resume, or point -o at the interrupted run's output")
@@ -228,6 +181,13 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
     main = accelerator.is_main_process
     events = on_event if main else None
     world = accelerator.num_processes
+    sharded = accelerator.distributed_type.name == "FSDP"
+    if sharded and settings.lora and not settings.keep_adapter:
+        raise PicliError("--lora cannot merge the adapter under FSDP (each process holds a shard of the weights)",
+                         hint="LoRA fits without sharding: launch with DDP (examples/ddp.yaml), or add --keep-adapter")
+    if sharded and settings.eval_every:
+        raise PicliError("--eval-every / --stop-when-verified run the passkey on one process, which FSDP's "
+                         "sharded weights do not allow", hint="launch with DDP, or run picli verify on the output")
     per_step = settings.micro_batch_size * world
     if settings.batch_size % per_step:
         raise PicliError(f"--batch-size {settings.batch_size} is not a multiple of --micro-batch-size x processes "
@@ -239,7 +199,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
     seq_len = settings.seq_len or int(config.get("max_position_embeddings") or 0)
     if seq_len < 2:
         raise PicliError("cannot tell the sequence length from config.json", hint="pass --seq-len N")
-    sequences = load_sequences(tokenizer, settings, seq_len, events)
+    sequences = load_sequences(tokenizer, settings.data, settings.text_field, seq_len, events)
     train_ids, eval_ids = split_and_order(len(sequences), settings.seed, settings.eval_fraction)
 
     torch.manual_seed(settings.seed)
@@ -267,6 +227,8 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_multiplier(step, settings.warmup_steps, settings.warmup_start))
     loss_module, optimizer, scheduler = accelerator.prepare(loss_module, optimizer, scheduler)
+    # FSDP swaps parameters for sharded ones in prepare; clip what the optimizer now holds.
+    trainable = [parameter for parameter in loss_module.parameters() if parameter.requires_grad]
 
     start_step, tokens_done = 0, 0
     if checkpoint_dir:
@@ -277,7 +239,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
             events({"kind": "message", "text": f"Resuming from {checkpoint_dir.name} (step {start_step})"})
     if main:
         output.mkdir(parents=True, exist_ok=True)
-        _trim_metrics(output / METRICS, start_step)
+        trim_metrics(output / METRICS, start_step)
         atomic_write_json(output / "training_args.json", {**asdict(settings), "parameters": parameters,
                                                           "processes": world, "accumulation": accumulation,
                                                           "gradient_checkpointing": checkpointing})
@@ -332,7 +294,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
             completed = step + 1
             # Also at the last step when it falls on the interval: `--resume --steps MORE` continues it.
             if settings.save_every and completed % settings.save_every == 0:
-                _save_checkpoint(accelerator, output, completed, tokens_done, settings)
+                save_checkpoint(accelerator, output, completed, tokens_done, settings)
             if verified_at or stop["signal"]:
                 break
     except KeyboardInterrupt:
@@ -344,7 +306,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
         # state after the last completed step, which is where --resume continues.
         tokens_done = completed * settings.batch_size * seq_len
         if completed > start_step:
-            _save_checkpoint(accelerator, output, completed, tokens_done, settings)
+            save_checkpoint(accelerator, output, completed, tokens_done, settings)
         accelerator.wait_for_everyone()
         return TrainResult(str(output), completed, None, True, last_loss, eval_loss, tokens_done,
                            time.perf_counter() - started)
@@ -364,8 +326,11 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
         "stopped_when_verified_at": verified_at, "wall_seconds": seconds, "hardware": _hardware(accelerator),
         "seed": settings.seed, "finished": now(),
     }
+    # Under FSDP every process holds a shard: gathering the full weights is a collective.
+    state_dict = accelerator.get_state_dict(loss_module) if sharded else None
     if main:
-        _export(accelerator, loss_module, model_path, output, settings, record, source_record, command, parameters)
+        export_model(accelerator, loss_module, model_path, output, settings, record, source_record, command, parameters,
+                     state_dict)
     accelerator.wait_for_everyone()
     return TrainResult(str(output), steps_done, verified_at, False, last_loss, eval_loss, tokens_done, seconds,
                        record)
@@ -437,81 +402,6 @@ def _evaluate(accelerator, loss_module, model, tokenizer, sequences, eval_ids, s
     # Every process must agree on whether to stop.
     k_max, target = broadcast_object_list(verdict) if accelerator.num_processes > 1 else verdict
     return eval_loss, k_max, target
-
-
-def _latest_checkpoint(output: Path) -> Path | None:
-    folder = output / CHECKPOINTS
-    candidates = sorted(folder.glob("step-*")) if folder.is_dir() else []
-    return candidates[-1] if candidates else None
-
-
-def _save_checkpoint(accelerator, output: Path, step: int, tokens: int, settings: TrainSettings) -> None:
-    """Atomic: built in a staging directory and renamed; older checkpoints are pruned after."""
-    folder = output / CHECKPOINTS
-    target = folder / f"step-{step:07d}"
-    if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    staging = folder / f".{target.name}.picli-tmp"
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
-    accelerator.wait_for_everyone()
-    # Pickled state: tied weights (embeddings = head) survive it, safetensors would drop one.
-    accelerator.save_state(str(staging), safe_serialization=False)
-    if accelerator.is_main_process:
-        atomic_write_json(staging / "trainer_state.json", {"step": step, "tokens": tokens, "settings": {
-            key: value for key, value in asdict(settings).items()
-            if key in ("seed", "batch_size", "micro_batch_size", "seq_len", "lr", "warmup_steps", "warmup_start",
-                       "lora", "lora_rank", "lora_alpha", "data", "text_field", "eval_fraction")}})
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-        for old in sorted(folder.glob("step-*"))[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """On resume, drop metrics of steps the checkpoint does not contain."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
-
-
-def _export(accelerator, loss_module, model_path: Path, output: Path, settings: TrainSettings, record: dict,
-            source_record: dict | None, command: str, parameters: int) -> None:
-    """The final checkpoint: weights saved by transformers, config.json copied from the source.
-
-    transformers 5's save_pretrained drops the legacy rope_scaling/rope_theta keys, so the
-    source's dual-schema config.json (written by `picli extend`) is carried verbatim.
-    """
-    language_model = accelerator.unwrap_model(loss_module).language_model
-    if settings.lora and not settings.keep_adapter:
-        language_model = language_model.merge_and_unload()
-    staging_parent = output / ".final"
-    if staging_parent.exists():
-        shutil.rmtree(staging_parent)
-    staging_parent.mkdir()
-    with staged_directory(staging_parent / "model") as staging:
-        language_model.save_pretrained(staging, safe_serialization=True)
-        if not (settings.lora and settings.keep_adapter):
-            shutil.copyfile(model_path / "config.json", staging / "config.json")
-        for name in os.listdir(model_path):
-            source = model_path / name
-            carried = name.startswith("tokenizer") or name in ("special_tokens_map.json", "chat_template.jinja",
-                                                              "generation_config.json", "vocab.json", "merges.txt")
-            if carried and source.is_file() and not (staging / name).exists():
-                shutil.copyfile(source, staging / name)
-        previous = source_record or read_record(model_path)
-        history = list(previous.get("history") or [])
-        record_out = {**previous, "created": now(), "command": command, "finetune": record,
-                      "source": previous.get("source") or {"path": str(model_path)}, "verification": None,
-                      "versions": versions(), "history": history, "parameters": parameters}
-        atomic_write_json(staging / "picli.json", record_out)
-    for name in os.listdir(staging_parent / "model"):
-        os.replace(staging_parent / "model" / name, output / name)
-    shutil.rmtree(staging_parent, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@
     load_texts("data.jsonl", "content")    one document per line, from the "content" field
     load_texts("hf:pg19:test")             a Hub dataset split (needs `pip install datasets`)
 
-Used by `verify` (perplexity) and `finetune` (data packing). Empty documents are dropped:
-they score no tokens and train nothing.
+Used by `verify` (perplexity) and `finetune`, which also packs it here into fixed-length
+training sequences in a seeded order. Empty documents are dropped: they score no tokens and
+train nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .errors import PicliError
 
@@ -124,3 +126,49 @@ def _load_hub(spec: str, text_field: str, max_documents: int | None) -> list[Doc
                          hint="name the column that holds the text with --text-field")
     return [Document(f"{spec}[{index}]", text) for index, text in enumerate(dataset[text_field])
             if isinstance(text, str)]
+
+
+# ---------------------------------------------------------------------------------------
+# Training sequences (picli finetune)
+
+
+def pack_sequences(token_lists: list[list[int]], eos_token_id: int | None, seq_len: int) -> list[list[int]]:
+    """Documents joined with EOS and cut into full sequences of seq_len (the tail is dropped)."""
+    stream: list[int] = []
+    for tokens in token_lists:
+        stream.extend(tokens)
+        if eos_token_id is not None:
+            stream.append(eos_token_id)
+    return [stream[start:start + seq_len] for start in range(0, len(stream) - seq_len + 1, seq_len)]
+
+
+def split_and_order(sequence_count: int, seed: int, eval_fraction: float) -> tuple[list[int], list[int]]:
+    """A seeded permutation: the last slice is held out for the eval loss, the rest trains."""
+    import torch
+
+    order = torch.randperm(sequence_count, generator=torch.Generator().manual_seed(seed)).tolist()
+    held_out = max(1, round(sequence_count * eval_fraction)) if sequence_count >= 4 else 0
+    return order[: sequence_count - held_out], order[sequence_count - held_out:]
+
+
+def batch_indices(train: list[int], step: int, batch_size: int) -> list[int]:
+    """The global batch of one optimizer step: a pure function of the step, so resume is exact."""
+    start = step * batch_size
+    return [train[(start + offset) % len(train)] for offset in range(batch_size)]
+
+
+def load_sequences(tokenizer, data: str | None, text_field: str, seq_len: int,
+                   on_event: Callable[[dict], None] | None = None) -> list[list[int]]:
+    """`data` tokenized, joined with EOS and packed into sequences of exactly seq_len tokens."""
+    if not data:
+        raise PicliError("no training data given", hint="pass --data FILE|DIR|JSONL|hf:NAME")
+    documents = load_texts(data, text_field=text_field)
+    if on_event:
+        on_event({"kind": "message", "text": f"Tokenizing {len(documents)} document(s) from {data}"})
+    token_lists = [tokenizer(document.text, add_special_tokens=False).input_ids for document in documents]
+    total = sum(len(tokens) + 1 for tokens in token_lists)
+    sequences = pack_sequences(token_lists, tokenizer.eos_token_id, seq_len)
+    if not sequences:
+        raise PicliError(f"the data has {total} tokens, shorter than one sequence of {seq_len}",
+                         hint="add more text, or lower --seq-len")
+    return sequences

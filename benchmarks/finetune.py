@@ -49,7 +49,8 @@ PASS/FAIL; it always exits 0, because it is a measurement.
 Targets (from the issue): picli's peak RSS <= 60% of the Trainer run's, at >= 70% of its
 steady tokens/s.
 
-Run it from the repository root (~15-25 minutes on 2 CPU cores with the defaults):
+Run it from the repository root (~30 minutes on 2 CPU cores with the defaults: it waits for a
+quiet machine before each of its 8 runs):
 
     .venv/bin/python benchmarks/finetune.py            # table + targets
     .venv/bin/python benchmarks/finetune.py --json     # raw numbers as JSON on stdout

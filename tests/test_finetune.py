@@ -18,6 +18,7 @@ from picli.passkey import FILLER, KEY_LINE, QUESTION, TASK
 from tests.conftest import tree_hash
 
 runner = CliRunner()
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -235,20 +236,36 @@ def test_unknown_text_field(extended, tmp_path, workdir):
     assert result.exit_code == 1 and "content" in result.stderr
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one(extended, corpus, tmp_path):
-    """torchrun with 2 CPU processes (gloo) and the same global batch gives the same losses."""
-    common = ["-m", "picli", "finetune", str(extended), "--data", str(corpus), "--seq-len", "128", "--batch-size",
-              "4", "--micro-batch-size", "1", "--lr", "1e-3", "--steps", "3", "--cpu", "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, *common, "-o", str(tmp_path / "one")], capture_output=True, text=True,
-                            env=env, timeout=600)
+@pytest.fixture(scope="module")
+def one_process_losses(extended, corpus, tmp_path_factory) -> list[float]:
+    output = tmp_path_factory.mktemp("one") / "out"
+    single = subprocess.run([sys.executable, *distributed_args(extended, corpus), "-o", str(output)],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert single.returncode == 0, single.stderr
-    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29533", *common, "-o", str(tmp_path / "two")],
-                            capture_output=True, text=True, env=env, timeout=600)
+    return losses(output)
+
+
+def distributed_args(extended: Path, corpus: Path) -> list[str]:
+    return ["-m", "picli", "finetune", str(extended), "--data", str(corpus), "--seq-len", "128", "--batch-size",
+            "4", "--micro-batch-size", "1", "--lr", "1e-3", "--steps", "3", "--cpu", "--json"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_equal_one(extended, corpus, one_process_losses, tmp_path, launcher):
+    """2 CPU processes (gloo) with the same global batch give the same losses, under either launcher."""
+    if launcher == "torchrun":
+        prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    else:
+        # The shipped DDP example, on 2 CPU processes: accelerate starts them through torchrun,
+        # and picli's --cpu makes them train on CPU over gloo.
+        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(EXAMPLES / "ddp.yaml"),
+                  "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "29534"]
+    double = subprocess.run([*prefix, *distributed_args(extended, corpus), "-o", str(tmp_path / "two")],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert double.returncode == 0, double.stderr[-3000:]
-    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert json.loads((tmp_path / "two" / "picli.json").read_text())["finetune"]["processes"] == 2
+    one, two = one_process_losses, losses(tmp_path / "two")
     # Step 1 sees identical weights; later steps differ only by reduction order, which Adam's
     # per-coordinate normalisation amplifies for near-zero gradients (measured: < 1e-3).
     assert two[0] == pytest.approx(one[0], rel=1e-6)

@@ -34,13 +34,18 @@ app = typer.Typer(
 
 
 @contextlib.contextmanager
-def _quiet_third_party(json_output: bool):
-    """transformers and huggingface_hub draw their own bars on stderr; --json means none.
+def _quiet_third_party(json_output: bool, hub_bars: bool = False):
+    """transformers and huggingface_hub draw their own bars on stderr; picli draws its own.
 
-    Restores the environment afterwards, so one command's --json never leaks into the next
-    in the same process (tests, notebooks).
+    Loading and saving weights ("Loading weights", "Writing model shards") would interleave
+    with picli's progress, so those go everywhere; only push keeps huggingface_hub's upload
+    bars (hub_bars), and --json means none at all. Restores the environment afterwards, so
+    one command's settings never leak into the next in the same process (tests, notebooks).
     """
     changes = {"TRANSFORMERS_VERBOSITY": os.environ.get("TRANSFORMERS_VERBOSITY", "error")}
+    if not hub_bars:
+        # transformers reads this once, at import; picli imports it late, inside the command.
+        changes["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     if json_output:
         # TQDM_DISABLE: transformers' GGUF import and weight loading use plain tqdm.
         changes.update({"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"})
@@ -427,7 +432,7 @@ def push(
         repo_id = model_or_repo
     else:
         model_dir, repo_id = Path(model_or_repo), repo
-    with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
+    with _quiet_third_party(json_output, hub_bars=True), render.progress(bars=not json_output) as on_event:
         plan = plan_push(model_dir, repo_id, revision=revision, private=not public, create_pr=create_pr,
                          exist_ok=exist_ok, commit_message=commit_message, overwrite_card=overwrite_card, token=token)
         for text in plan.warnings:

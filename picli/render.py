@@ -88,6 +88,10 @@ def progress(bars: bool = True) -> Iterator[Any]:
             training_settings(event)
             return
         if event.get("kind") == "step":
+            if not bars or not bar.console.is_terminal:
+                # No live bar (a log file, a batch job, --json): one line per step instead.
+                step_line(event)
+                return
             event = {"kind": "progress", "task": "training", "done": event["step"], "total": event["total_steps"],
                      "unit": "steps", "extra": f"loss {event['loss']:.4f}  {event['tokens_per_second']:,.0f} tok/s  "
                      f"mem {human_bytes(event['memory_bytes'])}"}
@@ -114,6 +118,21 @@ def progress(bars: bool = True) -> Iterator[Any]:
     finally:
         if tasks:
             bar.stop()
+
+
+def step_line(event: dict) -> None:
+    """One training step as a log line, for when no progress bar can be drawn."""
+    step, total = event["step"], event["total_steps"]
+    eta = ""
+    if event.get("seconds"):
+        remaining = int(event["seconds"] * (total - step))
+        eta = f"  eta {remaining // 3600}:{remaining // 60 % 60:02d}:{remaining % 60:02d}"
+    extra = f"  eval loss {event['eval_loss']:.4f}" if event.get("eval_loss") is not None else ""
+    if event.get("passkey_k_max") is not None:
+        extra += f"  passkey k_max {event['passkey_k_max']}/{event['passkey_target']}"
+    print(f"step {step}/{total}  loss {event['loss']:.4f}  lr {event['lr']:.2e}  "
+          f"{event['tokens_per_second']:,.0f} tok/s  mem {human_bytes(event['memory_bytes'])}{extra}{eta}",
+          file=sys.stderr, flush=True)
 
 
 def _kv(table: Table, key: str, value: Any) -> None:
@@ -387,6 +406,7 @@ def finetune_result(result: dict) -> None:
     eval_text = f", eval loss {result['eval_loss']:.4f}" if result.get("eval_loss") is not None else ""
     early = (f"; passkey reached the window at step {result['stopped_early_at']}"
              if result.get("stopped_early_at") else "")
-    console.print(f"[green]Fine-tuned[/] {result['steps_done']} steps, {result['tokens']:,} tokens in "
+    steps = f"{result['steps_done']} step{'' if result['steps_done'] == 1 else 's'}"
+    console.print(f"[green]Fine-tuned[/] {steps}, {result['tokens']:,} tokens in "
                   f"{result['seconds']:.0f} s; final loss {result['final_loss']:.4f}{eval_text}{early}")
     console.print(f"Wrote {escape(result['output'])} (metrics.jsonl, picli.json); next: picli verify --passkey")

@@ -83,6 +83,20 @@ def test_chunked_loss_equals_transformers_loss(extended, monkeypatch):
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
 
 
+def test_log_output_has_step_lines_and_no_third_party_bars(extended, corpus, tmp_path):
+    """In a log file (no terminal) each step is one line, and transformers' weight-loading and
+    shard-writing bars stay out of it."""
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_DISABLE_PROGRESS_BARS",
+                                                                           "TQDM_DISABLE")}
+    run = subprocess.run([sys.executable, "-m", "picli", "finetune", str(extended), "--data", str(corpus), "-o",
+                          str(tmp_path / "out"), "--seq-len", "128", "--batch-size", "2", "--steps", "2", "--cpu"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "step 1/2  loss " in run.stderr and "step 2/2  loss " in run.stderr
+    assert "Loading weights" not in run.stderr and "Writing model shards" not in run.stderr
+    assert "Fine-tuned 2 steps" in run.stdout
+
+
 def test_head_chunk_scales_with_vocabulary():
     from picli.perplexity import head_chunk
 

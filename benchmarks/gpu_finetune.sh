@@ -18,7 +18,12 @@
 #      with FT_TIMEOUT, the run gets SIGTERM at that many seconds: picli saves a checkpoint
 #      at the last completed step, and `picli finetune --resume --steps N` then exports it;
 #   6. picli verify --passkey at $VERIFY_LENGTHS on the fine-tuned model -> $OUT/verify-after.json
-#   7. the headline numbers (k_max before/after, steady tokens/s, peak memory) -> $OUT/summary.json
+#   7. FSDP (FSDP=1, the default): `accelerate launch --config_file examples/fsdp.yaml
+#      --num_processes $FSDP_PROCS` (default: every GPU; one GPU still runs FSDP2 through
+#      torchrun) trains 2 steps at $FSDP_SEQ_LEN (default 4096) with a checkpoint at step 2,
+#      `--resume --steps 3` continues it, and a check loads the export: same tensors as the
+#      source, trained values, a finite loss, config.json unchanged, 3 steps recorded;
+#   8. the headline numbers (k_max before/after, steady tokens/s, peak memory, FSDP) -> $OUT/summary.json
 #      and the log; per-step wall time and exit status -> $OUT/timing.tsv; everything printed
 #      -> $OUT/log.txt. These are the 8 files the device tool brings back (at most 8, 16 MiB each);
 #      the checkpoints (540 MB each) stay in $WORK.
@@ -51,6 +56,10 @@
 #                defaults above; the in-training check is always the quick protocol
 #   FT_ARGS      extra arguments for picli finetune (e.g. "--lora" or "--dtype float32")
 #   VERIFY_ARGS  extra arguments for every picli verify (e.g. "--batch-size 4")
+#   FSDP         1 (default) runs the FSDP check of step 7; 0 skips it. On a CPU (ALLOW_CPU=1)
+#                accelerate falls back to plain data parallelism: the check then tests plumbing only
+#   FSDP_PROCS   processes for it (default: the number of GPUs, 1 on a CPU)
+#   FSDP_SEQ_LEN sequence length for it (default 4096)
 #   PYTHON       the interpreter to build on (default python3); ALLOW_CPU=1 accepts one without
 #                CUDA (then finetune gets --cpu): the CPU fallback for dry runs
 #   WHEELS       folder of wheels to install from (default benchmarks/wheels)
@@ -104,6 +113,9 @@ PYTHON="${PYTHON:-python3}"
 ALLOW_CPU="${ALLOW_CPU:-0}"
 WHEELS="${WHEELS:-$ROOT/benchmarks/wheels}"
 SMOLLM2_DIR="${SMOLLM2_DIR:-}"
+FSDP="${FSDP:-1}"
+FSDP_PROCS="${FSDP_PROCS:-}"
+FSDP_SEQ_LEN="${FSDP_SEQ_LEN:-4096}"
 VENV="$WORK/venv"
 
 mkdir -p "$OUT" "$WORK"
@@ -374,6 +386,50 @@ else
     echo "verify-after: skipped (no fine-tuned model)"
 fi
 
+# ---------------------------------------------------------------------------- 7b. FSDP
+if [ "$FSDP" = 1 ]; then
+    if [ -z "$FSDP_PROCS" ]; then
+        FSDP_PROCS=1
+        [ "$HAVE_SMI" = 1 ] && FSDP_PROCS="$(nvidia-smi -L | grep -c '^GPU' || echo 1)"
+    fi
+    FSDP_DIR="$WORK/smollm2-$TARGET-fsdp"
+    rm -rf "$FSDP_DIR"
+    LAUNCH=("$PY" -m accelerate.commands.launch --config_file "$ROOT/examples/fsdp.yaml" --num_processes "$FSDP_PROCS"
+            --main_process_port 29561 -m picli finetune "$EXTENDED" -o "$FSDP_DIR" --json "${DEVICE_ARGS[@]}")
+    say "FSDP: ${FSDP_PROCS} process(es), 2 steps at $FSDP_SEQ_LEN, checkpoint, --resume to step 3, check the export"
+    step fsdp-train bash -c "$(printf '%q ' "${LAUNCH[@]}" --data "$DATA" --seq-len "$FSDP_SEQ_LEN" --steps 2 \
+        --batch-size "$FSDP_PROCS" --save-every 2 --force) > $(printf '%q' "$WORK/fsdp-train.json")"
+    step fsdp-resume bash -c "$(printf '%q ' "${LAUNCH[@]}" --resume --steps 3) > $(printf '%q' "$WORK/fsdp-resume.json")"
+    step fsdp-check "$PY" - "$EXTENDED" "$FSDP_DIR" "$WORK/fsdp-check.json" <<'EOF'
+import json, math, sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+source, output, report = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+before = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).state_dict()
+model = AutoModelForCausalLM.from_pretrained(output, dtype=torch.float32)
+after = model.state_dict()
+ids = torch.arange(1, 257)[None]
+with torch.no_grad():
+    loss = model(ids, labels=ids).loss.item()
+record = json.loads((output / "picli.json").read_text())["finetune"]
+result = {
+    "same_tensors": before.keys() == after.keys() and all(before[k].shape == after[k].shape for k in before),
+    "tensors_changed": sum(not torch.equal(before[k], after[k]) for k in before), "tensors": len(before),
+    "loss_finite": math.isfinite(loss), "loss": loss, "steps": record["steps"], "processes": record["processes"],
+    "config_unchanged": json.loads((source / "config.json").read_text())
+    == json.loads((output / "config.json").read_text()),
+}
+result["passed"] = (result["same_tensors"] and result["tensors_changed"] > 0 and result["loss_finite"]
+                    and result["steps"] == 3 and result["config_unchanged"])
+report.write_text(json.dumps(result, indent=2) + "\n")
+print(json.dumps(result))
+sys.exit(0 if result["passed"] else 1)
+EOF
+fi
+
 # ---------------------------------------------------------------------------- 8. summary
 say "summary"
 "$PY" - "$OUT" "$WORK" "$DATA_NOTE" "$SEQ_LEN" "$BATCH_SIZE" "$STEPS" "$TARGET" <<'EOF' || FAILED+=("summary")
@@ -422,6 +478,7 @@ summary = {
     "nvidia_smi_peak_used_mib": smi_peak,
     "passkey_before": k_max(load(out / "verify-before.json")),
     "passkey_after": k_max(load(out / "verify-after.json")),
+    "fsdp": load(work / "fsdp-check.json"),
 }
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(f"data: {data_note}")
@@ -441,6 +498,7 @@ for length in sorted(set(summary["passkey_before"]) | set(summary["passkey_after
     before = summary["passkey_before"].get(length, {}).get("k_max")
     after = summary["passkey_after"].get(length, {}).get("k_max")
     print(f"  {length:>6}: {before} -> {after}")
+print(f"FSDP check: {summary['fsdp']}")
 EOF
 
 say "done"

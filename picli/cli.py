@@ -237,7 +237,8 @@ def verify(
                                                     "with the same protocol, side by side.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32.")] = "auto",
-    attn: Annotated[str, typer.Option("--attn", help="sdpa, flash_attention_2 or eager.")] = "sdpa",
+    attn: Annotated[str, typer.Option(
+        "--attn", help="sdpa, flash_attention_2 or eager (sdpa falls back to eager for families without it).")] = "sdpa",
     device_map: Annotated[Optional[str], typer.Option("--device-map", help="auto: shard a large model across the "
                                                       "visible GPUs (accelerate).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Passkey trials per forward pass "
@@ -325,7 +326,8 @@ def finetune(
     plan: Annotated[bool, typer.Option("--plan", help="Estimate memory and time per step; train nothing.")] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 autocast on GPUs that have it), bfloat16, float16, "
                                        "float32.")] = "auto",
-    attn: Annotated[str, typer.Option("--attn", help="sdpa or flash_attention_2.")] = "sdpa",
+    attn: Annotated[str, typer.Option(
+        "--attn", help="sdpa or flash_attention_2 (sdpa falls back to eager for families without it).")] = "sdpa",
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even when a GPU is visible.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Train into an existing output directory.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,

@@ -168,6 +168,8 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .modeling import from_pretrained
+
     transformers.logging.set_verbosity_error()
     checkpoint_dir = latest_checkpoint(output) if resume else None
     if resume and checkpoint_dir is None:
@@ -204,8 +206,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
 
     torch.manual_seed(settings.seed)
     # Master weights stay float32; accelerate's autocast gives bf16 compute where supported.
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
-                                                 attn_implementation=settings.attention)
+    model, attention = from_pretrained(AutoModelForCausalLM, model_path, settings.attention, dtype=torch.float32)
     checkpointing = settings.gradient_checkpointing == "on" or (
         settings.gradient_checkpointing == "auto" and seq_len > 4096)
     if checkpointing:
@@ -215,7 +216,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
     lr = settings.lr or default_lr(parameters)
     if settings.lora:
         model = _apply_lora(model, settings)
-    settings = replace(settings, lr=lr, seq_len=seq_len)
+    settings = replace(settings, lr=lr, seq_len=seq_len, attention=attention)
     # from_pretrained returns eval mode, where transformers skips gradient checkpointing (and dropout).
     loss_module = _build_loss_module(model).train()
     trainable = [parameter for parameter in loss_module.parameters() if parameter.requires_grad]

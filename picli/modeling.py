@@ -65,6 +65,20 @@ def pick_dtype(dtype: str, device: str):
     return torch.float32
 
 
+def from_pretrained(auto_class, path, attention: str, **kwargs):
+    """(model, the attention it runs): `attention`, or eager where the family has no SDPA.
+
+    SDPA is picli's default because it works for nearly every family at long lengths; a few
+    (gemma2 in transformers 5) refuse it at load time, and eager is then the only choice.
+    """
+    try:
+        return auto_class.from_pretrained(path, attn_implementation=attention, **kwargs), attention
+    except ValueError as exc:
+        if attention != "sdpa" or "scaled_dot_product_attention" not in str(exc):
+            raise
+    return auto_class.from_pretrained(path, attn_implementation="eager", **kwargs), "eager"
+
+
 def load_model(path: Path, device: str = "auto", dtype: str = "auto", attention: str = "sdpa",
                device_map: str | None = None) -> LoadedModel:
     import torch
@@ -85,11 +99,11 @@ def load_model(path: Path, device: str = "auto", dtype: str = "auto", attention:
         raise PicliError(f"--device-map must be auto, got {device_map!r}", hint="omit it to use one device")
     chosen_device = pick_device(device) if device_map is None else "cuda"
     torch_dtype = pick_dtype(dtype, chosen_device)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": attention}
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if device_map:
         kwargs["device_map"] = "auto"
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model, attention = from_pretrained(AutoModelForCausalLM, path, attention, **kwargs)
     except torch.cuda.OutOfMemoryError as exc:
         raise OutOfMemory(f"the model's weights do not fit on {chosen_device}",
                           hint="try --dtype bfloat16, or --device-map auto to shard across GPUs") from exc

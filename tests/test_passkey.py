@@ -141,6 +141,30 @@ def test_shared_prefix_cache_equals_full_prompts(tiny_model_dir, monkeypatch):
                 assert predicted == logits.argmax(-1).tolist()
 
 
+def test_sliding_window_family_without_sdpa(tokenizer, tmp_path):
+    """gemma2: transformers refuses SDPA for it (picli falls back to eager), and its sliding-window
+    cache layers may drop past states, so each trial gets a copy of the prefix cache instead of
+    the restore; the answers still equal each full prompt's."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from picli.modeling import load_model
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("gemma2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=len(tokenizer),
+                                  max_position_embeddings=512, sliding_window=64, query_pre_attn_scalar=8)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gemma2")
+    tokenizer.save_pretrained(tmp_path / "gemma2")
+    loaded = load_model(tmp_path / "gemma2", device="cpu")
+    assert loaded.attention == "eager"
+    prompts = PromptBuilder(loaded.tokenizer).prompts(300, Protocol(positions=4, trials=2), random.Random(3))
+    for row, group in zip(passkey.predict_answers(loaded, prompts, batch_size=1), prompts.groups):
+        for predicted, trial in zip(row, group):
+            with torch.no_grad():
+                logits = loaded.model(torch.tensor([prompts.full_prompt(trial) + trial.answer[:-1]])).logits
+            assert predicted == logits[0, -len(trial.answer):].argmax(-1).tolist()
+
+
 def test_auto_batch_counts_the_attention_mask(monkeypatch):
     import picli.modeling
     from transformers import AutoConfig

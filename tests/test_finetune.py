@@ -97,6 +97,31 @@ def test_log_output_has_step_lines_and_no_third_party_bars(extended, corpus, tmp
     assert "Fine-tuned 2 steps" in run.stdout
 
 
+@pytest.mark.parametrize("family, extra", [
+    ("gemma2", {"sliding_window": 64, "query_pre_attn_scalar": 8, "final_logit_softcapping": 0.1}),  # small: it bites
+    ("cohere", {"logit_scale": 0.25}),
+    ("granite", {"logits_scaling": 4.0}),
+    ("qwen2", {}),
+])
+def test_chunked_loss_applies_each_familys_logit_transform(family, extra, monkeypatch):
+    """Soft-capping, logit scale and logit divisor happen after lm_head; the chunked loss must apply them."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from picli import perplexity
+
+    monkeypatch.setattr(perplexity, "HEAD_ELEMENTS", 0)
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(family, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=300,
+                                  max_position_embeddings=512, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                                  **extra)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    ids = torch.randint(0, 300, (2, 150), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(finetune._build_loss_module(model)(ids), model(ids, labels=ids).loss,
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_head_chunk_scales_with_vocabulary():
     from picli.perplexity import head_chunk
 

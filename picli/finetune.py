@@ -18,6 +18,8 @@ Every `save_every` steps (and on Ctrl-C / SIGTERM) a checkpoint is written atomi
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -300,6 +302,9 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
                 break
     except KeyboardInterrupt:
         stop["signal"] = "SIGINT"
+    except torch.cuda.OutOfMemoryError as exc:
+        raise _out_of_memory(config, parameters, seq_len, settings, checkpointing, accelerator.device,
+                             completed + 1) from exc
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     if stop["signal"]:
@@ -335,6 +340,29 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
     accelerator.wait_for_everyone()
     return TrainResult(str(output), steps_done, verified_at, False, last_loss, eval_loss, tokens_done, seconds,
                        record)
+
+
+def _out_of_memory(config: dict, parameters: int, seq_len: int, settings: TrainSettings, checkpointing: bool, device,
+                   step: int):
+    """The OOM as the issue wants it: this run's estimate, and the settings that would shrink it."""
+    import torch
+
+    from .finetune_plan import estimate_memory
+    from .modeling import OutOfMemory
+
+    half = _mixed_precision(settings) != "no"
+    layers, hidden = config.get("num_hidden_layers") or 1, config.get("hidden_size") or 1
+    needed = estimate_memory(parameters, layers, hidden, seq_len, settings.micro_batch_size, settings.lora,
+                             checkpointing, 2 if half else 4)["total"]
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    have = f"; the GPU has {total / 2**30:.1f} GiB" if total else ""
+    tries = [flag for flag, useful in (("--gradient-checkpointing on", not checkpointing),
+                                       ("--micro-batch-size 1", settings.micro_batch_size > 1),
+                                       ("--lora", not settings.lora),
+                                       ("a shorter --seq-len", True),
+                                       ("more GPUs with accelerate launch (FSDP shards the weights)", True)) if useful]
+    return OutOfMemory(f"out of memory at step {step}: this run needs about {needed / 2**30:.1f} GiB per device "
+                       f"(estimate{have})", hint="try " + ", ".join(tries) + "; picli finetune --plan estimates each")
 
 
 def _mixed_precision(settings: TrainSettings) -> str:
@@ -441,7 +469,15 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
         if output.exists() and any(output.iterdir()) and not force:
             raise PicliError(f"output {output} already exists",
                              hint="pass --resume to continue it, --force to train into it, or choose -o")
-    result = run_finetune(checkpoint.path, output, settings, resume=resume, command=command, on_event=on_event)
+    created = not output.exists()
+    try:
+        result = run_finetune(checkpoint.path, output, settings, resume=resume, command=command, on_event=on_event)
+    except BaseException:
+        # A run that fails before its first checkpoint leaves nothing worth keeping (and would
+        # make the retry ask for --force); one with a checkpoint is kept for --resume.
+        if created and latest_checkpoint(output) is None and os.environ.get("RANK", "0") == "0":
+            shutil.rmtree(output, ignore_errors=True)
+        raise
     if not result.interrupted:
         remember_last(output, "finetune")
     return asdict(result)

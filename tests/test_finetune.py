@@ -268,6 +268,21 @@ def test_errors(extended, corpus, workdir, args, needle):
     assert needle in result.stderr.lower() and "Traceback" not in result.stderr
 
 
+def test_out_of_memory_gives_the_estimate_and_leaves_nothing(extended, corpus, workdir, monkeypatch):
+    import torch
+
+    def oom(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(finetune, "batch_indices", oom)
+    result = train(extended, workdir / "oom", str(corpus), "--steps", "2")
+    assert result.exit_code == 1
+    assert "out of memory at step 1: this run needs about" in result.stderr
+    assert "--gradient-checkpointing on" in result.stderr and "--micro-batch-size 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "oom").exists()  # nothing half-written: the retry needs no --force
+
+
 def test_unknown_text_field(extended, tmp_path, workdir):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"content": "hello"}) + "\n")

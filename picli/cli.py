@@ -299,6 +299,7 @@ def verify(
 @app.command()
 @boundary
 def finetune(
+    ctx: typer.Context,
     model: Annotated[Optional[str], typer.Argument(
         help="Checkpoint to train (usually `picli extend` output). Default: the last one written here.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Text files, a folder, JSONL, or hf:NAME.")] = None,
@@ -363,8 +364,13 @@ def finetune(
         save_every=save_every if save_every is not None else 100, dtype=dtype, attention=attn, cpu=cpu,
     )
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
+        # On --resume the interrupted run's settings win, except a micro-batch given here: it
+        # changes neither the data nor the step's math, and lowering it is how one gets past an OOM.
+        # (Compared by name: typer vendors its own click, whose enum is not click's.)
+        source = getattr(ctx.get_parameter_source("micro_batch_size"), "name", None)
+        given = {"micro_batch_size"} if source == "COMMANDLINE" else set()
         result = finetune_command(model, output, settings, resume=resume, plan_only=plan, force=force,
-                                  command=" ".join(["picli", *sys.argv[1:]]), on_event=on_event)
+                                  command=" ".join(["picli", *sys.argv[1:]]), on_event=on_event, given=given)
     if json_output:
         render.print_json(result)
     elif plan:

@@ -164,7 +164,10 @@ def warmup_multiplier(step: int, warmup_steps: int, start: float) -> float:
 
 
 def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume: bool = False,
-                 source_record: dict | None = None, command: str = "picli finetune", on_event: Events = None) -> TrainResult:
+                 source_record: dict | None = None, command: str = "picli finetune", on_event: Events = None,
+                 given: set[str] = frozenset()) -> TrainResult:
+    """Train; on resume the checkpoint's settings win except the keys in `given` (only
+    micro_batch_size may change: it alters neither the data order nor the step's math)."""
     import torch
     import transformers
     from accelerate import Accelerator
@@ -179,8 +182,9 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
                          hint="start without --resume, or point -o at the interrupted run's output")
     if checkpoint_dir:
         # The interrupted run's data, batch and schedule win: resuming means continuing it.
-        saved = json.loads((checkpoint_dir / "trainer_state.json").read_text())
-        settings = TrainSettings(**{**asdict(settings), **saved["settings"], "steps": settings.steps})
+        saved = json.loads((checkpoint_dir / "trainer_state.json").read_text())["settings"]
+        kept = {key: value for key, value in saved.items() if key not in given}
+        settings = TrainSettings(**{**asdict(settings), **kept, "steps": settings.steps})
     accelerator = Accelerator(cpu=settings.cpu, mixed_precision=_mixed_precision(settings))
     main = accelerator.is_main_process
     events = on_event if main else None
@@ -439,7 +443,7 @@ def _evaluate(accelerator, loss_module, model, tokenizer, sequences, eval_ids, s
 
 def finetune_command(model: str | None, output: Path | None, settings: TrainSettings, resume: bool = False,
                      plan_only: bool = False, force: bool = False, command: str = "picli finetune",
-                     on_event: Events = None) -> dict:
+                     on_event: Events = None, given: set[str] = frozenset()) -> dict:
     from .checkpoint import read_config, tensor_summary
     from .provenance import remember_last
     from .verify import resolve_model
@@ -471,7 +475,8 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
                              hint="pass --resume to continue it, --force to train into it, or choose -o")
     created = not output.exists()
     try:
-        result = run_finetune(checkpoint.path, output, settings, resume=resume, command=command, on_event=on_event)
+        result = run_finetune(checkpoint.path, output, settings, resume=resume, command=command, on_event=on_event,
+                              given=given & {"micro_batch_size"})
     except BaseException:
         # A run that fails before its first checkpoint leaves nothing worth keeping (and would
         # make the retry ask for --force); one with a checkpoint is kept for --resume.

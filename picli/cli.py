@@ -371,6 +371,8 @@ def finetune(
         given = {"micro_batch_size"} if source == "COMMANDLINE" else set()
         result = finetune_command(model, output, settings, resume=resume, plan_only=plan, force=force,
                                   command=" ".join(["picli", *sys.argv[1:]]), on_event=on_event, given=given)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun / accelerate launch, one report: the main process's
     if json_output:
         render.print_json(result)
     elif plan:

@@ -302,6 +302,12 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
             # Also at the last step when it falls on the interval: `--resume --steps MORE` continues it.
             if settings.save_every and completed % settings.save_every == 0:
                 save_checkpoint(accelerator, output, completed, tokens_done, settings)
+            if world > 1:
+                # A signal reaches each process at its own moment; stopping at different steps
+                # would leave the others waiting in a collective forever. Agree every step.
+                flag = torch.tensor(1 if stop["signal"] else 0, device=accelerator.device)
+                if accelerator.reduce(flag, reduction="sum").item() and not stop["signal"]:
+                    stop["signal"] = "SIGTERM (another process)"
             if verified_at or stop["signal"]:
                 break
     except KeyboardInterrupt:

@@ -327,6 +327,7 @@ def test_two_processes_equal_one(extended, corpus, one_process_losses, tmp_path,
     double = subprocess.run([*prefix, *distributed_args(extended, corpus), "-o", str(tmp_path / "two")],
                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert double.returncode == 0, double.stderr[-3000:]
+    assert json.loads(double.stdout)["steps_done"] == 3  # one report, from the main process
     assert json.loads((tmp_path / "two" / "picli.json").read_text())["finetune"]["processes"] == 2
     one, two = one_process_losses, losses(tmp_path / "two")
     # Step 1 sees identical weights; later steps differ only by reduction order, which Adam's
@@ -411,3 +412,48 @@ def test_sigterm_saves_a_checkpoint_then_resume_finishes(extended, corpus, tmp_p
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(resumed.stdout)["steps_done"] == report["steps_done"] + 1
     assert (output / "model.safetensors").exists()
+
+
+def _worker_pids(launcher_pid: int) -> dict[int, int]:
+    """LOCAL_RANK -> pid of the launcher's worker processes, read from /proc."""
+    workers = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        rank = [item.split(b"=", 1)[1] for item in environ if item.startswith(b"LOCAL_RANK=")]
+        if parent == launcher_pid and rank:
+            workers[int(rank[0])] = int(entry.name)
+    return workers
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_all_at_the_same_step(extended, corpus, tmp_path):
+    """Preemption signals reach processes at different moments; the run must still stop together,
+    checkpoint once, and exit cleanly instead of hanging in a collective."""
+    import signal
+    import time
+
+    output = tmp_path / "term2"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535",
+               "-m", "picli", "finetune", str(extended), "--data", str(corpus), "--seq-len", "128", "--batch-size",
+               "4", "--steps", "500", "--cpu", "--json", "-o", str(output)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 240
+    while time.time() < deadline and not ((output / "metrics.jsonl").exists()
+                                          and (output / "metrics.jsonl").read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    workers = _worker_pids(process.pid)
+    assert set(workers) == {0, 1}
+    os.kill(workers[1], signal.SIGTERM)  # only the second process hears it
+    stdout, stderr = process.communicate(timeout=240)
+    assert process.returncode == 0, stderr[-2000:]
+    report = json.loads(stdout)
+    assert report["interrupted"] is True and 2 <= report["steps_done"] < 500
+    assert sorted(path.name for path in (output / "checkpoints").iterdir()) == [f"step-{report['steps_done']:07d}"]
+

@@ -357,13 +357,10 @@ def _out_of_memory(config: dict, parameters: int, seq_len: int, settings: TrainS
     """The OOM as the issue wants it: this run's estimate, and the settings that would shrink it."""
     import torch
 
-    from .finetune_plan import estimate_memory
+    from .finetune_plan import run_memory
     from .modeling import OutOfMemory
 
-    half = _mixed_precision(settings) != "no"
-    layers, hidden = config.get("num_hidden_layers") or 1, config.get("hidden_size") or 1
-    needed = estimate_memory(parameters, layers, hidden, seq_len, settings.micro_batch_size, settings.lora,
-                             checkpointing, 2 if half else 4)["total"]
+    needed = run_memory(config, parameters, seq_len, settings, settings.lora, checkpointing)["total"]
     total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     have = f"; the GPU has {total / 2**30:.1f} GiB" if total else ""
     tries = [flag for flag, useful in (("--gradient-checkpointing on", not checkpointing),

@@ -43,15 +43,21 @@ def estimate_memory(parameters: int, layers: int, hidden: int, seq_len: int, mic
             "logits_chunk": logits, "runtime": RUNTIME_BYTES, "total": total}
 
 
-def plan_memory(config: dict, parameters: int, seq_len: int, micro_batch: int,
-                bytes_per_value: int = 2) -> list[dict[str, Any]]:
-    layers = config.get("num_hidden_layers") or 1
-    hidden = config.get("hidden_size") or 1
+def run_memory(config: dict, parameters: int, seq_len: int, settings: TrainSettings, lora: bool,
+               checkpointing: bool) -> dict[str, float]:
+    """estimate_memory for a run with these settings on this machine (16-bit activations under autocast)."""
+    from .finetune import _mixed_precision
+
+    bytes_per_value = 2 if _mixed_precision(settings) != "no" else 4
+    return estimate_memory(parameters, config.get("num_hidden_layers") or 1, config.get("hidden_size") or 1, seq_len,
+                           settings.micro_batch_size, lora, checkpointing, bytes_per_value)
+
+
+def plan_memory(config: dict, parameters: int, seq_len: int, settings: TrainSettings) -> list[dict[str, Any]]:
     rows = []
     for lora in (False, True):
         for checkpointing in (False, True):
-            estimate = estimate_memory(parameters, layers, hidden, seq_len, micro_batch, lora, checkpointing,
-                                       bytes_per_value)
+            estimate = run_memory(config, parameters, seq_len, settings, lora, checkpointing)
             rows.append({"mode": "lora" if lora else "full", "gradient_checkpointing": checkpointing,
                          "bytes": estimate["total"], "breakdown": estimate})
     return rows
@@ -60,10 +66,7 @@ def plan_memory(config: dict, parameters: int, seq_len: int, micro_batch: int,
 def plan(model_path: Path, config: dict, parameters: int, seq_len: int, settings: TrainSettings,
          on_event: Events) -> dict:
     """Memory per device for full and LoRA, with and without checkpointing, and a timed probe."""
-    from .finetune import _mixed_precision
-
-    half = _mixed_precision(settings) != "no"  # bf16/fp16 autocast: 16-bit activations
-    rows = plan_memory(config, parameters, seq_len, settings.micro_batch_size, 2 if half else 4)
+    rows = plan_memory(config, parameters, seq_len, settings)
     probe = probe_step(model_path, min(seq_len, 512), settings, on_event)
     # Cost per token grows with the window (attention); scaling linearly from the probe is a floor.
     seconds_per_sequence = probe * seq_len / min(seq_len, 512)

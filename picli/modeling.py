@@ -134,22 +134,24 @@ def available_memory(device) -> int | None:
 
 
 def kv_bytes_per_token(config, dtype) -> int:
-    import torch
-
     text = getattr(config, "text_config", None) or config
     layers = text.num_hidden_layers
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    return int(2 * layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size())
+    return int(2 * layers * kv_heads * head_dim * element_size(dtype))
+
+
+def element_size(dtype) -> int:
+    import torch
+
+    return torch.tensor([], dtype=dtype).element_size()
 
 
 def working_bytes(config, dtype, tokens: int) -> int:
     """Working set of one forward pass besides the KV cache: one layer's activations (hidden
     states, MLP), a few copies of each."""
-    import torch
-
     text = getattr(config, "text_config", None) or config
-    element = torch.tensor([], dtype=dtype).element_size()
+    element = element_size(dtype)
     intermediate = getattr(text, "intermediate_size", None) or 4 * text.hidden_size
     return tokens * (text.hidden_size * 8 + intermediate * 3) * element
 
@@ -161,6 +163,12 @@ def check_fits(loaded: LoadedModel, tokens: int, batch: int = 1, what: str = "th
         return
     per_token = kv_bytes_per_token(loaded.config, loaded.dtype)
     needed = per_token * tokens * batch + working_bytes(loaded.config, loaded.dtype, tokens * batch)
+    if loaded.attention == "eager":
+        # Eager attention materialises one layer's [heads x L x L] scores (and their softmax);
+        # SDPA and FlashAttention never do. At 32k that alone is tens of GB.
+        text = getattr(loaded.config, "text_config", None) or loaded.config
+        element = element_size(loaded.dtype)
+        needed += 2 * batch * text.num_attention_heads * tokens * tokens * element
     if needed > free:
         gib = 1024 ** 3
         raise OutOfMemory(

@@ -267,6 +267,22 @@ def test_length_that_does_not_fit_is_a_clear_error(tiny_model_dir, workdir, monk
     assert "smaller --length" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_eager_attention_counts_its_score_matrix(monkeypatch):
+    import picli.modeling
+    from transformers import AutoConfig
+
+    from picli.modeling import LoadedModel, OutOfMemory, check_fits
+
+    config = AutoConfig.for_model("gemma2", hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                                  num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=256000)
+    monkeypatch.setattr(picli.modeling, "available_memory", lambda device: 30 * 2 ** 30)
+    loaded = LoadedModel(SimpleNamespace(config=config), None, torch.device("cuda"), torch.bfloat16, "sdpa", None)
+    check_fits(loaded, 32768)  # SDPA: ~6 GiB of cache and activations fit in 30 GiB
+    loaded.attention = "eager"  # + 2 x 8 heads x 32k x 32k x 2 bytes = 32 GiB of scores
+    with pytest.raises(OutOfMemory, match="needs about"):
+        check_fits(loaded, 32768)
+
+
 def test_cuda_oom_is_caught_at_the_boundary(tiny_model_dir, workdir, monkeypatch):
     import picli.verify
 

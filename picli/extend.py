@@ -10,7 +10,7 @@ place. The source checkpoint is only ever read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,6 +56,19 @@ class ExtendPlan:
     new_files: dict[str, dict]  # file name -> new JSON content (HF checkpoints)
     gguf_updates: dict[str, tuple[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The plan as --dry-run and --json show it; the new files' full content is left out."""
+        return {
+            "source": str(self.source.path), "source_record": self.source.source, "output": str(self.output),
+            "current_window": self.current_window, "target_window": self.target_window,
+            "original_window": self.original_window, "factor": self.factor, "previous_factor": self.previous_factor,
+            "theta": self.theta, "weights": self.weights, "max_position_embeddings": self.max_position,
+            "changes": {name: [{"key": key, "before": before, "after": after} for key, before, after in diffs]
+                        for name, diffs in self.changes.items()},
+            "files": [asdict(action) for action in self.files],
+            "warnings": self.warnings,
+        }
 
 
 @dataclass(frozen=True)

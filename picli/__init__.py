@@ -4,10 +4,10 @@ Layout (one module per capability; the CLI in cli.py only parses, calls one func
   cli.py         the commands and the one error boundary
   render.py      everything that prints (rich tables, progress, --json)
   checkpoint.py  MODEL -> a local checkpoint (dir, GGUF, Hub id, alias, embedded SmolLM2)
-  rope.py        RoPE families, the PI config surgery, what each runtime will read
+  rope/          RoPE families, the two config schemas, the methods, what each runtime will read
   extend.py      plan and apply `picli extend`, the self-check
   inspector.py   `picli inspect`: the report about one checkpoint
-  gguf_io.py     GGUF metadata read/rewrite
+  gguf_io.py     GGUF metadata read/rewrite, GGUF -> safetensors import
   provenance.py  picli.json and .picli/last.json
   files.py       atomic writes and staged directories
 """

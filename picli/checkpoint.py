@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ModelNotFound, NotACheckpoint, OutputError, PicliError
+from .errors import ModelNotFound, NotACheckpoint, PicliError
 
 EMBEDDED = "smollm2-135m"
 EMBEDDED_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -174,62 +174,11 @@ def _embedded(on_event: Events) -> Checkpoint:
         target.parent.mkdir(parents=True, exist_ok=True)
         if on_event:
             on_event({"kind": "message", "text": f"Importing {EMBEDDED} from {gguf_path.name} into {target} (once)"})
-        _import_embedded(gguf_path, target)
+        from .gguf_io import import_embedded
+
+        import_embedded(gguf_path, target, base_model=EMBEDDED_BASE_MODEL, package=EMBEDDED_WHEEL)
     return Checkpoint(target, "hf", EMBEDDED, {"embedded": EMBEDDED, "path": str(target)},
                       base_model=EMBEDDED_BASE_MODEL, resolved_from=f"embedded {EMBEDDED} at {target}")
-
-
-def _import_embedded(gguf_path: Path, target: Path) -> None:
-    from .files import atomic_write_json, staged_directory
-    from .gguf_io import read_gguf
-
-    metadata = read_gguf(gguf_path).metadata
-    try:
-        with staged_directory(target) as staging:
-            import_gguf(gguf_path, staging)
-            config_path = staging / "config.json"
-            config = json.loads(config_path.read_text())
-            # The GGUF importer writes only rope_parameters; 4.x readers would then use
-            # theta 10000 instead of the model's 1e5. Give the source both schemas.
-            config["rope_theta"] = float(metadata["llama.rope.freq_base"])
-            config["_name_or_path"] = EMBEDDED_BASE_MODEL
-            config.pop("_model_name_or_path", None)
-            config.pop("quantization_config", None)
-            atomic_write_json(config_path, config)
-            tokenizer_config = json.loads((staging / "tokenizer_config.json").read_text())
-            # The GGUF carries no model_max_length; SmolLM2's own tokenizer says its window.
-            tokenizer_config["model_max_length"] = int(metadata["llama.context_length"])
-            for transient in ("is_local", "local_files_only"):
-                tokenizer_config.pop(transient, None)
-            atomic_write_json(staging / "tokenizer_config.json", tokenizer_config)
-            atomic_write_json(staging / "picli.json", {
-                "base_model": EMBEDDED_BASE_MODEL,
-                "source": {"gguf": gguf_path.name, "package": EMBEDDED_WHEEL},
-                "note": "dequantized from Q4_1 to float32 by picli's GGUF import",
-                "history": [],
-            })
-    except OutputError:
-        if not (target / "config.json").is_file():  # another process finished first: use its copy
-            raise
-
-
-def import_gguf(gguf_path: Path, out_dir: Path) -> None:
-    """Dequantize a GGUF into a safetensors checkpoint with transformers' GGUF loader."""
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    transformers.logging.set_verbosity_error()
-    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":
-        transformers.utils.logging.disable_progress_bar()
-    directory, name = str(gguf_path.parent), gguf_path.name
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name,
-                                                 quantization_config=GgufConfig(dequantize=True))
-    # Saved without the GGUF quantization config: the result is a plain float checkpoint.
-    model.config.quantization_config = None
-    if hasattr(model, "hf_quantizer"):
-        model.hf_quantizer = None
-    model.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(directory, gguf_file=name).save_pretrained(out_dir)
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ anything else is a bug and keeps its traceback (always shown with PICLI_DEBUG=1)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import functools
 import os
@@ -201,11 +200,11 @@ def extend(
         if plan.source.resolved_from:
             render.message(f"MODEL: {plan.source.resolved_from}")
         if dry_run:
-            payload = {"dry_run": True, "plan": _plan_dict(plan)}
+            payload = {"dry_run": True, "plan": plan.to_dict()}
         else:
             result = apply_extend(plan, command=["picli", *sys.argv[1:]], on_event=on_event)
             remember_last(plan.output, "extend")
-            payload = {"dry_run": False, "plan": _plan_dict(plan), "self_check": result.self_check}
+            payload = {"dry_run": False, "plan": plan.to_dict(), "self_check": result.self_check}
     if json_output:
         render.print_json(payload)
     elif dry_run:
@@ -520,19 +519,6 @@ def card(
         render.out().print(text, markup=False)
     else:
         render.message(f"Wrote {path} ({action})")
-
-
-def _plan_dict(plan) -> dict:
-    return {
-        "source": str(plan.source.path), "source_record": plan.source.source, "output": str(plan.output),
-        "current_window": plan.current_window, "target_window": plan.target_window,
-        "original_window": plan.original_window, "factor": plan.factor, "previous_factor": plan.previous_factor,
-        "theta": plan.theta, "weights": plan.weights, "max_position_embeddings": plan.max_position,
-        "changes": {name: [{"key": k, "before": b, "after": a} for k, b, a in diffs]
-                    for name, diffs in plan.changes.items()},
-        "files": [dataclasses.asdict(action) for action in plan.files],
-        "warnings": plan.warnings,
-    }
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """`picli extend`: write Position Interpolation into a new checkpoint.
 
-Plan, then apply. `plan_extend` resolves MODEL, computes the new config (rope.py) and the
+Plan, then apply. `plan_extend` resolves MODEL, computes the new config (picli.rope) and the
 list of files to write, and checks the output location; it writes nothing, so `--dry-run`
 is just the plan rendered. `apply_extend` builds the output in a staging directory beside
 the target, proves the result with the installed transformers (the effective inverse
@@ -10,7 +10,7 @@ place. The source checkpoint is only ever read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +27,6 @@ NOT_CARRIED = ("picli-verify.json",)
 # picli finetune's resumable training state (optimizer included) is not part of a model.
 SKIPPED_DIRS = {".picli", ".git", ".cache", "__pycache__", "checkpoints"}
 WEIGHT_MODES = ("copy", "hardlink", "symlink")
-GGUF_NO_ROPE = {"gpt2", "bloom", "mpt", "bert", "nomic-bert", "t5", "t5encoder", "jina-bert-v2", "starcoder"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,19 @@ class ExtendPlan:
     new_files: dict[str, dict]  # file name -> new JSON content (HF checkpoints)
     gguf_updates: dict[str, tuple[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The plan as --dry-run and --json show it; the new files' full content is left out."""
+        return {
+            "source": str(self.source.path), "source_record": self.source.source, "output": str(self.output),
+            "current_window": self.current_window, "target_window": self.target_window,
+            "original_window": self.original_window, "factor": self.factor, "previous_factor": self.previous_factor,
+            "theta": self.theta, "weights": self.weights, "max_position_embeddings": self.max_position,
+            "changes": {name: [{"key": key, "before": before, "after": after} for key, before, after in diffs]
+                        for name, diffs in self.changes.items()},
+            "files": [asdict(action) for action in self.files],
+            "warnings": self.warnings,
+        }
 
 
 @dataclass(frozen=True)
@@ -173,7 +185,7 @@ def _plan_gguf(checkpoint, target_window, output, from_window, max_position, for
     arch, meta = info.architecture, info.metadata
     key = f"{arch}.rope".__add__
     has_rope = any(name.startswith(f"{arch}.rope.") for name in meta)
-    if arch in GGUF_NO_ROPE or not has_rope:
+    if arch in rope.GGUF_NO_ROPE or not has_rope:
         raise CannotExtend(f"this GGUF ({arch}) has no RoPE metadata ({arch}.rope.*), so there is nothing to interpolate",
                            hint="Position Interpolation applies only to RoPE models")
     previous_type = str(meta.get(key(".scaling.type"), "none"))

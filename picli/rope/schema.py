@@ -1,0 +1,194 @@
+"""Reading and writing RoPE in config.json's two schemas.
+
+transformers 5 reads `rope_parameters` ({"rope_type", "factor", "rope_theta", ...}, or one
+such dict per layer type for nested RoPE such as Gemma 3); transformers 4.x reads the legacy
+form: top-level `rope_theta` (or the family's own key) and `rope_scaling` ({"type" or
+"rope_type", "factor", ...}). `read_state` says what a file means the way transformers 5
+resolves the two (the legacy dict wins, theta from the top level); `write_schemas` writes
+both so that every reader agrees (DESIGN.md §2). Pure: no transformers, no torch, no files.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import NotACheckpoint
+from .families import FAMILIES, Family, family_of
+
+# The layer types of nested RoPE that get interpolated; the rest keep their settings.
+INTERPOLATED_LAYER_TYPES = {"full_attention"}
+# Keys of a flat rope_parameters that survive a rewrite (others belong to the replaced type).
+_FLAT_LINEAR_KEYS = {"rope_type", "factor", "rope_theta", "partial_rotary_factor", "mrope_section"}
+
+
+@dataclass(frozen=True)
+class RopeState:
+    """What a config says about RoPE, with the family defaults filled in."""
+
+    model_type: str
+    known_family: bool
+    theta: float
+    head_dim: int
+    partial_rotary_factor: float
+    window: int
+    window_from_default: bool
+    scaling_type: str  # "default" when unscaled
+    factor: float  # 1.0 when unscaled
+    nested: bool
+    local_theta: float | None
+    rope_scaling: dict | None  # as stored in the file
+    rope_parameters: dict | None
+    disagreement: str | None  # why rope_scaling and rope_parameters do not say the same
+    original_window_hint: int | None  # original_max_position_embeddings when the config gives it
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise NotACheckpoint(f"config.json: {key} must be a number, got {value!r}",
+                             hint="fix config.json, then run again")
+    return float(value)
+
+
+def _is_nested(rope_parameters: Any) -> bool:
+    return isinstance(rope_parameters, dict) and bool(rope_parameters) and all(
+        isinstance(value, dict) or value is None for value in rope_parameters.values()
+    ) and any(key.endswith("_attention") for key in rope_parameters)
+
+
+def scaling_type_of(params: dict | None) -> str:
+    """The scaling type a rope_scaling / rope_parameters dict names; "default" when unscaled."""
+    if not params:
+        return "default"
+    return str(params.get("rope_type") or params.get("type") or "default")
+
+
+def read_state(config: dict) -> RopeState:
+    """Read RoPE from config.json as the checkpoint means it (legacy dict wins, as in 5.x)."""
+    family = family_of(config)
+    model_type = config.get("model_type", "")
+    rope_parameters = config.get("rope_parameters")
+    rope_scaling = config.get("rope_scaling")
+    if rope_scaling is not None and not isinstance(rope_scaling, dict):
+        raise NotACheckpoint("config.json: rope_scaling must be an object or null", hint="fix config.json")
+    if rope_parameters is not None and not isinstance(rope_parameters, dict):
+        raise NotACheckpoint("config.json: rope_parameters must be an object or null", hint="fix config.json")
+    nested = family.nested or _is_nested(rope_parameters)
+
+    hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
+    head_dim = config.get("head_dim") or (hidden // heads if hidden and heads else None)
+    if not head_dim:
+        raise NotACheckpoint("config.json gives neither head_dim nor hidden_size and num_attention_heads",
+                             hint="fix config.json")
+
+    local_theta = None
+    if nested:
+        full = dict((rope_parameters or {}).get("full_attention") or {})
+        if rope_scaling:
+            full.update(rope_scaling)  # what Gemma 3's 5.x config does with a legacy dict
+        active = full
+        theta = full.get("rope_theta", config.get("rope_theta", family.theta_default))
+        sliding = (rope_parameters or {}).get("sliding_attention") or {}
+        local_theta = float(sliding.get("rope_theta", config.get(family.local_theta_key or "", 10000.0)))
+    else:
+        # transformers 5 lets rope_scaling win over rope_parameters and then takes theta from
+        # the top-level key, so a file's effective settings follow the same order here.
+        active = rope_scaling if rope_scaling else (rope_parameters or {})
+        theta = (config.get("rope_theta") if rope_scaling else None) \
+            or active.get("rope_theta") or config.get("rope_theta") \
+            or (config.get(family.legacy_theta_key) if family.legacy_theta_key else None) \
+            or family.theta_default
+    theta = _number(theta, "rope_theta")
+
+    partial = 1.0
+    if family.partial_key:
+        partial = config.get(family.partial_key, family.partial_default)
+    partial = (active or {}).get("partial_rotary_factor", config.get("partial_rotary_factor", partial))
+    partial = _number(partial, "partial_rotary_factor")
+
+    window = config.get("max_position_embeddings")
+    window_from_default = window is None
+    if window is None:
+        window = family.window_default or 2048
+    window = int(_number(window, "max_position_embeddings"))
+
+    scaling_type = scaling_type_of(active)
+    factor = _number(active.get("factor", 1.0), "factor") if scaling_type != "default" else 1.0
+    original_hint = active.get("original_max_position_embeddings") if active else None
+
+    return RopeState(
+        model_type=model_type, known_family=model_type in FAMILIES, theta=theta,
+        head_dim=int(head_dim), partial_rotary_factor=partial, window=window,
+        window_from_default=window_from_default, scaling_type=scaling_type, factor=factor,
+        nested=nested, local_theta=local_theta, rope_scaling=rope_scaling,
+        rope_parameters=rope_parameters, disagreement=_disagreement(config, nested),
+        original_window_hint=int(original_hint) if original_hint else None,
+    )
+
+
+def _disagreement(config: dict, nested: bool) -> str | None:
+    """Where rope_scaling and rope_parameters would make readers do different things."""
+    rope_scaling, rope_parameters = config.get("rope_scaling"), config.get("rope_parameters")
+    if not rope_scaling or not rope_parameters:
+        return None
+    params = (rope_parameters.get("full_attention") or {}) if nested else rope_parameters
+    problems = []
+    if scaling_type_of(rope_scaling) != scaling_type_of(params):
+        problems.append(f"type {scaling_type_of(rope_scaling)} vs {scaling_type_of(params)}")
+    if rope_scaling.get("factor") != params.get("factor"):
+        problems.append(f"factor {rope_scaling.get('factor')} vs {params.get('factor')}")
+    top_theta = config.get("rope_theta")
+    if not nested and params.get("rope_theta") is not None and top_theta is not None \
+            and float(top_theta) != float(params["rope_theta"]):
+        problems.append(f"theta {top_theta} (top level) vs {params['rope_theta']}")
+    if not nested and params.get("rope_theta") is not None and top_theta is None:
+        problems.append(f"no top-level rope_theta, so transformers ignores theta {params['rope_theta']}")
+    if not problems:
+        return None
+    return "rope_scaling and rope_parameters disagree (" + "; ".join(problems) + "); rope_scaling wins in transformers 4.x and 5.x"
+
+
+def write_schemas(config: dict, family: Family, state: RopeState, scaling: dict) -> dict:
+    """Both schemas, agreeing: rope_parameters for 5.x, top-level keys + rope_scaling for 4.x.
+
+    scaling is the method's part, {"rope_type": ..., "factor": ..., ...}, built in methods.py;
+    theta comes from the state. Nested RoPE gets the scaling on INTERPOLATED_LAYER_TYPES only.
+    """
+    new = copy.deepcopy(config)
+    scaled = {**scaling, "rope_theta": state.theta}
+    if state.nested:
+        params = copy.deepcopy(config.get("rope_parameters") or {})
+        params["full_attention"] = scaled
+        sliding = dict(params.get("sliding_attention") or {"rope_type": "default"})
+        sliding.setdefault("rope_theta", state.local_theta)
+        if "sliding_attention" in params or family.local_theta_key:
+            params["sliding_attention"] = sliding
+        for layer_type, layer_params in params.items():
+            if layer_type not in INTERPOLATED_LAYER_TYPES and isinstance(layer_params, dict):
+                layer_params.pop("factor", None)
+        if family.local_theta_key:
+            new[family.local_theta_key] = float(sliding["rope_theta"])
+    else:
+        params = {key: value for key, value in (config.get("rope_parameters") or {}).items()
+                  if key in _FLAT_LINEAR_KEYS}
+        params.update(scaled)
+        if state.partial_rotary_factor != 1.0:
+            params["partial_rotary_factor"] = state.partial_rotary_factor
+            # transformers 5 takes partial rotary from the top-level key when rope_scaling exists.
+            if family.partial_key in (None, "partial_rotary_factor"):
+                new["partial_rotary_factor"] = state.partial_rotary_factor
+    new["rope_parameters"] = params
+    # Without a top-level theta, 4.x falls back to the class default (often 10000) and so
+    # does 5.x whenever rope_scaling is present: always write it, as a float.
+    new["rope_theta"] = state.theta
+    if family.legacy_theta_key and family.legacy_theta_key in config:
+        new[family.legacy_theta_key] = state.theta
+    legacy = {key: value for key, value in scaling.items() if key != "rope_type"}
+    new["rope_scaling"] = {family.legacy_type_key: scaling["rope_type"], **legacy}
+    return new
+

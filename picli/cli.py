@@ -430,7 +430,7 @@ def push(
 
       picli push ./m org/model-16k --dry-run
     """
-    from .hub import describe_plan, plan_push
+    from .hub import plan_push
     from .hub import push as push_to_hub
     from .provenance import last_output
 
@@ -454,18 +454,9 @@ def push(
     if json_output:
         render.print_json(payload)
     elif dry_run:
-        render.out().print(describe_plan(plan), markup=False)
+        render.push_plan(payload["plan"])
     else:
-        where = " as a pull request" if payload["pr_url"] else f", branch {payload['revision']}" \
-            if payload["revision"] else ""
-        files = f"{len(payload['files'])} files ({render.human_bytes(payload['total_bytes'])})"
-        visibility = "private" if payload["private"] else "public"
-        if payload["changed"]:
-            render.message(f"Pushed {files} to {payload['repo_id']}{where} ({visibility}); "
-                           f"commit {(payload['commit'] or '')[:12]}")
-        else:
-            render.message(f"Nothing to push: {payload['repo_id']}{where} ({visibility}) already has these {files}")
-        render.out().print(payload["url"], markup=False)
+        render.push_result(payload)
 
 
 @app.command()

@@ -3,8 +3,8 @@
 Plan, then apply. `plan_push` is offline: it checks the folder (`preflight`: the config
 reads and its two RoPE schemas agree, every shard the index names exists with the size its
 header implies, a tokenizer is there), lists the files that will go up with their sizes,
-and renders the model card (card.py). `--dry-run` shows that plan and makes no network
-call at all. `push` then talks to the Hub through huggingface_hub only:
+and renders the model card (card.py). `--dry-run` shows that plan (render.push_plan) and
+makes no network call at all. `push` then talks to the Hub through huggingface_hub only:
 
     whoami (a clear error for a missing, invalid or read-only token, before anything else)
     -> repo state (new / empty after an interrupted push / existing: refused without --exist-ok)
@@ -285,32 +285,6 @@ def token_source(token: str | None) -> str | None:
     if os.path.isfile(constants.HF_TOKEN_PATH):
         return "stored login"
     return None
-
-
-def describe_plan(plan: PushPlan) -> str:
-    """The --dry-run text: where, what, and the card."""
-    from .render import human_bytes
-
-    target = f"{plan.repo_id}" + (f" (branch {plan.revision}, created from main if new)" if plan.revision else "")
-    lines = [
-        "Push plan (dry run: no network call was made, nothing was written)",
-        f"  repo        {target}",
-        f"  url         {repo_url(plan.endpoint, plan.repo_id, plan.revision)}",
-        f"  visibility  {'private' if plan.private else 'public'} (applies when the repo is created)",
-        "  mode        " + ("pull request against main" if plan.create_pr else
-                             "upload into an existing repo allowed (--exist-ok)" if plan.exist_ok else
-                             "new repo (refused if it exists and is not empty)"),
-        f"  commit      {plan.commit_message}",
-        f"  auth        {plan.auth or 'none found: pass --token, set HF_TOKEN or run `hf auth login`'}",
-        f"  model card  README.md ({plan.card_action})",
-        f"Files ({len(plan.files)}, {human_bytes(plan.total_bytes)}):",
-    ]
-    width = max((len(entry.path) for entry in plan.files), default=0)
-    lines += [f"  {entry.path:<{width}}  {human_bytes(entry.size):>9}" for entry in plan.files]
-    if plan.ignored:
-        lines.append(f"Left out ({len(plan.ignored)}): " + ", ".join(plan.ignored))
-    lines += ["", "----- README.md -----", plan.card.rstrip(), "----- end of README.md -----"]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------

@@ -269,7 +269,7 @@ def verify(
       picli verify ./m --passkey --quick --heatmap passkey.png --json
     """
     from .passkey import QUICK, Protocol
-    from .verify import Settings, run_verify
+    from .verify import VerifySettings, run_verify
 
     if quick:
         positions, trials = QUICK
@@ -277,16 +277,16 @@ def verify(
         raise PicliError("--positions and --trials must be at least 1", hint="the paper uses 32 and 10")
     if heatmap and not (passkey or not perplexity):
         raise PicliError("--heatmap draws the passkey grid", hint="add --passkey")
-    lengths = [parse_window(value, "--length") for value in length] if length else None
+    settings = VerifySettings(
+        passkey=passkey or not perplexity, perplexity=perplexity,
+        lengths=tuple(parse_window(value, "--length") for value in length) if length else None,
+        data=data, text_field=text_field, stride=stride, max_tokens=max_tokens,
+        protocol=Protocol(positions=positions, trials=trials, seed=seed), baseline=baseline,
+        device=device, dtype=dtype, attention=attn, device_map=device_map, batch_size=batch_size,
+    )
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
-        report = run_verify(
-            model, passkey=passkey or not perplexity, perplexity=perplexity, lengths=lengths, data=data,
-            text_field=text_field, stride=stride, max_tokens=max_tokens,
-            protocol=Protocol(positions=positions, trials=trials, seed=seed), baseline=baseline,
-            settings=Settings(device=device, dtype=dtype, attention=attn, device_map=device_map,
-                              batch_size=batch_size),
-            save=not no_save, command=" ".join(["picli", *sys.argv[1:]]), on_event=on_event,
-        ).to_dict()
+        report = run_verify(model, settings, save=not no_save, command=" ".join(["picli", *sys.argv[1:]]),
+                            on_event=on_event).to_dict()
     if heatmap:
         render.passkey_heatmap_png(report, str(heatmap))
         render.message(f"Wrote {heatmap}")

@@ -77,7 +77,8 @@ def translate(exc: BaseException, call: HubCall) -> PicliError | None:
             return inner
     if isinstance(exc, OfflineModeIsEnabled):
         return PicliError("offline mode is on (HF_HUB_OFFLINE=1)",
-                          hint=step("unset HF_HUB_OFFLINE to push", f"fetch it on a connected machine with: {call.fetch}"))
+                          hint=step("unset HF_HUB_OFFLINE to push",
+                                    f"fetch it on a connected machine with: {call.fetch}"))
     if isinstance(exc, LocalTokenNotFoundError):
         return PicliError("no Hugging Face token: not logged in",
                           hint=step("run `hf auth login`, set HF_TOKEN, or pass --token",

@@ -32,7 +32,7 @@ from . import card as card_module
 from . import rope
 from .checkpoint import read_config, read_json_file, safetensors_header
 from .errors import NotACheckpoint, PicliError
-from .hub_errors import HubCall, is_repo_id, translate
+from .hub_errors import PUSH_RETRY, HubCall, is_repo_id, translate
 
 Events = Callable[[dict], None] | None
 
@@ -326,7 +326,7 @@ def push(plan: PushPlan, token: str | None = None, on_event: Events = None) -> P
         except KeyboardInterrupt:
             # Not the CLI's generic "nothing was left behind": the repo may exist and objects be stored.
             raise HubError("interrupted during the upload; nothing was committed",
-                           hint="run the same command again: files already uploaded are not sent again") from None
+                           hint=PUSH_RETRY) from None
     files, _ = list_files(plan.checkpoint)
     return PushResult(
         url=info.pr_url or repo_url(plan.endpoint, plan.repo_id, plan.revision), repo_id=plan.repo_id,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ModelNotFound, NotACheckpoint, PicliError
+from .hub_errors import is_repo_id
 
 EMBEDDED = "smollm2-135m"
 EMBEDDED_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -47,7 +48,7 @@ ALIASES: dict[str, str] = {
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 # Small files enough to describe a Hub checkpoint without its weights.
 METADATA_PATTERNS = ["*.json", "*.md", "*.txt", "*.model", "*.jinja", "LICENSE*"]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+_REVISION = re.compile(r"[\w./-]+")  # after @ in MODEL: a branch, tag or commit
 
 Events = Callable[[dict], None] | None
 
@@ -97,7 +98,8 @@ def resolve(model: str, need_weights: bool = True, on_event: Events = None) -> C
     looks_like_path = model.startswith((".", "/", "~")) or model.endswith(".gguf") or model.count("/") > 1
     if looks_like_path:
         raise ModelNotFound(f"{model}: no such file or directory", hint="check the path")
-    if _REPO_ID.match(model):
+    repo_id, at, revision = model.partition("@")
+    if is_repo_id(repo_id) and (not at or _REVISION.fullmatch(revision)):
         return _hub(model, need_weights, on_event)
     raise ModelNotFound(
         f"{model}: no such file or directory, and not an alias or Hub id",
@@ -123,32 +125,21 @@ def _local(path: Path) -> Checkpoint:
 
 def _hub(spec: str, need_weights: bool, on_event: Events) -> Checkpoint:
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    from .hub_errors import HubCall, translate
 
     repo_id, _, revision = spec.partition("@")
     revision = revision or None
-    fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
     if on_event:
         on_event({"kind": "message", "text": f"Fetching {repo_id} from the Hugging Face cache or Hub"})
     try:
         path = snapshot_download(repo_id, revision=revision,
                                  allow_patterns=None if need_weights else METADATA_PATTERNS)
-    except GatedRepoError as exc:
-        raise ModelNotFound(f"{repo_id} is gated: your account has not been granted access",
-                            hint=f"request access on https://huggingface.co/{repo_id}, then `hf auth login`") from exc
-    except RepositoryNotFoundError as exc:
-        raise ModelNotFound(f"{repo_id} was not found on the Hub (or it is private and you are not logged in)",
-                            hint="check the spelling, or log in with `hf auth login`") from exc
-    except RevisionNotFoundError as exc:
-        raise ModelNotFound(f"{repo_id} has no revision {revision!r}", hint="check --revision / @revision") from exc
-    except LocalEntryNotFoundError as exc:
-        where = "picli is offline (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "the Hub could not be reached"
-        raise ModelNotFound(f"{repo_id} is not in the local Hugging Face cache and {where}",
-                            hint=f"fetch it on a connected machine with: {fetch}") from exc
-    except HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", "an error")
-        raise ModelNotFound(f"the Hub answered {status} for {repo_id}", hint=f"try again later, or: {fetch}") from exc
+    except Exception as exc:  # noqa: BLE001 - the Hub error table, or re-raised unchanged as a bug
+        mapped = translate(exc, HubCall(repo_id, "download", revision, constants.ENDPOINT.rstrip("/")))
+        if mapped is None:
+            raise
+        raise ModelNotFound(mapped.message, hint=mapped.hint) from exc
     path = Path(path)
     if not (path / "config.json").is_file():
         raise NotACheckpoint(f"{repo_id} has no config.json; it is not a transformers checkpoint",

@@ -32,6 +32,20 @@ app = typer.Typer(
 )
 
 
+# Options several commands share, declared once (as the hf CLI does): the same flag means the
+# same thing, with the same help, on every command that has it. --dtype is not one of them:
+# verify loads the weights in that dtype, finetune keeps fp32 weights and picks the autocast.
+ModelArg = Annotated[str, typer.Argument(help="Checkpoint directory, .gguf file, Hub id (org/name[@rev]) or alias.")]
+LastModelArg = Annotated[Optional[str], typer.Argument(help="Checkpoint directory, Hub id (org/name[@rev]) or alias. "
+                                                       "Default: the last one picli wrote in this directory.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+TextFieldOpt = Annotated[str, typer.Option("--text-field", help="JSONL / dataset field holding the text.")]
+AttnOpt = Annotated[str, typer.Option(
+    "--attn", help="sdpa, flash_attention_2 or eager (sdpa falls back to eager for families without it).")]
+OverwriteCardOpt = Annotated[bool, typer.Option("--overwrite-card", help="Replace README.md entirely instead of "
+                                                "keeping the user's text around picli's section.")]
+
+
 @contextlib.contextmanager
 def _quiet_third_party(json_output: bool, hub_bars: bool = False):
     """transformers and huggingface_hub draw their own bars on stderr; picli draws its own.
@@ -125,8 +139,8 @@ def _root(
 @app.command()
 @boundary
 def inspect(
-    model: Annotated[str, typer.Argument(help="Checkpoint directory, .gguf file, Hub id (org/name[@rev]) or alias.")],
-    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+    model: ModelArg,
+    json_output: JsonOpt = False,
 ) -> None:
     """What a checkpoint is, and what each runtime will do with it.
 
@@ -153,7 +167,7 @@ def inspect(
 @app.command()
 @boundary
 def extend(
-    model: Annotated[str, typer.Argument(help="Checkpoint directory, .gguf file, Hub id (org/name[@rev]) or alias.")],
+    model: ModelArg,
     to: Annotated[str, typer.Option("--to", help="Target context window in tokens (16384 or 16k).")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output",
                                                    help="Output directory (or .gguf file). Default: ./<name>-<N/1024>k.")] = None,
@@ -168,7 +182,7 @@ def extend(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and config diff; write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output; allow replacing a "
                                         "llama3/yarn/dynamic scheme with linear PI (with a warning).")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    json_output: JsonOpt = False,
 ) -> None:
     """Write Position Interpolation (linear RoPE scaling) into a new checkpoint.
 
@@ -217,15 +231,14 @@ def extend(
 @app.command()
 @boundary
 def verify(
-    model: Annotated[Optional[str], typer.Argument(
-        help="Checkpoint to verify. Default: the last one `picli extend` wrote in this directory.")] = None,
+    model: LastModelArg = None,
     passkey: Annotated[bool, typer.Option("--passkey", help="Passkey retrieval, the PI paper's protocol (k_max).")] = False,
     perplexity: Annotated[bool, typer.Option("--perplexity", help="Sliding-window perplexity on --data.")] = False,
     length: Annotated[Optional[list[str]], typer.Option(
         "--length", help="Evaluated length in tokens (repeatable, e.g. --length 8k --length 16k). Default: the "
         "model's window.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Text for perplexity: file, folder, JSONL, or hf:NAME.")] = None,
-    text_field: Annotated[str, typer.Option("--text-field", help="JSONL / dataset field holding the text.")] = "text",
+    text_field: TextFieldOpt = "text",
     stride: Annotated[int, typer.Option("--stride", help="Sliding-window stride (PI and YaRN use 256).")] = 256,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Score at most this many tokens of --data.")] = None,
     positions: Annotated[int, typer.Option("--positions", help="Values of k per length (paper: 32).")] = 32,
@@ -236,8 +249,7 @@ def verify(
                                                     "with the same protocol, side by side.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32.")] = "auto",
-    attn: Annotated[str, typer.Option(
-        "--attn", help="sdpa, flash_attention_2 or eager (sdpa falls back to eager for families without it).")] = "sdpa",
+    attn: AttnOpt = "sdpa",
     device_map: Annotated[Optional[str], typer.Option("--device-map", help="auto: shard a large model across the "
                                                       "visible GPUs (accelerate).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Passkey trials per forward pass "
@@ -245,7 +257,7 @@ def verify(
     heatmap: Annotated[Optional[Path], typer.Option("--heatmap", help="Also write the passkey grid as a PNG "
                                                     "(needs matplotlib).")] = None,
     no_save: Annotated[bool, typer.Option("--no-save", help="Do not write picli-verify.json into the model.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON on stdout.")] = False,
+    json_output: JsonOpt = False,
 ) -> None:
     """Prove the extended window works: passkey k_max and long-context perplexity.
 
@@ -268,7 +280,7 @@ def verify(
       picli verify ./m --passkey --quick --heatmap passkey.png --json
     """
     from .passkey import QUICK, Protocol
-    from .verify import Settings, run_verify
+    from .verify import VerifySettings, run_verify
 
     if quick:
         positions, trials = QUICK
@@ -276,16 +288,16 @@ def verify(
         raise PicliError("--positions and --trials must be at least 1", hint="the paper uses 32 and 10")
     if heatmap and not (passkey or not perplexity):
         raise PicliError("--heatmap draws the passkey grid", hint="add --passkey")
-    lengths = [parse_window(value, "--length") for value in length] if length else None
+    settings = VerifySettings(
+        passkey=passkey or not perplexity, perplexity=perplexity,
+        lengths=tuple(parse_window(value, "--length") for value in length) if length else None,
+        data=data, text_field=text_field, stride=stride, max_tokens=max_tokens,
+        protocol=Protocol(positions=positions, trials=trials, seed=seed), baseline=baseline,
+        device=device, dtype=dtype, attention=attn, device_map=device_map, batch_size=batch_size,
+    )
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
-        report = run_verify(
-            model, passkey=passkey or not perplexity, perplexity=perplexity, lengths=lengths, data=data,
-            text_field=text_field, stride=stride, max_tokens=max_tokens,
-            protocol=Protocol(positions=positions, trials=trials, seed=seed), baseline=baseline,
-            settings=Settings(device=device, dtype=dtype, attention=attn, device_map=device_map,
-                              batch_size=batch_size),
-            save=not no_save, command=" ".join(["picli", *sys.argv[1:]]), on_event=on_event,
-        ).to_dict()
+        report = run_verify(model, settings, save=not no_save, command=" ".join(["picli", *sys.argv[1:]]),
+                            on_event=on_event).to_dict()
     if heatmap:
         render.passkey_heatmap_png(report, str(heatmap))
         render.message(f"Wrote {heatmap}")
@@ -299,10 +311,9 @@ def verify(
 @boundary
 def finetune(
     ctx: typer.Context,
-    model: Annotated[Optional[str], typer.Argument(
-        help="Checkpoint to train (usually `picli extend` output). Default: the last one written here.")] = None,
+    model: LastModelArg = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Text files, a folder, JSONL, or hf:NAME.")] = None,
-    text_field: Annotated[str, typer.Option("--text-field", help="JSONL / dataset field holding the text.")] = "text",
+    text_field: TextFieldOpt = "text",
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output directory. Default: ./<name>-ft.")] = None,
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps (paper: 1000; ~200 already reach the window).")] = 1000,
     seq_len: Annotated[Optional[str], typer.Option("--seq-len", help="Tokens per sequence. Default: the model's window.")] = None,
@@ -326,11 +337,10 @@ def finetune(
     plan: Annotated[bool, typer.Option("--plan", help="Estimate memory and time per step; train nothing.")] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 autocast on GPUs that have it), bfloat16, float16, "
                                        "float32.")] = "auto",
-    attn: Annotated[str, typer.Option(
-        "--attn", help="sdpa or flash_attention_2 (sdpa falls back to eager for families without it).")] = "sdpa",
+    attn: AttnOpt = "sdpa",
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even when a GPU is visible.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Train into an existing output directory.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    json_output: JsonOpt = False,
 ) -> None:
     """The PI paper's short fine-tune at the new window.
 
@@ -397,14 +407,13 @@ def push(
                                             "of committing to it.")] = False,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Allow uploading into a repo (or branch) that "
                                            "already has files.")] = False,
-    overwrite_card: Annotated[bool, typer.Option("--overwrite-card", help="Replace README.md entirely instead of "
-                                                 "keeping the user's text around picli's section.")] = False,
+    overwrite_card: OverwriteCardOpt = False,
     token: Annotated[Optional[str], typer.Option(
         "--token", help="Hub token with write access (default: HF_TOKEN, then the stored `hf auth login`). "
         "Prefer HF_TOKEN: options are visible to other local users.", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (files, sizes, repo, branch, model "
                                           "card) and exit; no network call.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result (or the plan) as JSON on stdout.")] = False,
+    json_output: JsonOpt = False,
 ) -> None:
     """Publish a checkpoint to the Hugging Face Hub with an honest model card.
 
@@ -429,7 +438,7 @@ def push(
 
       picli push ./m org/model-16k --dry-run
     """
-    from .hub import describe_plan, plan_push
+    from .hub import plan_push
     from .hub import push as push_to_hub
     from .provenance import last_output
 
@@ -453,18 +462,9 @@ def push(
     if json_output:
         render.print_json(payload)
     elif dry_run:
-        render.out().print(describe_plan(plan), markup=False)
+        render.push_plan(payload["plan"])
     else:
-        where = " as a pull request" if payload["pr_url"] else f", branch {payload['revision']}" \
-            if payload["revision"] else ""
-        files = f"{len(payload['files'])} files ({render.human_bytes(payload['total_bytes'])})"
-        visibility = "private" if payload["private"] else "public"
-        if payload["changed"]:
-            render.message(f"Pushed {files} to {payload['repo_id']}{where} ({visibility}); "
-                           f"commit {(payload['commit'] or '')[:12]}")
-        else:
-            render.message(f"Nothing to push: {payload['repo_id']}{where} ({visibility}) already has these {files}")
-        render.out().print(payload["url"], markup=False)
+        render.push_result(payload)
 
 
 @app.command()
@@ -474,10 +474,9 @@ def card(
         help="Checkpoint directory. Default: the last one picli wrote in this directory.")] = None,
     repo: Annotated[Optional[str], typer.Option("--repo", help="Hub repo id the card's snippets should name "
                                                 "(default: the local path).")] = None,
-    overwrite_card: Annotated[bool, typer.Option("--overwrite-card", help="Replace README.md entirely instead of "
-                                                 "keeping the user's text around picli's section.")] = False,
+    overwrite_card: OverwriteCardOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the card; write nothing.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    json_output: JsonOpt = False,
 ) -> None:
     """Write or refresh README.md, the model card, without pushing.
 

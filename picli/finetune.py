@@ -164,7 +164,7 @@ def warmup_multiplier(step: int, warmup_steps: int, start: float) -> float:
 
 
 def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume: bool = False,
-                 source_record: dict | None = None, command: str = "picli finetune", on_event: Events = None,
+                 command: str = "picli finetune", on_event: Events = None,
                  given: set[str] = frozenset()) -> TrainResult:
     """Train; on resume the checkpoint's settings win except the keys in `given` (only
     micro_batch_size may change: it alters neither the data order nor the step's math)."""
@@ -345,8 +345,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
     # Under FSDP every process holds a shard: gathering the full weights is a collective.
     state_dict = accelerator.get_state_dict(loss_module) if sharded else None
     if main:
-        export_model(accelerator, loss_module, model_path, output, settings, record, source_record, command, parameters,
-                     state_dict)
+        export_model(accelerator, loss_module, model_path, output, settings, record, command, parameters, state_dict)
     accelerator.wait_for_everyone()
     return TrainResult(str(output), steps_done, verified_at, False, last_loss, eval_loss, tokens_done, seconds,
                        record)

@@ -66,7 +66,7 @@ def trim_metrics(path: Path, step: int) -> None:
 
 
 def export_model(accelerator, loss_module, model_path: Path, output: Path, settings: TrainSettings, record: dict,
-                 source_record: dict | None, command: str, parameters: int, state_dict: dict | None = None) -> None:
+                 command: str, parameters: int, state_dict: dict | None = None) -> None:
     """The final checkpoint: weights saved by transformers, config.json copied from the source.
 
     transformers 5's save_pretrained drops the legacy rope_scaling/rope_theta keys, so the
@@ -91,7 +91,7 @@ def export_model(accelerator, loss_module, model_path: Path, output: Path, setti
                                                               "generation_config.json", "vocab.json", "merges.txt")
             if carried and source.is_file() and not (staging / name).exists():
                 shutil.copyfile(source, staging / name)
-        previous = source_record or read_record(model_path)
+        previous = read_record(model_path)
         history = list(previous.get("history") or [])
         record_out = {**previous, "created": now(), "command": command, "finetune": record,
                       "source": previous.get("source") or {"path": str(model_path)}, "verification": None,

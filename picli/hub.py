@@ -3,8 +3,8 @@
 Plan, then apply. `plan_push` is offline: it checks the folder (`preflight`: the config
 reads and its two RoPE schemas agree, every shard the index names exists with the size its
 header implies, a tokenizer is there), lists the files that will go up with their sizes,
-and renders the model card (card.py). `--dry-run` shows that plan and makes no network
-call at all. `push` then talks to the Hub through huggingface_hub only:
+and renders the model card (card.py). `--dry-run` shows that plan (render.push_plan) and
+makes no network call at all. `push` then talks to the Hub through huggingface_hub only:
 
     whoami (a clear error for a missing, invalid or read-only token, before anything else)
     -> repo state (new / empty after an interrupted push / existing: refused without --exist-ok)
@@ -13,8 +13,9 @@ call at all. `push` then talks to the Hub through huggingface_hub only:
     -> upload_folder (one commit; re-running after an interruption sends only what is missing:
        LFS / Xet objects already stored are skipped)
 
-Every huggingface_hub / network error becomes one PicliError line with the next step, with
-the token scrubbed from any text that reaches the user. The token is never stored.
+Every huggingface_hub / network error becomes one PicliError line with the next step (the
+table in hub_errors.py, shared with downloads), with the token scrubbed from any text that
+reaches the user. The token is never stored.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from . import card as card_module
 from . import rope
 from .checkpoint import read_config, read_json_file, safetensors_header
 from .errors import NotACheckpoint, PicliError
+from .hub_errors import PUSH_RETRY, HubCall, is_repo_id, translate
 
 Events = Callable[[dict], None] | None
 
@@ -48,7 +50,6 @@ IGNORE_PATTERNS = [
     "wandb/*", "runs/*",
 ]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "tiktoken.model", "vocab.json")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
 class HubError(PicliError):
@@ -230,7 +231,7 @@ def plan_push(
     from huggingface_hub import constants
 
     checkpoint_dir = Path(checkpoint_dir).expanduser().resolve()
-    if not _REPO_ID.match(repo_id or "") or ".." in repo_id or repo_id.endswith((".git", ".")):
+    if not is_repo_id(repo_id):
         raise PicliError(f"REPO must be a Hub repo id like your-name/model-16k, got {repo_id!r}",
                          hint="picli push [MODEL] NAMESPACE/NAME (NAMESPACE: your user name or an organization)")
     revision = None if revision in (None, "", "main") else revision
@@ -286,32 +287,6 @@ def token_source(token: str | None) -> str | None:
     return None
 
 
-def describe_plan(plan: PushPlan) -> str:
-    """The --dry-run text: where, what, and the card."""
-    from .render import human_bytes
-
-    target = f"{plan.repo_id}" + (f" (branch {plan.revision}, created from main if new)" if plan.revision else "")
-    lines = [
-        "Push plan (dry run: no network call was made, nothing was written)",
-        f"  repo        {target}",
-        f"  url         {repo_url(plan.endpoint, plan.repo_id, plan.revision)}",
-        f"  visibility  {'private' if plan.private else 'public'} (applies when the repo is created)",
-        "  mode        " + ("pull request against main" if plan.create_pr else
-                             "upload into an existing repo allowed (--exist-ok)" if plan.exist_ok else
-                             "new repo (refused if it exists and is not empty)"),
-        f"  commit      {plan.commit_message}",
-        f"  auth        {plan.auth or 'none found: pass --token, set HF_TOKEN or run `hf auth login`'}",
-        f"  model card  README.md ({plan.card_action})",
-        f"Files ({len(plan.files)}, {human_bytes(plan.total_bytes)}):",
-    ]
-    width = max((len(entry.path) for entry in plan.files), default=0)
-    lines += [f"  {entry.path:<{width}}  {human_bytes(entry.size):>9}" for entry in plan.files]
-    if plan.ignored:
-        lines.append(f"Left out ({len(plan.ignored)}): " + ", ".join(plan.ignored))
-    lines += ["", "----- README.md -----", plan.card.rstrip(), "----- end of README.md -----"]
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------------------------------
 # The push.
 
@@ -351,7 +326,7 @@ def push(plan: PushPlan, token: str | None = None, on_event: Events = None) -> P
         except KeyboardInterrupt:
             # Not the CLI's generic "nothing was left behind": the repo may exist and objects be stored.
             raise HubError("interrupted during the upload; nothing was committed",
-                           hint="run the same command again: files already uploaded are not sent again") from None
+                           hint=PUSH_RETRY) from None
     files, _ = list_files(plan.checkpoint)
     return PushResult(
         url=info.pr_url or repo_url(plan.endpoint, plan.repo_id, plan.revision), repo_id=plan.repo_id,
@@ -429,65 +404,7 @@ def translate_errors(token: str | None, plan: PushPlan) -> Iterator[None]:
     except PicliError as exc:
         raise type(exc)(scrub(exc.message, token), hint=scrub(exc.hint or "", token) or None) from None
     except Exception as exc:  # noqa: BLE001 - mapped below, or re-raised unchanged as a bug
-        mapped = hub_error(exc, plan)
+        mapped = translate(exc, HubCall(plan.repo_id, "push", plan.revision, plan.endpoint))
         if mapped is None:
             raise
         raise HubError(scrub(mapped.message, token), hint=scrub(mapped.hint or "", token) or None) from exc
-
-
-def hub_error(exc: BaseException, plan: PushPlan) -> PicliError | None:
-    """The one table from huggingface_hub / network errors to messages that name the next step."""
-    import httpx2
-    from huggingface_hub.errors import (BadRequestError, GatedRepoError, HfHubHTTPError, LocalTokenNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
-
-    repo, host = plan.repo_id, plan.endpoint
-    resume = "run the same command again: files already uploaded are not sent again"
-    if isinstance(exc, RuntimeError) and isinstance(exc.__cause__, Exception) and "uploading" in str(exc):
-        inner = hub_error(exc.__cause__, plan)  # huggingface_hub wraps a failed LFS upload
-        if inner is not None:
-            return inner
-    if isinstance(exc, OfflineModeIsEnabled):
-        return PicliError("offline mode is on (HF_HUB_OFFLINE=1)", hint="unset HF_HUB_OFFLINE to push")
-    if isinstance(exc, LocalTokenNotFoundError):
-        return PicliError("no Hugging Face token: not logged in",
-                          hint="run `hf auth login`, set HF_TOKEN, or pass --token")
-    if isinstance(exc, GatedRepoError):
-        return PicliError(f"{repo} is gated and this account has not been granted access",
-                          hint=f"request access at {host}/{repo}, or push to a repo of your own")
-    if isinstance(exc, RevisionNotFoundError):
-        return PicliError(f"{repo} has no revision {plan.revision or 'main'!r}",
-                          hint="check --revision; a new branch is created from main only when the repo exists")
-    if isinstance(exc, RepositoryNotFoundError):
-        return PicliError(f"{repo} was not found, or this token cannot see it",
-                          hint="check the name; a private repo needs a token of its owner or organization")
-    if isinstance(exc, BadRequestError) or (isinstance(exc, ValueError) and "Invalid metadata" in str(exc)):
-        detail = getattr(exc, "server_message", None) or str(exc).strip().splitlines()[-1]
-        return PicliError(f"the Hub rejected the request: {detail}",
-                          hint="if it is about README.md, run `picli card MODEL --overwrite-card` and push again")
-    if isinstance(exc, HfHubHTTPError):
-        status = getattr(exc.response, "status_code", None)
-        namespace = repo.split("/")[0]
-        if status == 401:
-            return PicliError("the Hub rejected the token (401 Unauthorized): it is invalid or expired",
-                              hint="pass a valid --token, set HF_TOKEN, or run `hf auth login` "
-                                   "(tokens: https://huggingface.co/settings/tokens)")
-        if status == 403:
-            return PicliError(f"forbidden: this token may not write to {namespace} (403)",
-                              hint=f"use a token with write access to {namespace}, push to your own namespace, "
-                                   "or pass --create-pr to propose the change")
-        if status == 409:
-            return PicliError(f"{repo} already exists (409 Conflict), possibly private to another account",
-                              hint="choose another name, or use a token that can see it and pass --exist-ok")
-        if status == 429:
-            return PicliError("the Hub is rate-limiting this account (429)", hint="wait a minute, then " + resume)
-        if status is not None and status >= 500:
-            return PicliError(f"the Hub failed with {status} during the push; nothing was committed",
-                              hint=resume)
-        return PicliError(f"the Hub answered {status}: {exc.server_message or 'no detail'}",
-                          hint="check REPO and the token's permissions")
-    if isinstance(exc, httpx2.TransportError):
-        kind = "timed out" if isinstance(exc, httpx2.TimeoutException) else "connection failed"
-        return PicliError(f"could not reach {host} ({kind})",
-                          hint="check the network (and HF_ENDPOINT if set), then " + resume)
-    return None

@@ -24,7 +24,7 @@ import inspect
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from .errors import PicliError
 
@@ -321,9 +321,3 @@ def generate_success(loaded, prompts: LengthPrompts, trial: Trial) -> bool:
                                           pad_token_id=loaded.tokenizer.eos_token_id)
     return generated[0, prompt.shape[1]:].tolist() == trial.answer
 
-
-def summary(report: PasskeyReport) -> dict[str, Any]:
-    return {"protocol": report.protocol["name"], "window": report.window,
-            "k_max": {str(result.length): result.k_max for result in report.results},
-            "mean_success": {str(result.length): sum(result.success) / len(result.success)
-                             for result in report.results}}

@@ -270,6 +270,44 @@ def extend_result(result: dict) -> None:
                   "need a short fine-tune at the new window (see docs/concepts.md).")
 
 
+def push_plan(plan: dict) -> None:
+    """The --dry-run text of `picli push` (PushPlan.to_dict()): where, what, and the card."""
+    target = plan["repo_id"] + (f" (branch {plan['revision']}, created from main if new)" if plan["revision"] else "")
+    lines = [
+        "Push plan (dry run: no network call was made, nothing was written)",
+        f"  repo        {target}",
+        f"  url         {plan['url']}",
+        f"  visibility  {'private' if plan['private'] else 'public'} (applies when the repo is created)",
+        "  mode        " + ("pull request against main" if plan["create_pr"] else
+                             "upload into an existing repo allowed (--exist-ok)" if plan["exist_ok"] else
+                             "new repo (refused if it exists and is not empty)"),
+        f"  commit      {plan['commit_message']}",
+        f"  auth        {plan['auth'] or 'none found: pass --token, set HF_TOKEN or run `hf auth login`'}",
+        f"  model card  README.md ({plan['card_action']})",
+        f"Files ({len(plan['files'])}, {human_bytes(plan['total_bytes'])}):",
+    ]
+    width = max((len(entry["path"]) for entry in plan["files"]), default=0)
+    lines += [f"  {entry['path']:<{width}}  {human_bytes(entry['size']):>9}" for entry in plan["files"]]
+    if plan["ignored"]:
+        lines.append(f"Left out ({len(plan['ignored'])}): " + ", ".join(plan["ignored"]))
+    lines += ["", "----- README.md -----", plan["card"].rstrip(), "----- end of README.md -----"]
+    out().print("\n".join(lines), markup=False)
+
+
+def push_result(result: dict) -> None:
+    """One line on stderr saying what happened; the URL alone on stdout (for scripts)."""
+    where = " as a pull request" if result["pr_url"] else f", branch {result['revision']}" \
+        if result["revision"] else ""
+    files = f"{len(result['files'])} files ({human_bytes(result['total_bytes'])})"
+    visibility = "private" if result["private"] else "public"
+    if result["changed"]:
+        message(f"Pushed {files} to {result['repo_id']}{where} ({visibility}); "
+                f"commit {(result['commit'] or '')[:12]}")
+    else:
+        message(f"Nothing to push: {result['repo_id']}{where} ({visibility}) already has these {files}")
+    out().print(result["url"], markup=False)
+
+
 def _rate_style(rate: float) -> str:
     if rate >= 1.0:
         return "green"

@@ -23,12 +23,28 @@ VERIFY_RECORD = "picli-verify.json"
 
 
 @dataclass(frozen=True)
-class Settings:
+class VerifySettings:
+    """What `picli verify` measures, on what, and how the model runs (cli.py builds it)."""
+
+    passkey: bool = True
+    perplexity: bool = False
+    lengths: tuple[int, ...] | None = None  # None: the model's window
+    data: str | None = None  # perplexity text: file, folder, JSONL or hf:NAME
+    text_field: str = "text"
+    stride: int = 256
+    max_tokens: int | None = None
+    protocol: passkey_module.Protocol = passkey_module.Protocol()
+    baseline: str | None = None  # a second model measured with the same protocol
+    # How the model runs; the report records these five as its `settings`.
     device: str = "auto"
     dtype: str = "auto"
     attention: str = "sdpa"
     device_map: str | None = None
     batch_size: int | None = None
+
+    def runtime(self) -> dict:
+        return {"device": self.device, "dtype": self.dtype, "attention": self.attention,
+                "device_map": self.device_map, "batch_size": self.batch_size}
 
 
 @dataclass(frozen=True)
@@ -67,40 +83,25 @@ def resolve_model(model: str | None, on_event: Events) -> Checkpoint:
     return checkpoint
 
 
-def run_verify(
-    model: str | None,
-    *,
-    passkey: bool = True,
-    perplexity: bool = False,
-    lengths: list[int] | None = None,
-    data: str | None = None,
-    text_field: str = "text",
-    stride: int = 256,
-    max_tokens: int | None = None,
-    protocol: passkey_module.Protocol = passkey_module.Protocol(),
-    baseline: str | None = None,
-    settings: Settings = Settings(),
-    save: bool = True,
-    command: str = "picli verify",
-    on_event: Events = None,
-) -> VerifyReport:
-    if not passkey and not perplexity:
+def run_verify(model: str | None, settings: VerifySettings = VerifySettings(), *, save: bool = True,
+               command: str = "picli verify", on_event: Events = None) -> VerifyReport:
+    if not settings.passkey and not settings.perplexity:
         raise PicliError("nothing to verify", hint="pass --passkey, --perplexity --data FILE, or both")
-    if perplexity and not data:
+    if settings.perplexity and not settings.data:
         raise PicliError("--perplexity needs text to score", hint="pass --data FILE|DIR|JSONL|hf:NAME")
-    if stride <= 0:
-        raise PicliError(f"--stride must be positive, got {stride}", hint="the paper uses 256")
+    if settings.stride <= 0:
+        raise PicliError(f"--stride must be positive, got {settings.stride}", hint="the paper uses 256")
     checkpoint = resolve_model(model, on_event)
     window = _window(checkpoint.path)
-    lengths = sorted(set(lengths or [window]))
+    lengths = sorted(set(settings.lengths or [window]))
     if any(length <= 0 for length in lengths):
         raise PicliError("--length must be positive", hint=f"e.g. --length {window}")
     documents = None
-    if perplexity:
+    if settings.perplexity:
         from .textdata import load_texts
 
-        documents = load_texts(data, text_field=text_field)
-    baseline_checkpoint = resolve_model(baseline, on_event) if baseline else None
+        documents = load_texts(settings.data, text_field=settings.text_field)
+    baseline_checkpoint = resolve_model(settings.baseline, on_event) if settings.baseline else None
 
     runs = []
     for label, target in (("model", checkpoint), ("baseline", baseline_checkpoint)):
@@ -108,14 +109,14 @@ def run_verify(
             continue
         if on_event:
             on_event({"kind": "message", "text": f"Loading {label} {target.path}"})
-        runs.append(_measure(target, label, lengths, passkey, perplexity, documents, stride, max_tokens,
-                             protocol, settings, on_event))
+        runs.append(_measure(target, label, lengths, documents, settings, on_event))
     notes = _notes(runs, lengths)
     report = VerifyReport(model=runs[0], baseline=runs[1] if len(runs) > 1 else None,
-                          passkey_lengths=lengths if passkey else [], perplexity_lengths=lengths if perplexity else [],
-                          settings=asdict(settings), notes=notes)
+                          passkey_lengths=lengths if settings.passkey else [],
+                          perplexity_lengths=lengths if settings.perplexity else [],
+                          settings=settings.runtime(), notes=notes)
     if save:
-        saved = _save(checkpoint, report, command, data)
+        saved = _save(checkpoint, report, command, settings.data)
         report = VerifyReport(**{**report.__dict__, "saved_to": saved})
     return report
 
@@ -126,21 +127,22 @@ def _window(path: Path) -> int:
     return rope.read_state(read_config(path)).window
 
 
-def _measure(checkpoint, label, lengths, passkey, perplexity, documents, stride, max_tokens, protocol,
-             settings, on_event) -> ModelRun:
+def _measure(checkpoint: Checkpoint, label: str, lengths: list[int], documents, settings: VerifySettings,
+             on_event: Events) -> ModelRun:
     from .modeling import load_model
 
     loaded = load_model(checkpoint.path, device=settings.device, dtype=settings.dtype,
                         attention=settings.attention, device_map=settings.device_map)
     try:
         passkey_report = passkey_module.evaluate_passkey(
-            loaded, lengths, protocol, batch_size=settings.batch_size, on_event=on_event).to_dict() if passkey else None
+            loaded, lengths, settings.protocol, batch_size=settings.batch_size,
+            on_event=on_event).to_dict() if settings.passkey else None
         perplexity_report = None
-        if perplexity:
+        if settings.perplexity:
             from .perplexity import evaluate_perplexity
 
-            perplexity_report = evaluate_perplexity(loaded, documents, lengths, stride=stride, max_tokens=max_tokens,
-                                                    on_event=on_event).to_dict()
+            perplexity_report = evaluate_perplexity(loaded, documents, lengths, stride=settings.stride,
+                                                    max_tokens=settings.max_tokens, on_event=on_event).to_dict()
     finally:
         del loaded
         gc.collect()

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from picli import __version__
 from picli.cli import app, parse_window
+from picli.docgen import command_names
 
 runner = CliRunner()
 
@@ -28,9 +29,14 @@ def test_python_dash_m_and_version():
 
 
 def test_every_command_has_examples_in_help():
-    for command in ("inspect", "extend"):
+    names = command_names()
+    assert {"inspect", "extend", "finetune", "verify", "push", "card"} <= set(names)
+    for command in names:
         result = runner.invoke(app, [command, "--help"])
-        assert result.exit_code == 0 and "Examples" in result.stdout and "--json" in result.stdout
+        assert result.exit_code == 0 and "--json" in result.stdout, command
+        assert "Examples" in result.stdout, f"`picli {command} --help` has no Examples section"
+        examples = result.stdout.split("Examples", 1)[1]
+        assert f"picli {command} " in examples, f"`picli {command} --help` shows no example of itself"
 
 
 def test_missing_required_option_is_a_usage_error():

@@ -241,8 +241,8 @@ def test_export_writes_a_gathered_state_dict(extended, workdir):
     gathered = {name: torch.full_like(value, 0.5) for name, value in module.state_dict().items()}
     output = workdir / "exported"
     output.mkdir()
-    export_model(Accelerator(cpu=True), module, extended, output, finetune.TrainSettings(), {}, None, "test",
-                 0, state_dict=gathered)
+    export_model(Accelerator(cpu=True), module, extended, output, finetune.TrainSettings(), {}, "test", 0,
+                 state_dict=gathered)
     saved = load_file(str(output / "model.safetensors"))
     assert "model.layers.0.self_attn.q_proj.weight" in saved  # the "language_model." prefix is gone
     assert all(bool((tensor == 0.5).all()) for tensor in saved.values())  # the gathered weights, not the live ones

@@ -99,3 +99,57 @@ def test_online_errors(tmp_path, stub_hub, repo, needle):
     assert result.returncode == 1, result.stderr
     assert needle in result.stderr and "Hint:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# One repo-id rule and one error table, shared by downloads (MODEL) and push.
+
+# Where picli's two old patterns disagreed with each other or with huggingface_hub's
+# validate_repo_id (the rule the client itself enforces): MODEL's accepted a leading `-`,
+# `..`, `.git` and any length; push's refused a leading `_` in the name; both accepted a
+# trailing `-`/`.`, `--` and non-ASCII letters.
+@pytest.mark.parametrize("text, valid", [
+    ("org/model-16k", True),
+    ("org/_model", True), ("_org/model", True),
+    ("org/" + "a" * 96, True), ("org/" + "a" * 97, False),
+    ("org/-model", False), ("org/model-", False), ("org./model", False), ("org/model.", False),
+    ("org/a--b", False), ("org/a..b", False), ("org/model.git", False),
+    ("org/café", False), ("model", False), ("a/b/c", False), ("/model", False), ("org/", False),
+])
+def test_one_repo_id_rule(text, valid):
+    from picli.hub_errors import is_repo_id
+
+    assert is_repo_id(text) is valid
+
+
+@pytest.mark.parametrize("model", ["org/a--b", "org/-model", "org/café"])
+def test_invalid_repo_id_is_a_clean_error(tmp_path, model):
+    # huggingface_hub used to refuse these inside snapshot_download, with a traceback.
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    result = picli("inspect", model, cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "not an alias or Hub id" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_one_error_table_for_downloads_and_push():
+    import httpx2
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    from picli.hub_errors import HubCall, translate
+
+    def http_error(cls, status):
+        return cls(f"{status} Client Error",
+                   response=httpx2.Response(status, request=httpx2.Request("GET", "http://hub/api/models/org/m")))
+
+    download = HubCall("org/m", "download", None, "http://hub")
+    push = HubCall("org/m", "push", None, "http://hub")
+    for error in (http_error(GatedRepoError, 403), http_error(RepositoryNotFoundError, 404),
+                  http_error(HfHubHTTPError, 401), http_error(HfHubHTTPError, 503)):
+        fetched, pushed = translate(error, download), translate(error, push)
+        assert fetched.message.split(" during the push")[0] == pushed.message.split(" during the push")[0]
+        assert "\n" not in fetched.message and fetched.hint != pushed.hint
+    gated = translate(http_error(GatedRepoError, 403), download)
+    # The configured endpoint (HF_ENDPOINT), not a hard-coded huggingface.co.
+    assert gated.hint == "request access at http://hub/org/m, then `hf auth login`"
+    assert translate(http_error(HfHubHTTPError, 503), download).hint == "try again later, or: hf download org/m"
+    assert translate(ValueError("a bug"), download) is None

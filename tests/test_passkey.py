@@ -196,6 +196,9 @@ def test_verify_cli_on_tiny_model(tiny_model_dir, tmp_path, workdir):
     assert [r["length"] for r in results] == [256, 384]
     assert all(len(r["ks"]) == 4 and len(r["outcomes"][0]) == 2 for r in results)
     assert report["model"]["passkey"]["protocol"]["name"] == "quick"
+    # How the model ran, as the report has always recorded it (VerifySettings.runtime).
+    assert report["settings"] == {"device": "cpu", "dtype": "auto", "attention": "sdpa", "device_map": None,
+                                  "batch_size": None}
     saved = json.loads((model / "picli-verify.json").read_text())
     assert saved["model"]["passkey"]["results"][0]["ks"] == results[0]["ks"]
     summary = json.loads((model / "picli.json").read_text())["verification"]

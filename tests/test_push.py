@@ -27,7 +27,8 @@ from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNot
 from typer.testing import CliRunner
 
 from picli.cli import app
-from picli.hub import PushPlan, hub_error, plan_push, preflight
+from picli.hub import PushPlan, plan_push, preflight
+from picli.hub_errors import HubCall, translate
 from picli.provenance import remember_last
 from tests.conftest import FAMILY_CONFIGS, write_checkpoint
 from tests.hub_server import Account, FakeHub, write_network_guard
@@ -357,6 +358,7 @@ def _http_error(cls, status: int, url: str):
 def test_hub_errors_map_to_one_line_with_the_next_step(model, error, needle, hint):
     plan = plan_push(model, REPO)
     assert isinstance(plan, PushPlan)
-    mapped = hub_error(error(f"{plan.endpoint}/api/models/{REPO}/commit/main"), plan)
+    mapped = translate(error(f"{plan.endpoint}/api/models/{REPO}/commit/main"),
+                       HubCall(plan.repo_id, "push", plan.revision, plan.endpoint))
     assert mapped is not None and needle in mapped.message and hint in mapped.hint
     assert "\n" not in mapped.message

@@ -17,9 +17,10 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ModelNotFound, NotACheckpoint, OutputError, PicliError
+from .events import Events
 
 EMBEDDED = "smollm2-135m"
 EMBEDDED_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -48,8 +49,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgp
 # Small files enough to describe a Hub checkpoint without its weights.
 METADATA_PATTERNS = ["*.json", "*.md", "*.txt", "*.model", "*.jinja", "LICENSE*"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-
-Events = Callable[[dict], None] | None
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,7 @@ from . import card as card_module
 from . import rope
 from .checkpoint import read_config, read_json_file, safetensors_header
 from .errors import NotACheckpoint, PicliError
-
-Events = Callable[[dict], None] | None
+from .events import Events
 
 # Never published: training state, picli's own bookkeeping and half-written files. The
 # patterns are fnmatch-style on the path relative to the checkpoint (`*` crosses `/`), the

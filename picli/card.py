@@ -31,6 +31,7 @@ from . import rope
 from .checkpoint import read_config
 from .errors import PicliError
 from .files import atomic_write_bytes
+from .modeling import kv_cache_bytes
 
 BEGIN = "<!-- picli:begin -->"
 END = "<!-- picli:end -->"
@@ -453,7 +454,7 @@ def _limitations(config: dict, original: int, target: int, factor: float) -> lis
              "neighbouring tokens are harder to tell apart; the paper reports up to ~2% drops on original-window "
              "benchmarks at 8k, and small models feel it more."]
     try:
-        kv_bytes = rope.kv_cache_bytes(config, target)
+        kv_bytes = kv_cache_bytes(config, target)
     except (KeyError, TypeError, ZeroDivisionError):
         kv_bytes = 0
     if kv_bytes:

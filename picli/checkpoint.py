@@ -17,9 +17,10 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ModelNotFound, NotACheckpoint, PicliError
+from .events import Events
 from .hub_errors import is_repo_id
 
 EMBEDDED = "smollm2-135m"
@@ -49,8 +50,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgp
 # Small files enough to describe a Hub checkpoint without its weights.
 METADATA_PATTERNS = ["*.json", "*.md", "*.txt", "*.model", "*.jinja", "LICENSE*"]
 _REVISION = re.compile(r"[\w./-]+")  # after @ in MODEL: a branch, tag or commit
-
-Events = Callable[[dict], None] | None
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import rope
 from .checkpoint import Checkpoint, read_config, read_json_file, require_shards, resolve
 from .errors import CannotExtend, OutputError, SelfCheckFailed
+from .events import Events
 from .files import atomic_write_json, check_writable_parent, copy_file, staged_directory, staged_file
 from .provenance import read_record, record_path, versions, now
-
-Events = Callable[[dict], None] | None
 
 # Records about the source that are false for the output: verification is redone on it.
 NOT_CARRIED = ("picli-verify.json",)

@@ -1,7 +1,8 @@
 """`picli finetune`: the PI paper's short fine-tune at the new window (DESIGN.md §1, §4).
 
-Read top to bottom: settings -> data (textdata.py: tokenize, join with EOS, pack, shuffle by
-seed) -> model (full, or LoRA + trainable embeddings and norms) -> the loop -> the output.
+Read top to bottom: settings (training.py) -> data (textdata.py: tokenize, join with EOS,
+pack, shuffle by seed) -> model (full, or LoRA + trainable embeddings and norms: training.py)
+-> the loop -> the output (finetune_output.py).
 
 Defaults are the paper's: AdamW (0.9, 0.95), no weight decay, LR 2e-5 (1e-5 above 30B
 parameters), 20 warmup steps from 10% of the LR, global batch 64 sequences, 1000 steps,
@@ -25,44 +26,15 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from .errors import PicliError
+from .events import Events
 from .files import atomic_write_json
 from .finetune_output import (CHECKPOINTS, METRICS, export_model, latest_checkpoint, save_checkpoint,
                               trim_metrics)
 from .provenance import now
 from .textdata import batch_indices, load_sequences, split_and_order
-
-Events = Callable[[dict], None] | None
-NORM_NAMES = ("norm", "ln_", "layernorm")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    data: str | None = None
-    text_field: str = "text"
-    steps: int = 1000
-    seq_len: int | None = None  # default: the model's window
-    lr: float | None = None  # default: 2e-5, or 1e-5 above 30B parameters
-    warmup_steps: int = 20
-    warmup_start: float = 0.1  # warmup begins at 10% of the LR
-    batch_size: int = 64  # global, in sequences
-    micro_batch_size: int = 1
-    seed: int = 0
-    lora: bool = False
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    keep_adapter: bool = False
-    gradient_checkpointing: str = "auto"  # auto: on above 4k tokens
-    max_grad_norm: float | None = None  # the paper does not clip
-    eval_every: int | None = None
-    stop_when_verified: bool = False
-    save_every: int | None = None
-    eval_fraction: float = 0.01
-    dtype: str = "auto"
-    attention: str = "sdpa"
-    cpu: bool = False
+from .training import TrainSettings, apply_lora, build_loss_module, mixed_precision
 
 
 @dataclass(frozen=True)
@@ -79,69 +51,7 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------
-# Model and loss
-
-
-def _build_loss_module(model):
-    """Mean next-token cross-entropy from the decoder's hidden states, head applied per chunk.
-
-    A module of its own so that DDP/FSDP wrap one forward call that includes the loss.
-    """
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.checkpoint import checkpoint
-
-    from .perplexity import head_chunk, split_model
-
-    class LossModule(torch.nn.Module):
-        def __init__(self, language_model):
-            super().__init__()
-            self.language_model = language_model
-            # FSDP's TRANSFORMER_BASED_WRAP looks for the decoder layer classes here.
-            self._no_split_modules = getattr(language_model, "_no_split_modules", None)
-
-        def forward(self, input_ids):
-            decoder, head, adjust = split_model(self.language_model)
-            hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-            targets = input_ids[:, 1:]
-            total = hidden.new_zeros((), dtype=torch.float32)
-
-            def chunk_loss(rows, labels):
-                logits = adjust(head(rows)).float()
-                return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
-
-            size = head_chunk(head.weight.shape[0], hidden.shape[0])
-            for start in range(0, hidden.shape[1], size):
-                rows, labels = hidden[:, start:start + size], targets[:, start:start + size]
-                # Recompute this chunk's logits in backward instead of keeping [chunk x vocab] floats.
-                total = total + checkpoint(chunk_loss, rows, labels, use_reentrant=False)
-            return total / targets.numel()
-
-    return LossModule(model)
-
-
-def _apply_lora(model, settings: TrainSettings):
-    """LoRA on the attention projections, plus trainable embeddings and norms (LongLoRA)."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise PicliError("--lora needs the peft package", hint="pip install peft") from None
-    names = {name.split(".")[-1] for name, _ in model.named_modules()}
-    targets = [name for name in ("q_proj", "k_proj", "v_proj", "o_proj", "query_key_value", "dense", "qkv_proj",
-                                 "Wqkv", "out_proj") if name in names]
-    if not targets:
-        raise PicliError(f"no attention projections found for LoRA in {type(model).__name__}",
-                         hint="fine-tune without --lora")
-    embeddings = [name for name, module in model.named_modules()
-                  if module is model.get_input_embeddings() or module is model.get_output_embeddings()]
-    peft_model = get_peft_model(model, LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha,
-                                                  target_modules=targets, lora_dropout=0.0, bias="none",
-                                                  modules_to_save=None, task_type="CAUSAL_LM"))
-    for name, parameter in peft_model.named_parameters():
-        lowered = name.lower()
-        if any(part in lowered for part in NORM_NAMES) or any(f"{embedding}." in name for embedding in embeddings):
-            parameter.requires_grad = True
-    return peft_model
+# Model size and learning-rate schedule
 
 
 def parameter_count(model) -> int:
@@ -185,7 +95,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
         saved = json.loads((checkpoint_dir / "trainer_state.json").read_text())["settings"]
         kept = {key: value for key, value in saved.items() if key not in given}
         settings = TrainSettings(**{**asdict(settings), **kept, "steps": settings.steps})
-    accelerator = Accelerator(cpu=settings.cpu, mixed_precision=_mixed_precision(settings))
+    accelerator = Accelerator(cpu=settings.cpu, mixed_precision=mixed_precision(settings))
     main = accelerator.is_main_process
     events = on_event if main else None
     world = accelerator.num_processes
@@ -221,10 +131,10 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
     parameters = parameter_count(model)
     lr = settings.lr or default_lr(parameters)
     if settings.lora:
-        model = _apply_lora(model, settings)
+        model = apply_lora(model, settings)
     settings = replace(settings, lr=lr, seq_len=seq_len, attention=attention)
     # from_pretrained returns eval mode, where transformers skips gradient checkpointing (and dropout).
-    loss_module = _build_loss_module(model).train()
+    loss_module = build_loss_module(model).train()
     trainable = [parameter for parameter in loss_module.parameters() if parameter.requires_grad]
     # On CPU torch's default AdamW is a per-tensor loop, ~5x slower than the fused kernel; on GPU
     # the default (foreach) is right and stays compatible with every FSDP version.
@@ -369,16 +279,6 @@ def _out_of_memory(config: dict, parameters: int, seq_len: int, settings: TrainS
                                        ("more GPUs with accelerate launch (FSDP shards the weights)", True)) if useful]
     return OutOfMemory(f"out of memory at step {step}: this run needs about {needed / 2**30:.1f} GiB per device "
                        f"(estimate{have})", hint="try " + ", ".join(tries) + "; picli finetune --plan estimates each")
-
-
-def _mixed_precision(settings: TrainSettings) -> str:
-    import torch
-
-    if settings.dtype in ("bfloat16", "float16"):
-        return {"bfloat16": "bf16", "float16": "fp16"}[settings.dtype]
-    if settings.dtype == "auto" and not settings.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
 
 
 def _memory_bytes(device) -> int:

@@ -13,13 +13,10 @@ import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .files import atomic_write_json, staged_directory
 from .provenance import now, read_record, versions
-
-if TYPE_CHECKING:
-    from .finetune import TrainSettings
+from .training import TrainSettings
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"

@@ -12,8 +12,9 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from .finetune import Events, TrainSettings, _build_loss_module
-from .perplexity import HEAD_ELEMENTS
+from .events import Events
+from .modeling import HEAD_ELEMENTS
+from .training import TrainSettings, build_loss_module, mixed_precision
 
 
 RUNTIME_BYTES = 2 ** 29  # Python, torch, transformers and the allocator's slack: ~0.5 GiB
@@ -46,9 +47,7 @@ def estimate_memory(parameters: int, layers: int, hidden: int, seq_len: int, mic
 def run_memory(config: dict, parameters: int, seq_len: int, settings: TrainSettings, lora: bool,
                checkpointing: bool) -> dict[str, float]:
     """estimate_memory for a run with these settings on this machine (16-bit activations under autocast)."""
-    from .finetune import _mixed_precision
-
-    bytes_per_value = 2 if _mixed_precision(settings) != "no" else 4
+    bytes_per_value = 2 if mixed_precision(settings) != "no" else 4
     return estimate_memory(parameters, config.get("num_hidden_layers") or 1, config.get("hidden_size") or 1, seq_len,
                            settings.micro_batch_size, lora, checkpointing, bytes_per_value)
 
@@ -83,16 +82,14 @@ def probe_step(model_path: Path, tokens: int, settings: TrainSettings, on_event:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .finetune import _mixed_precision
-
     if on_event:
         on_event({"kind": "message", "text": f"Timing one training step of {tokens} tokens"})
     device = "cuda" if torch.cuda.is_available() and not settings.cpu else "cpu"
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
-    loss_module = _build_loss_module(model).train()
+    loss_module = build_loss_module(model).train()
     batch = torch.randint(0, model.config.vocab_size, (1, tokens), device=device)
     # The run computes in bf16 where accelerate turns autocast on; time it the same way.
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(_mixed_precision(settings)) if device == "cuda" else None
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(settings)) if device == "cuda" else None
     autocast = torch.autocast(device, dtype=half) if half else nullcontext()
     with autocast:
         loss_module(batch).backward()  # warm-up

@@ -32,9 +32,8 @@ from . import card as card_module
 from . import rope
 from .checkpoint import read_config, read_json_file, safetensors_header
 from .errors import NotACheckpoint, PicliError
+from .events import Events
 from .hub_errors import PUSH_RETRY, HubCall, is_repo_id, translate
-
-Events = Callable[[dict], None] | None
 
 # Never published: training state, picli's own bookkeeping and half-written files. The
 # patterns are fnmatch-style on the path relative to the checkpoint (`*` crosses `/`), the

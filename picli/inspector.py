@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import rope
 from .checkpoint import Checkpoint, TensorSummary, read_config, read_json_file, resolve, tensor_summary
 from .errors import CannotExtend
+from .events import Events
+from .modeling import kv_cache_bytes
 from .provenance import read_record
 
-Events = Callable[[dict], None] | None
 KV_MULTIPLES = (1, 2, 4, 8)
 KV_BYTES_PER_VALUE = 2  # the usual fp16/bf16 KV cache
 
@@ -93,7 +94,7 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
             warnings.append(f"config.json has no max_position_embeddings; using the family default {state.window}")
         if max_length and int(max_length) < state.window:
             warnings.append(f"tokenizer model_max_length {int(max_length)} is below the window {state.window}")
-        kv = {state.window * multiple: rope.kv_cache_bytes(config, state.window * multiple, KV_BYTES_PER_VALUE)
+        kv = {state.window * multiple: kv_cache_bytes(config, state.window * multiple, KV_BYTES_PER_VALUE)
               for multiple in KV_MULTIPLES}
         recorded = (read_record(path).get("rope") or {}).get("target_window")
         runtimes = {
@@ -170,7 +171,8 @@ def _inspect_gguf(model: str, checkpoint: Checkpoint) -> Inspection:
     layers = get("block_count", 0)
     kv = {}
     if window and has_rope:
-        kv = {window * m: int(2 * layers * kv_heads * head_dim * window * m * KV_BYTES_PER_VALUE) for m in KV_MULTIPLES}
+        shape = {"num_hidden_layers": layers, "num_key_value_heads": kv_heads, "head_dim": head_dim}
+        kv = {window * m: kv_cache_bytes(shape, window * m, KV_BYTES_PER_VALUE) for m in KV_MULTIPLES}
     flags = f"-c {window}"
     runtimes = {}
     if has_rope:

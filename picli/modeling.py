@@ -1,7 +1,11 @@
-"""Loading a checkpoint for evaluation: device, dtype and attention choices, memory checks.
+"""A model as picli runs it: loading (device, dtype and attention choices), memory checks
+with the one KV-cache formula, and the anatomy (decoder body, output head, the family's
+logit transform) that lets the loss and perplexity apply the head a chunk at a time.
 
-Shared by `verify` (passkey, perplexity) and later `finetune`. `--device-map auto` hands
-placement to accelerate's big-model inference; picli never splits a model itself.
+Shared by `verify` (passkey, perplexity), `finetune` (its loss and plan), and `inspect` and
+the model card (the KV-cache size). torch is imported inside the functions that need it, so
+the pure formulas cost nothing to import. `--device-map auto` hands placement to
+accelerate's big-model inference; picli never splits a model itself.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from .errors import PicliError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTIONS = ("sdpa", "flash_attention_2", "eager")
+HEAD_ELEMENTS = 2 ** 25  # float32 logits per lm_head call: 128 MiB, whatever the vocabulary
 
 
 class OutOfMemory(PicliError):
@@ -133,12 +138,36 @@ def available_memory(device) -> int | None:
     return None
 
 
+def kv_cache_bytes(config: dict, tokens: int, bytes_per_value: int = 2) -> int:
+    """Keys and values of one sequence of `tokens`, from config.json's keys: 2 (K and V) x
+    kv_heads x head_dim values per position per layer; sliding-window layers hold only their window.
+
+    The one KV-cache formula: inspect's table, the model card, and (per token) the memory checks.
+    """
+    layers = config.get("num_hidden_layers") or config.get("n_layer") or 0
+    heads = config.get("num_key_value_heads") or config.get("num_attention_heads") or 0
+    # The whole head_dim, even under partial rotary: the cache holds every key channel.
+    head_dim = config.get("head_dim") or (
+        config["hidden_size"] // config["num_attention_heads"]
+        if config.get("hidden_size") and config.get("num_attention_heads") else 0)
+    layer_types = config.get("layer_types") or []
+    sliding_window = config.get("sliding_window")
+    total_positions = 0
+    for index in range(layers):
+        layer_type = layer_types[index] if index < len(layer_types) else "full_attention"
+        if layer_type == "sliding_attention" and sliding_window:
+            total_positions += min(tokens, sliding_window)
+        else:
+            total_positions += tokens
+    return int(2 * total_positions * heads * head_dim * bytes_per_value)
+
+
 def kv_bytes_per_token(config, dtype) -> int:
+    """kv_cache_bytes per token of a loaded model's config, every layer counted at full length:
+    a rate that holds at any length, and never below what sliding layers really keep."""
     text = getattr(config, "text_config", None) or config
-    layers = text.num_hidden_layers
-    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    return int(2 * layers * kv_heads * head_dim * element_size(dtype))
+    keys = ("num_hidden_layers", "num_key_value_heads", "num_attention_heads", "head_dim", "hidden_size")
+    return kv_cache_bytes({key: getattr(text, key, None) for key in keys}, 1, element_size(dtype))
 
 
 def element_size(dtype) -> int:
@@ -176,3 +205,41 @@ def check_fits(loaded: LoadedModel, tokens: int, batch: int = 1, what: str = "th
             f"(KV cache {per_token * tokens * batch / gib:.1f} GiB), but only {free / gib:.1f} GiB is free",
             hint="try a smaller --length, --batch-size 1, --dtype bfloat16, or --device-map auto across GPUs",
         )
+
+
+# ---------------------------------------------------------------------------------------
+# Anatomy: the decoder body and the output head, applied apart so logits are made in chunks
+
+
+def head_chunk(vocab_size: int, batch: int = 1) -> int:
+    """Positions per lm_head call so that one call's float32 logits stay near HEAD_ELEMENTS.
+
+    A fixed row count would cost 3x the memory on a 152k vocabulary (Qwen) as on a 49k one.
+    """
+    return max(64, HEAD_ELEMENTS // max(1, vocab_size * batch))
+
+
+def split_model(model):
+    """The decoder body, the output head, and the family's post-head logit transform."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    head = model.get_output_embeddings()
+    if head is None:
+        raise PicliError(f"{type(model).__name__} has no output head, so it cannot be scored",
+                         hint="give a causal language model (…ForCausalLM)")
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    model_type = getattr(config, "model_type", "") or ""
+    softcap = getattr(config, "final_logit_softcapping", None)  # gemma2, gemma3
+    # Each family's forward() scales its logits after lm_head; skipping that would change every score.
+    scale = getattr(config, "logit_scale", None) if model_type.startswith("cohere") else None
+    divisor = getattr(config, "logits_scaling", None) if model_type.startswith("granite") else None
+
+    def adjust(logits):
+        if scale is not None:
+            logits = logits * scale
+        if divisor is not None:
+            logits = logits / divisor
+        if softcap is not None:
+            logits = (logits / softcap).tanh() * softcap
+        return logits
+
+    return decoder, head, adjust

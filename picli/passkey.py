@@ -24,9 +24,9 @@ import inspect
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 from .errors import PicliError
+from .events import Events
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
         "I will quiz you about the important information there.")
@@ -34,8 +34,6 @@ FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. Th
 KEY_LINE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "What is the pass key? The pass key is"
 THRESHOLD = 0.2  # the paper's success rate for "retrieved at this distance"
-
-Events = Callable[[dict], None] | None
 
 
 @dataclass(frozen=True)

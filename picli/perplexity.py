@@ -19,23 +19,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import PicliError
-from .modeling import LoadedModel, check_fits
+from .events import Events
+from .modeling import LoadedModel, check_fits, head_chunk, split_model
 from .textdata import Document
-
-Events = Callable[[dict], None] | None
-
-HEAD_ELEMENTS = 2 ** 25  # float32 logits per lm_head call: 128 MiB, whatever the vocabulary
-
-
-def head_chunk(vocab_size: int, batch: int = 1) -> int:
-    """Positions per lm_head call so that one call's float32 logits stay near HEAD_ELEMENTS.
-
-    A fixed row count would cost 3x the memory on a 152k vocabulary (Qwen) as on a 49k one.
-    """
-    return max(64, HEAD_ELEMENTS // max(1, vocab_size * batch))
 
 
 @dataclass(frozen=True)
@@ -140,32 +129,6 @@ def _windows(count: int, length: int, stride: int):
         previous_end = end
         if end == count:
             break
-
-
-def split_model(model):
-    """The decoder body, the output head, and the family's post-head logit transform."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    head = model.get_output_embeddings()
-    if head is None:
-        raise PicliError(f"{type(model).__name__} has no output head, so it cannot be scored",
-                         hint="give a causal language model (…ForCausalLM)")
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    model_type = getattr(config, "model_type", "") or ""
-    softcap = getattr(config, "final_logit_softcapping", None)  # gemma2, gemma3
-    # Each family's forward() scales its logits after lm_head; skipping that would change every score.
-    scale = getattr(config, "logit_scale", None) if model_type.startswith("cohere") else None
-    divisor = getattr(config, "logits_scaling", None) if model_type.startswith("granite") else None
-
-    def adjust(logits):
-        if scale is not None:
-            logits = logits * scale
-        if divisor is not None:
-            logits = logits / divisor
-        if softcap is not None:
-            logits = (logits / softcap).tanh() * softcap
-        return logits
-
-    return decoder, head, adjust
 
 
 def _chunked_nll(rows, targets, head, adjust, chunk_size: int) -> float:

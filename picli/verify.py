@@ -10,15 +10,14 @@ from __future__ import annotations
 import gc
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from . import passkey as passkey_module
 from .checkpoint import Checkpoint, read_config, resolve
 from .errors import PicliError
+from .events import Events
 from .files import atomic_write_json
 from .provenance import last_output, now, read_record, record_path, versions
 
-Events = Callable[[dict], None] | None
 VERIFY_RECORD = "picli-verify.json"
 
 

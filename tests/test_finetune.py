@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from picli import finetune, textdata
+from picli import finetune, textdata, training
 from picli.cli import app
 from picli.passkey import FILLER, KEY_LINE, QUESTION, TASK
 from tests.conftest import tree_hash
@@ -73,12 +73,12 @@ def test_chunked_loss_equals_transformers_loss(extended, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from picli import perplexity
+    from picli import modeling
 
     model = AutoModelForCausalLM.from_pretrained(extended, dtype=torch.float32)
     ids = torch.randint(0, model.config.vocab_size, (2, 300), generator=torch.Generator().manual_seed(0))
-    monkeypatch.setattr(perplexity, "HEAD_ELEMENTS", 0)  # the 64-row floor: several chunks, one ragged
-    ours = finetune._build_loss_module(model)(ids)
+    monkeypatch.setattr(modeling, "HEAD_ELEMENTS", 0)  # the 64-row floor: several chunks, one ragged
+    ours = training.build_loss_module(model)(ids)
     reference = model(ids, labels=ids).loss
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
 
@@ -108,9 +108,9 @@ def test_chunked_loss_applies_each_familys_logit_transform(family, extra, monkey
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from picli import perplexity
+    from picli import modeling
 
-    monkeypatch.setattr(perplexity, "HEAD_ELEMENTS", 0)
+    monkeypatch.setattr(modeling, "HEAD_ELEMENTS", 0)
     torch.manual_seed(0)
     config = AutoConfig.for_model(family, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=300,
@@ -118,12 +118,12 @@ def test_chunked_loss_applies_each_familys_logit_transform(family, extra, monkey
                                   **extra)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     ids = torch.randint(0, 300, (2, 150), generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(finetune._build_loss_module(model)(ids), model(ids, labels=ids).loss,
+    torch.testing.assert_close(training.build_loss_module(model)(ids), model(ids, labels=ids).loss,
                                rtol=1e-5, atol=1e-6)
 
 
 def test_head_chunk_scales_with_vocabulary():
-    from picli.perplexity import head_chunk
+    from picli.modeling import head_chunk
 
     assert head_chunk(32_000) == 1048 and head_chunk(49_152) == 682 and head_chunk(151_936) == 220
     assert head_chunk(49_152, batch=4) == 170 and head_chunk(10 ** 9) == 64
@@ -132,7 +132,7 @@ def test_head_chunk_scales_with_vocabulary():
 def test_training_runs_in_train_mode_with_checkpointing(extended, corpus, workdir, monkeypatch):
     # from_pretrained returns eval mode, in which transformers silently skips gradient checkpointing.
     seen = []
-    build = finetune._build_loss_module
+    build = finetune.build_loss_module
 
     def spy(model):
         module = build(model)
@@ -145,7 +145,7 @@ def test_training_runs_in_train_mode_with_checkpointing(extended, corpus, workdi
         import torch
         return torch.is_grad_enabled()
 
-    monkeypatch.setattr(finetune, "_build_loss_module", spy)
+    monkeypatch.setattr(finetune, "build_loss_module", spy)
     result = train(extended, workdir / "gc", str(corpus), "--steps", "2", "--gradient-checkpointing", "on")
     assert result.exit_code == 0, result.stderr
     training_calls = [call for call in seen if call[3]]  # the held-out loss runs without grad, in eval mode
@@ -237,11 +237,11 @@ def test_export_writes_a_gathered_state_dict(extended, workdir):
     from picli.finetune_output import export_model
 
     model = AutoModelForCausalLM.from_pretrained(extended, dtype=torch.float32)
-    module = finetune._build_loss_module(model)
+    module = training.build_loss_module(model)
     gathered = {name: torch.full_like(value, 0.5) for name, value in module.state_dict().items()}
     output = workdir / "exported"
     output.mkdir()
-    export_model(Accelerator(cpu=True), module, extended, output, finetune.TrainSettings(), {}, "test", 0,
+    export_model(Accelerator(cpu=True), module, extended, output, training.TrainSettings(), {}, "test", 0,
                  state_dict=gathered)
     saved = load_file(str(output / "model.safetensors"))
     assert "model.layers.0.self_attn.q_proj.weight" in saved  # the "language_model." prefix is gone

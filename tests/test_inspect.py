@@ -87,6 +87,30 @@ def test_inspect_gguf(tmp_path):
     assert report["runtimes"]["llama_cpp"]["context_length"] == 2048
 
 
+def test_inspect_gguf_kv_cache_from_its_attention_metadata(tmp_path):
+    """GGUF has no config.json: the KV table comes from block_count, head_count_kv and key_length."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "gqa.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(1024)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_block_count(3)
+    writer.add_embedding_length(64)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_key_length(32)  # not 64 / 4: the metadata's head size wins
+    writer.add_tensor("token_embd.weight", np.zeros((4, 6), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    kv = inspect_json(path)["kv_cache_bytes"]
+    # 3 layers x 2 kv heads x 32 dims x (k, v) x 2 bytes per position.
+    assert kv == {str(1024 * m): 3 * 2 * 32 * 2 * 2 * 1024 * m for m in (1, 2, 4, 8)}
+
+
 def test_inspect_original_mode_uses_recorded_window(family_checkpoints, workdir):
     result = runner.invoke(app, ["extend", str(family_checkpoints["llama_v4"]), "--to", "8192", "-o", "orig",
                                  "--max-position-embeddings", "original"])

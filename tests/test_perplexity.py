@@ -191,11 +191,11 @@ def test_lm_head_sees_only_scored_positions_in_chunks(tiny):
 
 
 def test_default_chunk_bounds_a_long_window(tiny, monkeypatch):
-    import picli.perplexity
+    import picli.modeling
 
     vocab = tiny.model.get_output_embeddings().weight.shape[0]
     # A budget of 600 rows of logits at this vocabulary: one 1500-token window takes three calls.
-    monkeypatch.setattr(picli.perplexity, "HEAD_ELEMENTS", 600 * vocab)
+    monkeypatch.setattr(picli.modeling, "HEAD_ELEMENTS", 600 * vocab)
     rows = head_rows(tiny, random_ids(1500, seed=7), [1500], stride=256)
     assert rows == [600, 600, 299]
 

@@ -163,12 +163,6 @@ def test_transformers4_prediction_flags_v5_only_files():
     assert any("no top-level rope_theta" in note for note in view["notes"])
 
 
-def test_kv_cache_counts_sliding_layers_at_their_window():
-    config = FAMILY_CONFIGS["gemma3_text"]
-    # 2 layers x 2 kv heads x 16 dims x 2 (k, v) x 2 bytes; the sliding layer holds 16 positions.
-    assert rope.kv_cache_bytes(config, 1024) == 2 * 2 * 16 * 2 * (1024 + 16)
-
-
 # --- parity: the rules above against what the installed transformers 5 really reads ----
 
 def _transformers_view(config: dict) -> tuple[float, str, float]:

@@ -15,14 +15,13 @@ from .families import (FAMILIES, GGUF_NO_ROPE, LONGROPE_ONLY, NO_HOOK, NO_ROPE, 
                        refusal)
 from .methods import (OTHER_SCHEMES, ConfigPlan, format_window, inverse_frequencies, linear_factor,
                       linear_scaling, plan_config)
-from .runtimes import (kv_cache_bytes, predict_llama_cpp, predict_transformers4, predict_transformers5,
-                       predict_vllm)
+from .runtimes import predict_llama_cpp, predict_transformers4, predict_transformers5, predict_vllm
 from .schema import INTERPOLATED_LAYER_TYPES, RopeState, read_state, scaling_type_of, write_schemas
 
 __all__ = [
     "FAMILIES", "GGUF_NO_ROPE", "INTERPOLATED_LAYER_TYPES", "LONGROPE_ONLY", "NO_HOOK", "NO_ROPE",
     "OTHER_SCHEMES", "ConfigPlan", "Family", "RopeState", "family_of", "format_window",
-    "inverse_frequencies", "kv_cache_bytes", "linear_factor", "linear_scaling", "plan_config",
+    "inverse_frequencies", "linear_factor", "linear_scaling", "plan_config",
     "predict_llama_cpp", "predict_transformers4", "predict_transformers5", "predict_vllm",
     "read_state", "refusal", "scaling_type_of", "write_schemas",
 ]

@@ -72,22 +72,3 @@ def predict_llama_cpp(config: dict, intended_window: int | None = None) -> dict:
         flags += f" --rope-scaling linear --rope-scale {state.factor:g}"
     return {"context_length": state.window, "rope_scaling": state.scaling_type,
             "factor": state.factor, "freq_scale": 1.0 / state.factor, "flags": flags}
-
-
-def kv_cache_bytes(config: dict, window: int, bytes_per_value: int = 2) -> int:
-    """Keys and values for one sequence; sliding-window layers only hold their window."""
-    layers = config.get("num_hidden_layers") or config.get("n_layer") or 0
-    heads = config.get("num_key_value_heads") or config.get("num_attention_heads") or 0
-    state_head_dim = config.get("head_dim") or (
-        config["hidden_size"] // config["num_attention_heads"]
-        if config.get("hidden_size") and config.get("num_attention_heads") else 0)
-    layer_types = config.get("layer_types") or []
-    sliding_window = config.get("sliding_window")
-    total_positions = 0
-    for index in range(layers):
-        layer_type = layer_types[index] if index < len(layer_types) else "full_attention"
-        if layer_type == "sliding_attention" and sliding_window:
-            total_positions += min(window, sliding_window)
-        else:
-            total_positions += window
-    return int(2 * total_positions * heads * state_head_dim * bytes_per_value)

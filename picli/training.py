@@ -1,0 +1,115 @@
+"""What a fine-tune trains: its settings, the loss module, LoRA, and the compute precision.
+
+Shared by the run (finetune.py), its plan (finetune_plan.py) and its output
+(finetune_output.py), which import from here and never from each other's internals:
+
+    settings = TrainSettings(data="book.txt", lora=True)
+    loss = build_loss_module(apply_lora(model, settings))(input_ids)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import PicliError
+
+NORM_NAMES = ("norm", "ln_", "layernorm")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    data: str | None = None
+    text_field: str = "text"
+    steps: int = 1000
+    seq_len: int | None = None  # default: the model's window
+    lr: float | None = None  # default: 2e-5, or 1e-5 above 30B parameters
+    warmup_steps: int = 20
+    warmup_start: float = 0.1  # warmup begins at 10% of the LR
+    batch_size: int = 64  # global, in sequences
+    micro_batch_size: int = 1
+    seed: int = 0
+    lora: bool = False
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    keep_adapter: bool = False
+    gradient_checkpointing: str = "auto"  # auto: on above 4k tokens
+    max_grad_norm: float | None = None  # the paper does not clip
+    eval_every: int | None = None
+    stop_when_verified: bool = False
+    save_every: int | None = None
+    eval_fraction: float = 0.01
+    dtype: str = "auto"
+    attention: str = "sdpa"
+    cpu: bool = False
+
+
+def build_loss_module(model):
+    """Mean next-token cross-entropy from the decoder's hidden states, head applied per chunk.
+
+    A module of its own so that DDP/FSDP wrap one forward call that includes the loss.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    from .modeling import head_chunk, split_model
+
+    class LossModule(torch.nn.Module):
+        def __init__(self, language_model):
+            super().__init__()
+            self.language_model = language_model
+            # FSDP's TRANSFORMER_BASED_WRAP looks for the decoder layer classes here.
+            self._no_split_modules = getattr(language_model, "_no_split_modules", None)
+
+        def forward(self, input_ids):
+            decoder, head, adjust = split_model(self.language_model)
+            hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+            targets = input_ids[:, 1:]
+            total = hidden.new_zeros((), dtype=torch.float32)
+
+            def chunk_loss(rows, labels):
+                logits = adjust(head(rows)).float()
+                return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
+
+            size = head_chunk(head.weight.shape[0], hidden.shape[0])
+            for start in range(0, hidden.shape[1], size):
+                rows, labels = hidden[:, start:start + size], targets[:, start:start + size]
+                # Recompute this chunk's logits in backward instead of keeping [chunk x vocab] floats.
+                total = total + checkpoint(chunk_loss, rows, labels, use_reentrant=False)
+            return total / targets.numel()
+
+    return LossModule(model)
+
+
+def apply_lora(model, settings: TrainSettings):
+    """LoRA on the attention projections, plus trainable embeddings and norms (LongLoRA)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise PicliError("--lora needs the peft package", hint="pip install peft") from None
+    names = {name.split(".")[-1] for name, _ in model.named_modules()}
+    targets = [name for name in ("q_proj", "k_proj", "v_proj", "o_proj", "query_key_value", "dense", "qkv_proj",
+                                 "Wqkv", "out_proj") if name in names]
+    if not targets:
+        raise PicliError(f"no attention projections found for LoRA in {type(model).__name__}",
+                         hint="fine-tune without --lora")
+    embeddings = [name for name, module in model.named_modules()
+                  if module is model.get_input_embeddings() or module is model.get_output_embeddings()]
+    peft_model = get_peft_model(model, LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha,
+                                                  target_modules=targets, lora_dropout=0.0, bias="none",
+                                                  modules_to_save=None, task_type="CAUSAL_LM"))
+    for name, parameter in peft_model.named_parameters():
+        lowered = name.lower()
+        if any(part in lowered for part in NORM_NAMES) or any(f"{embedding}." in name for embedding in embeddings):
+            parameter.requires_grad = True
+    return peft_model
+
+
+def mixed_precision(settings: TrainSettings) -> str:
+    import torch
+
+    if settings.dtype in ("bfloat16", "float16"):
+        return {"bfloat16": "bf16", "float16": "fp16"}[settings.dtype]
+    if settings.dtype == "auto" and not settings.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"

@@ -1,0 +1,91 @@
+"""The package's shape: modules import downward only (STYLE.md), so each can be read and
+changed without the ones that use it. Every `from .x import` counts, also those inside
+functions: a late import still ties two modules together."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import picli
+
+PACKAGE = Path(picli.__file__).parent
+
+
+def _top_level(module: str) -> str:
+    """picli.rope.families -> rope: a subpackage is one node of the graph."""
+    return module.split(".")[1] if module.count(".") else "__init__"
+
+
+def import_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1])
+                    named = f"{base}.{node.module}" if node.module else base
+                elif node.module and node.module.split(".")[0] == "picli":
+                    named = node.module
+                else:
+                    continue
+                # `from . import rope` names a module; `from . import __version__` names a value of __init__.
+                names = [f"{named}.{alias.name}" for alias in node.names] if not node.module else [named]
+                for name in names:
+                    exists = (PACKAGE.parent / (name.replace(".", "/") + ".py")).exists() or \
+                        (PACKAGE.parent / name.replace(".", "/")).is_dir()
+                    targets.add(_top_level(name if exists else name.rpartition(".")[0]))
+            elif isinstance(node, ast.Import):
+                targets |= {_top_level(alias.name) for alias in node.names if alias.name.split(".")[0] == "picli"}
+        graph.setdefault(_top_level(module), set()).update(targets - {_top_level(module)})
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[node] = "done"
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_graph_sees_late_and_type_checking_imports():
+    graph = import_graph()
+    assert "finetune_plan" in graph["finetune"]  # imported inside a function
+    assert {"training", "modeling"} <= graph["finetune_plan"]
+    assert "errors" in graph["modeling"] and "cli" in graph["__main__"]
+
+
+def test_a_cycle_is_found():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_modules_import_downward_only():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_the_finetune_trio_shares_training_and_never_imports_upward():
+    graph = import_graph()
+    assert "finetune" not in graph["finetune_plan"] | graph["finetune_output"] | graph["training"]
+    assert "finetune_plan" not in graph["finetune_output"] | graph["training"]
+    assert "training" in graph["finetune_output"]

@@ -200,7 +200,7 @@ def _check_record(record: dict, path: Path) -> None:
     _check_fields(record, _RECORD_FIELDS, path, "")
     ropes = [("rope.", record.get("rope"))]
     for number, step in enumerate(record.get("history") or []):
-        _check_fields({"step": step}, {"step": _OBJECT}, path, f"history[{number}].")
+        _check_fields({f"history[{number}]": step}, {f"history[{number}]": _OBJECT}, path, "")
         _check_fields(step, {"rope": _OBJECT}, path, f"history[{number}].")
         ropes.append((f"history[{number}].rope.", step.get("rope")))
     for prefix, rope in ropes:

@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import rope
+from . import provenance, rope
 from .checkpoint import read_config
 from .errors import PicliError
 from .files import atomic_write_bytes
@@ -36,7 +36,6 @@ from .modeling import kv_cache_bytes
 BEGIN = "<!-- picli:begin -->"
 END = "<!-- picli:end -->"
 README = "README.md"
-VERIFY_RECORD = "picli-verify.json"  # the same name verify.py writes; not imported (it pulls passkey/torch code)
 TAGS = ["picli", "position-interpolation", "long-context", "rope-scaling"]
 # Licenses of base models picli knows without reading their card (the embedded model).
 KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
@@ -55,19 +54,22 @@ class CardError(PicliError):
 
 
 def load_inputs(checkpoint_dir: Path) -> tuple[dict, dict | None, str | None]:
-    """(picli.json, picli-verify.json or None, README.md text or None) of a checkpoint."""
-    def read_json(name: str) -> dict | None:
-        try:
-            value = json.loads((checkpoint_dir / name).read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        return value if isinstance(value, dict) else None
+    """(picli.json, picli-verify.json or None, README.md text or None) of a checkpoint.
 
+    A record that exists but is broken (invalid JSON, wrong types) raises provenance's
+    RecordError naming the file: a card built without it would say "no provenance" or "not
+    verified", which would be false.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    record = provenance.read_record(checkpoint_dir)
+    verify_record = provenance.read_verify_record(checkpoint_dir)
+    if _measured(verify_record):
+        provenance.verification_summary(verify_record, provenance.verify_record_path(checkpoint_dir))
     try:
         existing = (checkpoint_dir / README).read_text(encoding="utf-8")
     except OSError:
         existing = None
-    return read_json("picli.json") or {}, read_json(VERIFY_RECORD), existing
+    return record, verify_record, existing
 
 
 def write_card(checkpoint_dir: Path, text: str) -> Path:
@@ -215,8 +217,8 @@ def _source_note(record: dict) -> str | None:
     """What the source's own record says about its weights (the embedded model: dequantized GGUF)."""
     source = record.get("source") or {}
     try:
-        note = json.loads((Path(source["path"]) / "picli.json").read_text()).get("note")
-    except (KeyError, TypeError, OSError, ValueError, AttributeError):
+        note = provenance.read_json_quiet(provenance.record_path(Path(source["path"]))).get("note")
+    except (KeyError, TypeError):
         note = None
     if not note and source.get("embedded"):
         note = "imported from a GGUF file"
@@ -315,29 +317,15 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _measured(verify_record: dict | None) -> bool:
+    return bool(verify_record) and isinstance(verify_record.get("model"), dict)
+
+
 def verification_summary(record: dict, verify_record: dict | None) -> dict | None:
-    """The shape verify.summarise writes into picli.json, from picli-verify.json when present."""
-    if not verify_record or not isinstance(verify_record.get("model"), dict):
+    """From picli-verify.json when present, else the summary picli.json keeps (the same shape)."""
+    if not _measured(verify_record):
         return record.get("verification")
-
-    def one(run: dict | None) -> dict | None:
-        if not run:
-            return None
-        summary: dict[str, Any] = {"window": run.get("window")}
-        if run.get("passkey"):
-            results = run["passkey"]["results"]
-            summary["passkey_k_max"] = {str(r["length"]): r["k_max"] for r in results}
-            summary["passkey_success"] = {str(r["length"]): sum(r["success"]) / len(r["success"]) for r in results}
-        if run.get("perplexity"):
-            summary["perplexity"] = {str(r["length"]): r["perplexity"] for r in run["perplexity"]["results"]}
-            summary["stride"] = run["perplexity"].get("stride")
-        return summary
-
-    model = verify_record["model"]
-    return {"created": verify_record.get("created"),
-            "passkey_protocol": (model.get("passkey") or {}).get("protocol"),
-            "perplexity_data": verify_record.get("data"), "model": one(model),
-            "baseline": one(verify_record.get("baseline")), "notes": verify_record.get("notes") or []}
+    return provenance.verification_summary(verify_record)
 
 
 def _verification(record: dict, verify_record: dict | None, target: int) -> list[str]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import provenance
 from .errors import ModelNotFound, NotACheckpoint, PicliError
 from .events import Events
 from .hub_errors import is_repo_id
@@ -59,7 +60,7 @@ class Checkpoint:
     path: Path  # a directory with config.json, or a .gguf file
     kind: str  # "hf" or "gguf"
     name: str  # short name, used for default output names
-    source: dict  # for picli.json: {"path": ...} or {"repo": ..., "revision": ...}
+    source: dict  # for the record: {"path": ...} or {"repo": ..., "revision": ...}
     base_model: str | None = None  # Hub repo id of the base model when known
     resolved_from: str | None = None  # how MODEL was interpreted, said to the user
 
@@ -81,9 +82,18 @@ def picli_home() -> Path:
     return Path(os.environ.get("PICLI_HOME") or Path.home() / ".cache" / "picli")
 
 
-def resolve(model: str, need_weights: bool = True, on_event: Events = None) -> Checkpoint:
-    """Find MODEL on disk, importing or downloading it when that is what MODEL means."""
-    if not model or not model.strip():
+def resolve(model: str | None, need_weights: bool = True, on_event: Events = None) -> Checkpoint:
+    """Find MODEL on disk, importing or downloading it when that is what MODEL means.
+
+    MODEL None is the default every command but extend shares: the checkpoint picli last
+    wrote in this working directory (.picli/last.json), said to the user through on_event.
+    """
+    if model is None:
+        path = provenance.last_output()
+        if on_event:
+            on_event({"kind": "message", "text": f"MODEL: {path} (the last checkpoint picli wrote here)"})
+        return _local(path)
+    if not model.strip():
         raise ModelNotFound("MODEL is empty", hint="pass a checkpoint directory, a .gguf file, a Hub id or an alias")
     local = Path(model).expanduser()
     if local.exists():
@@ -118,8 +128,10 @@ def _local(path: Path) -> Checkpoint:
         hint = f"for a GGUF, pass the file itself: {ggufs[0]}" if ggufs else \
             "a transformers checkpoint directory holds config.json and weight files"
         raise NotACheckpoint(f"{path} is not a model directory (no config.json)", hint=hint)
-    record = _read_json_quiet(path / "picli.json")
-    return Checkpoint(path, "hf", path.name, {"path": str(path)}, base_model=record.get("base_model"))
+    # Only a peek: a broken record is reported by the command that needs it (inspect warns).
+    base_model = provenance.read_json_quiet(provenance.record_path(path)).get("base_model")
+    return Checkpoint(path, "hf", path.name, {"path": str(path)},
+                      base_model=base_model if isinstance(base_model, str) else None)
 
 
 def _hub(spec: str, need_weights: bool, on_event: Events) -> Checkpoint:
@@ -199,14 +211,6 @@ def read_json_file(path: Path) -> dict | None:
         raise NotACheckpoint(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}",
                              hint=f"fix or remove {path.name}") from exc
     return value if isinstance(value, dict) else None
-
-
-def _read_json_quiet(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:

@@ -256,7 +256,11 @@ def verify(
                                                       "(default: as many as memory allows).")] = None,
     heatmap: Annotated[Optional[Path], typer.Option("--heatmap", help="Also write the passkey grid as a PNG "
                                                     "(needs matplotlib).")] = None,
-    no_save: Annotated[bool, typer.Option("--no-save", help="Do not write picli-verify.json into the model.")] = False,
+    save: Annotated[Optional[bool], typer.Option(
+        "--save/--no-save", help="Write picli-verify.json (and the summary in picli.json) into MODEL, or never. "
+        "Default: only into a checkpoint picli wrote (it has picli.json).", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the full record "
+                                                   "(picli-verify.json's content) to this file.")] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Prove the extended window works: passkey k_max and long-context perplexity.
@@ -265,7 +269,9 @@ def verify(
     prompt of each --length; 32 values of k x 10 random 5-digit keys; k_max is the largest
     k such that every k' <= k succeeds in at least 20% of trials. Scoring is one
     teacher-forced pass per trial (equal to greedy decoding), sharing the prompt prefix's
-    KV cache. The record is saved as picli-verify.json in the model directory.
+    KV cache. The record is saved as picli-verify.json in the model directory when picli
+    wrote that checkpoint; a checkpoint of your own is only read unless you pass --save
+    (or -o FILE to keep the record elsewhere).
 
     Examples:
 
@@ -278,6 +284,8 @@ def verify(
       picli verify ./llama-7b-16k --perplexity --data pg19_book.txt --length 2048 --length 16384
 
       picli verify ./m --passkey --quick --heatmap passkey.png --json
+
+      picli verify ./my-own-model --passkey -o verify.json
     """
     from .passkey import QUICK, Protocol
     from .verify import VerifySettings, run_verify
@@ -296,8 +304,10 @@ def verify(
         device=device, dtype=dtype, attention=attn, device_map=device_map, batch_size=batch_size,
     )
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
-        report = run_verify(model, settings, save=not no_save, command=" ".join(["picli", *sys.argv[1:]]),
-                            on_event=on_event).to_dict()
+        report = run_verify(model, settings, save=save, save_to=output,
+                            command=" ".join(["picli", *sys.argv[1:]]), on_event=on_event).to_dict()
+    if output:
+        render.message(f"Wrote {output}")
     if heatmap:
         render.passkey_heatmap_png(report, str(heatmap))
         render.message(f"Wrote {heatmap}")
@@ -363,7 +373,8 @@ def finetune(
 
       accelerate launch --config_file fsdp.yaml -m picli finetune ./m --data ./books
     """
-    from .finetune import TrainSettings, finetune_command
+    from .finetune import finetune_command
+    from .training import TrainSettings
 
     settings = TrainSettings(
         data=data, text_field=text_field, steps=steps, seq_len=parse_window(seq_len, "--seq-len") if seq_len else None,
@@ -438,15 +449,14 @@ def push(
 
       picli push ./m org/model-16k --dry-run
     """
+    from .checkpoint import resolve
     from .hub import plan_push
     from .hub import push as push_to_hub
-    from .provenance import last_output
 
     if model_or_repo is None:
         raise typer.BadParameter("missing the Hub repo id (namespace/name)", param_hint="REPO")
     if repo is None:
-        model_dir = last_output()
-        render.message(f"MODEL: {model_dir} (the last checkpoint picli wrote here)")
+        model_dir = resolve(None, on_event=_say).path
         repo_id = model_or_repo
     else:
         model_dir, repo_id = Path(model_or_repo), repo
@@ -495,13 +505,9 @@ def card(
       picli card --overwrite-card --json
     """
     from . import card as card_module
-    from .provenance import last_output
+    from .checkpoint import resolve
 
-    if model is None:
-        model_dir = last_output()
-        render.message(f"MODEL: {model_dir} (the last checkpoint picli wrote here)")
-    else:
-        model_dir = Path(model)
+    model_dir = resolve(None, on_event=_say).path if model is None else Path(model)
     if not (model_dir / "config.json").is_file():
         raise PicliError(f"{model_dir} is not a checkpoint directory (no config.json)",
                          hint="pass the directory picli extend wrote")
@@ -518,6 +524,12 @@ def card(
         render.out().print(text, markup=False)
     else:
         render.message(f"Wrote {path} ({action})")
+
+
+def _say(event: dict) -> None:
+    """on_event for commands without a progress display: messages only."""
+    if event.get("kind") == "message":
+        render.message(event["text"])
 
 
 def main() -> None:

@@ -19,10 +19,9 @@ from .checkpoint import Checkpoint, read_config, read_json_file, require_shards,
 from .errors import CannotExtend, OutputError, SelfCheckFailed
 from .events import Events
 from .files import atomic_write_json, check_writable_parent, copy_file, staged_directory, staged_file
-from .provenance import read_record, record_path, versions, now
+from .provenance import (RECORD, extension_record, is_record_file, read_record, recorded_window, record_path,
+                         sidecar_path, versions, write_record)
 
-# Records about the source that are false for the output: verification is redone on it.
-NOT_CARRIED = ("picli-verify.json",)
 # picli finetune's resumable training state (optimizer included) is not part of a model.
 SKIPPED_DIRS = {".picli", ".git", ".cache", "__pycache__", "checkpoints"}
 WEIGHT_MODES = ("copy", "hardlink", "symlink")
@@ -136,9 +135,8 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
     source = checkpoint.path
     config = read_config(source)
     require_shards(source)
-    record = read_record(source)
-    # A checkpoint picli wrote says its window in picli.json, whichever convention it used.
-    recorded = (record.get("rope") or {}).get("target_window")
+    # A checkpoint picli wrote says its window in its record, whichever convention it used.
+    recorded = recorded_window(read_record(source))
     config_plan = rope.plan_config(config, target_window, from_window=from_window,
                                    keep_max_position=(max_position == "original"), force=force,
                                    recorded_window=recorded)
@@ -156,12 +154,14 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
     files = []
     for path in _source_files(source):
         relative = str(path.relative_to(source))
-        if relative in new_files or relative == "picli.json" or relative in NOT_CARRIED:
+        # The source's records are false for the output: its picli.json is rewritten below,
+        # its verification is redone on the output.
+        if relative in new_files or is_record_file(relative):
             continue
         action = weights if path.name.endswith((".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")) else "copy"
         files.append(FileAction(relative, path.stat().st_size, action))
     files += [FileAction(name, 0, "rewrite") for name in new_files]
-    files.append(FileAction("picli.json", 0, "rewrite"))
+    files.append(FileAction(RECORD, 0, "rewrite"))
     return ExtendPlan(
         source=checkpoint, output=output, target_window=target_window,
         current_window=config_plan.current_window, original_window=config_plan.original_window,
@@ -220,7 +220,7 @@ def _plan_gguf(checkpoint, target_window, output, from_window, max_position, for
         original_window=original_window, factor=factor, previous_factor=previous_factor,
         previous_type=previous_type, theta=float(meta.get(key(".freq_base"), 10000.0)), weights="copy", replace=force,
         max_position=max_position, changes=changes,
-        files=[FileAction(output.name, info.file_size, "rewrite"), FileAction(output.name + ".picli.json", 0, "rewrite")],
+        files=[FileAction(output.name, info.file_size, "rewrite"), FileAction(sidecar_path(output).name, 0, "rewrite")],
         new_files={}, gguf_updates=updates,
     )
 
@@ -245,7 +245,7 @@ def apply_extend(plan: ExtendPlan, command: list[str], on_event: Events = None) 
             atomic_write_json(staging / name, content)
         check = self_check(staging, source, plan)
         record = _record(plan, command, check)
-        atomic_write_json(staging / "picli.json", record)
+        write_record(staging, record)
     return ExtendResult(plan, check, record)
 
 
@@ -276,32 +276,12 @@ def _same(found: Any, expected: Any) -> bool:
 
 
 def _record(plan: ExtendPlan, command: list[str], check: dict) -> dict:
-    previous = read_record(plan.source.path)
-    history = list(previous.get("history") or [])
-    if previous.get("rope"):
-        history.append({"operation": previous.get("operation"), "rope": previous["rope"],
-                        "created": previous.get("created")})
-    return {
-        "picli_version": versions()["picli"],
-        "created": now(),
-        "command": " ".join(command),
-        "operation": "position_interpolation",
-        "source": plan.source.source,
-        "base_model": plan.source.base_model or previous.get("base_model"),
-        "rope": {
-            "type": "linear", "factor": plan.factor, "previous_factor": plan.previous_factor,
-            "original_window": plan.original_window, "current_window": plan.current_window,
-            "target_window": plan.target_window, "theta": plan.theta, "max_position_embeddings": plan.max_position,
-        },
-        "changes": {name: [{"key": key, "before": before, "after": after} for key, before, after in diffs]
-                    for name, diffs in plan.changes.items()},
-        "weights": plan.weights,
-        "self_check": check,
-        "versions": versions(),
-        "history": history,
-        "finetune": None,
-        "verification": None,
-    }
+    return extension_record(
+        read_record(plan.source.path), command=" ".join(command), source=plan.source.source,
+        base_model=plan.source.base_model, factor=plan.factor, previous_factor=plan.previous_factor,
+        original_window=plan.original_window, current_window=plan.current_window,
+        target_window=plan.target_window, theta=plan.theta, max_position_embeddings=plan.max_position,
+        changes=plan.changes, weights=plan.weights, self_check=check)
 
 
 # ---------------------------------------------------------------------------------------

@@ -346,9 +346,8 @@ def _evaluate(accelerator, loss_module, model, tokenizer, sequences, eval_ids, s
 def finetune_command(model: str | None, output: Path | None, settings: TrainSettings, resume: bool = False,
                      plan_only: bool = False, force: bool = False, command: str = "picli finetune",
                      on_event: Events = None, given: set[str] = frozenset()) -> dict:
-    from .checkpoint import read_config, tensor_summary
-    from .provenance import remember_last
-    from .verify import resolve_model
+    from .checkpoint import read_config, resolve, tensor_summary
+    from .provenance import read_record, remember_last
 
     if settings.gradient_checkpointing not in ("auto", "on", "off"):
         raise PicliError(f"--gradient-checkpointing must be auto, on or off, got {settings.gradient_checkpointing!r}",
@@ -357,7 +356,11 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
         raise PicliError("--steps, --batch-size and --micro-batch-size must be at least 1", hint="e.g. --steps 200")
     if settings.keep_adapter and not settings.lora:
         raise PicliError("--keep-adapter only applies with --lora", hint="add --lora")
-    checkpoint = resolve_model(model, on_event)
+    checkpoint = resolve(model, on_event=on_event)
+    if checkpoint.kind == "gguf":
+        raise PicliError("finetune trains transformers checkpoints, not GGUF files",
+                         hint="fine-tune the safetensors checkpoint the GGUF was made from")
+    read_record(checkpoint.path)  # a broken record fails here, not at export after the training
     output = Path(output) if output else Path.cwd() / f"{checkpoint.name}-ft"
     output = output.resolve()
     if output == checkpoint.path or output.is_relative_to(checkpoint.path) or checkpoint.path.is_relative_to(output):

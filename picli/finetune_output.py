@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .files import atomic_write_json, staged_directory
-from .provenance import now, read_record, versions
+from .provenance import finetune_record, read_record, write_record
 from .training import TrainSettings
 
 CHECKPOINTS = "checkpoints"
@@ -88,12 +88,8 @@ def export_model(accelerator, loss_module, model_path: Path, output: Path, setti
                                                               "generation_config.json", "vocab.json", "merges.txt")
             if carried and source.is_file() and not (staging / name).exists():
                 shutil.copyfile(source, staging / name)
-        previous = read_record(model_path)
-        history = list(previous.get("history") or [])
-        record_out = {**previous, "created": now(), "command": command, "finetune": record,
-                      "source": previous.get("source") or {"path": str(model_path)}, "verification": None,
-                      "versions": versions(), "history": history, "parameters": parameters}
-        atomic_write_json(staging / "picli.json", record_out)
+        write_record(staging, finetune_record(read_record(model_path), model_path=model_path,
+                                              command=command, finetune=record, parameters=parameters))
     for name in os.listdir(staging_parent / "model"):
         os.replace(staging_parent / "model" / name, output / name)
     shutil.rmtree(staging_parent, ignore_errors=True)

@@ -318,7 +318,9 @@ def import_embedded(gguf_path: Path, target: Path, base_model: str, package: str
             for transient in ("is_local", "local_files_only"):
                 tokenizer_config.pop(transient, None)
             files.atomic_write_json(staging / "tokenizer_config.json", tokenizer_config)
-            files.atomic_write_json(staging / "picli.json", {
+            from .provenance import write_record
+
+            write_record(staging, {
                 "base_model": base_model,
                 "source": {"gguf": gguf_path.name, "package": package},
                 "note": "dequantized from Q4_1 to float32 by picli's GGUF import",

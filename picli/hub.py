@@ -34,6 +34,7 @@ from .checkpoint import read_config, read_json_file, safetensors_header
 from .errors import NotACheckpoint, PicliError
 from .events import Events
 from .hub_errors import PUSH_RETRY, HubCall, is_repo_id, translate
+from .provenance import RecordError, is_picli_output
 
 # Never published: training state, picli's own bookkeeping and half-written files. The
 # patterns are fnmatch-style on the path relative to the checkpoint (`*` crosses `/`), the
@@ -128,7 +129,11 @@ def preflight(checkpoint_dir: Path) -> tuple[list[str], list[str]]:
     warnings: list[str] = []
     if not checkpoint_dir.is_dir():
         return [f"{checkpoint_dir} is not a directory"], warnings
-    record, verify_record, _ = card_module.load_inputs(checkpoint_dir)
+    try:
+        record, verify_record, _ = card_module.load_inputs(checkpoint_dir)
+    except RecordError as exc:  # the card would be built on it: a problem, listed with the others
+        problems.append(exc.message)
+        record, verify_record = {}, None
     try:
         config = read_config(checkpoint_dir)
     except NotACheckpoint as exc:
@@ -154,7 +159,7 @@ def preflight(checkpoint_dir: Path) -> tuple[list[str], list[str]]:
     if not any(Path(name).name in TOKENIZER_FILES for name in files):
         problems.append("no tokenizer (tokenizer.json, tokenizer.model or vocab.json): the model could not be "
                         "used from the Hub")
-    if not (checkpoint_dir / "picli.json").is_file():
+    if not is_picli_output(checkpoint_dir):
         warnings.append("no picli.json here: the model card will have no provenance (what was done, by which "
                         "picli) and cannot say whether the model was fine-tuned")
     elif not verify_record and not record.get("verification"):

@@ -16,7 +16,7 @@ from .checkpoint import Checkpoint, TensorSummary, read_config, read_json_file, 
 from .errors import CannotExtend
 from .events import Events
 from .modeling import kv_cache_bytes
-from .provenance import read_record
+from .provenance import RecordError, read_record, recorded_window
 
 KV_MULTIPLES = (1, 2, 4, 8)
 KV_BYTES_PER_VALUE = 2  # the usual fp16/bf16 KV cache
@@ -68,6 +68,7 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
         warnings.append(f"shards named in the index are missing: {', '.join(summary.missing_shards)}")
     if summary.unread:
         warnings.append(f"parameters not counted for pickle weights (never unpickled): {', '.join(summary.unread)}")
+    record = _read_record(path, warnings)
     reason = rope.refusal(config)
     state = None if reason else rope.read_state(config)
     if state and state.scaling_type in rope.OTHER_SCHEMES:
@@ -96,7 +97,7 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
             warnings.append(f"tokenizer model_max_length {int(max_length)} is below the window {state.window}")
         kv = {state.window * multiple: kv_cache_bytes(config, state.window * multiple, KV_BYTES_PER_VALUE)
               for multiple in KV_MULTIPLES}
-        recorded = (read_record(path).get("rope") or {}).get("target_window")
+        recorded = recorded_window(record)
         runtimes = {
             "transformers5": rope.predict_transformers5(config),
             "transformers4": rope.predict_transformers4(config),
@@ -110,7 +111,7 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
         size_bytes=summary.total_bytes, rope=rope_view,
         tokenizer_max_length=int(max_length) if max_length else None,
         can_extend=reason is None, cannot_extend_reason=reason.message if reason else None,
-        kv_cache_bytes=kv, runtimes=runtimes, provenance=_provenance(path), warnings=warnings,
+        kv_cache_bytes=kv, runtimes=runtimes, provenance=_provenance(record), warnings=warnings,
     )
 
 
@@ -135,8 +136,17 @@ def _hub_tensor_summary(checkpoint: Checkpoint, local: TensorSummary, warnings: 
                          shards=len(metadata.files_metadata))
 
 
-def _provenance(path: Path) -> dict | None:
-    record = read_record(path)
+def _read_record(path: Path, warnings: list[str]) -> dict:
+    """picli.json, or {} with a warning when it is broken: inspect reports and should not refuse
+    over a record; what config.json says is still true (extend, card and push do refuse)."""
+    try:
+        return read_record(path)
+    except RecordError as exc:
+        warnings.append(f"{exc.message}; the record is ignored here ({exc.hint})")
+        return {}
+
+
+def _provenance(record: dict) -> dict | None:
     if not record.get("rope"):
         return None
     return {"base_model": record.get("base_model"), "created": record.get("created"), "rope": record["rope"],
@@ -155,6 +165,8 @@ def _inspect_gguf(model: str, checkpoint: Checkpoint) -> Inspection:
     kv_heads = kv_heads[0] if isinstance(kv_heads, list) else kv_heads
     head_dim = get("attention.key_length") or (get("embedding_length", 0) // heads if heads else 0)
     has_rope = any(key.startswith(f"{arch}.rope.") for key in meta)
+    warnings: list[str] = []
+    record = _read_record(checkpoint.path, warnings)
     reason = None
     if arch in rope.GGUF_NO_ROPE or not has_rope:
         reason = f"this GGUF ({arch}) has no RoPE metadata ({arch}.rope.*)"
@@ -189,6 +201,6 @@ def _inspect_gguf(model: str, checkpoint: Checkpoint) -> Inspection:
         architecture=arch, model_type=arch, parameters=info.parameter_count, dtypes=info.tensor_types,
         files=[checkpoint.path.name], shards=1, size_bytes=info.file_size, rope=rope_view,
         tokenizer_max_length=None, can_extend=reason is None, cannot_extend_reason=reason, kv_cache_bytes=kv,
-        runtimes=runtimes, provenance=_provenance(checkpoint.path), warnings=[],
+        runtimes=runtimes, provenance=_provenance(record), warnings=warnings,
     )
 

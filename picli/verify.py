@@ -1,8 +1,11 @@
 """`picli verify`: passkey k_max and sliding-window perplexity, for a model and optionally a
 baseline measured with exactly the same protocol (same prompts, same seed, same text).
 
-The full record goes to `picli-verify.json` in the model directory and a summary into its
-`picli.json`, which is what `picli push` turns into the model card's tables.
+Where the record goes. A checkpoint picli wrote (it has picli.json) gets the full record as
+picli-verify.json and a summary in its picli.json, which is what `picli push` turns into the
+model card's tables. A checkpoint picli did not write is the user's own and is only read:
+the numbers are printed, and `--save` writes the records into it anyway, `-o FILE` writes
+the full record to FILE. A model in a cache (Hub id, the embedded model) is never written.
 """
 
 from __future__ import annotations
@@ -12,13 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import passkey as passkey_module
+from . import provenance
 from .checkpoint import Checkpoint, read_config, resolve
 from .errors import PicliError
 from .events import Events
-from .files import atomic_write_json
-from .provenance import last_output, now, read_record, record_path, versions
-
-VERIFY_RECORD = "picli-verify.json"
+from .files import atomic_write_json, check_writable_parent
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,6 @@ class VerifyReport:
 
 
 def resolve_model(model: str | None, on_event: Events) -> Checkpoint:
-    if model is None:
-        path = last_output()
-        if on_event:
-            on_event({"kind": "message", "text": f"MODEL: {path} (the last checkpoint picli wrote here)"})
-        model = str(path)
     checkpoint = resolve(model, on_event=on_event)
     if checkpoint.kind == "gguf":
         raise PicliError("verify runs transformers checkpoints, not GGUF files",
@@ -82,8 +78,8 @@ def resolve_model(model: str | None, on_event: Events) -> Checkpoint:
     return checkpoint
 
 
-def run_verify(model: str | None, settings: VerifySettings = VerifySettings(), *, save: bool = True,
-               command: str = "picli verify", on_event: Events = None) -> VerifyReport:
+def run_verify(model: str | None, settings: VerifySettings = VerifySettings(), *, save: bool | None = None,
+               save_to: Path | None = None, command: str = "picli verify", on_event: Events = None) -> VerifyReport:
     if not settings.passkey and not settings.perplexity:
         raise PicliError("nothing to verify", hint="pass --passkey, --perplexity --data FILE, or both")
     if settings.perplexity and not settings.data:
@@ -91,6 +87,12 @@ def run_verify(model: str | None, settings: VerifySettings = VerifySettings(), *
     if settings.stride <= 0:
         raise PicliError(f"--stride must be positive, got {settings.stride}", hint="the paper uses 256")
     checkpoint = resolve_model(model, on_event)
+    if save_to is not None:
+        save_to = Path(save_to).expanduser().resolve()
+        if save_to.is_dir():
+            raise PicliError(f"-o {save_to} is a directory", hint="name a file, e.g. -o verify.json")
+        check_writable_parent(save_to)
+    into_model = _saves_into_model(checkpoint, save, save_to, on_event)
     window = _window(checkpoint.path)
     lengths = sorted(set(settings.lengths or [window]))
     if any(length <= 0 for length in lengths):
@@ -114,10 +116,37 @@ def run_verify(model: str | None, settings: VerifySettings = VerifySettings(), *
                           passkey_lengths=lengths if settings.passkey else [],
                           perplexity_lengths=lengths if settings.perplexity else [],
                           settings=settings.runtime(), notes=notes)
-    if save:
-        saved = _save(checkpoint, report, command, settings.data)
-        report = VerifyReport(**{**report.__dict__, "saved_to": saved})
+    record = provenance.verify_record(report.to_dict(), command=command, data=settings.data)
+    if save_to is not None:
+        atomic_write_json(save_to, record)
+    if into_model:
+        saved = provenance.add_verification(checkpoint.path, record)
+        report = VerifyReport(**{**report.__dict__, "saved_to": str(saved)})
     return report
+
+
+def _saves_into_model(checkpoint: Checkpoint, save: bool | None, save_to: Path | None, on_event: Events) -> bool:
+    """Decided before measuring: a checkpoint picli wrote gets the records; a user's own only with --save.
+
+    A broken picli.json fails here too, before minutes of measuring, not after them.
+    """
+    if save is False:
+        return False
+    elsewhere = "" if save_to is None else f"; the record goes to {save_to}"
+    if checkpoint.source.get("repo") or checkpoint.source.get("embedded"):
+        # A cache is not the user's checkpoint: the report is printed (and written to -o FILE).
+        if on_event:
+            on_event({"kind": "message", "text": f"Not saving into {checkpoint.path}: it is a cache, not your "
+                      "checkpoint" + (elsewhere or " (-o FILE keeps the record)")})
+        return False
+    if save is None and not provenance.is_picli_output(checkpoint.path):
+        if on_event:
+            on_event({"kind": "message", "text": f"Not saving into {checkpoint.path}: picli did not write it (no "
+                      f"{provenance.RECORD}){elsewhere}. To keep the results: --save writes "
+                      f"{provenance.VERIFY_RECORD} and {provenance.RECORD} into it, -o FILE writes the record to FILE"})
+        return False
+    provenance.read_record(checkpoint.path)
+    return True
 
 
 def _window(path: Path) -> int:
@@ -165,35 +194,3 @@ def _notes(runs: list[ModelRun], lengths: list[int]) -> list[str]:
             notes.append(f"{run.model}: {', '.join(map(str, beyond))} tokens lie beyond its window of {run.window} "
                          "tokens (extrapolation, no interpolation there)")
     return notes
-
-
-def _save(checkpoint: Checkpoint, report: VerifyReport, command: str, data: str | None) -> str | None:
-    """Beside the model (never into the Hugging Face cache): the full record and a summary."""
-    if checkpoint.source.get("repo") or checkpoint.source.get("embedded"):
-        return None  # a cache is not the user's checkpoint; the report is printed instead
-    path = checkpoint.path / VERIFY_RECORD
-    record = {"created": now(), "command": command, "data": data, "versions": versions(), **report.to_dict()}
-    atomic_write_json(path, record)
-    picli_record = read_record(checkpoint.path)
-    picli_record["verification"] = summarise(report, data)
-    atomic_write_json(record_path(checkpoint.path), picli_record)
-    return str(path)
-
-
-def summarise(report: VerifyReport, data: str | None = None) -> dict:
-    """What the model card needs: k_max and perplexity per length, model and baseline."""
-    def one(run: ModelRun | None) -> dict | None:
-        if run is None:
-            return None
-        summary = {"path": run.path, "window": run.window}
-        if run.passkey:
-            summary["passkey_k_max"] = {str(r["length"]): r["k_max"] for r in run.passkey["results"]}
-            summary["passkey_success"] = {str(r["length"]): sum(r["success"]) / len(r["success"])
-                                          for r in run.passkey["results"]}
-        if run.perplexity:
-            summary["perplexity"] = {str(r["length"]): r["perplexity"] for r in run.perplexity["results"]}
-        return summary
-
-    protocol = report.model.passkey["protocol"] if report.model.passkey else None
-    return {"created": now(), "passkey_protocol": protocol, "perplexity_data": data,
-            "model": one(report.model), "baseline": one(report.baseline), "notes": report.notes}

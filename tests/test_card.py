@@ -2,7 +2,7 @@
 
 Pure and fast: records are built here in the exact shapes picli writes (picli.json as
 extend._record lays it out, picli-verify.json from verify.VerifyReport.to_dict and the
-summary from verify.summarise), so no model is loaded.
+summary from provenance.verification_summary), so no model is loaded.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from picli.card import BEGIN, END, TAGS, CardError, render_card, verification_su
 from picli.cli import app
 from picli.passkey import LengthResult, PasskeyReport, Protocol
 from picli.perplexity import PerplexityReport, PerplexityResult
-from picli.verify import ModelRun, VerifyReport, summarise
+from picli.provenance import verification_summary as summarise
+from picli.verify import ModelRun, VerifyReport
 from tests.conftest import FAMILY_CONFIGS, write_checkpoint
 
 runner = CliRunner()
@@ -68,7 +69,7 @@ def verify_report() -> VerifyReport:
 
 
 def verify_file(report: VerifyReport) -> dict:
-    """picli-verify.json as verify._save writes it."""
+    """picli-verify.json as verify writes it (provenance.verify_record)."""
     return {"created": "2025-01-02T00:00:00+00:00", "command": "picli verify --passkey", "data": "/data/pg19_book.txt",
             "versions": {}, **report.to_dict()}
 
@@ -98,7 +99,7 @@ def test_card_carries_the_verification_numbers_from_either_record(extended):
     directory, plan = extended
     report = verify_report()
     from_file = render_card(directory, picli_record(plan), verify_file(report), None, "org/m", False)
-    from_summary = render_card(directory, picli_record(plan, verification=summarise(report, "/data/pg19_book.txt")),
+    from_summary = render_card(directory, picli_record(plan, verification=summarise(verify_file(report))),
                                None, None, "org/m", False)
     for text in (from_file, from_summary):
         body = ModelCard(text).text
@@ -110,8 +111,9 @@ def test_card_carries_the_verification_numbers_from_either_record(extended):
         assert "`pg19_book.txt`" in body and "/data/" not in body  # no local paths on the Hub
         assert "32 key depths x 10 random 5-digit keys" in body
         assert "Not verified" not in body
+    assert from_file == from_summary  # one summary: the card reads the same from either record
     assert verification_summary(picli_record(plan), verify_file(report))["model"]["passkey_k_max"] == \
-        summarise(report)["model"]["passkey_k_max"]
+        {"4096": 4096, "8192": 7168}
 
 
 def test_unverified_and_not_fine_tuned_are_said_plainly(extended):

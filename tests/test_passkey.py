@@ -189,7 +189,7 @@ def test_verify_cli_on_tiny_model(tiny_model_dir, tmp_path, workdir):
     model = tmp_path / "m"
     shutil.copytree(tiny_model_dir, model)
     result = runner.invoke(app, ["verify", str(model), "--passkey", "--quick", "--length", "256",
-                                 "--length", "384", "--json", "--device", "cpu"])
+                                 "--length", "384", "--json", "--device", "cpu", "--save"])  # not picli's output
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     results = report["model"]["passkey"]["results"]

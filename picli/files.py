@@ -169,7 +169,7 @@ def target_lock(target: Path) -> Iterator[None]:
 
     target = Path(target)
     lock_path = target.parent / f".{target.name}{LOCK_SUFFIX}"
-    key = str(lock_path)
+    key = os.path.abspath(lock_path)
     if key in _held_locks:
         yield
         return

@@ -348,7 +348,12 @@ def safetensors_header(path: Path) -> dict[str, Any]:
 
 def index_shards(index_path: Path) -> list[str]:
     """The shard files a `*.safetensors.index.json` names, each a path inside its folder."""
-    index = read_json_file(index_path) or {}
+    try:
+        index = read_json_file(index_path) or {}
+    except (RecursionError, UnicodeDecodeError) as exc:
+        reason = "JSON nested too deeply" if isinstance(exc, RecursionError) else "not UTF-8"
+        raise NotACheckpoint(f"{index_path.name} is not readable JSON ({reason})",
+                             hint=f"fix or restore {index_path.name}") from None
     weight_map = index.get("weight_map", {})
     if not isinstance(weight_map, dict) or not all(isinstance(shard, str) and shard for shard in weight_map.values()):
         raise NotACheckpoint(f"{index_path.name}: weight_map must map tensor names to shard file names, "

@@ -193,6 +193,13 @@ def test_index_weight_map_of_the_wrong_shape(checkpoint, workdir, weight_map):
     assert any("weight_map" in p for p in problems), problems
 
 
+@pytest.mark.parametrize("raw", [b'{"weight_map": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", b"\xff\xfe{}"])
+def test_unreadable_index(raw, checkpoint, workdir):
+    (checkpoint / "model.safetensors.index.json").write_bytes(raw)
+    for command in (("extend", checkpoint, "--to", 4096, "-o", workdir / "out"), ("inspect", checkpoint)):
+        assert_clean_error(run(*command), "model.safetensors.index.json")
+
+
 # ---------------------------------------------------------------------------------------
 # Checkpoint files: safetensors headers.
 

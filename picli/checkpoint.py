@@ -16,8 +16,8 @@ import re
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
 
 from . import provenance
 from .errors import ModelNotFound, NotACheckpoint, PicliError
@@ -213,23 +213,159 @@ def read_json_file(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+# Bits per element of the safetensors dtypes, to check each tensor's byte span. Dtypes not
+# listed (newer sub-byte formats) are not size-checked, only their offsets' order.
+_DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "I16": 16, "U16": 16,
+               "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64, "C64": 64}
+_WEIGHT_HINT = "re-download or restore this weight file"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr, cut to one readable line: a header can hold megabytes of hostile JSON."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _data_end(header: dict) -> int:
+    """Check every tensor entry as the safetensors library does; return where the data ends."""
+    data_end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict):
+                raise ValueError("__metadata__ is not a JSON object")
+            continue
+        if not isinstance(info, dict):
+            raise ValueError(f"entry {_short(name)} is not a JSON object")
+        shape, offsets, dtype = info.get("shape"), info.get("data_offsets"), info.get("dtype")
+        # bool is an int to Python; a shape of [true, 4] is not a shape.
+        if not isinstance(shape, list) or not all(type(dim) is int and dim >= 0 for dim in shape):
+            raise ValueError(f"tensor {_short(name)} has shape {_short(shape)}, not a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise ValueError(f"tensor {_short(name)} has data_offsets {_short(offsets)}, not [begin, end]")
+        if not isinstance(dtype, str):
+            raise ValueError(f"tensor {_short(name)} has dtype {_short(dtype)}, not a name")
+        elements = 1
+        for dim in shape:
+            elements *= dim
+        bits = _DTYPE_BITS.get(dtype)
+        if bits is not None and elements * bits != (offsets[1] - offsets[0]) * 8:
+            raise ValueError(f"tensor {_short(name)}: data_offsets span {offsets[1] - offsets[0]} bytes "
+                             f"but {dtype} {shape} needs {elements * bits // 8}")
+        data_end = max(data_end, offsets[1])
+    return data_end
+
+
 def safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a .safetensors file: 8-byte little-endian length, then JSON."""
+    """The JSON header of a .safetensors file, checked as the safetensors library checks it.
+
+    8-byte little-endian length, then a JSON object: tensor name -> dtype, shape (a list of
+    non-negative ints) and data_offsets; the file must hold exactly the bytes the offsets
+    say (a shorter file is a cut-off download, and safetensors refuses a longer one).
+    inspect, extend and push's pre-flight all read weight files through here.
+    """
     try:
+        size = path.stat().st_size
         with open(path, "rb") as handle:
             prefix = handle.read(8)
             if len(prefix) != 8:
                 raise ValueError("file shorter than 8 bytes")
             (length,) = struct.unpack("<Q", prefix)
-            if length > min(path.stat().st_size - 8, 100_000_000):
+            if length > min(size - 8, 100_000_000):
                 raise ValueError(f"header length {length} exceeds the file")
             header = json.loads(handle.read(length))
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
+        data_end = _data_end(header)
+    except RecursionError:
+        raise NotACheckpoint(f"{path.name} has a corrupt safetensors header (JSON nested too deeply)",
+                             hint=_WEIGHT_HINT) from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise NotACheckpoint(f"{path.name} has a corrupt safetensors header ({exc})",
-                             hint="re-download or restore this weight file") from exc
+        raise NotACheckpoint(f"{path.name} has a corrupt safetensors header ({exc})", hint=_WEIGHT_HINT) from exc
+    expected = 8 + length + data_end
+    if size != expected:
+        raise NotACheckpoint(f"{path.name} is {size:,} bytes but its header implies {expected:,} "
+                             "(truncated, or still being written)", hint=_WEIGHT_HINT)
     return header
+
+
+def index_shards(index_path: Path) -> list[str]:
+    """The shard files a `*.safetensors.index.json` names, each a path inside its folder."""
+    try:
+        index = read_json_file(index_path) or {}
+    except (RecursionError, UnicodeDecodeError) as exc:
+        reason = "JSON nested too deeply" if isinstance(exc, RecursionError) else "not UTF-8"
+        raise NotACheckpoint(f"{index_path.name} is not readable JSON ({reason})",
+                             hint=f"fix or restore {index_path.name}") from None
+    weight_map = index.get("weight_map", {})
+    if not isinstance(weight_map, dict) or not all(isinstance(shard, str) and shard for shard in weight_map.values()):
+        raise NotACheckpoint(f"{index_path.name}: weight_map must map tensor names to shard file names, "
+                             f"got {_short(weight_map)}", hint=f"fix or restore {index_path.name}")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        # A shard is read (and copied, and uploaded) from the folder: `../x` or `/x` would reach outside it.
+        if PurePosixPath(shard).is_absolute() or Path(shard).is_absolute() or ".." in PurePosixPath(shard).parts:
+            raise NotACheckpoint(f"{index_path.name} names a shard outside the checkpoint: {_short(shard, 300)}",
+                                 hint="shards must be files in the checkpoint folder; fix or restore the index")
+    return shards
+
+
+def _allowed_roots(root: Path) -> list[Path]:
+    root = root.resolve()
+    roots = [root]
+    # A Hub cache snapshot (models--org--name/snapshots/<sha>/) is links into its own repo's
+    # blobs/ (../../blobs/<hash>): those files are the checkpoint's, other repos' are not.
+    if root.parent.name == "snapshots" and (root.parent.parent / "blobs").is_dir():
+        roots.append((root.parent.parent / "blobs").resolve())
+    return roots
+
+
+def _inside(target: Path, roots: list[Path]) -> bool:
+    return any(target == root or target.is_relative_to(root) for root in roots)
+
+
+def _picli_weight_link(root: Path, relative: str, link: Path) -> bool:
+    """A weight file of picli's own `--weights symlink` output: a link to the same file of the
+    checkpoint it was extended from (absolute path, a directory with config.json), whose own
+    links stay inside that checkpoint. A record alone cannot make any other file legal."""
+    if provenance.read_json_quiet(root / provenance.RECORD).get("weights") != "symlink" or not link.name.endswith(WEIGHT_SUFFIXES):
+        return False
+    literal = os.readlink(link)
+    if not os.path.isabs(literal) or not literal.endswith("/" + relative):
+        return False
+    source = Path(literal[:-len(relative) - 1])
+    return (source / "config.json").is_file() and _inside(Path(os.path.realpath(literal)), _allowed_roots(source))
+
+
+def outside_links(root: Path, skip: Callable[[str, bool], bool] | None = None) -> list[str]:
+    """One line per link under `root` that leads outside the checkpoint, naming the link.
+
+    A link to a file elsewhere (a token, a key) would be copied into an output as a regular
+    file and uploaded by push. Links that stay inside, and a Hub cache snapshot's links
+    into its blobs, are fine. `skip(relative path, is_dir)` leaves out what the caller
+    never reads (extend's skipped folders, push's ignore patterns). Broken links are
+    skipped: no one can read them.
+    """
+    root = Path(root)
+    roots = _allowed_roots(root)
+    problems = []
+    for directory, dirnames, filenames in os.walk(root):  # never enters a linked directory
+        base = Path(directory)
+        for name in sorted(dirnames + filenames):
+            path = base / name
+            relative = path.relative_to(root).as_posix()
+            is_dir = name in dirnames
+            if skip is not None and skip(relative, is_dir):
+                if is_dir:
+                    dirnames.remove(name)
+                continue
+            if not path.is_symlink():
+                continue
+            target = Path(os.path.realpath(path))
+            if not target.exists() or _inside(target, roots) or _picli_weight_link(root, relative, path):
+                continue
+            problems.append(f"{relative} is a link to {target}, outside the checkpoint")
+    return problems
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -242,8 +378,7 @@ def tensor_summary(path: Path) -> TensorSummary:
     files = weight_files(path)
     missing: list[str] = []
     for index_path in path.glob("*.safetensors.index.json"):
-        index = read_json_file(index_path) or {}
-        for shard in sorted(set((index.get("weight_map") or {}).values())):
+        for shard in index_shards(index_path):
             if not (path / shard).is_file():
                 missing.append(shard)
     dtypes: Counter[str] = Counter()
@@ -255,9 +390,9 @@ def tensor_summary(path: Path) -> TensorSummary:
         for name, info in safetensors_header(weight_file).items():
             if name == "__metadata__":
                 continue
-            dtypes[info.get("dtype", "?")] += 1
+            dtypes[info["dtype"]] += 1
             count = 1
-            for dim in info.get("shape", []):
+            for dim in info["shape"]:
                 count *= dim
             parameters += count
     counted = any(f.suffix == ".safetensors" for f in files)
@@ -269,7 +404,11 @@ def tensor_summary(path: Path) -> TensorSummary:
 
 
 def require_shards(path: Path) -> None:
+    """A checkpoint to extend: weight files present and whole, every shard the index names there."""
     summary = tensor_summary(path)
+    if not summary.files:
+        raise NotACheckpoint(f"{path.name} has no weight files ({', '.join('*' + s for s in WEIGHT_SUFFIXES[:3])} ...)",
+                             hint="download the complete checkpoint: config.json alone is not a model")
     if summary.missing_shards:
         raise NotACheckpoint(f"{path.name}: the index names shards that are missing: {', '.join(summary.missing_shards)}",
                              hint="download the complete checkpoint")

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from . import rope
-from .checkpoint import Checkpoint, read_config, read_json_file, require_shards, resolve
-from .errors import CannotExtend, OutputError, SelfCheckFailed
+from .checkpoint import Checkpoint, outside_links, read_config, read_json_file, require_shards, resolve
+from .errors import CannotExtend, NotACheckpoint, OutputError, SelfCheckFailed
 from .events import Events
-from .files import atomic_write_json, check_writable_parent, copy_file, staged_directory, staged_file
+from .files import (atomic_write_json, check_writable_parent, copy_file, staged_directory, staged_file,
+                    target_lock)
 from .provenance import (RECORD, extension_record, is_record_file, read_record, recorded_window, record_path,
                          sidecar_path, versions, write_record)
 
@@ -126,6 +127,9 @@ def _check_output(checkpoint: Checkpoint, output: Path, force: bool) -> None:
         # --force would replace the output directory, and the source with it.
         raise OutputError(f"the source {source} is inside the output {output}",
                           hint="choose an -o/--output that does not contain the source")
+    if checkpoint.kind == "gguf" and output.is_dir():
+        raise OutputError(f"output {output} is a directory; a GGUF is extended into a .gguf file",
+                          hint="name a .gguf file with -o/--output")
     if (output.exists() or output.is_symlink()) and not force:
         raise OutputError(f"output {output} already exists", hint="pass --force to replace it, or choose -o/--output")
     check_writable_parent(output)
@@ -135,8 +139,10 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
     source = checkpoint.path
     config = read_config(source)
     require_shards(source)
+    _refuse_outside_links(source)
+    record = read_record(source)
     # A checkpoint picli wrote says its window in its record, whichever convention it used.
-    recorded = recorded_window(read_record(source))
+    recorded = recorded_window(record)
     config_plan = rope.plan_config(config, target_window, from_window=from_window,
                                    keep_max_position=(max_position == "original"), force=force,
                                    recorded_window=recorded)
@@ -170,6 +176,15 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
         weights=weights, replace=force, max_position=max_position, changes=changes, files=files,
         new_files=new_files, warnings=config_plan.warnings,
     )
+
+
+def _refuse_outside_links(source: Path) -> None:
+    """Every file extend copies comes from the checkpoint itself (docs/safety.md)."""
+    links = outside_links(source, skip=lambda relative, _: bool(SKIPPED_DIRS.intersection(relative.split("/"))))
+    if links:
+        more = f" (and {len(links) - 1} more)" if len(links) > 1 else ""
+        raise NotACheckpoint(f"{links[0]}{more}; picli copies only the checkpoint's own files",
+                             hint="replace the link with the file itself, or remove it from the checkpoint")
 
 
 def _source_files(source: Path) -> list[Path]:
@@ -253,18 +268,23 @@ def _apply_gguf(plan: ExtendPlan, command: list[str], on_event: Events) -> Exten
     from .gguf_io import read_gguf, rewrite_gguf_metadata
 
     sidecar = record_path(plan.output)
-    with staged_file(plan.output, replace=plan.replace) as staging:
-        rewrite_gguf_metadata(plan.source.path, staging, plan.gguf_updates, on_event=on_event, replace=True)
-        written = read_gguf(staging)
-        source_info = read_gguf(plan.source.path)
-        wrong = [name for name, (_, value) in plan.gguf_updates.items()
-                 if not _same(written.metadata.get(name), value)]
-        if wrong or written.tensor_count != source_info.tensor_count or written.data_bytes != source_info.data_bytes:
-            raise SelfCheckFailed(f"the written GGUF does not read back as intended ({', '.join(wrong) or 'tensors differ'})",
-                                  hint="please report this; nothing was written")
-        check = {"ok": True, "method": "GGUF metadata read back; tensor data section copied unchanged",
-                 "tensors": written.tensor_count}
-        record = _record(plan, command, check)
+    # One lock for the GGUF and its sidecar. The old sidecar leaves as the new GGUF lands
+    # (staged_file's companion) and the new one is written after it, still under the lock:
+    # a crash can leave a GGUF without its record, never beside another file's record.
+    with target_lock(plan.output):
+        with staged_file(plan.output, replace=plan.replace, companion=sidecar) as staging:
+            rewrite_gguf_metadata(plan.source.path, staging, plan.gguf_updates, on_event=on_event, replace=True,
+                                  staged=False)
+            written = read_gguf(staging)
+            source_info = read_gguf(plan.source.path)
+            wrong = [name for name, (_, value) in plan.gguf_updates.items()
+                     if not _same(written.metadata.get(name), value)]
+            if wrong or written.tensor_count != source_info.tensor_count or written.data_bytes != source_info.data_bytes:
+                raise SelfCheckFailed(f"the written GGUF does not read back as intended ({', '.join(wrong) or 'tensors differ'})",
+                                      hint="please report this; nothing was written")
+            check = {"ok": True, "method": "GGUF metadata read back; tensor data section copied unchanged",
+                     "tensors": written.tensor_count}
+            record = _record(plan, command, check)
         atomic_write_json(sidecar, record)
     return ExtendResult(plan, check, record)
 

@@ -4,6 +4,11 @@ A crash, Ctrl-C or full disk must leave either the old file or the new one, neve
 every file goes to a temporary name in the same directory and is renamed into place
 (rename is atomic within one filesystem). Whole checkpoints are built in a temporary
 directory beside their destination and renamed the same way (`staged_directory`).
+
+Two runs writing one output would otherwise break each other (the second one's clean-up
+deleting the first one's live staging): `staged_directory` and `staged_file` hold a lock
+file beside the target (`.{name}.picli-lock`, flock) for the whole write, and the second
+run fails at once. Staging left by a killed run is removed only under that lock.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +30,12 @@ from .errors import OutputError
 _FICLONE = 0x40049409
 
 STAGING_MARK = ".picli-tmp-"
+LOCK_SUFFIX = ".picli-lock"
+# Errors that mean "the output cannot take these bytes": the message names the output file.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+# Locks this process holds, by lock path: a write nested in another of the same target
+# (extend's GGUF path locks around a staged file, which locks too) must not block itself.
+_held_locks: set[str] = set()
 
 
 def _umask() -> int:
@@ -32,17 +44,40 @@ def _umask() -> int:
     return mask
 
 
+def output_path(path: Path) -> Path:
+    """The path the user will see: staging names (`.out.picli-tmp-x1y2/...`) become the target."""
+    parts = [re.sub(rf"^\.(.+?){re.escape(STAGING_MARK)}.*$", r"\1", part) for part in Path(path).parts]
+    return Path(*parts)
+
+
+@contextlib.contextmanager
+def naming_output(path: Path) -> Iterator[None]:
+    """A disk-full (or read-only, quota) error while writing names the output file.
+
+    Left alone, the OSError names whatever the failing call knew: nothing for a write() or
+    fsync(), and the *source* for shutil.copyfile, whose sendfile path puts the source in
+    `filename`. The CLI's error boundary prints `filename`.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(output_path(path))) from exc
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{STAGING_MARK}")
     try:
-        # mkstemp creates 0600; outputs get the permissions an ordinary file would.
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        with naming_output(path):
+            # mkstemp creates 0600; outputs get the permissions an ordinary file would.
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
@@ -74,10 +109,11 @@ def copy_file(src: Path, dst: Path, mode: str = "copy") -> str:
     if mode == "symlink":
         os.symlink(os.path.abspath(src), dst)
         return "symlink"
-    if _reflink(src, dst):
-        return "reflink"
-    shutil.copyfile(src, dst)
-    shutil.copymode(src, dst)
+    with naming_output(dst):
+        if _reflink(src, dst):
+            return "reflink"
+        shutil.copyfile(src, dst)
+        shutil.copymode(src, dst)
     return "copy"
 
 
@@ -121,57 +157,136 @@ def check_writable_parent(target: Path) -> None:
 
 
 @contextlib.contextmanager
+def target_lock(target: Path) -> Iterator[None]:
+    """Hold `.{name}.picli-lock` beside `target`; a second writer fails at once, changing nothing.
+
+    flock, not the lock file's existence: the kernel drops it when the holder dies, kill -9
+    included, so a crashed run never blocks the next one. The file is removed on release;
+    a run that locked a file just unlinked by the previous holder sees that its inode is no
+    longer the one at the path, and locks afresh.
+    """
+    import fcntl
+
+    target = Path(target)
+    lock_path = target.parent / f".{target.name}{LOCK_SUFFIX}"
+    key = os.path.abspath(lock_path)
+    if key in _held_locks:
+        yield
+        return
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(f"another picli run is writing {target}",
+                              hint="wait for it to finish, or choose another -o/--output") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    _held_locks.add(key)
+    try:
+        yield
+    finally:
+        _held_locks.discard(key)
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)  # still locked: nobody else can be using this inode
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def staged_directory(target: Path, replace: bool = False) -> Iterator[Path]:
     """Yield an empty directory beside `target`; on success it becomes `target`.
 
     On any exception (KeyboardInterrupt included) the staging directory is removed and
     `target` is untouched. With replace=True an existing target is swapped out only after
-    the new one is complete.
+    the new one is complete. The target's lock is held throughout (`target_lock`).
     """
     target = Path(target)
-    _remove_stale_staging(target)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{STAGING_MARK}"))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700
-    try:
-        yield staging
-        if target.exists() or target.is_symlink():
-            if not replace:
-                raise OutputError(f"output {target} appeared while writing", hint="run again with --force")
-            retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{STAGING_MARK}old-"))
-            os.replace(target, retired / "old")
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with target_lock(target):
+        _remove_stale_staging(target)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{STAGING_MARK}"))
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700
+        try:
+            yield staging
+            if target.exists() or target.is_symlink():
+                if not replace:
+                    raise OutputError(f"output {target} appeared while writing", hint="run again with --force")
+                retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}{STAGING_MARK}old-"))
+                os.replace(target, retired / "old")
+                os.replace(staging, target)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
 
 @contextlib.contextmanager
-def staged_file(target: Path, replace: bool = False) -> Iterator[Path]:
-    """Like staged_directory, for one large file written by someone else's code."""
+def staged_file(target: Path, replace: bool = False, companion: Path | None = None) -> Iterator[Path]:
+    """Like staged_directory, for one large file written by someone else's code.
+
+    `companion` is a file that describes `target` (a GGUF's `.picli.json`): it is moved aside
+    just before the new target lands and dropped once it has, so the caller (writing the new
+    companion under the same lock) never leaves an old description beside a new file. If
+    the target cannot be put in place, the old companion is put back.
+    """
     target = Path(target)
-    fd, staging_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}{STAGING_MARK}")
-    os.fchmod(fd, 0o666 & ~_umask())
-    os.close(fd)
-    staging = Path(staging_name)
-    try:
-        yield staging
-        if target.exists() and not replace:
-            raise OutputError(f"output {target} appeared while writing", hint="run again with --force")
-        os.replace(staging, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            staging.unlink()
-        raise
+    with target_lock(target):
+        _remove_stale_staging(target)
+        if companion is not None:
+            _remove_stale_staging(Path(companion))
+        if target.is_dir():
+            raise OutputError(f"output {target} is a directory", hint="name a file as the output, or remove it")
+        fd, staging_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}{STAGING_MARK}")
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
+        staging = Path(staging_name)
+        try:
+            yield staging
+            if (target.exists() or target.is_symlink()) and not replace:
+                raise OutputError(f"output {target} appeared while writing", hint="run again with --force")
+            if target.is_dir():
+                raise OutputError(f"output {target} appeared as a directory while writing",
+                                  hint="name a file as the output, or remove it")
+            retired = None
+            if companion is not None and (Path(companion).exists() or Path(companion).is_symlink()):
+                retired = Path(companion).with_name(f".{Path(companion).name}{STAGING_MARK}old")
+                os.replace(companion, retired)
+            try:
+                os.replace(staging, target)
+            except BaseException:
+                if retired is not None:
+                    os.replace(retired, companion)
+                raise
+            if retired is not None:
+                retired.unlink()
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                staging.unlink()
+            raise
 
 
 def _remove_stale_staging(target: Path) -> None:
-    """Staging dirs left by a killed run (kill -9 cannot be caught) are removed next time."""
-    for stale in target.parent.glob(f".{target.name}{STAGING_MARK}*"):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
+    """Staging left by a killed run (kill -9 cannot be caught) is removed by the next one.
+
+    Only ever called with the target's lock held, so no live run owns what is removed.
+    `..{name}.picli-tmp-*` is the staging of a staging file, which older picli wrote for GGUF.
+    """
+    for pattern in (f".{target.name}{STAGING_MARK}*", f"..{target.name}{STAGING_MARK}*"):
+        for stale in target.parent.glob(pattern):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
 
 
 def tree_size(path: Path) -> int:

@@ -13,6 +13,7 @@ types newer than the installed `gguf`, which a byte-for-byte copy need not under
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -243,8 +244,13 @@ def rewrite_gguf_metadata(
     updates: dict[str, tuple[str, Any]],
     on_event: Callable[[dict[str, Any]], None] | None = None,
     replace: bool = False,
+    staged: bool = True,
 ) -> None:
-    """Write `dst` = `src` with `updates` (key -> (type name, value)) set; tensors untouched."""
+    """Write `dst` = `src` with `updates` (key -> (type name, value)) set; tensors untouched.
+
+    staged=False: `dst` is already the caller's staging file (extend stages the GGUF itself,
+    to read it back before it lands), so it is written in place rather than staged again.
+    """
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve() or (dst.exists() and src.exists() and os.path.samefile(src, dst)):
         raise OutputError(f"refusing to write {dst} over its own source", hint="choose another output path")
@@ -254,15 +260,17 @@ def rewrite_gguf_metadata(
                          hint="leave general.alignment out of the updates")
     encoded = {key: _encode_kv(key, *typed) for key, typed in updates.items()}
     layout = _load(src)
-    if dst.is_dir():
-        raise OutputError(f"output {dst} is a directory", hint="name a .gguf file as the output")
-    if dst.exists() and not replace:
-        raise OutputError(f"output {dst} already exists", hint="run again with --force")
-    files.check_writable_parent(dst)
+    if staged:
+        if dst.is_dir():
+            raise OutputError(f"output {dst} is a directory", hint="name a .gguf file as the output")
+        if dst.exists() and not replace:
+            raise OutputError(f"output {dst} already exists", hint="run again with --force")
+        files.check_writable_parent(dst)
     known = {e.key for e in layout.entries}
     appended = [key for key in encoded if key not in known]
     total = layout.file_size - layout.data_offset
-    with open(src, "rb") as source, files.staged_file(dst, replace=replace) as staging:
+    staging_context = files.staged_file(dst, replace=replace) if staged else contextlib.nullcontext(dst)
+    with open(src, "rb") as source, staging_context as staging, files.naming_output(dst):
         with open(staging, "wb") as out:
             out.write(_MAGIC + struct.pack("<IQQ", layout.version, len(layout.tensors),
                                            len(layout.entries) + len(appended)))

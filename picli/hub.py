@@ -23,14 +23,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from . import card as card_module
 from . import rope
-from .checkpoint import read_config, read_json_file, safetensors_header
+from .checkpoint import index_shards, outside_links, read_config, safetensors_header
 from .errors import NotACheckpoint, PicliError
 from .events import Events
 from .hub_errors import PUSH_RETRY, HubCall, is_repo_id, translate
@@ -154,6 +153,8 @@ def preflight(checkpoint_dir: Path) -> tuple[list[str], list[str]]:
                 found = f"factor {state.factor:g}" if state.scaling_type == "linear" else f"{state.scaling_type} RoPE"
                 problems.append(f"config.json says {found} but picli.json recorded linear factor {recorded:g} "
                                 "(config.json was edited after picli wrote it), so the card would be wrong")
+    # A link to a file elsewhere (a token, a key) would be uploaded as that file's contents.
+    problems += outside_links(checkpoint_dir, skip=_not_uploaded)
     files = [entry.path for entry in list_files(checkpoint_dir)[0]]
     problems += _weight_problems(checkpoint_dir, files)
     if not any(Path(name).name in TOKENIZER_FILES for name in files):
@@ -175,31 +176,29 @@ def _weight_problems(checkpoint_dir: Path, files: list[str]) -> list[str]:
         problems.append("no weight files (*.safetensors or *.bin)")
     for index_name in [name for name in files if name.endswith(".safetensors.index.json")]:
         try:
-            index = read_json_file(checkpoint_dir / index_name) or {}
+            shards = index_shards(checkpoint_dir / index_name)
         except NotACheckpoint as exc:
             problems.append(exc.message)
             continue
-        for shard in sorted(set((index.get("weight_map") or {}).values())):
+        for shard in shards:
             if shard not in files:
                 problems.append(f"{index_name} names {shard}, which is missing")
     for name in weights:
-        if not name.endswith(".safetensors"):
-            continue
-        path = checkpoint_dir / name
-        try:
-            header = safetensors_header(path)
-        except NotACheckpoint as exc:
-            problems.append(exc.message)
-            continue
-        with open(path, "rb") as handle:
-            (header_length,) = struct.unpack("<Q", handle.read(8))
-        data_end = max((info["data_offsets"][1] for key, info in header.items()
-                        if key != "__metadata__" and isinstance(info, dict) and "data_offsets" in info), default=0)
-        expected, actual = 8 + header_length + data_end, path.stat().st_size
-        if actual != expected:
-            problems.append(f"{name} is {actual:,} bytes but its header implies {expected:,} "
-                            "(truncated, or still being written)")
+        if name.endswith(".safetensors"):
+            try:  # the header, and the file's size against it (a cut-off copy)
+                safetensors_header(checkpoint_dir / name)
+            except NotACheckpoint as exc:
+                problems.append(exc.message)
     return problems
+
+
+def _not_uploaded(relative: str, is_dir: bool) -> bool:
+    from huggingface_hub.utils import filter_repo_objects
+    from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
+
+    # A folder is left out when its contents are: "x/" matches the patterns "x/*".
+    name = relative + "/" if is_dir else relative
+    return not list(filter_repo_objects([name], ignore_patterns=IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS))
 
 
 def list_files(checkpoint_dir: Path) -> tuple[list[FileEntry], list[str]]:

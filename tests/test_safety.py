@@ -1,0 +1,463 @@
+"""Hostile checkpoints and concurrent runs (issue 14): what picli refuses, and that it says so
+in one line without a traceback, leaves the source untouched and writes nothing half-done.
+
+Areas, as in docs/safety.md: files from outside the checkpoint (links, index entries),
+safetensors headers, GGUF staging and concurrent runs, and disk-full messages.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from picli.cli import app
+from tests.conftest import FAMILY_CONFIGS, tree_hash, write_checkpoint
+from tests.test_extend import assert_clean_error
+from tests.test_gguf_io import make_gguf
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def write_safetensors(path: Path, header: object, data: bytes = b"", raw_header: bytes | None = None) -> Path:
+    body = raw_header if raw_header is not None else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(body)) + body + data)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoint files: links and index entries that lead outside the checkpoint.
+
+
+@pytest.fixture
+def secret(tmp_path) -> Path:
+    path = tmp_path / "elsewhere" / "token"
+    path.parent.mkdir()
+    path.write_text("hf_secretsecretsecretsecretsecret\n")
+    return path
+
+
+def test_extend_refuses_a_link_to_a_file_outside(checkpoint, workdir, secret):
+    (checkpoint / "hf_token").symlink_to(secret)
+    before = tree_hash(checkpoint)
+    result = run("extend", checkpoint, "--to", 4096, "-o", workdir / "out")
+    assert_clean_error(result, "hf_token")
+    assert "outside the checkpoint" in result.stderr
+    assert not (workdir / "out").exists() and tree_hash(checkpoint) == before
+
+
+def test_extend_refuses_a_link_to_a_directory_outside(checkpoint, workdir, secret):
+    (checkpoint / "extra").symlink_to(secret.parent, target_is_directory=True)
+    assert_clean_error(run("extend", checkpoint, "--to", 4096, "-o", workdir / "out"), "extra")
+    assert not (workdir / "out").exists()
+
+
+def test_links_inside_the_checkpoint_are_copied(checkpoint, workdir):
+    (checkpoint / "sub").mkdir()
+    (checkpoint / "sub" / "notes.txt").write_text("kept\n")
+    (checkpoint / "notes.txt").symlink_to("sub/notes.txt")
+    result = run("extend", checkpoint, "--to", 4096, "-o", workdir / "out")
+    assert result.exit_code == 0, result.stderr
+    copied = workdir / "out" / "notes.txt"
+    assert not copied.is_symlink() and copied.read_text() == "kept\n"
+
+
+def test_symlink_weights_output_can_be_extended_again_and_pushed(checkpoint, workdir):
+    """`--weights symlink` outputs link into their source: picli's own links stay allowed."""
+    from picli.hub import preflight
+
+    assert run("extend", checkpoint, "--to", 4096, "-o", workdir / "sym", "--weights", "symlink").exit_code == 0
+    (workdir / "sym" / "tokenizer.json").write_text("{}")
+    problems, _ = preflight(workdir / "sym")
+    assert not [p for p in problems if "outside" in p], problems
+    result = run("extend", workdir / "sym", "--to", 8192, "-o", workdir / "again")
+    assert result.exit_code == 0, result.stderr
+    assert (workdir / "again" / "model.safetensors").read_bytes() == (checkpoint / "model.safetensors").read_bytes()
+
+
+def test_a_forged_symlink_record_does_not_carry_other_files(checkpoint, workdir, secret):
+    """picli.json saying `weights: symlink` does not make a link to a non-checkpoint file legal."""
+    secret_weights = secret.parent / "model.safetensors"
+    secret_weights.write_bytes((checkpoint / "model.safetensors").read_bytes())
+    (checkpoint / "model.safetensors").unlink()
+    (checkpoint / "model.safetensors").symlink_to(secret_weights)
+    (checkpoint / "picli.json").write_text(json.dumps({"weights": "symlink"}))
+    assert_clean_error(run("extend", checkpoint, "--to", 4096, "-o", workdir / "out"), "model.safetensors")
+
+
+def push_ready(checkpoint: Path, workdir: Path) -> Path:
+    assert run("extend", checkpoint, "--to", 4096, "-o", workdir / "out").exit_code == 0
+    (workdir / "out" / "tokenizer.json").write_text("{}")
+    return workdir / "out"
+
+
+def test_push_refuses_a_link_outside_and_never_lists_it(checkpoint, workdir, secret):
+    from picli.hub import preflight
+
+    model = push_ready(checkpoint, workdir)
+    (model / "token.txt").symlink_to(secret)
+    problems, _ = preflight(model)
+    assert any("token.txt" in p and "outside the checkpoint" in p for p in problems), problems
+    result = run("push", model, "org/model-4k", "--dry-run")
+    assert_clean_error(result, "token.txt")
+    assert "secret" not in result.stdout + result.stderr
+
+
+def test_push_ignores_links_in_folders_it_never_uploads(checkpoint, workdir, secret):
+    from picli.hub import preflight
+
+    model = push_ready(checkpoint, workdir)
+    (model / ".picli").mkdir(exist_ok=True)
+    (model / ".picli" / "token").symlink_to(secret)
+    problems, _ = preflight(model)
+    assert not [p for p in problems if "outside" in p], problems
+
+
+def blob_cache(hf_home: Path, repo_id: str, revision: str) -> Path:
+    """The layout huggingface_hub really writes: snapshot files are links into ../../blobs/."""
+    repo_dir = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(revision)
+    snapshot = write_checkpoint(repo_dir / "snapshots" / revision, FAMILY_CONFIGS["llama_v4"], tokenizer_max=2048)
+    (repo_dir / "blobs").mkdir()
+    for path in list(snapshot.iterdir()):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        path.rename(repo_dir / "blobs" / digest)
+        path.symlink_to(f"../../blobs/{digest}")
+    return snapshot
+
+
+def test_hub_cache_snapshot_links_into_its_blobs_are_allowed(tmp_path):
+    from tests.test_hub_resolve import REVISION, picli
+
+    hf_home = tmp_path / "hf"
+    snapshot = blob_cache(hf_home, "huggyllama/llama-7b", REVISION)
+    assert (snapshot / "config.json").is_symlink()
+    result = picli("extend", "huggyllama/llama-7b", "--to", "4096", cwd=tmp_path,
+                   env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    written = tmp_path / "llama-7b-4k" / "model.safetensors"
+    assert not written.is_symlink() and written.read_bytes() == (snapshot / "model.safetensors").read_bytes()
+
+
+def test_hub_cache_snapshot_link_outside_its_repo_is_refused(tmp_path, workdir, secret):
+    snapshot = blob_cache(tmp_path / "hf", "org/model", "0" * 40)
+    (snapshot / "token").symlink_to(secret)
+    (snapshot / "other.json").symlink_to("../../../models--other--repo/blobs/abc")
+    result = run("extend", snapshot, "--to", 4096, "-o", workdir / "out")
+    assert_clean_error(result, "token")
+    assert not (workdir / "out").exists()
+
+
+@pytest.mark.parametrize("shard", ["../x.safetensors", "/ABS/x.safetensors", "sub/../../x.safetensors"])
+def test_index_naming_shards_outside_the_folder_is_refused(checkpoint, workdir, shard):
+    from picli.hub import preflight
+
+    outside = checkpoint.parent / "x.safetensors"
+    outside.write_bytes((checkpoint / "model.safetensors").read_bytes())
+    shard = shard.replace("/ABS", str(checkpoint.parent))
+    index = {"metadata": {}, "weight_map": {"lm_head.weight": shard, "model.embed_tokens.weight": "model.safetensors"}}
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps(index))
+    for command in (("extend", checkpoint, "--to", 4096, "-o", workdir / "out"), ("inspect", checkpoint)):
+        result = run(*command)
+        assert_clean_error(result, "outside the checkpoint")
+        assert shard in result.stderr
+    assert not (workdir / "out").exists()
+    (checkpoint / "tokenizer.json").write_text("{}")
+    problems, _ = preflight(checkpoint)
+    assert any("outside the checkpoint" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("weight_map", [["model.safetensors"], {"a": 3}, "model.safetensors", {"a": ""}])
+def test_index_weight_map_of_the_wrong_shape(checkpoint, workdir, weight_map):
+    from picli.hub import preflight
+
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    for command in (("extend", checkpoint, "--to", 4096, "-o", workdir / "out"), ("inspect", checkpoint)):
+        assert_clean_error(run(*command), "weight_map")
+    (checkpoint / "tokenizer.json").write_text("{}")
+    problems, _ = preflight(checkpoint)
+    assert any("weight_map" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("raw", [b'{"weight_map": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", b"\xff\xfe{}"])
+def test_unreadable_index(raw, checkpoint, workdir):
+    (checkpoint / "model.safetensors.index.json").write_bytes(raw)
+    for command in (("extend", checkpoint, "--to", 4096, "-o", workdir / "out"), ("inspect", checkpoint)):
+        assert_clean_error(run(*command), "model.safetensors.index.json")
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoint files: safetensors headers.
+
+BAD_HEADERS = {
+    "shape not a list": ({"w": {"dtype": "F32", "shape": 4, "data_offsets": [0, 16]}}, 16, "shape"),
+    "negative shape": ({"w": {"dtype": "F32", "shape": [-2, -2], "data_offsets": [0, 16]}}, 16, "shape"),
+    "fractional shape": ({"w": {"dtype": "F32", "shape": [2.5, 2], "data_offsets": [0, 16]}}, 16, "shape"),
+    "bool shape": ({"w": {"dtype": "F32", "shape": [True, 4], "data_offsets": [0, 16]}}, 16, "shape"),
+    "entry not an object": ({"w": 5}, 0, "'w'"),
+    "offsets not two ints": ({"w": {"dtype": "F32", "shape": [4], "data_offsets": "0-16"}}, 16, "data_offsets"),
+    "offsets disagree with shape": ({"w": {"dtype": "F32", "shape": [8], "data_offsets": [0, 16]}}, 16, "data_offsets"),
+    "data shorter than offsets": ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, 10, "header implies"),
+    "data longer than offsets": ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, 20, "header implies"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_HEADERS))
+def test_bad_safetensors_header(case, checkpoint, workdir):
+    header, data_length, expected = BAD_HEADERS[case]
+    write_safetensors(checkpoint / "model.safetensors", header, b"\0" * data_length)
+    before = tree_hash(checkpoint)
+    for command in (("extend", checkpoint, "--to", 4096, "-o", workdir / "out"), ("inspect", checkpoint)):
+        result = run(*command)
+        assert_clean_error(result, "model.safetensors")
+        assert expected in result.stderr
+    assert not (workdir / "out").exists() and tree_hash(checkpoint) == before
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000 + b"]" * 100_000, b'{"w": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                 b"[1, 2]", b"\xff\xfe"])
+def test_unreadable_safetensors_json(raw, checkpoint, workdir):
+    write_safetensors(checkpoint / "model.safetensors", None, raw_header=raw)
+    for command in (("extend", checkpoint, "--to", 4096, "-o", workdir / "out"), ("inspect", checkpoint)):
+        assert_clean_error(run(*command), "model.safetensors")
+
+
+def test_header_length_beyond_the_file(checkpoint, workdir):
+    (checkpoint / "model.safetensors").write_bytes(struct.pack("<Q", 10_000) + b"{}")
+    assert_clean_error(run("inspect", checkpoint), "model.safetensors")
+
+
+def test_truncated_weights_are_refused_by_extend_and_inspect(checkpoint, workdir):
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    for command in (("extend", checkpoint, "--to", 4096, "-o", workdir / "out"), ("inspect", checkpoint)):
+        result = run(*command)
+        assert_clean_error(result, "model.safetensors is")
+        assert "header implies" in result.stderr
+    assert not (workdir / "out").exists()
+
+
+def test_a_source_without_weights_is_refused(checkpoint, workdir):
+    (checkpoint / "model.safetensors").unlink()
+    assert_clean_error(run("extend", checkpoint, "--to", 4096, "-o", workdir / "out"), "no weight files")
+    assert not (workdir / "out").exists()
+
+
+def test_valid_headers_still_count_parameters(checkpoint):
+    from picli.checkpoint import tensor_summary
+
+    summary = tensor_summary(checkpoint)
+    assert summary.parameter_count == 16 * 8 * 2 and summary.dtypes == {"F32": 1, "F16": 1}
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs and concurrent runs.
+
+
+@pytest.fixture
+def gguf_source(tmp_path) -> Path:
+    source = tmp_path / "src" / "tiny.gguf"
+    source.parent.mkdir()
+    make_gguf(source)
+    return source
+
+
+def staging_names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".picli-tmp" in p.name or ".picli-lock" in p.name)
+
+
+def test_gguf_stale_staging_is_removed_and_never_nested(gguf_source, workdir):
+    from picli.extend import apply_extend, plan_extend
+    from picli.files import STAGING_MARK
+
+    (workdir / ".out.gguf.picli-tmp-killed").write_bytes(b"\0" * 4096)  # a run killed mid-write
+    (workdir / "..out.gguf.picli-tmp-killed.picli-tmp-nested").write_bytes(b"\0" * 4096)  # older picli's nesting
+    (workdir / ".out.gguf.picli.json.picli-tmp-killed").write_text("{")
+    seen: list[list[str]] = []
+    plan = plan_extend(str(gguf_source), 8192, output=workdir / "out.gguf")
+    apply_extend(plan, ["picli"], on_event=lambda event: seen.append(staging_names(workdir)))
+    during = {name for names in seen for name in names}
+    assert during and not [name for name in during if name.count(STAGING_MARK) > 1], during
+    assert not [name for name in during if "killed" in name], during
+    assert staging_names(workdir) == []
+
+
+def test_gguf_output_that_is_a_directory(gguf_source, workdir):
+    (workdir / "taken").mkdir()
+    (workdir / "taken" / "mine.txt").write_text("x")
+    result = run("extend", gguf_source, "--to", 8192, "-o", workdir / "taken", "--force")
+    assert_clean_error(result, "is a directory")
+    assert sorted(p.name for p in (workdir / "taken").iterdir()) == ["mine.txt"]
+    assert staging_names(workdir) == []
+
+
+def hold_lock(lock_path: Path) -> subprocess.Popen:
+    """Another process holding picli's lock, as a second `picli extend` would."""
+    code = ("import fcntl, sys, time\n"
+            f"handle = open({str(lock_path)!r}, 'a')\n"
+            "fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def release(holder: subprocess.Popen) -> None:
+    holder.stdin.close()
+    holder.wait(timeout=30)
+
+
+def test_second_gguf_run_fails_at_once_and_changes_nothing(gguf_source, workdir):
+    output = workdir / "out.gguf"
+    assert run("extend", gguf_source, "--to", 8192, "-o", output).exit_code == 0
+    before = tree_hash(workdir)
+    live = workdir / ".out.gguf.picli-tmp-live"
+    live.write_bytes(b"half of the first run's output")
+    holder = hold_lock(workdir / ".out.gguf.picli-lock")
+    try:
+        result = run("extend", gguf_source, "--to", 16384, "-o", output, "--force")
+        assert_clean_error(result, "another picli run is writing")
+        assert str(output) in result.stderr
+        assert live.exists()  # the live run's staging is left alone
+    finally:
+        release(holder)
+    live.unlink()
+    (workdir / ".out.gguf.picli-lock").unlink(missing_ok=True)
+    assert tree_hash(workdir) == before
+    result = run("extend", gguf_source, "--to", 16384, "-o", output, "--force")
+    assert result.exit_code == 0, result.stderr
+    assert staging_names(workdir) == []  # the lock file goes with the run
+
+
+def test_second_hf_run_leaves_the_first_runs_staging(checkpoint, workdir):
+    live = workdir / ".out.picli-tmp-live"
+    live.mkdir()
+    (live / "model.safetensors").write_bytes(b"being written")
+    holder = hold_lock(workdir / ".out.picli-lock")
+    try:
+        assert_clean_error(run("extend", checkpoint, "--to", 4096, "-o", workdir / "out"),
+                           "another picli run is writing")
+        assert (live / "model.safetensors").read_bytes() == b"being written"
+        assert not (workdir / "out").exists()
+    finally:
+        release(holder)
+    # With nobody holding the lock, the same staging is stale and the next run clears it.
+    assert run("extend", checkpoint, "--to", 4096, "-o", workdir / "out").exit_code == 0
+    assert staging_names(workdir) == []
+
+
+def test_two_real_extends_to_one_output(checkpoint, workdir):
+    """Two processes: exactly one writes; the other fails with one line, no traceback."""
+    code = ("import sys\nfrom picli.cli import app\n"
+            f"sys.argv = ['picli', 'extend', {str(checkpoint)!r}, '--to', '4096', '-o', {str(workdir / 'out')!r}, "
+            "'--force']\napp()\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for _ in range(2):
+        runs = [subprocess.Popen([sys.executable, "-c", code], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [(p.wait(timeout=300), p.stderr.read()) for p in runs]
+        for returncode, stderr in results:
+            assert "Traceback" not in stderr, stderr
+            assert returncode == 0 or (returncode == 1 and "another picli run is writing" in stderr), stderr
+        assert 0 in [returncode for returncode, _ in results]
+        assert json.loads((workdir / "out" / "picli.json").read_text())["rope"]["factor"] == 2.0
+        assert staging_names(workdir) == []
+
+
+def test_gguf_and_its_record_never_disagree(gguf_source, workdir, monkeypatch):
+    import picli.files
+    from picli.gguf_io import read_gguf
+
+    output = workdir / "out.gguf"
+    sidecar = workdir / "out.gguf.picli.json"
+    assert run("extend", gguf_source, "--to", 8192, "-o", output).exit_code == 0
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(dst) == output:
+            raise OSError(errno.EIO, "I/O error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(picli.files.os, "replace", failing_replace)
+    result = run("extend", gguf_source, "--to", 16384, "-o", output, "--force")
+    assert result.exit_code != 0
+    monkeypatch.setattr(picli.files.os, "replace", real_replace)
+    assert read_gguf(output).metadata["llama.rope.scaling.factor"] == 4.0
+    assert json.loads(sidecar.read_text())["rope"]["factor"] == 4.0
+    assert staging_names(workdir) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Disk full: the message names the file being written.
+
+
+def test_disk_full_names_the_output_file_not_the_source(checkpoint, workdir, monkeypatch):
+    import picli.files
+
+    monkeypatch.setattr(picli.files, "_reflink", lambda src, dst: False)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "sendfile", full)
+    result = run("extend", checkpoint, "--to", 4096, "-o", workdir / "out")
+    # The first file copied (README.md) hits the full disk; shutil names the source there.
+    assert_clean_error(result, f"disk full writing {workdir / 'out' / 'README.md'};")
+    assert str(checkpoint) not in result.stderr
+    assert not (workdir / "out").exists() and staging_names(workdir) == []
+
+
+def test_disk_full_in_a_json_write_names_it(checkpoint, workdir, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    result = run("extend", checkpoint, "--to", 4096, "-o", workdir / "out")
+    assert_clean_error(result, "disk full writing")
+    assert str(workdir / "out" / "config.json") in result.stderr
+    assert not (workdir / "out").exists() and staging_names(workdir) == []
+
+
+def test_disk_full_writing_a_gguf_names_it(gguf_source, workdir, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    result = run("extend", gguf_source, "--to", 8192, "-o", workdir / "out.gguf")
+    assert_clean_error(result, f"disk full writing {workdir / 'out.gguf'}")
+    assert not (workdir / "out.gguf").exists() and staging_names(workdir) == []
+
+
+def test_lock_is_exclusive_between_processes_and_reentrant_within_one(tmp_path):
+    from picli.errors import OutputError
+    from picli.files import target_lock
+
+    target = tmp_path / "out"
+    with target_lock(target):
+        with target_lock(target):  # the GGUF path locks around a staged file that locks too
+            pass
+        with open(tmp_path / ".out.picli-lock", "a") as other:  # another open file: another process's view
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder = hold_lock(tmp_path / ".out.picli-lock")
+    try:
+        with pytest.raises(OutputError, match="another picli run is writing"):
+            with target_lock(target):
+                pass
+    finally:
+        release(holder)

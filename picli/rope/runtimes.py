@@ -8,6 +8,8 @@ a window. Pure: a config dict in, data out. No transformers, no torch, no files.
 
 from __future__ import annotations
 
+from ..errors import NotACheckpoint
+from . import values
 from .families import family_of
 from .schema import read_state, scaling_type_of
 
@@ -76,13 +78,23 @@ def predict_llama_cpp(config: dict, intended_window: int | None = None) -> dict:
 
 def kv_cache_bytes(config: dict, window: int, bytes_per_value: int = 2) -> int:
     """Keys and values for one sequence; sliding-window layers only hold their window."""
-    layers = config.get("num_hidden_layers") or config.get("n_layer") or 0
-    heads = config.get("num_key_value_heads") or config.get("num_attention_heads") or 0
-    state_head_dim = config.get("head_dim") or (
-        config["hidden_size"] // config["num_attention_heads"]
-        if config.get("hidden_size") and config.get("num_attention_heads") else 0)
-    layer_types = config.get("layer_types") or []
+    def count(*keys: str) -> int:
+        # The first key present, validated (0 and "2" are damage, not "absent"); 0 if none is.
+        present = [key for key in keys if config.get(key) is not None]
+        return values.positive_int(config[present[0]], present[0]) if present else 0
+
+    layers = count("num_hidden_layers", "n_layer")
+    heads = count("num_key_value_heads", "num_attention_heads")
+    head_dim = read_state(config).head_dim
+    layer_types = config.get("layer_types")
+    if layer_types is None:
+        layer_types = []
+    elif not isinstance(layer_types, list) or not all(isinstance(kind, str) for kind in layer_types):
+        raise NotACheckpoint(f"config.json: layer_types must be a list of strings, got {values.show(layer_types)}",
+                             hint="fix layer_types in config.json")
     sliding_window = config.get("sliding_window")
+    if sliding_window is not None:
+        sliding_window = values.positive_int(sliding_window, "sliding_window")
     total_positions = 0
     for index in range(layers):
         layer_type = layer_types[index] if index < len(layer_types) else "full_attention"
@@ -90,4 +102,4 @@ def kv_cache_bytes(config: dict, window: int, bytes_per_value: int = 2) -> int:
             total_positions += min(window, sliding_window)
         else:
             total_positions += window
-    return int(2 * total_positions * heads * state_head_dim * bytes_per_value)
+    return int(2 * total_positions * heads * head_dim * bytes_per_value)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from . import provenance
+from . import provenance, rope
 from .errors import ModelNotFound, NotACheckpoint, PicliError
 from .events import Events
 from .hub_errors import is_repo_id
@@ -188,16 +188,31 @@ def _embedded(on_event: Events) -> Checkpoint:
 
 
 def read_config(path: Path) -> dict:
+    """config.json as a dict; damage to the file itself (not JSON, not UTF-8, nested past
+    what json can parse, not an object, a junk model_type) is one NotACheckpoint line.
+    The RoPE values inside are checked where they are read, by rope.read_state."""
     config_path = path / "config.json"
+    hint = "fix or restore config.json"
     try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise NotACheckpoint(f"{config_path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                             hint="fix or restore config.json") from exc
+        text = config_path.read_bytes().decode("utf-8")
+        config = json.loads(text)
     except OSError as exc:
         raise NotACheckpoint(f"cannot read {config_path}: {exc.strerror}", hint="check the path and permissions") from exc
+    except UnicodeDecodeError as exc:
+        raise NotACheckpoint(f"{config_path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                             f"{exc.start})", hint=hint) from None
+    except json.JSONDecodeError as exc:
+        raise NotACheckpoint(f"{config_path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                             hint=hint) from None
+    except RecursionError:
+        raise NotACheckpoint(f"{config_path} is nested too deeply to parse", hint=hint) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise NotACheckpoint(f"{config_path} cannot be parsed: {' '.join(str(exc).split())[:200]}",
+                             hint=hint) from None
     if not isinstance(config, dict):
-        raise NotACheckpoint(f"{config_path} does not hold a JSON object", hint="fix or restore config.json")
+        raise NotACheckpoint(f"{config_path} does not hold a JSON object", hint=hint)
+    if config.get("model_type") not in (None, ""):
+        rope.values.model_type(config["model_type"], where=str(config_path))
     return config
 
 

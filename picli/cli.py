@@ -116,9 +116,15 @@ def parse_window(text: str, option: str = "--to") -> int:
     if not match:
         raise PicliError(f"{option} must be a number of tokens like 16384 or 16k, got {text!r}",
                          hint=f"e.g. {option} 16384")
-    tokens = int(match.group(1)) * (1024 if match.group(2) else 1)
+    from .rope import values
+
+    digits = match.group(1).lstrip("0") or "0"
+    # Compared as text first: int() of thousands of digits raises, and a float factor overflows.
+    tokens = int(digits) * (1024 if match.group(2) else 1) if len(digits) <= 12 else values.MAX_WINDOW + 1
     if tokens <= 0:
         raise PicliError(f"{option} must be positive, got {text!r}", hint=f"e.g. {option} 16384")
+    if tokens > values.MAX_WINDOW:
+        raise PicliError(values.window_limit_message(option, text.strip()), hint=f"pass {option} {values.MAX_WINDOW} or less")
     return tokens
 
 

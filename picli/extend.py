@@ -10,6 +10,7 @@ place. The source checkpoint is only ever read.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,47 +194,53 @@ def _source_files(source: Path) -> list[Path]:
 
 
 def _plan_gguf(checkpoint, target_window, output, from_window, max_position, force) -> ExtendPlan:
-    from .gguf_io import read_gguf
+    from .gguf_io import read_gguf, rope_settings
 
+    rope.values.check_target(target_window)
     info = read_gguf(checkpoint.path)
-    arch, meta = info.architecture, info.metadata
+    arch = info.architecture
     key = f"{arch}.rope".__add__
-    has_rope = any(name.startswith(f"{arch}.rope.") for name in meta)
-    if arch in rope.GGUF_NO_ROPE or not has_rope:
+    settings = rope_settings(info)
+    if arch in rope.GGUF_NO_ROPE or not settings.has_rope:
         raise CannotExtend(f"this GGUF ({arch}) has no RoPE metadata ({arch}.rope.*), so there is nothing to interpolate",
                            hint="Position Interpolation applies only to RoPE models")
-    previous_type = str(meta.get(key(".scaling.type"), "none"))
-    previous_factor = float(meta.get(key(".scaling.factor"), 1.0)) if previous_type == "linear" else 1.0
+    previous_type = settings.scaling_type
+    previous_factor = settings.factor if previous_type == "linear" else 1.0
     if previous_type not in ("none", "linear"):
         if not force:
             raise CannotExtend(f"this GGUF already uses {previous_type} RoPE scaling; linear PI on top is a different scheme",
                                hint="extend the base model instead, or pass --force to replace it with linear PI")
         previous_factor = 1.0
+    if previous_factor < 1:
+        raise CannotExtend(f"the existing linear factor {previous_factor:g} is below 1, which is extrapolation, "
+                           "not interpolation", hint="fix the GGUF's rope.scaling.factor, or extend the base model")
     context_key = f"{arch}.context_length"
-    if context_key not in meta and not from_window:
+    if settings.context_length is None and from_window is None:
         raise CannotExtend(f"this GGUF has no {context_key}", hint="pass --from N with the model's trained window")
-    current_window = from_window or int(meta[context_key])
-    original_context = meta.get(key(".scaling.original_context_length"))
-    if previous_type == "linear" and original_context and not from_window:
+    current_window = from_window if from_window is not None else settings.context_length
+    original_context = settings.original_context_length
+    if previous_type == "linear" and original_context is not None and from_window is None:
         current_window = int(original_context * previous_factor)
     if target_window <= current_window:
         raise CannotExtend(f"--to {target_window} is not larger than the current window ({current_window} tokens)",
                            hint=f"pass a target above {current_window}")
     factor = float(previous_factor * target_window / current_window)
     original_window = round(current_window / previous_factor)
-    context_after = target_window if max_position == "target" else int(meta.get(context_key, current_window))
+    context_after = target_window if max_position == "target" else \
+        (settings.context_length if settings.context_length is not None else current_window)
     updates = {
         context_key: ("UINT32", context_after),
         key(".scaling.type"): ("STRING", "linear"),
         key(".scaling.factor"): ("FLOAT32", factor),
         key(".scaling.original_context_length"): ("UINT32", original_window),
     }
+    meta = info.metadata
     changes = {checkpoint.path.name: [(name, meta.get(name), value) for name, (_, value) in updates.items()
                                       if meta.get(name) != value]}
     return ExtendPlan(
         source=checkpoint, output=output, target_window=target_window, current_window=current_window,
         original_window=original_window, factor=factor, previous_factor=previous_factor,
-        previous_type=previous_type, theta=float(meta.get(key(".freq_base"), 10000.0)), weights="copy", replace=force,
+        previous_type=previous_type, theta=settings.freq_base, weights="copy", replace=force,
         max_position=max_position, changes=changes,
         files=[FileAction(output.name, info.file_size, "rewrite"), FileAction(sidecar_path(output).name, 0, "rewrite")],
         new_files={}, gguf_updates=updates,
@@ -323,7 +330,15 @@ def effective_inv_freqs(checkpoint_dir: Path) -> dict[str, "Any"]:
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     transformers.logging.set_verbosity_error()
-    config = AutoConfig.from_pretrained(checkpoint_dir)
+    try:
+        config = AutoConfig.from_pretrained(checkpoint_dir)
+    except (ValueError, KeyError) as exc:
+        # An unknown model_type (or one needing trust_remote_code): transformers cannot
+        # build the config, so nothing can prove the written RoPE. Its message spans lines.
+        reason = " ".join(str(exc).split())
+        raise SelfCheckFailed(f"transformers {transformers.__version__} cannot read {checkpoint_dir.name}/config.json, "
+                              f"so picli cannot check the result: {reason[:200]}",
+                              hint="nothing was written; use a model_type the installed transformers knows") from None
     config = getattr(config, "text_config", None) or config
     config.standardize_rope_params()
     params = config.rope_parameters
@@ -363,12 +378,28 @@ def self_check(new_dir: Path, source_dir: Path, plan: ExtendPlan) -> dict:
         if frequencies.shape != expected.shape:
             raise SelfCheckFailed(f"self-check: {layer_type} has {frequencies.numel()} frequencies, "
                                   f"expected {expected.numel()}", hint="nothing was written; please report this")
+        for whose, checked in (("output's", frequencies), ("source's", expected)):
+            # max() and comparisons let NaN through (max(0.0, nan) is 0.0): test it by name.
+            if not bool(torch.isfinite(checked).all()):
+                bad = checked[~torch.isfinite(checked)][0].item()
+                raise SelfCheckFailed(
+                    f"self-check: the {whose} inverse frequencies for {layer_type} layers are not finite ({bad}) "
+                    f"as transformers computes them (theta {plan.theta:g}, factor {plan.factor:g})",
+                    hint="nothing was written; check rope_theta and the scaling factor in config.json")
         error = float(((frequencies - expected).abs() / expected.abs()).max())
+        if not math.isfinite(error):
+            raise SelfCheckFailed(f"self-check: the relative error for {layer_type} layers is not finite ({error}): "
+                                  "an inverse frequency of the source is 0",
+                                  hint="nothing was written; check rope_theta and head_dim in config.json")
         layers[layer_type] = {"interpolated": interpolated, "max_relative_error": error,
                               "factor_applied": float((expected * step / frequencies).mean()) if interpolated else 1.0}
         worst = max(worst, error)
     tolerance = 1e-5  # float32 buffers: relative rounding ~1e-7, far below a wrong factor or theta
     legacy = rope.predict_transformers4(plan.new_files["config.json"])
+    if not (math.isfinite(legacy["theta"]) and math.isfinite(legacy["factor"])):
+        raise SelfCheckFailed(f"self-check: transformers 4.x would read theta {legacy['theta']} and factor "
+                              f"{legacy['factor']} from the output, which are not finite",
+                              hint="nothing was written; check rope_theta and the scaling factor in config.json")
     legacy_ok = abs(legacy["factor"] - plan.factor) < 1e-9 and legacy["rope_type"] == "linear" \
         and abs(legacy["theta"] - plan.theta) <= 1e-6 * plan.theta
     check = {"ok": worst < tolerance and legacy_ok, "method": "transformers reads source and output; frequencies compared",

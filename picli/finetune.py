@@ -19,6 +19,7 @@ Every `save_every` steps (and on Ctrl-C / SIGTERM) a checkpoint is written atomi
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -129,7 +130,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     parameters = parameter_count(model)
-    lr = settings.lr or default_lr(parameters)
+    lr = settings.lr if settings.lr is not None else default_lr(parameters)  # 0 is a value, not 'unset'
     if settings.lora:
         model = apply_lora(model, settings)
     settings = replace(settings, lr=lr, seq_len=seq_len, attention=attention)
@@ -354,6 +355,10 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
                          hint="auto turns it on above 4k tokens")
     if settings.steps < 1 or settings.batch_size < 1 or settings.micro_batch_size < 1:
         raise PicliError("--steps, --batch-size and --micro-batch-size must be at least 1", hint="e.g. --steps 200")
+    if settings.lr is not None and not (math.isfinite(settings.lr) and settings.lr > 0):
+        # --lr 0 used to mean "the default" (an `or` chain); it would train nothing at full cost.
+        raise PicliError(f"--lr must be a finite number > 0, got {settings.lr:g}",
+                         hint="the paper uses 2e-5 (1e-5 above 30B parameters); leave --lr out for that")
     if settings.keep_adapter and not settings.lora:
         raise PicliError("--keep-adapter only applies with --lora", hint="add --lora")
     checkpoint = resolve(model, on_event=on_event)

@@ -32,6 +32,9 @@ _DEFAULT_ALIGNMENT = 32
 _CHUNK_BYTES = 16 << 20
 # Longer arrays are the tokenizer's vocabulary, merges and scores: useless to show, slow to decode.
 _SUMMARY_OVER = 256
+# llama.cpp's own reader refuses arrays of arrays; gguf-py nests them, but no model needs
+# more than a few levels, and thousands would exhaust Python's recursion limit.
+_MAX_ARRAY_DEPTH = 16
 
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 _STRING, _ARRAY = 8, 9
@@ -109,7 +112,7 @@ class _Cursor:
             raise _Corrupt(f"invalid UTF-8 name at byte {start}") from exc
 
 
-def _read_value(cur: _Cursor, code: int) -> tuple[str, Any]:
+def _read_value(cur: _Cursor, code: int, depth: int = 0) -> tuple[str, Any]:
     if code in _SCALARS:
         name, fmt = _SCALARS[code]
         return name, struct.unpack_from("<" + fmt, cur.buf, cur.take(struct.calcsize(fmt)))[0]
@@ -118,6 +121,8 @@ def _read_value(cur: _Cursor, code: int) -> tuple[str, Any]:
         return "STRING", cur.string(errors="replace")
     if code != _ARRAY:
         raise _Corrupt(f"unknown value type {code} at byte {cur.pos - 4}")
+    if depth >= _MAX_ARRAY_DEPTH:
+        raise _Corrupt(f"arrays nested more than {_MAX_ARRAY_DEPTH} deep at byte {cur.pos - 4}")
     sub, n = cur.unpack(_U32), cur.unpack(_U64)
     if sub in _SCALARS:
         name, fmt = _SCALARS[sub]
@@ -127,7 +132,7 @@ def _read_value(cur: _Cursor, code: int) -> tuple[str, Any]:
         return f"ARRAY[{name}]", list(struct.unpack_from(f"<{n}{fmt}", cur.buf, start))
     if n * 8 > len(cur.buf) - cur.pos:  # each string or nested array takes 8+ bytes
         raise _Corrupt(f"an array at byte {cur.pos - 12} claims {n} items, more than the file holds")
-    items = [_read_value(cur, sub) for _ in range(n)]
+    items = [_read_value(cur, sub, depth + 1) for _ in range(n)]
     name = items[0][0] if items else ("STRING" if sub == _STRING else "ARRAY")
     if n > _SUMMARY_OVER:
         return f"ARRAY[{name}]", f"<array of {n} {'str' if sub == _STRING else name.lower()}>"
@@ -222,6 +227,52 @@ def read_gguf(path: Path) -> GGUFInfo:
         tensor_count=len(layout.tensors), parameter_count=sum(n for _, n, _ in layout.tensors),
         tensor_types=types,
         data_bytes=layout.file_size - layout.data_offset, file_size=layout.file_size,
+    )
+
+
+@dataclass(frozen=True)
+class GGUFRope:
+    """A GGUF's RoPE keys ({arch}.context_length, {arch}.rope.*), each validated."""
+
+    has_rope: bool  # any {arch}.rope.* key at all
+    context_length: int | None
+    freq_base: float
+    scaling_type: str  # "none" when unscaled
+    factor: float  # 1.0 when unscaled
+    original_context_length: int | None
+    dimension_count: int | None
+
+
+def rope_settings(info: GGUFInfo) -> GGUFRope:
+    """The RoPE metadata as picli uses it. A value of the wrong type (context length as a
+    string or array, freq_base as a string) or out of range (0, NaN, negative) is refused
+    with its key named: llama.cpp would misread it, and picli would write from it."""
+    from .rope import values
+
+    arch, meta = info.architecture, info.metadata
+    where = f"{info.path.name} (GGUF metadata)"
+
+    def read(suffix: str, check: Callable[..., Any]) -> Any:
+        key = f"{arch}.{suffix}"
+        return None if meta.get(key) is None else check(meta[key], key, where)
+
+    def text(value: Any, key: str, where: str) -> str:
+        if not isinstance(value, str) or not value or len(value) > 64:
+            raise NotACheckpoint(f"{where}: {key} must be a short string such as \"linear\", got {values.show(value)}",
+                                 hint=f"fix {key}, or convert the model again")
+        return value
+
+    scaling_type = read("rope.scaling.type", text) or "none"
+    factor = read("rope.scaling.factor", values.positive_number)
+    freq_base = read("rope.freq_base", values.positive_number)
+    return GGUFRope(
+        has_rope=any(name.startswith(f"{arch}.rope.") for name in meta),
+        context_length=read("context_length", values.window),
+        freq_base=10000.0 if freq_base is None else freq_base,
+        scaling_type=scaling_type,
+        factor=1.0 if factor is None or scaling_type == "none" else factor,
+        original_context_length=read("rope.scaling.original_context_length", values.window),
+        dimension_count=read("rope.dimension_count", values.positive_int),
     )
 
 

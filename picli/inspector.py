@@ -154,36 +154,48 @@ def _provenance(record: dict) -> dict | None:
 
 
 def _inspect_gguf(model: str, checkpoint: Checkpoint) -> Inspection:
-    from .gguf_io import read_gguf
+    from .gguf_io import read_gguf, rope_settings
 
     info = read_gguf(checkpoint.path)
     arch, meta = info.architecture, info.metadata
-    get = lambda suffix, default=None: meta.get(f"{arch}.{suffix}", default)  # noqa: E731
-    heads = get("attention.head_count") or 0
-    heads = heads[0] if isinstance(heads, list) else heads
-    kv_heads = get("attention.head_count_kv", heads)
-    kv_heads = kv_heads[0] if isinstance(kv_heads, list) else kv_heads
-    head_dim = get("attention.key_length") or (get("embedding_length", 0) // heads if heads else 0)
-    has_rope = any(key.startswith(f"{arch}.rope.") for key in meta)
+    settings = rope_settings(info)
+    where = f"{checkpoint.path.name} (GGUF metadata)"
+
+    def count(suffix: str) -> int | None:
+        # An integer > 0, or per layer a list of them (hybrid models list 0 for their
+        # non-attention layers: the attention layers' count is the largest).
+        key = f"{arch}.{suffix}"
+        value = meta.get(key)
+        if isinstance(value, list) and value and all(type(item) is int and item >= 0 for item in value):
+            value = max(value)
+        return None if value is None else rope.values.positive_int(value, key, where)
+
+    heads = count("attention.head_count") or 0
+    kv_heads = count("attention.head_count_kv") or heads
+    embedding = count("embedding_length")
+    head_dim = count("attention.key_length") or (embedding // heads if embedding and heads else 0)
+    has_rope = settings.has_rope
     warnings: list[str] = []
     record = _read_record(checkpoint.path, warnings)
     reason = None
     if arch in rope.GGUF_NO_ROPE or not has_rope:
         reason = f"this GGUF ({arch}) has no RoPE metadata ({arch}.rope.*)"
-    scaling_type = str(get("rope.scaling.type", "none"))
-    factor = float(get("rope.scaling.factor", 1.0)) if scaling_type != "none" else 1.0
-    window = get("context_length")
-    rotary_dim = get("rope.dimension_count", head_dim)
+    scaling_type = settings.scaling_type
+    factor = settings.factor
+    window = settings.context_length
+    rotary_dim = settings.dimension_count if settings.dimension_count is not None else head_dim
     rope_view = {
         "type": "default" if scaling_type == "none" else scaling_type, "factor": factor,
-        "theta": float(get("rope.freq_base", 10000.0)), "head_dim": head_dim, "rotary_dim": rotary_dim,
+        "theta": settings.freq_base, "head_dim": head_dim, "rotary_dim": rotary_dim,
         "partial_rotary_factor": (rotary_dim / head_dim) if head_dim else 1.0, "window": window,
-        "original_context_length": get("rope.scaling.original_context_length"),
+        "original_context_length": settings.original_context_length,
     } if has_rope else {}
-    layers = get("block_count", 0)
+    layers = count("block_count") or 0
     kv = {}
     if window and has_rope:
-        shape = {"num_hidden_layers": layers, "num_key_value_heads": kv_heads, "head_dim": head_dim}
+        # Counts the GGUF does not give stay absent (a 0 here would be refused as damage).
+        shape = {key: value for key, value in (("num_hidden_layers", layers), ("num_key_value_heads", kv_heads),
+                                               ("head_dim", head_dim)) if value}
         kv = {window * m: kv_cache_bytes(shape, window * m, KV_BYTES_PER_VALUE) for m in KV_MULTIPLES}
     flags = f"-c {window}"
     runtimes = {}

@@ -144,14 +144,30 @@ def kv_cache_bytes(config: dict, tokens: int, bytes_per_value: int = 2) -> int:
 
     The one KV-cache formula: inspect's table, the model card, and (per token) the memory checks.
     """
-    layers = config.get("num_hidden_layers") or config.get("n_layer") or 0
-    heads = config.get("num_key_value_heads") or config.get("num_attention_heads") or 0
+    from . import rope
+    from .errors import NotACheckpoint
+
+    def count(*keys: str) -> int:
+        # The first key present, validated (0 and "2" are damage, not "absent"); 0 if none is.
+        present = [key for key in keys if config.get(key) is not None]
+        return rope.values.positive_int(config[present[0]], present[0]) if present else 0
+
+    layers = count("num_hidden_layers", "n_layer")
+    heads = count("num_key_value_heads", "num_attention_heads")
     # The whole head_dim, even under partial rotary: the cache holds every key channel.
-    head_dim = config.get("head_dim") or (
-        config["hidden_size"] // config["num_attention_heads"]
-        if config.get("hidden_size") and config.get("num_attention_heads") else 0)
-    layer_types = config.get("layer_types") or []
+    head_dim = count("head_dim")
+    if not head_dim:
+        hidden, all_heads = count("hidden_size"), count("num_attention_heads")
+        head_dim = hidden // all_heads if hidden and all_heads else 0
+    layer_types = config.get("layer_types")
+    if layer_types is None:
+        layer_types = []
+    elif not isinstance(layer_types, list) or not all(isinstance(kind, str) for kind in layer_types):
+        raise NotACheckpoint(f"config.json: layer_types must be a list of strings, got {rope.values.show(layer_types)}",
+                             hint="fix layer_types in config.json")
     sliding_window = config.get("sliding_window")
+    if sliding_window is not None:
+        sliding_window = rope.values.positive_int(sliding_window, "sliding_window")
     total_positions = 0
     for index in range(layers):
         layer_type = layer_types[index] if index < len(layer_types) else "full_attention"

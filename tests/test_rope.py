@@ -140,7 +140,7 @@ def test_disagreement_is_detected_and_fixed():
 def test_malformed_rope_values_are_user_errors():
     config = copy.deepcopy(FAMILY_CONFIGS["llama_v4"])
     config["rope_theta"] = "ten thousand"
-    with pytest.raises(NotACheckpoint, match="rope_theta must be a number"):
+    with pytest.raises(NotACheckpoint, match="rope_theta must be a finite number > 0"):
         rope.plan_config(config, 4096)
 
 

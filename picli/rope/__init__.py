@@ -4,6 +4,7 @@
   schema.py    reading and writing config.json's rope_parameters (5.x) and legacy keys (4.x)
   methods.py   each method's math and the config plan (today linear PI)
   runtimes.py  what transformers 4.x / 5.x, vLLM and llama.cpp will do with a config
+  values.py    the checks every value passes before it is used (a damaged config is refused)
 
 Everything here is pure: a config dict in, data out. No transformers, no torch, no files.
 DESIGN.md §2 is the spec; the rules are the ones it states, with the reason beside each
@@ -17,11 +18,13 @@ from .methods import (OTHER_SCHEMES, ConfigPlan, format_window, inverse_frequenc
                       linear_scaling, plan_config)
 from .runtimes import predict_llama_cpp, predict_transformers4, predict_transformers5, predict_vllm
 from .schema import INTERPOLATED_LAYER_TYPES, RopeState, read_state, scaling_type_of, write_schemas
+from . import values
+from .values import MAX_WINDOW
 
 __all__ = [
-    "FAMILIES", "GGUF_NO_ROPE", "INTERPOLATED_LAYER_TYPES", "LONGROPE_ONLY", "NO_HOOK", "NO_ROPE",
+    "FAMILIES", "GGUF_NO_ROPE", "INTERPOLATED_LAYER_TYPES", "LONGROPE_ONLY", "MAX_WINDOW", "NO_HOOK", "NO_ROPE",
     "OTHER_SCHEMES", "ConfigPlan", "Family", "RopeState", "family_of", "format_window",
     "inverse_frequencies", "linear_factor", "linear_scaling", "plan_config",
     "predict_llama_cpp", "predict_transformers4", "predict_transformers5", "predict_vllm",
-    "read_state", "refusal", "scaling_type_of", "write_schemas",
+    "read_state", "refusal", "scaling_type_of", "values", "write_schemas",
 ]

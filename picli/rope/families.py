@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import CannotExtend
+from . import values
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ GGUF_NO_ROPE = {"gpt2", "bloom", "mpt", "bert", "nomic-bert", "t5", "t5encoder",
 
 
 def family_of(config: dict) -> Family:
-    return FAMILIES.get(config.get("model_type", ""), Family())
+    model_type = config.get("model_type")
+    return FAMILIES.get(model_type, Family()) if isinstance(model_type, str) else Family()
 
 
 def refusal(config: dict) -> CannotExtend | None:
@@ -104,6 +106,7 @@ def refusal(config: dict) -> CannotExtend | None:
     model_type = config.get("model_type")
     if not model_type:
         return CannotExtend("config.json has no model_type", hint="is this a transformers checkpoint?")
+    values.model_type(model_type)
     if model_type in NO_ROPE:
         return CannotExtend(
             f"{model_type} has no RoPE ({NO_ROPE[model_type]}); Position Interpolation applies only to RoPE models",

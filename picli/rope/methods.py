@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CannotExtend
+from . import values
 from .families import family_of, refusal
 from .schema import read_state, write_schemas
 
@@ -65,9 +66,11 @@ def plan_config(
     reason = refusal(config)
     if reason:
         raise reason
-    if isinstance(target_window, bool) or not isinstance(target_window, int) or target_window <= 0:
-        raise CannotExtend(f"target window must be a positive integer, got {target_window!r}",
-                           hint="pass --to N, e.g. --to 16384")
+    values.check_target(target_window)
+    if from_window is not None:
+        values.check_target(from_window, "--from")
+    if recorded_window is not None:
+        recorded_window = values.window(recorded_window, "rope.target_window", where="picli.json")
     family = family_of(config)
     state = read_state(config)
     warnings: list[str] = []
@@ -86,14 +89,20 @@ def plan_config(
                 hint="extend the base model instead, or pass --force to replace the scheme with linear PI",
             )
         # Replacing the scheme: interpolate from the pretraining window, not the extended one.
-        base_window = from_window or state.original_window_hint or state.window
+        base_window = next(window for window in (from_window, state.original_window_hint, state.window)
+                           if window is not None)
         warnings.append(f"--force: replacing {previous_type} scaling with linear PI from {base_window} tokens")
         current_window, previous_factor = base_window, 1.0
     elif previous_type not in ("default", "linear"):
         raise CannotExtend(f"unknown RoPE scaling type {previous_type!r}", hint="check rope_scaling in config.json")
     else:
-        current_window = from_window or recorded_window or state.window
-        if previous_type == "linear" and not (from_window or recorded_window):
+        if previous_type == "linear" and previous_factor < 1:
+            # Old 4.x configs refuse a linear factor <= 1, and below 1 it stretches positions
+            # past the trained range (extrapolation), so there is no PI to compose with.
+            raise CannotExtend(f"the existing linear factor {previous_factor:g} is below 1, which is extrapolation, "
+                               "not interpolation", hint="fix the factor in config.json, or extend the base model")
+        current_window = next(window for window in (from_window, recorded_window, state.window) if window is not None)
+        if previous_type == "linear" and from_window is None and recorded_window is None:
             warnings.append(
                 f"existing linear factor {previous_factor:g}: taking max_position_embeddings={state.window} as the "
                 "current window (transformers' convention); pass --from N if it is the pretraining window instead"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NotACheckpoint
+from . import values
 from .families import FAMILIES, Family, family_of
 
 # The layer types of nested RoPE that get interpolated; the rest keep their settings.
@@ -48,13 +49,6 @@ class RopeState:
         return int(self.head_dim * self.partial_rotary_factor)
 
 
-def _number(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise NotACheckpoint(f"config.json: {key} must be a number, got {value!r}",
-                             hint="fix config.json, then run again")
-    return float(value)
-
-
 def _is_nested(rope_parameters: Any) -> bool:
     return isinstance(rope_parameters, dict) and bool(rope_parameters) and all(
         isinstance(value, dict) or value is None for value in rope_parameters.values()
@@ -65,69 +59,137 @@ def scaling_type_of(params: dict | None) -> str:
     """The scaling type a rope_scaling / rope_parameters dict names; "default" when unscaled."""
     if not params:
         return "default"
-    return str(params.get("rope_type") or params.get("type") or "default")
+    value = params.get("rope_type")
+    if value is None:
+        value = params.get("type")
+    if value is None:
+        return "default"
+    if not isinstance(value, str) or not value:
+        raise NotACheckpoint(f"config.json: the RoPE type must be a string such as \"linear\", got {values.show(value)}",
+                             hint="fix rope_scaling / rope_parameters in config.json, then run again")
+    return value
+
+
+def _first(*candidates: tuple[str, Any]) -> tuple[str, Any]:
+    """The first (key, value) whose value is present: None means absent, 0 does not."""
+    return next(((key, value) for key, value in candidates if value is not None), candidates[-1])
+
+
+def _check_every_copy(config: dict, family: Family, rope_scaling: dict | None, rope_parameters: dict | None) -> None:
+    """Every RoPE value the file holds must be valid, not only the one transformers reads:
+    picli rewrites the others from it, and a stale junk copy is a sign of a damaged file."""
+    layer_dicts = [("rope_scaling", rope_scaling or {})]
+    for key, value in (rope_parameters or {}).items():
+        if key.endswith("_attention"):
+            if value is not None and not isinstance(value, dict):
+                raise NotACheckpoint(f"config.json: rope_parameters.{key} must be an object or null, "
+                                     f"got {values.show(value)}", hint="fix rope_parameters in config.json")
+            layer_dicts.append((f"rope_parameters.{key}", value or {}))
+    layer_dicts.append(("rope_parameters", rope_parameters or {}))
+    for name, params in layer_dicts:
+        scaling_type_of(params)
+        for key, check in (("rope_theta", values.positive_number), ("factor", values.positive_number),
+                           ("partial_rotary_factor", values.fraction)):
+            if params.get(key) is not None:
+                check(params[key], f"{name}.{key}")
+        if params.get("original_max_position_embeddings") is not None:
+            values.window(params["original_max_position_embeddings"], f"{name}.original_max_position_embeddings")
+    for key in ("rope_theta", family.legacy_theta_key, family.local_theta_key):
+        if key and config.get(key) is not None:
+            values.positive_number(config[key], key)
+    for key in ("partial_rotary_factor", family.partial_key):
+        if key and config.get(key) is not None:
+            values.fraction(config[key], key)
+    for key in ("hidden_size", "num_attention_heads", "head_dim", "num_key_value_heads", "num_hidden_layers"):
+        if config.get(key) is not None:
+            values.positive_int(config[key], key)
 
 
 def read_state(config: dict) -> RopeState:
-    """Read RoPE from config.json as the checkpoint means it (legacy dict wins, as in 5.x)."""
-    family = family_of(config)
+    """Read RoPE from config.json as the checkpoint means it (legacy dict wins, as in 5.x).
+
+    Every value is validated (rope/values.py): a damaged file is refused with the key and
+    value named, never read as a default or carried into the output."""
     model_type = config.get("model_type", "")
+    if model_type not in (None, ""):
+        values.model_type(model_type)
+    model_type = model_type or ""
+    family = family_of(config)
     rope_parameters = config.get("rope_parameters")
     rope_scaling = config.get("rope_scaling")
     if rope_scaling is not None and not isinstance(rope_scaling, dict):
         raise NotACheckpoint("config.json: rope_scaling must be an object or null", hint="fix config.json")
     if rope_parameters is not None and not isinstance(rope_parameters, dict):
         raise NotACheckpoint("config.json: rope_parameters must be an object or null", hint="fix config.json")
+    _check_every_copy(config, family, rope_scaling, rope_parameters)
     nested = family.nested or _is_nested(rope_parameters)
 
-    hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
-    head_dim = config.get("head_dim") or (hidden // heads if hidden and heads else None)
-    if not head_dim:
+    if config.get("head_dim") is not None:
+        head_dim = config["head_dim"]
+    elif config.get("hidden_size") is not None and config.get("num_attention_heads") is not None:
+        head_dim = config["hidden_size"] // config["num_attention_heads"]
+        if head_dim == 0:
+            raise NotACheckpoint(f"config.json: hidden_size {config['hidden_size']} is smaller than "
+                                 f"num_attention_heads {config['num_attention_heads']}", hint="fix config.json")
+    else:
         raise NotACheckpoint("config.json gives neither head_dim nor hidden_size and num_attention_heads",
                              hint="fix config.json")
 
     local_theta = None
     if nested:
         full = dict((rope_parameters or {}).get("full_attention") or {})
+        full_name = "rope_parameters.full_attention"
         if rope_scaling:
             full.update(rope_scaling)  # what Gemma 3's 5.x config does with a legacy dict
-        active = full
-        theta = full.get("rope_theta", config.get("rope_theta", family.theta_default))
+            full_name = "rope_scaling"
+        active, active_name = full, full_name
+        theta_key, theta = _first((f"{full_name}.rope_theta", full.get("rope_theta")),
+                                  ("rope_theta", config.get("rope_theta")), ("rope_theta", family.theta_default))
         sliding = (rope_parameters or {}).get("sliding_attention") or {}
-        local_theta = float(sliding.get("rope_theta", config.get(family.local_theta_key or "", 10000.0)))
+        local_key, local_theta = _first(
+            ("rope_parameters.sliding_attention.rope_theta", sliding.get("rope_theta")),
+            (family.local_theta_key or "", config.get(family.local_theta_key) if family.local_theta_key else None),
+            ("rope_local_base_freq", 10000.0))
+        local_theta = values.positive_number(local_theta, local_key)
     else:
         # transformers 5 lets rope_scaling win over rope_parameters and then takes theta from
         # the top-level key, so a file's effective settings follow the same order here.
         active = rope_scaling if rope_scaling else (rope_parameters or {})
-        theta = (config.get("rope_theta") if rope_scaling else None) \
-            or active.get("rope_theta") or config.get("rope_theta") \
-            or (config.get(family.legacy_theta_key) if family.legacy_theta_key else None) \
-            or family.theta_default
-    theta = _number(theta, "rope_theta")
+        active_name = "rope_scaling" if rope_scaling else "rope_parameters"
+        theta_key, theta = _first(
+            ("rope_theta", config.get("rope_theta") if rope_scaling else None),
+            (f"{active_name}.rope_theta", active.get("rope_theta")),
+            ("rope_theta", config.get("rope_theta")),
+            (family.legacy_theta_key or "", config.get(family.legacy_theta_key) if family.legacy_theta_key else None),
+            ("rope_theta", family.theta_default))
+    theta = values.positive_number(theta, theta_key)
 
-    partial = 1.0
-    if family.partial_key:
-        partial = config.get(family.partial_key, family.partial_default)
-    partial = (active or {}).get("partial_rotary_factor", config.get("partial_rotary_factor", partial))
-    partial = _number(partial, "partial_rotary_factor")
+    partial_key, partial = _first(
+        (f"{active_name}.partial_rotary_factor", (active or {}).get("partial_rotary_factor")),
+        ("partial_rotary_factor", config.get("partial_rotary_factor")),
+        (family.partial_key or "", config.get(family.partial_key) if family.partial_key else None),
+        ("partial_rotary_factor", family.partial_default))
+    partial = values.fraction(partial, partial_key)
 
     window = config.get("max_position_embeddings")
     window_from_default = window is None
     if window is None:
         window = family.window_default or 2048
-    window = int(_number(window, "max_position_embeddings"))
+    window = values.window(window, "max_position_embeddings")
 
     scaling_type = scaling_type_of(active)
-    factor = _number(active.get("factor", 1.0), "factor") if scaling_type != "default" else 1.0
+    factor = 1.0
+    if scaling_type != "default":
+        factor = values.positive_number(active.get("factor", 1.0), f"{active_name}.factor")
     original_hint = active.get("original_max_position_embeddings") if active else None
 
     return RopeState(
         model_type=model_type, known_family=model_type in FAMILIES, theta=theta,
-        head_dim=int(head_dim), partial_rotary_factor=partial, window=window,
+        head_dim=head_dim, partial_rotary_factor=partial, window=window,
         window_from_default=window_from_default, scaling_type=scaling_type, factor=factor,
         nested=nested, local_theta=local_theta, rope_scaling=rope_scaling,
         rope_parameters=rope_parameters, disagreement=_disagreement(config, nested),
-        original_window_hint=int(original_hint) if original_hint else None,
+        original_window_hint=original_hint,
     )
 
 

@@ -469,6 +469,19 @@ def test_hub_without_datasets_is_one_line_from_the_cli(tiny_model_dir, monkeypat
     assert "picli[data]" in result.stderr
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--passkey", "--doc-tokens", "32k"], "Error: --doc-tokens chooses the documents perplexity scores"),
+    (["--perplexity", "--data", "x.txt", "--sample-docs", "0"], "Error: --sample-docs must be at least 1, got 0"),
+])
+def test_document_options_are_checked_before_loading(tiny_model_dir, workdir, args, needle):
+    from typer.testing import CliRunner
+
+    from picli.cli import app
+
+    result = CliRunner().invoke(app, ["verify", str(tiny_model_dir), "--no-save", *args])
+    assert result.exit_code == 1 and result.stderr.splitlines()[0] == needle
+
+
 def test_datasets_is_an_optional_extra():
     import tomllib
 

@@ -346,7 +346,8 @@ def finetune(
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warmup from 10% of the LR (paper: 20).")] = 20,
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", help="Global batch in sequences, reached by gradient accumulation. Default: the paper's "
-        "(section 3.1): 64 when the sequence length is 8192 (its 7B/13B/33B runs at 8192), otherwise 128.",
+        "(section 3.1): 64 when the sequence length is 8192 and the model has at most 40B parameters (its "
+        "7B/13B/33B runs at 8192), otherwise 128.",
         show_default=False)] = None,
     micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", help="Sequences per forward pass per process.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed for data order and initialisation.")] = 0,

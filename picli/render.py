@@ -450,7 +450,7 @@ def finetune_result(result: dict) -> None:
     steps = f"{result['steps_done']} step{'' if result['steps_done'] == 1 else 's'}"
     repeated = ""
     if result.get("epochs") is not None and result["epochs"] > 1:
-        repeated = f" ({result['unique_tokens']:,} unique: the data was cycled {result['epochs']:.2f} times)"
+        repeated = f" ({result['unique_tokens']:,} unique; {result['epochs']:.2f} epochs over the data)"
     console.print(f"[green]Fine-tuned[/] {steps}, {result['tokens']:,} tokens{repeated} in "
                   f"{result['seconds']:.0f} s; final loss {result['final_loss']:.4f}{eval_text}{early}")
     console.print(f"Wrote {escape(result['output'])} (metrics.jsonl, picli.json); next: picli verify --passkey")

@@ -284,7 +284,15 @@ def _finetune_rows(finetune: Any) -> list[tuple[str, Any]]:
     steps, planned = record.pop("steps", None), record.pop("planned_steps", None)
     if steps is not None:
         rows.append(("steps", f"{steps} of {planned} planned" if planned and planned != steps else steps))
-    take("tokens", "tokens trained", lambda value: f"{value:,}")
+    tokens, unique, epochs = record.pop("tokens", None), record.pop("unique_tokens", None), record.pop("epochs", None)
+    train_sequences = record.pop("train_sequences", None)
+    if tokens is not None:
+        # A corpus smaller than steps x batch x seq-len is cycled: repeats are not new data.
+        rows.append(("tokens trained", f"{tokens:,}" if unique is None or unique >= tokens else
+                     f"{tokens:,}, of which {unique:,} unique (the data was repeated)"))
+    if epochs is not None:
+        rows.append(("epochs over the data", f"{epochs:.2f}" + (f" ({train_sequences:,} training sequences)"
+                                                               if train_sequences is not None else "")))
     take("seq_len", "sequence length", lambda value: f"{value:,}")
     take("batch_size", "global batch (sequences)")
     take("micro_batch_size", "micro batch")

@@ -246,10 +246,20 @@ def verify(
     data: Annotated[Optional[str], typer.Option("--data", help="Text for perplexity: file, folder, JSONL, or hf:NAME.")] = None,
     text_field: TextFieldOpt = "text",
     stride: Annotated[int, typer.Option("--stride", help="Sliding-window stride (PI and YaRN use 256).")] = 256,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Score at most this many tokens of --data.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Score at most this many tokens of --data "
+                                                      "in all (after the document choices below).")] = None,
+    doc_tokens: Annotated[Optional[str], typer.Option("--doc-tokens", help="Cut each document to its first N tokens "
+                                                      "(the paper's proof-pile protocol: 32768).")] = None,
+    min_doc_tokens: Annotated[Optional[str], typer.Option(
+        "--min-doc-tokens", help="Skip documents shorter than N tokens; the report counts them (paper's proof-pile: "
+        "32768).")] = None,
+    sample_docs: Annotated[Optional[int], typer.Option(
+        "--sample-docs", help="Score N documents drawn at random (--seed) among those kept (paper's proof-pile: "
+        "128).")] = None,
     positions: Annotated[int, typer.Option("--positions", help="Values of k per length (paper: 32).")] = 32,
     trials: Annotated[int, typer.Option("--trials", help="Random keys per k (paper: 10).")] = 10,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the keys; the same seed gives the same prompts.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the passkey keys (the same seed gives the same "
+                                      "prompts) and for --sample-docs.")] = 0,
     quick: Annotated[bool, typer.Option("--quick", help="4 positions x 2 trials: a smoke test, not the paper's protocol.")] = False,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Also measure this model (usually the source) "
                                                     "with the same protocol, side by side.")] = None,
@@ -289,6 +299,8 @@ def verify(
 
       picli verify ./llama-7b-16k --perplexity --data pg19_book.txt --length 2048 --length 16384
 
+      picli verify ./m --perplexity --data pp.jsonl --sample-docs 128 --min-doc-tokens 32k --doc-tokens 32k
+
       picli verify ./m --passkey --quick --heatmap passkey.png --json
 
       picli verify ./my-own-model --passkey -o verify.json
@@ -306,6 +318,9 @@ def verify(
         passkey=passkey or not perplexity, perplexity=perplexity,
         lengths=tuple(parse_window(value, "--length") for value in length) if length else None,
         data=data, text_field=text_field, stride=stride, max_tokens=max_tokens,
+        doc_tokens=parse_window(doc_tokens, "--doc-tokens") if doc_tokens is not None else None,
+        min_doc_tokens=parse_window(min_doc_tokens, "--min-doc-tokens") if min_doc_tokens is not None else None,
+        sample_docs=sample_docs,
         protocol=Protocol(positions=positions, trials=trials, seed=seed), baseline=baseline,
         device=device, dtype=dtype, attention=attn, device_map=device_map, batch_size=batch_size,
     )
@@ -335,8 +350,11 @@ def finetune(
     seq_len: Annotated[Optional[str], typer.Option("--seq-len", help="Tokens per sequence. Default: the model's window.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate. Default: 2e-5, or 1e-5 above 30B parameters.")] = None,
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warmup from 10% of the LR (paper: 20).")] = 20,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch in sequences (paper: 64), reached by "
-                                            "gradient accumulation.")] = 64,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", help="Global batch in sequences, reached by gradient accumulation. Default: the paper's "
+        "(section 3.1): 64 when the sequence length is 8192 and the model has at most 40B parameters (its "
+        "7B/13B/33B runs at 8192), otherwise 128.",
+        show_default=False)] = None,
     micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", help="Sequences per forward pass per process.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed for data order and initialisation.")] = 0,
     lora: Annotated[bool, typer.Option("--lora", help="LoRA on attention plus trainable embeddings and norms (LongLoRA).")] = False,
@@ -361,7 +379,12 @@ def finetune(
     """The PI paper's short fine-tune at the new window.
 
     Defaults are the paper's recipe: AdamW (0.9, 0.95), no weight decay, LR 2e-5, 20 warmup
-    steps from 10% of the LR, global batch 64, 1000 steps, sequence length = the window.
+    steps from 10% of the LR, 1000 steps, sequence length = the window. picli's default
+    global batch follows the paper (section 3.1): 64 when extending 7B/13B/33B models to
+    8192, 128 in all other cases; so 64 at --seq-len 8192 (up to 40B parameters) and 128
+    otherwise. Data smaller than steps x batch x seq-len is cycled, with a warning; the
+    record counts unique tokens and epochs. picli ships no training data: the paper used
+    the Pile (docs/finetune.md shows how to point --data at it).
     Runs unchanged under `accelerate launch` or `torchrun` (DDP, FSDP). Checkpoints are
     atomic; Ctrl-C saves one; --resume continues exactly. The output keeps the PI config.
 

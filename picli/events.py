@@ -4,6 +4,7 @@ The core never prints: it calls `on_event(event)` with a plain dict, and the CLI
 `render.progress()` turns the events into messages and progress bars on stderr. Kinds:
 
     {"kind": "message", "text": ...}                              a line for the user
+    {"kind": "warning", "text": ...}                              a line the user must not miss
     {"kind": "progress", "task": ..., "done": n, "total": n}      a bar ("unit" defaults to bytes)
     {"kind": "settings", "settings": {...}, ...}                  finetune's resolved settings
     {"kind": "step", "step": n, "loss": ..., "total_steps": n}    one finished training step

@@ -5,8 +5,9 @@ pack, shuffle by seed) -> model (full, or LoRA + trainable embeddings and norms:
 -> the loop -> the output (finetune_output.py).
 
 Defaults are the paper's: AdamW (0.9, 0.95), no weight decay, LR 2e-5 (1e-5 above 30B
-parameters), 20 warmup steps from 10% of the LR, global batch 64 sequences, 1000 steps,
-sequence length = the model's (extended) window. The loop runs through accelerate, so the
+parameters), 20 warmup steps from 10% of the LR, global batch 64 sequences at 8192 tokens and
+128 otherwise (section 3.1), 1000 steps, sequence length = the model's (extended) window.
+A corpus smaller than steps x batch x seq-len is cycled; the record says how often. The loop runs through accelerate, so the
 same code runs on one CPU, one GPU, or many under `accelerate launch` / `torchrun` (DDP or
 FSDP). The loss never materialises full-vocabulary logits for a whole sequence: the head
 runs on chunks of ~128 MiB of float32 logits (682 positions at a 49k vocabulary), each
@@ -34,8 +35,8 @@ from .files import atomic_write_json
 from .finetune_output import (CHECKPOINTS, METRICS, export_model, latest_checkpoint, save_checkpoint,
                               trim_metrics)
 from .provenance import now
-from .textdata import batch_indices, load_sequences, split_and_order
-from .training import TrainSettings, apply_lora, build_loss_module, mixed_precision
+from .textdata import batch_indices, data_reuse, load_sequences, split_and_order
+from .training import TrainSettings, apply_lora, build_loss_module, default_batch_size, mixed_precision
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,11 @@ class TrainResult:
     interrupted: bool
     final_loss: float | None
     eval_loss: float | None
-    tokens: int
+    tokens: int  # processed, repeats included
     seconds: float
     record: dict = field(default_factory=dict)
+    unique_tokens: int | None = None  # distinct training tokens among `tokens`
+    epochs: float | None = None  # passes over the training sequences
 
 
 # ---------------------------------------------------------------------------------------
@@ -96,6 +99,15 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
         saved = json.loads((checkpoint_dir / "trainer_state.json").read_text())["settings"]
         kept = {key: value for key, value in saved.items() if key not in given}
         settings = TrainSettings(**{**asdict(settings), **kept, "steps": settings.steps})
+    config = json.loads((model_path / "config.json").read_text())
+    seq_len = settings.seq_len or int(config.get("max_position_embeddings") or 0)
+    if seq_len < 2:
+        raise PicliError("cannot tell the sequence length from config.json", hint="pass --seq-len N")
+    if settings.batch_size is None:
+        from .checkpoint import tensor_summary
+
+        settings = replace(settings, batch_size=default_batch_size(
+            seq_len, tensor_summary(model_path).parameter_count or 0))
     accelerator = Accelerator(cpu=settings.cpu, mixed_precision=mixed_precision(settings))
     main = accelerator.is_main_process
     events = on_event if main else None
@@ -114,12 +126,15 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
     accumulation = settings.batch_size // per_step
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    config = json.loads((model_path / "config.json").read_text())
-    seq_len = settings.seq_len or int(config.get("max_position_embeddings") or 0)
-    if seq_len < 2:
-        raise PicliError("cannot tell the sequence length from config.json", hint="pass --seq-len N")
     sequences = load_sequences(tokenizer, settings.data, settings.text_field, seq_len, events)
     train_ids, eval_ids = split_and_order(len(sequences), settings.seed, settings.eval_fraction)
+    planned = data_reuse(len(train_ids), settings.steps, settings.batch_size, seq_len)
+    if events and planned["epochs"] > 1:
+        # Cycling is silent in the loop (batch_indices wraps around); say it once, before training.
+        events({"kind": "warning", "text": f"the training data holds {len(train_ids)} sequences of {seq_len} tokens "
+                f"({planned['unique_tokens']:,} tokens); {settings.steps} steps x batch {settings.batch_size} need "
+                f"{settings.steps * settings.batch_size}, so picli cycles through it {planned['epochs']:.2f} times. "
+                "Repeats are not new data: the record counts unique tokens and epochs"})
 
     torch.manual_seed(settings.seed)
     # Master weights stay float32; accelerate's autocast gives bf16 compute where supported.
@@ -235,16 +250,19 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
         if completed > start_step:
             save_checkpoint(accelerator, output, completed, tokens_done, settings)
         accelerator.wait_for_everyone()
+        reuse = data_reuse(len(train_ids), completed, settings.batch_size, seq_len)
         return TrainResult(str(output), completed, None, True, last_loss, eval_loss, tokens_done,
-                           time.perf_counter() - started)
+                           time.perf_counter() - started, unique_tokens=reuse["unique_tokens"],
+                           epochs=reuse["epochs"])
     steps_done = completed
+    reuse = data_reuse(len(train_ids), steps_done, settings.batch_size, seq_len)
 
     if settings.eval_every is None and eval_ids:
         eval_loss = _eval_loss(accelerator, loss_module, sequences, eval_ids)
     seconds = time.perf_counter() - started
     record = {
         "data": settings.data, "text_field": settings.text_field, "steps": steps_done, "planned_steps": settings.steps,
-        "tokens": tokens_done, "seq_len": seq_len, "batch_size": settings.batch_size,
+        "tokens": tokens_done, **reuse, "seq_len": seq_len, "batch_size": settings.batch_size,
         "micro_batch_size": settings.micro_batch_size, "processes": world, "lr": lr,
         "warmup_steps": settings.warmup_steps, "optimizer": "AdamW(0.9, 0.95), weight decay 0",
         "lora": {"rank": settings.lora_rank, "alpha": settings.lora_alpha, "merged": not settings.keep_adapter}
@@ -259,7 +277,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
         export_model(accelerator, loss_module, model_path, output, settings, record, command, parameters, state_dict)
     accelerator.wait_for_everyone()
     return TrainResult(str(output), steps_done, verified_at, False, last_loss, eval_loss, tokens_done, seconds,
-                       record)
+                       record, unique_tokens=reuse["unique_tokens"], epochs=reuse["epochs"])
 
 
 def _out_of_memory(config: dict, parameters: int, seq_len: int, settings: TrainSettings, checkpointing: bool, device,
@@ -353,7 +371,8 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
     if settings.gradient_checkpointing not in ("auto", "on", "off"):
         raise PicliError(f"--gradient-checkpointing must be auto, on or off, got {settings.gradient_checkpointing!r}",
                          hint="auto turns it on above 4k tokens")
-    if settings.steps < 1 or settings.batch_size < 1 or settings.micro_batch_size < 1:
+    if settings.steps < 1 or (settings.batch_size is not None and settings.batch_size < 1) \
+            or settings.micro_batch_size < 1:
         raise PicliError("--steps, --batch-size and --micro-batch-size must be at least 1", hint="e.g. --steps 200")
     if settings.lr is not None and not (math.isfinite(settings.lr) and settings.lr > 0):
         # --lr 0 used to mean "the default" (an `or` chain); it would train nothing at full cost.
@@ -373,6 +392,8 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
     config = read_config(checkpoint.path)
     parameters = tensor_summary(checkpoint.path).parameter_count or 0
     seq_len = settings.seq_len or int(config.get("max_position_embeddings") or 0)
+    if settings.batch_size is None and seq_len:
+        settings = replace(settings, batch_size=default_batch_size(seq_len, parameters))
     if plan_only:
         from .finetune_plan import plan
 

@@ -9,6 +9,13 @@ is the standard Hugging Face loop (`prev_end`, `trg_len`), computed without its 
 
     report = evaluate_perplexity(load_model(path), load_texts("book.txt"), [2048, 4096])
 
+The paper's two protocols (section 3.2) choose documents before scoring: PG-19's whole test
+split (100 books), and proof-pile's 128 random test documents of at least 32768 tokens, each
+cut to its first 32768. `select_documents` does that (doc_tokens, min_doc_tokens,
+sample_docs + seed) and records what it kept. A document shorter than the evaluated length
+can only be scored in windows as long as itself: each result counts those documents and
+their tokens, so a "32768" perplexity measured on shorter text says so.
+
 Full-vocabulary logits for a 16k window are 16k x 152k floats (10 GB in float32), so the
 decoder body runs alone and the output head is applied only to the scored positions, a chunk
 at a time, with cross-entropy in float32.
@@ -37,6 +44,11 @@ class PerplexityResult:
     windows: int
     seconds: float
     tokens_per_second: float  # scored tokens; windows overlap, so the model reads more than this
+    # Documents with fewer tokens than `length`: their windows were as long as the document, not
+    # `length`. tokens_scored = tokens_scored_full + tokens_scored_short.
+    short_documents: int = 0
+    tokens_scored_short: int = 0
+    tokens_scored_full: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,25 +58,96 @@ class PerplexityResult:
 class PerplexityReport:
     stride: int
     results: list[PerplexityResult]
+    selection: dict | None = None  # which documents were scored, and how they were cut (select_documents)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stride": self.stride, "results": [result.to_dict() for result in self.results]}
+        return {"stride": self.stride, "results": [result.to_dict() for result in self.results],
+                "selection": self.selection}
 
 
-def evaluate_perplexity(loaded: LoadedModel, documents: list[Document], lengths: list[int], stride: int = 256,
-                        max_tokens: int | None = None, on_event: Events = None) -> PerplexityReport:
-    """Perplexity of `documents` at each window length; `max_tokens` caps the text read, in order."""
-    token_ids_list = []
-    budget = max_tokens
-    for document in documents:
+@dataclass(frozen=True)
+class DocumentSelection:
+    """Which documents perplexity scores, in tokens of the model's tokenizer (BOS included)."""
+
+    max_tokens: int | None = None  # total text read, in order (after the choices below)
+    doc_tokens: int | None = None  # each document cut to its first N tokens
+    min_doc_tokens: int | None = None  # documents shorter than this are skipped (and counted)
+    sample_docs: int | None = None  # N documents drawn at random (seeded) among those kept
+    seed: int = 0
+
+    def check(self) -> None:
+        for option, value, least in (("--max-tokens", self.max_tokens, 1), ("--doc-tokens", self.doc_tokens, 2),
+                                     ("--min-doc-tokens", self.min_doc_tokens, 1),
+                                     ("--sample-docs", self.sample_docs, 1)):
+            if value is not None and value < least:
+                raise PicliError(f"{option} must be at least {least}, got {value}",
+                                 hint="the paper's proof-pile protocol: --sample-docs 128 --min-doc-tokens 32768 "
+                                      "--doc-tokens 32768")
+
+
+def select_documents(tokenize, documents: list[Document], selection: DocumentSelection) -> tuple[list[list[int]], dict]:
+    """Token ids of the documents to score, and a record of the choice.
+
+    With sample_docs, documents are visited in a seeded random order and the first N long
+    enough are kept: a uniform random sample of the qualifying documents that tokenizes only
+    as many as it needs. Fewer qualifying documents than asked for is an error, not a
+    quietly smaller sample.
+    """
+    import random
+
+    selection.check()
+    order = list(range(len(documents)))
+    if selection.sample_docs is not None:
+        random.Random(selection.seed).shuffle(order)
+    chosen: list[list[int]] = []
+    examined = skipped = truncated = 0
+    budget = selection.max_tokens
+    for index in order:
+        if selection.sample_docs is not None and len(chosen) >= selection.sample_docs:
+            break
         if budget is not None and budget <= 0:
             break
-        ids = list(loaded.tokenizer(document.text, add_special_tokens=True)["input_ids"])
+        ids = list(tokenize(documents[index].text))
+        examined += 1
+        if selection.min_doc_tokens is not None and len(ids) < selection.min_doc_tokens:
+            skipped += 1
+            continue
+        if selection.doc_tokens is not None and len(ids) > selection.doc_tokens:
+            ids = ids[:selection.doc_tokens]
+            truncated += 1
         if budget is not None:
             ids = ids[:budget]
             budget -= len(ids)
-        token_ids_list.append(ids)
-    return evaluate_token_ids(loaded, token_ids_list, lengths, stride=stride, on_event=on_event)
+        chosen.append(ids)
+    if selection.sample_docs is not None and len(chosen) < selection.sample_docs:
+        qualifying = f" with at least {selection.min_doc_tokens} tokens" if selection.min_doc_tokens else ""
+        raise PicliError(f"--sample-docs {selection.sample_docs} asks for more documents than the data has{qualifying}: "
+                         f"{len(chosen)} of {len(documents)}",
+                         hint="lower --sample-docs or --min-doc-tokens, or give more data")
+    if not chosen and selection.min_doc_tokens is not None:
+        raise PicliError(f"no document has at least {selection.min_doc_tokens} tokens ({len(documents)} examined)",
+                         hint="lower --min-doc-tokens, or give longer documents")
+    record = {"documents": len(documents), "examined": examined, "used": len(chosen),
+              "skipped_short": skipped, "truncated": truncated, "tokens": sum(len(ids) for ids in chosen),
+              "max_tokens": selection.max_tokens, "doc_tokens": selection.doc_tokens,
+              "min_doc_tokens": selection.min_doc_tokens, "sample_docs": selection.sample_docs,
+              "seed": selection.seed if selection.sample_docs is not None else None}
+    return chosen, record
+
+
+def evaluate_perplexity(loaded: LoadedModel, documents: list[Document], lengths: list[int], stride: int = 256,
+                        max_tokens: int | None = None, on_event: Events = None,
+                        selection: DocumentSelection | None = None) -> PerplexityReport:
+    """Perplexity of `documents` at each window length; `max_tokens` caps the text read, in order
+    (a shorthand for selection=DocumentSelection(max_tokens=...))."""
+    selection = selection or DocumentSelection(max_tokens=max_tokens)
+
+    def tokenize(text: str) -> list[int]:
+        return loaded.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    token_ids_list, chosen = select_documents(tokenize, documents, selection)
+    report = evaluate_token_ids(loaded, token_ids_list, lengths, stride=stride, on_event=on_event)
+    return PerplexityReport(stride=report.stride, results=report.results, selection=chosen)
 
 
 def evaluate_token_ids(loaded: LoadedModel, token_ids_list: list[list[int]], lengths: list[int], stride: int = 256,
@@ -98,10 +181,15 @@ def evaluate_token_ids(loaded: LoadedModel, token_ids_list: list[list[int]], len
                                              f"perplexity {length} uses windows of at most {longest}"})
         check_fits(loaded, min(length, longest), what=f"perplexity at {length}")
         started = time.perf_counter()
-        nll_sum, scored, windows = 0.0, 0, 0
+        nll_sum, scored, windows, short_documents, scored_short = 0.0, 0, 0, 0, 0
         emit({"kind": "progress", "task": task, "done": 0, "total": total})
         with torch.inference_mode():
             for ids in sequences:
+                if len(ids) < length:
+                    # One window, as long as the document: every token of it is scored with less
+                    # context than `length` allows. Counted, so the result can say so.
+                    short_documents += 1
+                    scored_short += len(ids) - 1
                 for begin, end, first_target in _windows(len(ids), length, stride):
                     window = ids[begin:end].unsqueeze(0).to(loaded.device)
                     hidden = decoder(input_ids=window, use_cache=False).last_hidden_state[0]
@@ -115,7 +203,9 @@ def evaluate_token_ids(loaded: LoadedModel, token_ids_list: list[list[int]], len
         nll = nll_sum / scored
         results.append(PerplexityResult(length=length, perplexity=math.exp(nll), nll=nll, tokens_scored=scored,
                                         documents=len(sequences), windows=windows, seconds=seconds,
-                                        tokens_per_second=scored / seconds if seconds > 0 else 0.0))
+                                        tokens_per_second=scored / seconds if seconds > 0 else 0.0,
+                                        short_documents=short_documents, tokens_scored_short=scored_short,
+                                        tokens_scored_full=scored - scored_short))
     return PerplexityReport(stride=stride, results=results)
 
 

@@ -157,7 +157,8 @@ _ROPE_FIELDS = {"factor": _POSITIVE, "previous_factor": _POSITIVE, "theta": _POS
 _FINETUNE_FIELDS = {"steps": _COUNT, "planned_steps": _COUNT, "tokens": _COUNT, "seq_len": _COUNT,
                     "batch_size": _COUNT, "micro_batch_size": _COUNT, "processes": _COUNT, "lr": _NUMBER,
                     "warmup_steps": _COUNT, "final_loss": _NUMBER, "eval_loss": _NUMBER, "wall_seconds": _NUMBER,
-                    "eval_history": _LIST, "hardware": _OBJECT, "lora": _OBJECT, "data": _TEXT, "finished": _TEXT}
+                    "eval_history": _LIST, "hardware": _OBJECT, "lora": _OBJECT, "data": _TEXT, "finished": _TEXT,
+                    "unique_tokens": _COUNT, "epochs": _NUMBER, "train_sequences": _COUNT}
 
 
 def _kind(value: Any) -> str:

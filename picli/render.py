@@ -84,6 +84,9 @@ def progress(bars: bool = True) -> Iterator[Any]:
         if event.get("kind") == "message":
             bar.console.print(escape(event["text"]), style="dim")
             return
+        if event.get("kind") == "warning":
+            bar.console.print(f"[yellow]Warning:[/] {escape(event['text'])}")
+            return
         if event.get("kind") == "settings":
             training_settings(event)
             return
@@ -445,6 +448,9 @@ def finetune_result(result: dict) -> None:
     early = (f"; passkey reached the window at step {result['stopped_early_at']}"
              if result.get("stopped_early_at") else "")
     steps = f"{result['steps_done']} step{'' if result['steps_done'] == 1 else 's'}"
-    console.print(f"[green]Fine-tuned[/] {steps}, {result['tokens']:,} tokens in "
+    repeated = ""
+    if result.get("epochs") is not None and result["epochs"] > 1:
+        repeated = f" ({result['unique_tokens']:,} unique; {result['epochs']:.2f} epochs over the data)"
+    console.print(f"[green]Fine-tuned[/] {steps}, {result['tokens']:,} tokens{repeated} in "
                   f"{result['seconds']:.0f} s; final loss {result['final_loss']:.4f}{eval_text}{early}")
     console.print(f"Wrote {escape(result['output'])} (metrics.jsonl, picli.json); next: picli verify --passkey")

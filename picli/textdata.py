@@ -108,7 +108,8 @@ def _load_hub(spec: str, text_field: str, max_documents: int | None) -> list[Doc
     try:
         datasets = importlib.import_module("datasets")
     except ImportError as exc:
-        raise PicliError(f"reading {spec} needs the datasets package", hint="pip install datasets") from exc
+        raise PicliError(f"reading {spec} needs the datasets package, which picli does not install by default",
+                         hint="pip install 'picli[data]' (or pip install datasets)") from exc
     try:
         dataset = datasets.load_dataset(name, split=split if max_documents is None else f"{split}[:{max_documents}]")
     except Exception as exc:
@@ -155,6 +156,14 @@ def batch_indices(train: list[int], step: int, batch_size: int) -> list[int]:
     """The global batch of one optimizer step: a pure function of the step, so resume is exact."""
     start = step * batch_size
     return [train[(start + offset) % len(train)] for offset in range(batch_size)]
+
+
+def data_reuse(train_sequences: int, steps: int, batch_size: int, seq_len: int) -> dict:
+    """How much of what `steps` optimizer steps read was new: batch_indices cycles through the
+    training sequences, so past one epoch the same tokens come round again."""
+    read = steps * batch_size
+    return {"train_sequences": train_sequences, "unique_tokens": min(read, train_sequences) * seq_len,
+            "epochs": read / train_sequences if train_sequences else 0.0}
 
 
 def load_sequences(tokenizer, data: str | None, text_field: str, seq_len: int,

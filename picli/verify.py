@@ -33,6 +33,10 @@ class VerifySettings:
     text_field: str = "text"
     stride: int = 256
     max_tokens: int | None = None
+    # The paper's document choices (section 3.2); --seed (protocol.seed) also seeds sample_docs.
+    doc_tokens: int | None = None
+    min_doc_tokens: int | None = None
+    sample_docs: int | None = None
     protocol: passkey_module.Protocol = passkey_module.Protocol()
     baseline: str | None = None  # a second model measured with the same protocol
     # How the model runs; the report records these five as its `settings`.
@@ -41,6 +45,13 @@ class VerifySettings:
     attention: str = "sdpa"
     device_map: str | None = None
     batch_size: int | None = None
+
+    def selection(self):
+        from .perplexity import DocumentSelection
+
+        return DocumentSelection(max_tokens=self.max_tokens, doc_tokens=self.doc_tokens,
+                                 min_doc_tokens=self.min_doc_tokens, sample_docs=self.sample_docs,
+                                 seed=self.protocol.seed)
 
     def runtime(self) -> dict:
         return {"device": self.device, "dtype": self.dtype, "attention": self.attention,
@@ -86,6 +97,12 @@ def run_verify(model: str | None, settings: VerifySettings = VerifySettings(), *
         raise PicliError("--perplexity needs text to score", hint="pass --data FILE|DIR|JSONL|hf:NAME")
     if settings.stride <= 0:
         raise PicliError(f"--stride must be positive, got {settings.stride}", hint="the paper uses 256")
+    chosen = [option for option, value in (("--doc-tokens", settings.doc_tokens),
+                                           ("--min-doc-tokens", settings.min_doc_tokens),
+                                           ("--sample-docs", settings.sample_docs)) if value is not None]
+    if chosen and not settings.perplexity:
+        raise PicliError(f"{chosen[0]} chooses the documents perplexity scores", hint="add --perplexity --data ...")
+    settings.selection().check()  # before minutes of loading
     checkpoint = resolve_model(model, on_event)
     if save_to is not None:
         save_to = Path(save_to).expanduser().resolve()
@@ -170,7 +187,7 @@ def _measure(checkpoint: Checkpoint, label: str, lengths: list[int], documents, 
             from .perplexity import evaluate_perplexity
 
             perplexity_report = evaluate_perplexity(loaded, documents, lengths, stride=settings.stride,
-                                                    max_tokens=settings.max_tokens, on_event=on_event).to_dict()
+                                                    selection=settings.selection(), on_event=on_event).to_dict()
     finally:
         del loaded
         gc.collect()
@@ -193,4 +210,36 @@ def _notes(runs: list[ModelRun], lengths: list[int]) -> list[str]:
         if beyond:
             notes.append(f"{run.model}: {', '.join(map(str, beyond))} tokens lie beyond its window of {run.window} "
                          "tokens (extrapolation, no interpolation there)")
+    shown: set[str] = set()
+    for run in runs:
+        for note in perplexity_notes(run.perplexity):
+            if note not in shown:  # the baseline usually scores the same text: say it once
+                notes.append(note if run is runs[0] else f"{run.model}: {note}")
+                shown.add(note)
+    return notes
+
+
+def perplexity_notes(perplexity: dict | None) -> list[str]:
+    """What a perplexity table cannot show: which documents were scored, and which were too short."""
+    if not perplexity:
+        return []
+    notes = []
+    selection = perplexity.get("selection") or {}
+    if selection.get("sample_docs") or selection.get("min_doc_tokens") or selection.get("doc_tokens"):
+        parts = [f"perplexity text: {selection['used']} of {selection['documents']} documents"]
+        if selection.get("sample_docs"):
+            parts.append(f"drawn at random (seed {selection['seed']})")
+        if selection.get("min_doc_tokens"):
+            parts.append(f"{selection['skipped_short']} of {selection['examined']} examined skipped as shorter than "
+                         f"{selection['min_doc_tokens']} tokens")
+        if selection.get("doc_tokens"):
+            parts.append(f"{selection['truncated']} cut to their first {selection['doc_tokens']} tokens")
+        notes.append("; ".join(parts))
+    for result in perplexity.get("results") or []:
+        short = result.get("short_documents") or 0
+        if short:
+            notes.append(f"perplexity at {result['length']}: {short} of {result['documents']} documents are shorter "
+                         f"than {result['length']} tokens, so {result['tokens_scored_short']:,} of "
+                         f"{result['tokens_scored']:,} scored tokens had windows only as long as their document; "
+                         f"{result['tokens_scored_full']:,} were scored at the full length")
     return notes

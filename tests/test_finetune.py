@@ -169,6 +169,11 @@ def test_finetune_keeps_pi_config_and_records_training(extended, corpus, workdir
     assert record["rope"]["factor"] == 2.0 and record["finetune"]["steps"] == 3
     assert record["finetune"]["tokens"] == 3 * 4 * 128
     assert record["finetune"]["final_loss"] == pytest.approx(metrics[-1]["loss"])
+    # 12 sequences read from a corpus of more: no repeats, so every token trained is unique.
+    train_sequences = record["finetune"]["train_sequences"]
+    assert train_sequences > 12 and record["finetune"]["unique_tokens"] == 3 * 4 * 128
+    assert record["finetune"]["epochs"] == pytest.approx(12 / train_sequences)
+    assert report["unique_tokens"] == report["tokens"] and "Warning" not in result.stderr
     assert json.loads((workdir / ".picli" / "last.json").read_text())["path"] == str(output)
     assert tree_hash(extended) == before
 
@@ -177,6 +182,54 @@ def test_finetune_keeps_pi_config_and_records_training(extended, corpus, workdir
     reloaded = AutoConfig.from_pretrained(output)
     assert reloaded.rope_parameters["rope_type"] == "linear" and reloaded.rope_parameters["factor"] == 2.0
     AutoModelForCausalLM.from_pretrained(output)  # weights load
+
+
+def test_default_global_batch_follows_the_papers_target_window():
+    """PI paper section 3.1: 64 for 7B/13B/33B extended to 8192, 128 in all other cases."""
+    assert training.default_batch_size(8192, 7_000_000_000) == 64
+    assert training.default_batch_size(8192, 32_500_000_000) == 64  # LLaMA "33B"
+    assert training.default_batch_size(8192, 65_200_000_000) == 128  # the 65B at 8192: "all other cases"
+    for window in (2048, 4096, 16384, 32768):
+        assert training.default_batch_size(window, 7_000_000_000) == 128
+
+
+@pytest.mark.parametrize("seq_len, extra, expected", [("8192", [], 64), ("16384", [], 128), ("32k", [], 128),
+                                                      ("8192", ["--batch-size", "8"], 8)])
+def test_finetune_default_batch_by_sequence_length(extended, workdir, seq_len, extra, expected):
+    result = runner.invoke(app, ["finetune", str(extended), "--plan", "--seq-len", seq_len, "--cpu", "--json", *extra])
+    assert result.exit_code == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["batch_size"] == expected
+    assert plan["estimated_seconds_per_step"] == pytest.approx(
+        plan["probe"]["seconds"] * plan["seq_len"] / 512 * expected)
+
+
+def test_data_reuse_counts_unique_tokens_and_epochs():
+    assert textdata.data_reuse(10, steps=3, batch_size=4, seq_len=128) == {
+        "train_sequences": 10, "unique_tokens": 10 * 128, "epochs": 1.2}
+    assert textdata.data_reuse(100, steps=3, batch_size=4, seq_len=128)["unique_tokens"] == 12 * 128
+
+
+def test_a_small_corpus_is_cycled_with_one_warning_and_recorded(extended, tmp_path, workdir):
+    small = tmp_path / "small.txt"
+    small.write_text(" ".join([FILLER] * 30))
+    output = workdir / "ft-small"
+    result = train(extended, output, str(small), "--steps", "3")  # batch 4: 12 sequences read
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    finetune_record = json.loads((output / "picli.json").read_text())["finetune"]
+    train_sequences = finetune_record["train_sequences"]
+    assert 1 <= train_sequences < 12
+    assert result.stderr.count("Warning:") == 1
+    assert f"cycles through it {12 / train_sequences:.2f} times" in " ".join(result.stderr.split())
+    assert report["tokens"] == finetune_record["tokens"] == 12 * 128  # processed, repeats included
+    assert report["unique_tokens"] == finetune_record["unique_tokens"] == train_sequences * 128
+    assert report["epochs"] == finetune_record["epochs"] == pytest.approx(12 / train_sequences)
+    card = runner.invoke(app, ["card", str(output), "--dry-run"])
+    assert card.exit_code == 0, card.stderr
+    assert (f"| tokens trained | 1,536, of which {train_sequences * 128:,} unique (the data was repeated) |"
+            in card.stdout)
+    assert f"| epochs over the data | {12 / train_sequences:.2f} ({train_sequences} training sequences) |" in card.stdout
 
 
 @pytest.mark.parametrize("resume_args", [[], ["--micro-batch-size", "1"]])

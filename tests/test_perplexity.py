@@ -169,6 +169,111 @@ def test_public_function_tokenizes_and_spends_max_tokens_in_order(tiny):
     assert json.loads(json.dumps(report.to_dict()))["results"][1]["length"] == 128
 
 
+# --- the paper's document choices (section 3.2) and shortened windows ------------------------------
+
+
+def byte_ids(text: str) -> list[int]:
+    return ByteTokenizer()(text)["input_ids"]
+
+
+def lengths_documents() -> list[Document]:
+    """Documents of 11, 41, 101, 201, 301 and 401 byte tokens (BOS included), named by their length."""
+    return [Document(str(count + 1), "x" * count) for count in (10, 40, 100, 200, 300, 400)]
+
+
+def test_min_doc_tokens_skips_and_counts_and_doc_tokens_cuts():
+    from picli.perplexity import DocumentSelection, select_documents
+
+    chosen, record = select_documents(byte_ids, lengths_documents(),
+                                      DocumentSelection(min_doc_tokens=101, doc_tokens=150))
+    assert [len(ids) for ids in chosen] == [101, 150, 150, 150]  # 11 and 41 skipped; 201, 301, 401 cut to 150
+    assert chosen[1] == byte_ids("x" * 200)[:150]  # the FIRST 150 tokens
+    assert (record["examined"], record["skipped_short"], record["truncated"], record["used"]) == (6, 2, 3, 4)
+    assert record["tokens"] == 101 + 3 * 150 and record["seed"] is None
+
+
+def test_sample_docs_is_a_seeded_random_subset_of_the_long_enough():
+    from picli.perplexity import DocumentSelection, select_documents
+
+    sizes = [index * 7 % 50 for index in range(40)]  # text bytes after the 2-digit name
+    documents = [Document(str(index), f"{index:02d}" + "y" * size) for index, size in enumerate(sizes)]
+    long_enough = {index for index, size in enumerate(sizes) if 1 + 2 + size >= 30}
+
+    def picked(seed: int) -> list[int]:
+        chosen, record = select_documents(byte_ids, documents, DocumentSelection(
+            min_doc_tokens=30, doc_tokens=30, sample_docs=5, seed=seed))
+        assert record["used"] == 5 and record["seed"] == seed and all(len(ids) == 30 for ids in chosen)
+        assert record["skipped_short"] == record["examined"] - 5
+        return [int(bytes(ids[1:3]).decode()) for ids in chosen]  # which documents, by name
+
+    first = picked(0)
+    assert picked(0) == first  # reproducible
+    assert set(first) <= long_enough
+    assert any(picked(seed) != first for seed in (1, 2, 3))  # a different seed draws differently
+
+
+def test_too_few_long_documents_is_an_error_not_a_smaller_sample():
+    from picli.perplexity import DocumentSelection, select_documents
+
+    with pytest.raises(PicliError, match=r"--sample-docs 5 asks for more documents .* at least 200 tokens: 3 of 6"):
+        select_documents(byte_ids, lengths_documents(), DocumentSelection(min_doc_tokens=200, sample_docs=5))
+    with pytest.raises(PicliError, match="no document has at least 1000 tokens"):
+        select_documents(byte_ids, lengths_documents(), DocumentSelection(min_doc_tokens=1000))
+    with pytest.raises(PicliError, match="--doc-tokens must be at least 2"):
+        select_documents(byte_ids, lengths_documents(), DocumentSelection(doc_tokens=1))
+
+
+def test_proof_pile_recipe_scores_exactly_the_chosen_prefixes(tiny):
+    from picli.perplexity import DocumentSelection
+
+    documents = [Document(str(index), bytes(random_ids(90 + 40 * index, seed=index)).decode("latin-1"))
+                 for index in range(6)]
+    selection = DocumentSelection(min_doc_tokens=150, doc_tokens=150, sample_docs=3, seed=7)
+    report = evaluate_perplexity(tiny, documents, [64], stride=32, selection=selection)
+    from picli.perplexity import select_documents
+
+    chosen, record = select_documents(byte_ids, documents, selection)
+    expected = evaluate_token_ids(tiny, chosen, [64], stride=32).results[0]
+    assert report.results[0].perplexity == expected.perplexity
+    assert report.results[0].tokens_scored == 3 * 149 and report.selection == record
+    assert report.to_dict()["selection"]["skipped_short"] == record["skipped_short"]
+    assert record["used"] == 3 and {len(ids) for ids in chosen} == {150}
+
+
+def test_documents_shorter_than_the_length_are_counted(tiny):
+    long, short = random_ids(300, seed=8), random_ids(80, seed=9)
+    at_128, at_512 = evaluate_token_ids(tiny, [long, short], [128, 512], stride=32).results
+    assert (at_128.short_documents, at_128.tokens_scored_short, at_128.tokens_scored_full) == (1, 79, 299)
+    assert (at_512.short_documents, at_512.tokens_scored_short, at_512.tokens_scored_full) == (2, 299 + 79, 0)
+    assert at_128.tokens_scored == at_128.tokens_scored_short + at_128.tokens_scored_full
+    # What "shortened" means: the short document's tokens were scored exactly as at its own length.
+    alone_80 = evaluate_token_ids(tiny, [short], [80], stride=32).results[0]
+    alone_512 = evaluate_token_ids(tiny, [short], [512], stride=32).results[0]
+    assert alone_512.perplexity == pytest.approx(alone_80.perplexity, rel=1e-6)
+
+
+def test_shortened_windows_reach_the_notes_the_table_prints():
+    from picli.perplexity import PerplexityReport, PerplexityResult
+    from picli.verify import ModelRun, _notes
+
+    def result(length, short, scored_short, scored):
+        return PerplexityResult(length=length, perplexity=5.0, nll=1.6, tokens_scored=scored, documents=3, windows=9,
+                                seconds=1.0, tokens_per_second=1.0, short_documents=short,
+                                tokens_scored_short=scored_short, tokens_scored_full=scored - scored_short)
+
+    selection = {"documents": 40, "examined": 12, "used": 3, "skipped_short": 9, "truncated": 3, "tokens": 300,
+                 "max_tokens": None, "doc_tokens": 100, "min_doc_tokens": 100, "sample_docs": 3, "seed": 4}
+    perplexity = PerplexityReport(256, [result(64, 0, 0, 297), result(4096, 3, 297, 297)], selection).to_dict()
+    runs = [ModelRun("model", "m", 4096, None, perplexity), ModelRun("baseline", "b", 2048, None, perplexity)]
+    notes = _notes(runs, [64, 4096])
+    assert ("perplexity text: 3 of 40 documents; drawn at random (seed 4); 9 of 12 examined skipped as shorter than "
+            "100 tokens; 3 cut to their first 100 tokens") in notes
+    assert ("perplexity at 4096: 3 of 3 documents are shorter than 4096 tokens, so 297 of 297 scored tokens had "
+            "windows only as long as their document; 0 were scored at the full length") in notes
+    assert not any("perplexity at 64" in note for note in notes)
+    assert sum("perplexity at 4096" in note for note in notes) == 1  # the baseline scored the same text: once
+
+
 # --- memory: logits only where scored ----------------------------------------------------------------
 
 
@@ -348,7 +453,41 @@ def test_hub_without_datasets_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail, installed or not
     with pytest.raises(PicliError, match="needs the datasets package") as error:
         load_texts("hf:emozilla/pg19-test:test")
-    assert error.value.hint == "pip install datasets"
+    assert error.value.hint == "pip install 'picli[data]' (or pip install datasets)"
+
+
+def test_hub_without_datasets_is_one_line_from_the_cli(tiny_model_dir, monkeypatch, workdir):
+    from typer.testing import CliRunner
+
+    from picli.cli import app
+
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    result = CliRunner().invoke(app, ["verify", str(tiny_model_dir), "--perplexity", "--data",
+                                      "hf:emozilla/pg19-test:test", "--no-save"])
+    assert result.exit_code == 1 and "Traceback" not in result.output + result.stderr
+    assert result.stderr.splitlines()[0].startswith("Error: reading hf:emozilla/pg19-test:test needs the datasets")
+    assert "picli[data]" in result.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--passkey", "--doc-tokens", "32k"], "Error: --doc-tokens chooses the documents perplexity scores"),
+    (["--perplexity", "--data", "x.txt", "--sample-docs", "0"], "Error: --sample-docs must be at least 1, got 0"),
+])
+def test_document_options_are_checked_before_loading(tiny_model_dir, workdir, args, needle):
+    from typer.testing import CliRunner
+
+    from picli.cli import app
+
+    result = CliRunner().invoke(app, ["verify", str(tiny_model_dir), "--no-save", *args])
+    assert result.exit_code == 1 and result.stderr.splitlines()[0] == needle
+
+
+def test_datasets_is_an_optional_extra():
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    assert project["optional-dependencies"]["data"] == ["datasets>=2.18"]
+    assert not any(requirement.startswith("datasets") for requirement in project["dependencies"])
 
 
 def fake_datasets(load_dataset) -> types.ModuleType:

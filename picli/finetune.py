@@ -113,8 +113,10 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
     accumulation = settings.batch_size // per_step
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    from .checkpoint import effective_window
+
     config = json.loads((model_path / "config.json").read_text())
-    seq_len = settings.seq_len or int(config.get("max_position_embeddings") or 0)
+    seq_len = settings.seq_len or effective_window(model_path)
     if seq_len < 2:
         raise PicliError("cannot tell the sequence length from config.json", hint="pass --seq-len N")
     sequences = load_sequences(tokenizer, settings.data, settings.text_field, seq_len, events)
@@ -346,7 +348,7 @@ def _evaluate(accelerator, loss_module, model, tokenizer, sequences, eval_ids, s
 def finetune_command(model: str | None, output: Path | None, settings: TrainSettings, resume: bool = False,
                      plan_only: bool = False, force: bool = False, command: str = "picli finetune",
                      on_event: Events = None, given: set[str] = frozenset()) -> dict:
-    from .checkpoint import read_config, resolve, tensor_summary
+    from .checkpoint import effective_window, read_config, resolve, tensor_summary
     from .provenance import read_record, remember_last
 
     if settings.gradient_checkpointing not in ("auto", "on", "off"):
@@ -367,7 +369,7 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
         raise PicliError("the output overlaps the source checkpoint", hint="choose another -o/--output")
     config = read_config(checkpoint.path)
     parameters = tensor_summary(checkpoint.path).parameter_count or 0
-    seq_len = settings.seq_len or int(config.get("max_position_embeddings") or 0)
+    seq_len = settings.seq_len or effective_window(checkpoint.path)
     if plan_only:
         from .finetune_plan import plan
 

@@ -297,14 +297,15 @@ def predict_gguf(architecture: str, metadata: dict, rope_tensors: tuple[str, ...
     original = get("rope.scaling.original_context_length")
     notes: list[str] = []
     flags = f"-c {window}"
+    tensors = {name.split(".")[0] for name in rope_tensors}
     if scaling == "yarn":
         attention = get("rope.scaling.yarn_attn_factor")
         notes.append(f"YaRN x{factor:g} from {original} tokens; attention factor "
                      + (f"{attention:g} (rope.scaling.yarn_attn_factor, read only by a few architectures)"
                         if attention is not None else "computed from the factor"))
-    if "rope_freqs" in rope_tensors:
+    if "rope_freqs" in tensors:
         notes.append("rope_freqs tensor: llama3-style factors baked in at conversion")
-    if {"rope_factors_long", "rope_factors_short"} & set(rope_tensors):
+    if {"rope_factors_long", "rope_factors_short"} & tensors:
         notes.append("rope_factors_long / rope_factors_short tensors: longrope factors baked in at conversion")
     if get("rope.dimension_sections") is not None:
         notes.append(f"M-RoPE sections {get('rope.dimension_sections')}")

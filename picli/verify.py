@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import passkey as passkey_module
 from . import provenance
-from .checkpoint import Checkpoint, effective_window, resolve
+from .checkpoint import Checkpoint, effective_window, read_config, resolve
 from .errors import PicliError
 from .events import Events
 from .files import atomic_write_json, check_writable_parent
@@ -150,7 +150,14 @@ def _saves_into_model(checkpoint: Checkpoint, save: bool | None, save_to: Path |
 
 
 def _window(path: Path) -> int:
-    return effective_window(path)
+    try:
+        return effective_window(path)
+    except provenance.RecordError:
+        # Only reachable with --no-save (saving refuses a broken record before this): the
+        # record is not used there, so the config's own reading of the window stands.
+        from . import rope
+
+        return rope.effective_window(read_config(path))
 
 
 def _measure(checkpoint: Checkpoint, label: str, lengths: list[int], documents, settings: VerifySettings,

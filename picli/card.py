@@ -181,7 +181,7 @@ def _source_license(record: dict) -> str | None:
 def _body(checkpoint_dir: Path, config: dict, record: dict, verify_record: dict | None, repo_id: str | None) -> str:
     rope_record = record.get("rope") or {}
     state = rope.read_state(config)
-    target = rope_record.get("target_window") or state.window
+    target = rope.effective_window(config, provenance.recorded_window(record))
     original = rope_record.get("original_window") or round(target / state.factor)
     factor = rope_record.get("factor") or state.factor
     name = repo_id or f"./{checkpoint_dir.name}"

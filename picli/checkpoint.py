@@ -187,6 +187,15 @@ def _embedded(on_event: Events) -> Checkpoint:
 # Reading a checkpoint's files.
 
 
+def effective_window(path: Path) -> int:
+    """THE window of a checkpoint, for every command (inspect, verify, finetune, card, push):
+    the one picli.json recorded when picli wrote it (whichever max_position_embeddings
+    convention it used), else the config as its family's readers interpret it."""
+    from . import rope
+
+    return rope.effective_window(read_config(path), provenance.recorded_window(provenance.read_record(path)))
+
+
 def read_config(path: Path) -> dict:
     """config.json as a dict; damage to the file itself (not JSON, not UTF-8, nested past
     what json can parse, not an object, a junk model_type) is one NotACheckpoint line.

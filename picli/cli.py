@@ -146,17 +146,23 @@ def _root(
 @boundary
 def inspect(
     model: ModelArg,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Exit 1 when any runtime (transformers 4.x, vLLM, llama.cpp) would read the checkpoint "
+        "differently from transformers 5, or rope_scaling and rope_parameters disagree. For CI.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """What a checkpoint is, and what each runtime will do with it.
 
-    Reads config files and tensor headers only; weights are never loaded.
+    Reads config files and tensor headers only; weights are never loaded. Every RoPE type
+    (linear, dynamic, yarn, llama3, longrope, M-RoPE) is read, from config.json or GGUF.
 
     Examples:
 
       picli inspect smollm2-135m
 
       picli inspect ./llama-7b-16k --json
+
+      picli inspect ./m --check
 
       picli inspect model.Q4_K_M.gguf
     """
@@ -168,6 +174,11 @@ def inspect(
         render.print_json(report)
     else:
         render.inspection(report)
+    if check:
+        if not json_output:
+            render.check_summary(report)
+        if not report["check"]["ok"]:
+            raise typer.Exit(1)
 
 
 @app.command()

@@ -99,8 +99,10 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
         saved = json.loads((checkpoint_dir / "trainer_state.json").read_text())["settings"]
         kept = {key: value for key, value in saved.items() if key not in given}
         settings = TrainSettings(**{**asdict(settings), **kept, "steps": settings.steps})
+    from .checkpoint import effective_window
+
     config = json.loads((model_path / "config.json").read_text())
-    seq_len = settings.seq_len or int(config.get("max_position_embeddings") or 0)
+    seq_len = settings.seq_len or effective_window(model_path)
     if seq_len < 2:
         raise PicliError("cannot tell the sequence length from config.json", hint="pass --seq-len N")
     if settings.batch_size is None:
@@ -365,7 +367,7 @@ def _evaluate(accelerator, loss_module, model, tokenizer, sequences, eval_ids, s
 def finetune_command(model: str | None, output: Path | None, settings: TrainSettings, resume: bool = False,
                      plan_only: bool = False, force: bool = False, command: str = "picli finetune",
                      on_event: Events = None, given: set[str] = frozenset()) -> dict:
-    from .checkpoint import read_config, resolve, tensor_summary
+    from .checkpoint import effective_window, read_config, resolve, tensor_summary
     from .provenance import read_record, remember_last
 
     if settings.gradient_checkpointing not in ("auto", "on", "off"):
@@ -391,7 +393,7 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
         raise PicliError("the output overlaps the source checkpoint", hint="choose another -o/--output")
     config = read_config(checkpoint.path)
     parameters = tensor_summary(checkpoint.path).parameter_count or 0
-    seq_len = settings.seq_len or int(config.get("max_position_embeddings") or 0)
+    seq_len = settings.seq_len or effective_window(checkpoint.path)
     if settings.batch_size is None and seq_len:
         settings = replace(settings, batch_size=default_batch_size(seq_len, parameters))
     if plan_only:

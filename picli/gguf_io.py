@@ -68,6 +68,7 @@ class GGUFInfo:
     tensor_types: dict[str, int]
     data_bytes: int  # from the aligned start of the tensor data to the end of the file
     file_size: int
+    rope_tensors: tuple[str, ...] = ()  # rope_freqs / rope_factors_*: RoPE scaling baked in at conversion
 
 
 # One KV entry: its key, its bytes' [start, end) in the file, its type name and decoded value.
@@ -227,6 +228,7 @@ def read_gguf(path: Path) -> GGUFInfo:
         tensor_count=len(layout.tensors), parameter_count=sum(n for _, n, _ in layout.tensors),
         tensor_types=types,
         data_bytes=layout.file_size - layout.data_offset, file_size=layout.file_size,
+        rope_tensors=tuple(sorted({name for name, _, _ in layout.tensors if name.startswith("rope_")})),
     )
 
 

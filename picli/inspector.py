@@ -43,6 +43,8 @@ class Inspection:
     runtimes: dict[str, dict]
     provenance: dict | None
     warnings: list[str] = field(default_factory=list)
+    # inspect --check: ok, and every place a runtime reads the checkpoint differently from 5.x
+    check: dict = field(default_factory=lambda: {"ok": True, "disagreements": []})
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -71,7 +73,10 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
     record = _read_record(path, warnings)
     reason = rope.refusal(config)
     state = None if reason else rope.read_state(config)
-    if state and state.scaling_type in rope.OTHER_SCHEMES:
+    kind = rope.rope_kind(config, state) if state else None
+    if state and kind not in rope.KNOWN_TYPES and kind != "mrope":
+        reason = CannotExtend(f"unknown RoPE scaling type {kind!r}")
+    elif state and state.scaling_type in rope.OTHER_SCHEMES:
         reason = CannotExtend(f"already uses {state.scaling_type} scaling; linear PI on top is a different scheme "
                               "(--force replaces it)")
     tokenizer = read_json_file(path / "tokenizer_config.json") or {}
@@ -81,9 +86,11 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
     rope_view: dict[str, Any] = {}
     runtimes: dict[str, dict] = {}
     kv: dict[int, int] = {}
+    check = {"ok": True, "disagreements": []}
     if state:
+        recorded = recorded_window(record)
         rope_view = {
-            "type": state.scaling_type, "factor": state.factor, "theta": state.theta, "head_dim": state.head_dim,
+            "type": kind, "effective_window": rope.effective_window(config, recorded), "factor": state.factor, "theta": state.theta, "head_dim": state.head_dim,
             "rotary_dim": state.rotary_dim, "partial_rotary_factor": state.partial_rotary_factor,
             "window": state.window, "window_from_default": state.window_from_default, "nested": state.nested,
             "local_theta": state.local_theta, "rope_scaling": state.rope_scaling,
@@ -97,13 +104,8 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
             warnings.append(f"tokenizer model_max_length {int(max_length)} is below the window {state.window}")
         kv = {state.window * multiple: kv_cache_bytes(config, state.window * multiple, KV_BYTES_PER_VALUE)
               for multiple in KV_MULTIPLES}
-        recorded = recorded_window(record)
-        runtimes = {
-            "transformers5": rope.predict_transformers5(config),
-            "transformers4": rope.predict_transformers4(config),
-            "vllm": rope.predict_vllm(config, recorded),
-            "llama_cpp": rope.predict_llama_cpp(config, recorded),
-        }
+        runtimes = rope.predict_all(config, recorded)
+        check = rope.check(runtimes, state.disagreement)
     return Inspection(
         model=model, path=str(path), format="transformers", resolved_from=checkpoint.resolved_from,
         architecture=(config.get("architectures") or [None])[0], model_type=config.get("model_type", "?"),
@@ -111,7 +113,7 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
         size_bytes=summary.total_bytes, rope=rope_view,
         tokenizer_max_length=int(max_length) if max_length else None,
         can_extend=reason is None, cannot_extend_reason=reason.message if reason else None,
-        kv_cache_bytes=kv, runtimes=runtimes, provenance=_provenance(record), warnings=warnings,
+        kv_cache_bytes=kv, runtimes=runtimes, provenance=_provenance(record), warnings=warnings, check=check,
     )
 
 
@@ -188,7 +190,8 @@ def _inspect_gguf(model: str, checkpoint: Checkpoint) -> Inspection:
         "type": "default" if scaling_type == "none" else scaling_type, "factor": factor,
         "theta": settings.freq_base, "head_dim": head_dim, "rotary_dim": rotary_dim,
         "partial_rotary_factor": (rotary_dim / head_dim) if head_dim else 1.0, "window": window,
-        "original_context_length": settings.original_context_length,
+        "effective_window": window, "original_context_length": settings.original_context_length,
+        "rope_tensors": list(info.rope_tensors),
     } if has_rope else {}
     layers = count("block_count") or 0
     kv = {}
@@ -197,22 +200,13 @@ def _inspect_gguf(model: str, checkpoint: Checkpoint) -> Inspection:
         shape = {key: value for key, value in (("num_hidden_layers", layers), ("num_key_value_heads", kv_heads),
                                                ("head_dim", head_dim)) if value}
         kv = {window * m: kv_cache_bytes(shape, window * m, KV_BYTES_PER_VALUE) for m in KV_MULTIPLES}
-    flags = f"-c {window}"
-    runtimes = {}
-    if has_rope:
-        runtimes = {
-            "llama_cpp": {"context_length": window, "rope_scaling": rope_view["type"], "factor": factor,
-                          "freq_scale": 1.0 / factor, "flags": flags},
-            # transformers' GGUF loader maps context_length and freq_base but not rope.scaling.*.
-            "transformers5": {"theta": rope_view["theta"], "rope_type": "default", "factor": 1.0,
-                              "notes": ["transformers' GGUF loader ignores rope.scaling.*: load the extended "
-                                        "safetensors checkpoint instead"] if factor != 1.0 else []},
-        }
+    runtimes = rope.predict_gguf(arch, meta, info.rope_tensors) if has_rope else {}
+    check = rope.check(runtimes)
     return Inspection(
         model=model, path=str(checkpoint.path), format="gguf", resolved_from=checkpoint.resolved_from,
         architecture=arch, model_type=arch, parameters=info.parameter_count, dtypes=info.tensor_types,
         files=[checkpoint.path.name], shards=1, size_bytes=info.file_size, rope=rope_view,
         tokenizer_max_length=None, can_extend=reason is None, cannot_extend_reason=reason, kv_cache_bytes=kv,
-        runtimes=runtimes, provenance=_provenance(record), warnings=warnings,
+        runtimes=runtimes, provenance=_provenance(record), warnings=warnings, check=check,
     )
 

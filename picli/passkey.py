@@ -179,11 +179,13 @@ class PromptBuilder:
 
 
 def evaluate_passkey(loaded, lengths: list[int], protocol: Protocol = Protocol(), batch_size: int | None = None,
-                     on_event: Events = None) -> PasskeyReport:
+                     on_event: Events = None, window: int | None = None) -> PasskeyReport:
     from .modeling import check_fits
 
     builder = PromptBuilder(loaded.tokenizer)
-    window = int(getattr(loaded.config, "max_position_embeddings", 0) or 0)
+    # The checkpoint's effective window (checkpoint.effective_window) when the caller knows it:
+    # with --max-position-embeddings original, the config's field is the old window.
+    window = window or int(getattr(loaded.config, "max_position_embeddings", 0) or 0)
     rng = random.Random(protocol.seed)
     results = []
     for length in lengths:

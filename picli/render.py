@@ -168,7 +168,9 @@ def inspection(report: dict) -> None:
         table = _section("RoPE")
         scaling = "none" if rope["type"] == "default" else f"{rope['type']}, factor {rope['factor']:g}"
         _kv(table, "window", f"{rope['window']} tokens" + ("  (family default: not in config)"
-                                                           if rope.get("window_from_default") else ""))
+                                                           if rope.get("window_from_default") else "")
+            + (f"  (effective window {rope['effective_window']}: picli.json or the scaling says so)"
+               if rope.get("effective_window") not in (None, rope["window"]) else ""))
         _kv(table, "theta", f"{rope['theta']:g}" + (f"  (sliding layers {rope['local_theta']:g})"
                                                     if rope.get("local_theta") else ""))
         _kv(table, "head_dim / rotary", f"{rope['head_dim']} / {rope['rotary_dim']}"
@@ -207,6 +209,9 @@ def inspection(report: dict) -> None:
 
 
 def _runtime_row(name: str, view: dict) -> tuple[str, str, str]:
+    """One runtime: what it reads, then its notes; a disagreement with transformers 5 is marked
+    on the line where it applies ("differs: ...")."""
+    differs = [f"[bold red]differs:[/] {escape(text)}" for text in view.get("differs") or []]
     if name.startswith("transformers"):
         label = {"transformers5": "transformers 5.x", "transformers4": "transformers 4.x"}[name]
         reads = f"theta {view['theta']:g}, " + ("no scaling" if view["rope_type"] == "default"
@@ -214,17 +219,30 @@ def _runtime_row(name: str, view: dict) -> tuple[str, str, str]:
         notes = list(view.get("notes") or [])
         if view.get("min_version") and view["rope_type"] != "default":
             notes.insert(0, f"needs >= {view['min_version']} for this family")
-        return label, reads, escape("; ".join(notes))
+        return label, reads, "\n".join([escape("; ".join(notes))] * bool(notes) + differs)
     if name == "vllm":
-        notes = f"pass {view['flag']}"
+        notes = [f"pass {view['flag']}"]
         if view["over_claims"]:
-            notes += f" (vLLM alone would allow {view['derived_max_model_len']}, past the interpolated window)"
-        return "vLLM", f"max model len {view['derived_max_model_len']}", notes
+            notes[0] += f" (vLLM alone would allow {view['derived_max_model_len']}, past the interpolated window)"
+        notes += view.get("notes") or []
+        return "vLLM", f"max model len {view['derived_max_model_len']}", "\n".join([escape("; ".join(notes))] + differs)
     if name == "llama_cpp":
         reads = f"context {view['context_length']}, " + ("no scaling" if view["rope_scaling"] in ("default", "none")
                                                           else f"{view['rope_scaling']} x{view['factor']:g}")
-        return "llama.cpp", reads, escape(view["flags"])
+        notes = [view["flags"], *(view.get("notes") or [])]
+        return "llama.cpp", reads, "\n".join([escape("; ".join(notes))] + differs)
     return name, json.dumps(view), ""
+
+
+def check_summary(report: dict) -> None:
+    """inspect --check: one line on stderr saying whether every runtime reads it as 5.x does."""
+    check = report.get("check") or {"ok": True, "disagreements": []}
+    if check["ok"]:
+        message("check: every runtime reads this checkpoint as transformers 5 does")
+        return
+    err().print(f"[bold red]check failed[/]: {len(check['disagreements'])} disagreement(s)")
+    for text in check["disagreements"]:
+        err().print(f"  - {escape(text)}")
 
 
 def extend_plan(plan: dict, dry_run: bool) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import passkey as passkey_module
 from . import provenance
-from .checkpoint import Checkpoint, read_config, resolve
+from .checkpoint import Checkpoint, effective_window, read_config, resolve
 from .errors import PicliError
 from .events import Events
 from .files import atomic_write_json, check_writable_parent
@@ -167,21 +167,27 @@ def _saves_into_model(checkpoint: Checkpoint, save: bool | None, save_to: Path |
 
 
 def _window(path: Path) -> int:
-    from . import rope
+    try:
+        return effective_window(path)
+    except provenance.RecordError:
+        # Only reachable with --no-save (saving refuses a broken record before this): the
+        # record is not used there, so the config's own reading of the window stands.
+        from . import rope
 
-    return rope.read_state(read_config(path)).window
+        return rope.effective_window(read_config(path))
 
 
 def _measure(checkpoint: Checkpoint, label: str, lengths: list[int], documents, settings: VerifySettings,
              on_event: Events) -> ModelRun:
     from .modeling import load_model
 
+    window = _window(checkpoint.path)
     loaded = load_model(checkpoint.path, device=settings.device, dtype=settings.dtype,
                         attention=settings.attention, device_map=settings.device_map)
     try:
         passkey_report = passkey_module.evaluate_passkey(
             loaded, lengths, settings.protocol, batch_size=settings.batch_size,
-            on_event=on_event).to_dict() if settings.passkey else None
+            on_event=on_event, window=window).to_dict() if settings.passkey else None
         perplexity_report = None
         if settings.perplexity:
             from .perplexity import evaluate_perplexity
@@ -192,7 +198,7 @@ def _measure(checkpoint: Checkpoint, label: str, lengths: list[int], documents, 
         del loaded
         gc.collect()
         _empty_cuda_cache()
-    return ModelRun(model=label, path=str(checkpoint.path), window=_window(checkpoint.path),
+    return ModelRun(model=label, path=str(checkpoint.path), window=window,
                     passkey=passkey_report, perplexity=perplexity_report)
 
 

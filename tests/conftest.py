@@ -81,7 +81,8 @@ FAMILY_CONFIGS = {
     # Already interpolated x2 (HF convention: max_position_embeddings is the extended window).
     "llama_linear": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], **TINY,
                      "max_position_embeddings": 4096, "rope_theta": 10000.0,
-                     "rope_scaling": {"type": "linear", "factor": 2.0}},
+                     # the pretraining window is given, so the current one (4096) is not ambiguous
+                     "rope_scaling": {"type": "linear", "factor": 2.0, "original_max_position_embeddings": 2048}},
 }
 
 REFUSED_CONFIGS = {

@@ -133,7 +133,8 @@ def test_disagreement_is_detected_and_fixed():
     state = rope.read_state(config)
     assert state.disagreement and "rope_scaling wins" in state.disagreement
     assert state.theta == 10000.0  # what 5.x really uses: rope_scaling wins, no top-level theta
-    result = rope.plan_config(config, 16384)
+    # a linear factor with no original window is ambiguous (test_rope_types): --from says which reading
+    result = rope.plan_config(config, 16384, from_window=4096)
     assert rope.read_state(result.config).disagreement is None
 
 

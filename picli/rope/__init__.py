@@ -16,13 +16,16 @@ from .families import (FAMILIES, GGUF_NO_ROPE, LONGROPE_ONLY, NO_HOOK, NO_ROPE, 
                        refusal)
 from .methods import (OTHER_SCHEMES, ConfigPlan, format_window, inverse_frequencies, linear_factor,
                       linear_scaling, plan_config)
-from .runtimes import predict_llama_cpp, predict_transformers4, predict_transformers5, predict_vllm
+from .runtimes import (KNOWN_TYPES, RUNTIME_LABELS, check, effective_window, predict_all, predict_gguf, predict_llama_cpp,
+                       predict_transformers4, predict_transformers5, predict_vllm, rope_kind, yarn_attention_factor)
 from .schema import INTERPOLATED_LAYER_TYPES, RopeState, read_state, scaling_type_of, write_schemas
 from . import values
 from .values import MAX_WINDOW
 
 __all__ = [
-    "FAMILIES", "GGUF_NO_ROPE", "INTERPOLATED_LAYER_TYPES", "LONGROPE_ONLY", "MAX_WINDOW", "NO_HOOK", "NO_ROPE",
+    "FAMILIES", "GGUF_NO_ROPE", "INTERPOLATED_LAYER_TYPES", "KNOWN_TYPES", "LONGROPE_ONLY", "MAX_WINDOW", "NO_HOOK",
+    "NO_ROPE", "RUNTIME_LABELS", "check", "effective_window", "predict_all", "predict_gguf", "rope_kind",
+    "yarn_attention_factor",
     "OTHER_SCHEMES", "ConfigPlan", "Family", "RopeState", "family_of", "format_window",
     "inverse_frequencies", "linear_factor", "linear_scaling", "plan_config",
     "predict_llama_cpp", "predict_transformers4", "predict_transformers5", "predict_vllm",

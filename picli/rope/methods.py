@@ -101,12 +101,11 @@ def plan_config(
             # past the trained range (extrapolation), so there is no PI to compose with.
             raise CannotExtend(f"the existing linear factor {previous_factor:g} is below 1, which is extrapolation, "
                                "not interpolation", hint="fix the factor in config.json, or extend the base model")
-        current_window = next(window for window in (from_window, recorded_window, state.window) if window is not None)
         if previous_type == "linear" and from_window is None and recorded_window is None:
-            warnings.append(
-                f"existing linear factor {previous_factor:g}: taking max_position_embeddings={state.window} as the "
-                "current window (transformers' convention); pass --from N if it is the pretraining window instead"
-            )
+            current_window = _linear_current_window(config, state, warnings)
+        else:
+            current_window = next(window for window in (from_window, recorded_window, state.window)
+                                  if window is not None)
     if target_window <= current_window:
         raise CannotExtend(
             f"--to {target_window} is not larger than the current window of {current_window} tokens",
@@ -126,6 +125,30 @@ def plan_config(
         current_window=current_window, target_window=target_window,
         original_window=round(current_window / previous_factor), theta=state.theta,
         changes=changes, warnings=warnings,
+    )
+
+
+def _linear_current_window(config: dict, state, warnings: list[str]) -> int:
+    """The window an existing linear factor already gives, when neither --from nor picli.json says.
+
+    With original_max_position_embeddings (top level or in the RoPE dict) it is that window
+    times the factor. Without it, max_position_embeddings can be read two ways (transformers'
+    convention: the window as extended; vLLM's: the pretraining window, to be multiplied) and
+    the new factor differs by the old one: refuse rather than guess (DESIGN.md §2).
+    """
+    original = config.get("original_max_position_embeddings") or state.original_window_hint
+    if original:
+        current = round(int(original) * state.factor)
+        warnings.append(f"existing linear factor {state.factor:g}: composing from original_max_position_embeddings "
+                        f"{int(original)}, so the current window is {current} tokens")
+        return current
+    as_written, multiplied = state.window, round(state.window * state.factor)
+    raise CannotExtend(
+        f"existing linear factor {state.factor:g} with max_position_embeddings {as_written} and no "
+        "original_max_position_embeddings or picli.json: the current window is ambiguous",
+        hint=f"pass --from {as_written} if {as_written} is the window as extended (transformers' convention: "
+             f"pretraining window {round(as_written / state.factor)}), or --from {multiplied} if {as_written} is the "
+             f"pretraining window (vLLM's convention: {as_written} x {state.factor:g})",
     )
 
 

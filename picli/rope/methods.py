@@ -10,12 +10,13 @@ Pure: a config dict in, data out. No transformers, no torch, no files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import CannotExtend
-from .families import family_of, refusal
-from .schema import read_state, write_schemas
+from .families import ROPE_KEYS, family_of, language_config, refusal
+from .schema import read_state, wrapper_conflict, write_schemas
 
 # Schemes that are not PI; stacking linear on them would be a different method.
 OTHER_SCHEMES = {"llama3", "yarn", "longrope", "dynamic", "su", "ntk"}
@@ -68,9 +69,17 @@ def plan_config(
     if isinstance(target_window, bool) or not isinstance(target_window, int) or target_window <= 0:
         raise CannotExtend(f"target window must be a positive integer, got {target_window!r}",
                            hint="pass --to N, e.g. --to 16384")
+    if isinstance(config.get("text_config"), dict):
+        return _plan_wrapper(config, target_window, from_window, keep_max_position, force, recorded_window)
     family = family_of(config)
     state = read_state(config)
     warnings: list[str] = []
+    if state.theta_from_default and family.theta_default_4x is not None:
+        warnings.append(f"config.json gives no rope_theta: transformers 5 reads {family.theta_default:g}, 4.x reads "
+                        f"{family.theta_default_4x:g}; picli uses {state.theta:g} and writes it explicitly")
+    if family.shared_sliding and (config.get("sliding_window") or state.model_type == "gemma2"):
+        warnings.append(f"{state.model_type} has one RoPE config for its sliding-window and global layers, "
+                        "so the sliding layers are interpolated too")
     if not state.known_family:
         warnings.append(f"{state.model_type} is not in picli's family table: writing the common form; "
                         "the self-check with transformers decides")
@@ -90,7 +99,9 @@ def plan_config(
         warnings.append(f"--force: replacing {previous_type} scaling with linear PI from {base_window} tokens")
         current_window, previous_factor = base_window, 1.0
     elif previous_type not in ("default", "linear"):
-        raise CannotExtend(f"unknown RoPE scaling type {previous_type!r}", hint="check rope_scaling in config.json")
+        raise CannotExtend(f"unknown RoPE scaling type {previous_type!r} in config.json, so the current positions "
+                           "cannot be read", hint="picli reads linear, " + ", ".join(sorted(OTHER_SCHEMES))
+                           + " or no scaling; fix rope_scaling / rope_parameters")
     else:
         current_window = from_window or recorded_window or state.window
         if previous_type == "linear" and not (from_window or recorded_window):
@@ -118,6 +129,32 @@ def plan_config(
         original_window=round(current_window / previous_factor), theta=state.theta,
         changes=changes, warnings=warnings,
     )
+
+
+def _plan_wrapper(config: dict, target_window: int, from_window: int | None, keep_max_position: bool,
+                  force: bool, recorded_window: int | None) -> ConfigPlan:
+    """A multimodal wrapper: the language model's config (text_config) gets the plan; the
+    vision tower's config is left as it is."""
+    conflict = wrapper_conflict(config)
+    if conflict:
+        raise CannotExtend(conflict, hint="make the top-level RoPE keys match text_config, or remove them")
+    text = language_config(config)
+    inner = plan_config(text, target_window, from_window=from_window, keep_max_position=keep_max_position,
+                        force=force, recorded_window=recorded_window)
+    new = copy.deepcopy(config)
+    new["text_config"] = inner.config
+    # RoPE keys repeated at the wrapper's top level (agreeing, or conflict above) stay agreeing.
+    for key in (*ROPE_KEYS, "max_position_embeddings"):
+        if config.get(key) is not None:
+            new[key] = inner.config.get(key)
+    before_text = config["text_config"]
+    changes = [(f"text_config.{key}", before_text.get(key), value) for key, value in inner.config.items()
+               if before_text.get(key) != value]
+    changes += [(key, config.get(key), new.get(key)) for key in new
+                if key != "text_config" and config.get(key) != new.get(key)]
+    note = (f"{config['model_type']}: RoPE is written in text_config ({inner.config['model_type']}); "
+            "the vision tower is untouched")
+    return replace(inner, config=new, changes=changes, warnings=[note, *inner.warnings])
 
 
 def inverse_frequencies(theta: float, rotary_dim: int, factor: float = 1.0) -> list[float]:

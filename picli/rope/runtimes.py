@@ -8,12 +8,13 @@ a window. Pure: a config dict in, data out. No transformers, no torch, no files.
 
 from __future__ import annotations
 
-from .families import family_of
+from .families import family_of, language_config
 from .schema import read_state, scaling_type_of
 
 
 def predict_transformers4(config: dict) -> dict:
     """transformers 4.x reads top-level keys and rope_scaling; it never reads rope_parameters."""
+    config = language_config(config)  # a multimodal wrapper's language model: text_config
     family = family_of(config)
     theta = config.get("rope_theta")
     if theta is None and family.legacy_theta_key:

@@ -242,8 +242,14 @@ def test_family_keys_that_transformers5_drops_are_written(extended):
     phi = json.loads((extended["phi"][1] / "config.json").read_text())
     assert phi["partial_rotary_factor"] == 0.25
     cohere = json.loads((extended["cohere"][1] / "config.json").read_text())
-    assert cohere["rope_theta"] == 500000.0  # 5.x's default, now explicit for 4.x too
-    assert any("4.x reads 10000" in warning for warning in extended["cohere"][2]["plan"]["warnings"])
+    assert cohere["rope_theta"] == 500000.0  # 5.x writes its theta; picli adds the top-level key 4.x reads
+
+
+def test_theta_left_to_a_class_default_that_4x_and_5x_disagree_on_is_written_and_said():
+    config = {"model_type": "cohere", **TINY, "max_position_embeddings": 8192}
+    plan = rope.plan_config(config, 16384)
+    assert plan.config["rope_theta"] == 500000.0 and plan.config["rope_parameters"]["rope_theta"] == 500000.0
+    assert any("transformers 5 reads 500000, 4.x reads 10000" in warning for warning in plan.warnings)
 
 
 READER = """
@@ -295,3 +301,245 @@ def test_transformers4_reads_outputs_of_transformers5_saved_sources(version, ext
             assert read["local_theta"] == expected["local_theta"], (model_type, read)
         checked += 1
     assert checked >= (8 if version == "4.44.2" else len(extended))
+
+
+# --- multimodal wrappers: RoPE lives in text_config ---------------------------------------
+
+def wrapper_fixture(name: str, version: str) -> dict:
+    return json.loads((DATA / "wrappers" / f"{name}-{version}.json").read_text())
+
+
+def text_rotary_inv_freqs(checkpoint_dir: Path) -> dict:
+    """The language model's own rotary class, built by transformers from the wrapper's text config."""
+    import importlib
+
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+
+    config = AutoConfig.from_pretrained(checkpoint_dir).text_config
+    module_name = model_type_to_module_name(config.model_type)
+    module_name = {"gemma3_text": "gemma3"}.get(config.model_type, module_name)
+    module = importlib.import_module(f"transformers.models.{module_name}.modeling_{module_name}")
+    prefix = type(config).__name__.removesuffix("Config")
+    candidates = [obj for key, obj in vars(module).items() if key.endswith("RotaryEmbedding") and isinstance(obj, type)
+                  and obj.__module__ == module.__name__]
+    rotary = max(candidates, key=lambda cls: (prefix.startswith(cls.__name__.removesuffix("RotaryEmbedding")),
+                                              -len(cls.__name__)))(config)
+    return {name.removesuffix("inv_freq").removesuffix("_") or "all": buffer.to(torch.float64)
+            for name, buffer in rotary.named_buffers() if name.endswith("inv_freq") and "original" not in name}
+
+
+WRAPPER_VERSIONS = ("4.57.1", "5.24.0")
+# fixture -> (window, theta of the full-attention layers, sliding theta, factor before)
+WRAPPED = {
+    "gemma3": (131072, 1e6, 10000.0, 8.0),  # Gemma 3 4B's shape: linear x8 on the global layers
+    "gemma3_unscaled": (131072, 1e6, 10000.0, 1.0),
+    "mistral3": (131072, 1e9, None, 1.0),
+    "llava": (4096, 10000.0, None, 1.0),
+    "idefics3": (8192, 100000.0, None, 1.0),
+    "smolvlm": (8192, 100000.0, None, 1.0),
+}
+
+
+def write_wrapper(directory: Path, config: dict, window: int) -> Path:
+    write_checkpoint(directory, config, tokenizer_max=window, generation_max=window)
+    (directory / "processor_config.json").write_text(json.dumps({"processor_class": "X", "model_max_length": window}))
+    (directory / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 224, "width": 224}}))
+    return directory
+
+
+@pytest.mark.parametrize("version", WRAPPER_VERSIONS)
+@pytest.mark.parametrize("name", sorted(WRAPPED))
+def test_wrapper_extends_its_language_model(name, version, tmp_path, workdir):
+    window, theta, local_theta, previous = WRAPPED[name]
+    config = wrapper_fixture(name, version)
+    source = write_wrapper(tmp_path / name, config, window)
+    before = tree_hash(source)
+    target = 2 * window
+    result = run("extend", source, "--to", target, "-o", workdir / "out", "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    factor = previous * 2
+    assert payload["plan"]["factor"] == factor and payload["self_check"]["ok"] is True
+    assert any("vision tower is untouched" in warning for warning in payload["plan"]["warnings"])
+    written = json.loads((workdir / "out" / "config.json").read_text())
+    assert written["vision_config"] == config["vision_config"]
+    assert "rope_scaling" not in written and "rope_parameters" not in written  # nothing at the wrapper's top level
+    text = written["text_config"]
+    assert text["max_position_embeddings"] == target and text["rope_theta"] == theta
+    frequencies = text_rotary_inv_freqs(workdir / "out")
+    full = frequencies.get("all", frequencies.get("full_attention"))
+    torch.testing.assert_close(full, reference_inv_freq(theta, 16, factor), rtol=1e-6, atol=0)
+    if local_theta:
+        assert text["rope_local_base_freq"] == local_theta
+        torch.testing.assert_close(frequencies["sliding_attention"], reference_inv_freq(local_theta, 16),
+                                   rtol=1e-6, atol=0)
+    assert json.loads((workdir / "out" / "processor_config.json").read_text())["model_max_length"] == target
+    assert json.loads((workdir / "out" / "tokenizer_config.json").read_text())["model_max_length"] == target
+    assert tree_hash(source) == before
+
+
+def gemma3_as_released() -> dict:
+    """Released Gemma 3 files (google/gemma-3-4b-it) leave rope_theta, rope_local_base_freq and
+    max_position_embeddings to Gemma3TextConfig: the 4.57.1 fixture without them."""
+    config = wrapper_fixture("gemma3", "4.57.1")
+    for key in ("rope_theta", "rope_local_base_freq", "max_position_embeddings"):
+        del config["text_config"][key]
+    del config["text_config"]["model_type"]  # Gemma3Config ignores it: always gemma3_text
+    return config
+
+
+def test_gemma3_class_defaults_are_written_explicitly(tmp_path, workdir):
+    source = write_wrapper(tmp_path / "gemma-3-4b", gemma3_as_released(), 131072)
+    result = run("extend", source, "--to", 262144, "-o", workdir / "out", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["plan"]["factor"] == 16.0  # 8 x 262144 / 131072
+    text = json.loads((workdir / "out" / "config.json").read_text())["text_config"]
+    assert text["rope_theta"] == 1e6 and text["rope_local_base_freq"] == 10000.0
+    assert text["max_position_embeddings"] == 262144 and text["model_type"] == "gemma3_text"
+    assert text["rope_scaling"] == {"rope_type": "linear", "factor": 16.0}
+    assert text["rope_parameters"]["sliding_attention"] == {"rope_type": "default", "rope_theta": 10000.0}
+    torch.testing.assert_close(text_rotary_inv_freqs(workdir / "out")["full_attention"],
+                               reference_inv_freq(1e6, 16, 16.0), rtol=1e-6, atol=0)
+
+
+def test_inspect_shows_the_language_model_and_the_untouched_vision_tower(tmp_path, workdir):
+    source = write_wrapper(tmp_path / "gemma-3-4b", gemma3_as_released(), 131072)
+    result = run("inspect", source, "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["rope"]["language_model"] == "text_config (gemma3_text)"
+    assert report["rope"]["theta"] == 1e6 and report["rope"]["local_theta"] == 10000.0
+    assert report["rope"]["window"] == 131072 and report["rope"]["factor"] == 8.0
+    assert report["runtimes"]["transformers4"]["rope_type"] == "linear"
+    assert any("vision tower is untouched" in warning for warning in report["warnings"])
+    text = run("inspect", source)
+    assert "text_config (gemma3_text)" in text.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(WRAPPED))
+def test_transformers_4_57_reads_wrapper_outputs(name, tmp_path, workdir):
+    window, theta, local_theta, previous = WRAPPED[name]
+    for version in WRAPPER_VERSIONS:
+        source = write_wrapper(tmp_path / f"{name}-{version}", wrapper_fixture(name, version), window)
+        output = workdir / f"out-{version}"
+        assert run("extend", source, "--to", 2 * window, "-o", output).exit_code == 0
+        read = read_in("4.57.1", output)
+        assert read["theta"] == theta and read["type"] == "linear" and read["factor"] == previous * 2, read
+        assert read["window"] == 2 * window
+        if local_theta:
+            assert read["local_theta"] == local_theta
+
+
+# --- M-RoPE, per-layer RoPE, layers without RoPE ------------------------------------------
+
+def assert_refused(result, needle: str, workdir: Path) -> None:
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("Error: ") and needle in lines[0], result.stderr
+    assert sum(line.startswith("Error") for line in lines) == 1 and any(line.startswith("Hint: ") for line in lines)
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("version", WRAPPER_VERSIONS)
+def test_mrope_is_refused_with_the_reason(version, tmp_path, workdir):
+    config = wrapper_fixture("qwen2_vl", version)
+    source = write_checkpoint(tmp_path / "qwen2-vl", config)
+    before = tree_hash(source)
+    assert_refused(run("extend", source, "--to", 65536), "M-RoPE (mrope_section [2, 3, 3])", workdir)
+    assert "several sections" in run("extend", source, "--to", 65536).stderr
+    assert rope.read_state(config).mrope_section == [2, 3, 3]
+    report = json.loads(run("inspect", source, "--json").stdout)
+    assert report["can_extend"] is False and "M-RoPE" in report["cannot_extend_reason"]
+    assert tree_hash(source) == before
+
+
+def test_mrope_in_a_flat_legacy_config_is_refused(tmp_path, workdir):
+    """Qwen2-VL files before text_config existed: the text settings at the top level."""
+    text = wrapper_fixture("qwen2_vl", "4.57.1")["text_config"]
+    flat = {**text, "model_type": "qwen2_vl", "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}}
+    assert "M-RoPE" in rope.refusal(flat).message
+    # ...and by its sections alone, whatever the model_type says.
+    assert "M-RoPE" in rope.refusal({**flat, "model_type": "qwen2"}).message
+
+
+def test_cohere2_is_refused_its_global_layers_have_no_rope(tmp_path, workdir):
+    from transformers import Cohere2Config
+
+    Cohere2Config(**TINY, layer_types=["sliding_attention", "full_attention"]).save_pretrained(tmp_path / "saved")
+    source = write_checkpoint(tmp_path / "cohere2", json.loads((tmp_path / "saved" / "config.json").read_text()))
+    assert_refused(run("extend", source, "--to", 65536), "global layers have no position encoding", workdir)
+    assert "cohere2" not in rope.FAMILIES
+
+
+@pytest.mark.parametrize("config, says", [
+    ({"model_type": "gemma2", **BASE, "max_position_embeddings": 8192, "sliding_window": 4096}, True),
+    ({"model_type": "mistral", **TINY, "max_position_embeddings": 32768, "sliding_window": 4096}, True),  # v0.1
+    ({"model_type": "mistral", **TINY, "max_position_embeddings": 32768, "sliding_window": None}, False),  # v0.2+
+])
+def test_shared_sliding_rope_is_said(config, says, tmp_path, workdir):
+    source = write_checkpoint(tmp_path / "m", config)
+    note = "sliding layers"
+    plan = json.loads(run("extend", source, "--to", 65536, "--dry-run", "--json").stdout)["plan"]
+    assert any(note in warning for warning in plan["warnings"]) is says
+    report = json.loads(run("inspect", source, "--json").stdout)
+    assert any(note in warning for warning in report["warnings"]) is says
+
+
+# --- bad input: one line, a hint, nothing written -----------------------------------------
+
+BAD_CONFIGS = {
+    "text_config_without_rope": ({"model_type": "blip-2", "vision_config": {}, "text_config": {
+        "model_type": "opt", "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 2048}},
+        "opt has no RoPE"),
+    "text_config_unknown_type": ({"model_type": "llava", "vision_config": {}, "text_config": {
+        "model_type": "mystery_lm", **TINY, "rope_theta": 10000.0}}, "mystery_lm, which is not in picli's family"),
+    "text_config_no_model_type": ({"model_type": "unknown_wrapper", "text_config": {**TINY, "rope_theta": 1e4}},
+                                  "text_config names no model_type"),
+    "vision_only": ({"model_type": "siglip_vision_model", "hidden_size": 64, "num_attention_heads": 4,
+                     "image_size": 224}, "is a vision model"),
+    "vision_config_only": ({"model_type": "some_vision_encoder", "vision_config": {"hidden_size": 64}},
+                           "is a vision model"),
+    "top_level_disagrees": ({**wrapper_fixture("llava", "4.57.1"), "rope_theta": 500000.0},
+                            "the top level and text_config disagree on RoPE"),
+    "unknown_scaling_type": ({"model_type": "llama", **TINY, "max_position_embeddings": 2048, "rope_theta": 1e4,
+                              "rope_scaling": {"type": "banana", "factor": 2.0}}, "unknown RoPE scaling type 'banana'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_bad_config_is_one_line_and_writes_nothing(name, tmp_path, workdir):
+    config, needle = BAD_CONFIGS[name]
+    source = write_checkpoint(tmp_path / name, config)
+    before = tree_hash(source)
+    assert_refused(run("extend", source, "--to", 1 << 20), needle, workdir)
+    assert tree_hash(source) == before
+
+
+def test_agreeing_top_level_rope_is_kept_agreeing(tmp_path, workdir):
+    config = {**wrapper_fixture("llava", "4.57.1"), "rope_theta": 10000.0, "max_position_embeddings": 4096}
+    source = write_checkpoint(tmp_path / "llava", config)
+    assert run("extend", source, "--to", 8192, "-o", workdir / "out").exit_code == 0
+    written = json.loads((workdir / "out" / "config.json").read_text())
+    assert written["max_position_embeddings"] == written["text_config"]["max_position_embeddings"] == 8192
+    assert written["rope_theta"] == written["text_config"]["rope_theta"] == 10000.0
+
+
+def test_gguf_multimodal_projector_is_refused(tmp_path, workdir):
+    import gguf
+    import numpy as np
+
+    source = tmp_path / "mmproj-model-f16.gguf"
+    writer = gguf.GGUFWriter(str(source), "clip")
+    writer.add_tensor("v.patch_embd.weight", np.zeros((2, 2), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    before = tree_hash(source)
+    assert_refused(run("extend", source, "--to", 8192), "multimodal projector (mmproj", workdir)
+    assert tree_hash(source) == before
+    report = json.loads(run("inspect", source, "--json").stdout)
+    assert "mmproj" in report["cannot_extend_reason"]

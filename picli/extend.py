@@ -151,13 +151,16 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
     new_files = {"config.json": config_plan.config}
     # Tokenizers truncate (or warn) at model_max_length and generate() stops at max_length:
     # raise them when they stood at the old window, leave deliberate other values alone.
-    for name, key in (("tokenizer_config.json", "model_max_length"), ("generation_config.json", "max_length")):
-        side = read_json_file(source / name)
-        if side is not None and side.get(key) == config_plan.current_window:
+    # Multimodal processors may carry the tokenizer's limit in their own files.
+    for name, key in (("tokenizer_config.json", "model_max_length"), ("generation_config.json", "max_length"),
+                      ("processor_config.json", "model_max_length"), ("processor_config.json", "max_length"),
+                      ("preprocessor_config.json", "model_max_length"), ("preprocessor_config.json", "max_length")):
+        side = new_files.get(name) or read_json_file(source / name)
+        if isinstance(side, dict) and side.get(key) == config_plan.current_window:
             updated = dict(side)
             updated[key] = target_window
             new_files[name] = updated
-            changes[name] = [(key, config_plan.current_window, target_window)]
+            changes.setdefault(name, []).append((key, config_plan.current_window, target_window))
     files = []
     for path in _source_files(source):
         relative = str(path.relative_to(source))
@@ -201,6 +204,10 @@ def _plan_gguf(checkpoint, target_window, output, from_window, max_position, for
     arch = info.architecture
     key = f"{arch}.rope".__add__
     settings = rope_settings(info)
+    if arch in rope.GGUF_PROJECTOR:
+        raise CannotExtend(f"this GGUF is a multimodal projector (mmproj, architecture {arch}): an image encoder "
+                           "with no text positions", hint="extend the language model's GGUF; the mmproj file works "
+                           "with it unchanged")
     if arch in rope.GGUF_NO_ROPE or not settings.has_rope:
         raise CannotExtend(f"this GGUF ({arch}) has no RoPE metadata ({arch}.rope.*), so there is nothing to interpolate",
                            hint="Position Interpolation applies only to RoPE models")
@@ -395,7 +402,7 @@ def self_check(new_dir: Path, source_dir: Path, plan: ExtendPlan) -> dict:
                               "factor_applied": float((expected * step / frequencies).mean()) if interpolated else 1.0}
         worst = max(worst, error)
     tolerance = 1e-5  # float32 buffers: relative rounding ~1e-7, far below a wrong factor or theta
-    legacy = rope.predict_transformers4(plan.new_files["config.json"])
+    legacy = rope.predict_transformers4(rope.language_config(plan.new_files["config.json"]))
     if not (math.isfinite(legacy["theta"]) and math.isfinite(legacy["factor"])):
         raise SelfCheckFailed(f"self-check: transformers 4.x would read theta {legacy['theta']} and factor "
                               f"{legacy['factor']} from the output, which are not finite",

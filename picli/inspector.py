@@ -95,14 +95,25 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
             "window": state.window, "window_from_default": state.window_from_default, "nested": state.nested,
             "local_theta": state.local_theta, "rope_scaling": state.rope_scaling,
             "rope_parameters": state.rope_parameters, "disagreement": state.disagreement,
+            # A multimodal wrapper: the RoPE shown is its language model's (text_config).
+            "language_model": f"text_config ({state.model_type})" if state.wrapper else None,
         }
+        if state.wrapper:
+            warnings.append(f"{state.wrapper} is multimodal: the RoPE shown is its language model's (text_config, "
+                            f"{state.model_type}); extend changes only that, the vision tower is untouched")
+        family = rope.family_of(rope.language_config(config))
+        if family.shared_sliding and (rope.language_config(config).get("sliding_window")
+                                      or state.model_type == "gemma2"):
+            warnings.append(f"{state.model_type} has one RoPE config for its sliding-window and global layers: "
+                            "PI scales the sliding layers too")
         if state.disagreement:
             warnings.append(state.disagreement)
         if state.window_from_default:
             warnings.append(f"config.json has no max_position_embeddings; using the family default {state.window}")
         if max_length and int(max_length) < state.window:
             warnings.append(f"tokenizer model_max_length {int(max_length)} is below the window {state.window}")
-        kv = {state.window * multiple: kv_cache_bytes(config, state.window * multiple, KV_BYTES_PER_VALUE)
+        kv = {state.window * multiple: kv_cache_bytes(rope.language_config(config), state.window * multiple,
+                                                      KV_BYTES_PER_VALUE)
               for multiple in KV_MULTIPLES}
         runtimes = rope.predict_all(config, recorded)
         check = rope.check(runtimes, state.disagreement)
@@ -180,7 +191,9 @@ def _inspect_gguf(model: str, checkpoint: Checkpoint) -> Inspection:
     warnings: list[str] = []
     record = _read_record(checkpoint.path, warnings)
     reason = None
-    if arch in rope.GGUF_NO_ROPE or not has_rope:
+    if arch in rope.GGUF_PROJECTOR:
+        reason = f"this GGUF is a multimodal projector (mmproj, architecture {arch}): no text positions"
+    elif arch in rope.GGUF_NO_ROPE or not has_rope:
         reason = f"this GGUF ({arch}) has no RoPE metadata ({arch}.rope.*)"
     scaling_type = settings.scaling_type
     factor = settings.factor

@@ -166,6 +166,8 @@ def inspection(report: dict) -> None:
 
     if rope:
         table = _section("RoPE")
+        if rope.get("language_model"):
+            _kv(table, "language model", f"{rope['language_model']}  (the vision tower has no RoPE window; untouched)")
         scaling = "none" if rope["type"] == "default" else f"{rope['type']}, factor {rope['factor']:g}"
         _kv(table, "window", f"{rope['window']} tokens" + ("  (family default: not in config)"
                                                            if rope.get("window_from_default") else "")

@@ -12,19 +12,21 @@ one. `extend.py` applies the plan and then proves it with the installed transfor
 Callers use the names below as `rope.X`.
 """
 
-from .families import (FAMILIES, GGUF_NO_ROPE, LONGROPE_ONLY, NO_HOOK, NO_ROPE, Family, family_of,
-                       refusal)
+from .families import (FAMILIES, GGUF_NO_ROPE, GGUF_PROJECTOR, LONGROPE_ONLY, MROPE, NO_HOOK, NO_ROPE,
+                       SLIDING_ONLY_ROPE, WRAPPERS, Family, family_of, language_config, refusal)
 from .methods import (OTHER_SCHEMES, ConfigPlan, format_window, inverse_frequencies, linear_factor,
                       linear_scaling, plan_config)
 from .runtimes import (KNOWN_TYPES, RUNTIME_LABELS, check, effective_window, predict_all, predict_gguf, predict_llama_cpp,
                        predict_transformers4, predict_transformers5, predict_vllm, rope_kind, yarn_attention_factor)
-from .schema import INTERPOLATED_LAYER_TYPES, RopeState, read_state, scaling_type_of, write_schemas
+from .schema import (INTERPOLATED_LAYER_TYPES, RopeState, read_state, scaling_type_of, wrapper_conflict,
+                     write_schemas)
 from . import values
 from .values import MAX_WINDOW
 
 __all__ = [
-    "FAMILIES", "GGUF_NO_ROPE", "INTERPOLATED_LAYER_TYPES", "KNOWN_TYPES", "LONGROPE_ONLY", "MAX_WINDOW", "NO_HOOK",
-    "NO_ROPE", "RUNTIME_LABELS", "check", "effective_window", "predict_all", "predict_gguf", "rope_kind",
+    "FAMILIES", "GGUF_NO_ROPE", "GGUF_PROJECTOR", "INTERPOLATED_LAYER_TYPES", "KNOWN_TYPES", "LONGROPE_ONLY",
+    "MAX_WINDOW", "MROPE", "NO_HOOK", "NO_ROPE", "RUNTIME_LABELS", "SLIDING_ONLY_ROPE", "WRAPPERS", "check",
+    "effective_window", "language_config", "predict_all", "predict_gguf", "rope_kind", "wrapper_conflict",
     "yarn_attention_factor",
     "OTHER_SCHEMES", "ConfigPlan", "Family", "RopeState", "family_of", "format_window",
     "inverse_frequencies", "linear_factor", "linear_scaling", "plan_config",

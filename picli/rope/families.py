@@ -10,73 +10,118 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import CannotExtend
+from ..errors import CannotExtend, NotACheckpoint
 from . import values
 
 
 @dataclass(frozen=True)
 class Family:
-    """How one model_type stores its RoPE settings in config.json."""
+    """How one model_type stores its RoPE settings in config.json.
+
+    The defaults are what the family's config class fills in when config.json leaves a key
+    out, read from the classes themselves (tests/data/class_defaults-*.json, printed by
+    tests/data/class_defaults.py and held against the live classes by tests/test_families.py).
+    """
 
     # Key of the legacy (transformers 4.x) scaling dict's type: most families read "type";
     # a few newer config classes index ["rope_type"] directly and fail on "type".
     legacy_type_key: str = "type"
-    theta_default: float = 10000.0
-    window_default: int | None = None
+    theta_default: float = 10000.0  # transformers 5's class default
+    # transformers 4.x's class default where it differs from 5.x's: a file that leaves theta
+    # out means different things to the two, so picli always writes the theta it used.
+    theta_default_4x: float | None = None
+    window_default: int = 2048
     # Top-level key holding partial rotary, and the family default when the key is absent.
+    # transformers 5 drops it on save; 4.x reads only this key, so picli always writes it.
     partial_key: str | None = None
     partial_default: float = 1.0
-    # First transformers 4.x release whose modeling code applies `rope_scaling` for this
-    # family; older releases accept the key and silently ignore it.
+    # First transformers 4.x release that reads this family's RoPE right: it knows the
+    # model_type and its modeling code applies `rope_scaling` (older releases accept the key
+    # and silently ignore it).
     min_transformers: str = "4.31.0"
-    # Per-layer-type RoPE (Gemma 3): only full-attention layers are interpolated.
+    # Per-layer-type RoPE (Gemma 3, OLMo 3): only full-attention layers are interpolated.
     nested: bool = False
     # Extra top-level theta key the family's 4.x config reads instead of rope_theta.
     legacy_theta_key: str | None = None
+    # 4.x key of the sliding layers' theta, and its default; None: the sliding layers use the
+    # global theta (OLMo 3).
     local_theta_key: str | None = None
+    local_theta_default: float | None = None
+    # Sliding and global layers share one RoPE config, so PI scales the sliding layers too.
+    shared_sliding: bool = False
+    # max_position_embeddings already includes an existing linear factor (the family's own
+    # convention: Gemma 3 ships factor 8 with 131072, its window after scaling, and vLLM's
+    # _get_and_verify_max_len does not multiply it for gemma3), so no --from is needed.
+    window_includes_factor: bool = False
 
 
 FAMILIES: dict[str, Family] = {
-    "llama": Family(window_default=2048),
-    "mistral": Family(min_transformers="4.48.0"),
-    "mixtral": Family(theta_default=1e6, min_transformers="4.48.0"),
-    "qwen2": Family(min_transformers="4.45.0"),
-    "qwen2_moe": Family(min_transformers="4.45.0"),
-    "qwen3": Family(min_transformers="4.51.0"),  # first release with Qwen3
-    "qwen3_moe": Family(min_transformers="4.51.0"),
-    "qwen3_next": Family(legacy_type_key="rope_type", min_transformers="4.57.0"),
-    "gemma": Family(min_transformers="4.48.0"),
-    "gemma2": Family(min_transformers="4.48.0"),
+    "llama": Family(),
+    "mistral": Family(window_default=131072, min_transformers="4.48.0", shared_sliding=True),
+    "mixtral": Family(theta_default=1e6, window_default=131072, min_transformers="4.48.0", shared_sliding=True),
+    "qwen2": Family(window_default=32768, min_transformers="4.45.0"),
+    "qwen2_moe": Family(window_default=32768, min_transformers="4.45.0"),
+    "qwen3": Family(window_default=32768, min_transformers="4.51.0"),  # first release with Qwen3
+    "qwen3_moe": Family(window_default=32768, min_transformers="4.51.0"),
+    "qwen3_next": Family(legacy_type_key="rope_type", window_default=32768, partial_key="partial_rotary_factor",
+                         partial_default=0.25, min_transformers="4.57.0"),
+    "gemma": Family(window_default=8192, min_transformers="4.48.0"),
+    "gemma2": Family(window_default=8192, min_transformers="4.48.0", shared_sliding=True),
     "gemma3_text": Family(
-        legacy_type_key="rope_type", theta_default=1e6, min_transformers="4.50.0",
-        nested=True, local_theta_key="rope_local_base_freq",
+        legacy_type_key="rope_type", theta_default=1e6, window_default=131072, min_transformers="4.50.0",
+        nested=True, local_theta_key="rope_local_base_freq", local_theta_default=10000.0,
+        window_includes_factor=True,
     ),
     "gemma3n_text": Family(
-        legacy_type_key="rope_type", theta_default=1e6, min_transformers="4.53.0",
-        nested=True, local_theta_key="rope_local_base_freq",
+        legacy_type_key="rope_type", theta_default=1e6, window_default=32768, min_transformers="4.53.0",
+        nested=True, local_theta_key="rope_local_base_freq", local_theta_default=10000.0,
     ),
-    "starcoder2": Family(min_transformers="4.45.0"),
-    "cohere": Family(legacy_type_key="rope_type", min_transformers="4.45.0"),
-    "cohere2": Family(legacy_type_key="rope_type", min_transformers="4.48.0"),
+    "starcoder2": Family(window_default=4096, min_transformers="4.45.0"),
+    "cohere": Family(legacy_type_key="rope_type", theta_default=500000.0, theta_default_4x=10000.0,
+                     window_default=8192, min_transformers="4.45.0"),
     "granite": Family(legacy_type_key="rope_type", min_transformers="4.45.0"),
     "granitemoe": Family(legacy_type_key="rope_type", min_transformers="4.45.0"),
     "granitemoeshared": Family(legacy_type_key="rope_type", min_transformers="4.49.0"),
     "olmo": Family(min_transformers="4.40.0"),
     "olmo2": Family(min_transformers="4.47.0"),
-    "olmo3": Family(legacy_type_key="rope_type", min_transformers="4.57.0"),
-    "gpt_neox": Family(
-        window_default=2048, partial_key="rotary_pct", partial_default=0.25,
-        legacy_theta_key="rotary_emb_base",
-    ),
-    "phi": Family(window_default=2048, partial_key="partial_rotary_factor", partial_default=0.5,
-                  min_transformers="4.36.0"),
-    "stablelm": Family(partial_key="partial_rotary_factor", partial_default=0.25,
+    "olmo3": Family(legacy_type_key="rope_type", theta_default=500000.0, theta_default_4x=10000.0,
+                    min_transformers="4.57.0", nested=True),
+    "gpt_neox": Family(partial_key="rotary_pct", partial_default=0.25, legacy_theta_key="rotary_emb_base"),
+    "phi": Family(partial_key="partial_rotary_factor", partial_default=0.5, min_transformers="4.36.0"),
+    "stablelm": Family(window_default=4096, partial_key="partial_rotary_factor", partial_default=0.25,
                        min_transformers="4.38.0"),
-    "persimmon": Family(theta_default=25000.0, partial_key="partial_rotary_factor",
-                        partial_default=0.5, min_transformers="4.34.0"),
-    # Falcon-7B's config has no window at all; transformers' default is 2048.
-    "falcon": Family(window_default=2048, min_transformers="4.33.0"),
+    "persimmon": Family(theta_default=10000.0, theta_default_4x=25000.0, window_default=16384,
+                        partial_key="partial_rotary_factor", partial_default=0.5, min_transformers="4.34.0"),
+    # Falcon-7B's config has no window at all; the class default is 2048.
+    "falcon": Family(min_transformers="4.33.0"),
 }
+
+# Multimodal wrappers whose language model sits in text_config: the text model_type each
+# builds, and whether the text_config's own model_type can choose another class (an
+# AutoConfig sub-config) or is ignored (a fixed text class). Read from the config classes
+# (tests/data/class_defaults-*.json, "wrappers").
+WRAPPERS: dict[str, tuple[str, bool]] = {
+    "gemma3": ("gemma3_text", False),
+    "gemma3n": ("gemma3n_text", False),
+    "mistral3": ("mistral", True),
+    "llava": ("llama", True),
+    "llava_next": ("llama", True),
+    "idefics3": ("llama", True),
+    "smolvlm": ("llama", True),
+    "paligemma": ("gemma", True),
+    "llava_onevision": ("qwen2", True),
+    "qwen2_vl": ("qwen2_vl_text", False),
+    "qwen2_5_vl": ("qwen2_5_vl_text", False),
+}
+# M-RoPE: position ids with several sections (time, height, width).
+MROPE = {"qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl", "qwen3_vl_text",
+         "qwen3_vl_moe", "qwen3_vl_moe_text", "qwen2_5_omni", "glm4v", "glm4v_text"}
+# RoPE only in the sliding-window layers; the global layers have no position encoding.
+SLIDING_ONLY_ROPE = {"cohere2"}
+# Vision towers (and image encoders) saved as a model of their own: no language model.
+VISION_ONLY = {"vit", "dinov2", "pixtral", "siglip_vision_model", "siglip2_vision_model", "clip_vision_model",
+               "idefics3_vision", "smolvlm_vision", "gemma3n_vision", "qwen2_vl_vision", "mllama_vision_model",
+               "llava_vision", "convnext", "swin", "beit", "deit"}
 
 # Why each family cannot take linear PI, in the words the error prints.
 NO_ROPE = {
@@ -96,9 +141,43 @@ LONGROPE_ONLY = {"phi3", "phimoe"}
 GGUF_NO_ROPE = {"gpt2", "bloom", "mpt", "bert", "nomic-bert", "t5", "t5encoder", "jina-bert-v2", "starcoder"}
 
 
+# GGUF architectures of multimodal projectors (llama.cpp's mmproj files): an image encoder
+# and projector that go beside a language model GGUF; they have no text positions.
+GGUF_PROJECTOR = {"clip"}
+ROPE_KEYS = ("rope_theta", "rope_parameters", "rope_scaling", "rotary_emb_base")
+
+
 def family_of(config: dict) -> Family:
     model_type = config.get("model_type")
     return FAMILIES.get(model_type, Family()) if isinstance(model_type, str) else Family()
+
+
+def language_config(config: dict) -> dict:
+    """The dict that holds the language model's settings, with its model_type filled in:
+    `text_config` for a multimodal wrapper (as the wrapper's config class builds it), else
+    the config itself."""
+    text = config.get("text_config")
+    if text is None:
+        return config
+    if not isinstance(text, dict):
+        raise NotACheckpoint("config.json: text_config must be an object", hint="fix config.json")
+    wrapper = config.get("model_type", "")
+    if wrapper not in (None, ""):
+        values.model_type(wrapper)
+    text_type, text_type_can_vary = WRAPPERS.get(wrapper, (None, True))
+    model_type = (text.get("model_type") if text_type_can_vary else None) or text_type or text.get("model_type")
+    return {**text, "model_type": model_type} if model_type else dict(text)
+
+
+def _mrope_section(config: dict):
+    for key in ("rope_scaling", "rope_parameters"):
+        params = config.get(key)
+        if isinstance(params, dict):
+            if params.get("mrope_section") is not None:
+                return params["mrope_section"]
+            if (params.get("type") or params.get("rope_type")) == "mrope":
+                return "unknown"
+    return None
 
 
 def refusal(config: dict) -> CannotExtend | None:
@@ -106,6 +185,43 @@ def refusal(config: dict) -> CannotExtend | None:
     model_type = config.get("model_type")
     if not model_type:
         return CannotExtend("config.json has no model_type", hint="is this a transformers checkpoint?")
+    values.model_type(model_type)
+    section = _mrope_section(config) or (_mrope_section(config["text_config"])
+                                         if isinstance(config.get("text_config"), dict) else None)
+    if model_type in MROPE or section:
+        described = f" (mrope_section {section})" if section and section != "unknown" else ""
+        return CannotExtend(
+            f"{model_type} uses M-RoPE{described}: its position ids have several sections (time, height, width), "
+            "and linear PI of a single window does not describe it",
+            hint="picli extends single-window RoPE language models; use the model's own long-context settings",
+        )
+    if model_type in VISION_ONLY or model_type.endswith("_vision_model") or (
+            "vision_config" in config and "text_config" not in config
+            and not any(key in config for key in (*ROPE_KEYS, "num_attention_heads", "hidden_size"))):
+        return CannotExtend(f"{model_type} is a vision model: it has no language model and no text positions to extend",
+                            hint="extend the language model (or the multimodal checkpoint that contains it)")
+    if "text_config" in config:
+        return _text_refusal(config, language_config(config))
+    return _family_refusal(config, model_type)
+
+
+def _text_refusal(config: dict, text: dict) -> CannotExtend | None:
+    wrapper, text_type = config["model_type"], text.get("model_type")
+    if not text_type:
+        return CannotExtend(f"{wrapper}: text_config names no model_type, and picli does not know this wrapper's "
+                            "language model", hint="add the language model's model_type to text_config")
+    reason = _family_refusal(text, text_type)
+    if reason:
+        return CannotExtend(f"the language model in text_config ({wrapper}): {reason.message}", hint=reason.hint)
+    if text_type not in FAMILIES:
+        return CannotExtend(
+            f"{wrapper}: the language model in text_config is {text_type}, which is not in picli's family table, "
+            "so its RoPE defaults are unknown",
+            hint="extend a checkpoint of a known family (llama, mistral, qwen2, gemma3_text, ...)")
+    return None
+
+
+def _family_refusal(config: dict, model_type: str) -> CannotExtend | None:
     values.model_type(model_type)
     if model_type in NO_ROPE:
         return CannotExtend(
@@ -125,11 +241,16 @@ def refusal(config: dict) -> CannotExtend | None:
             f"{model_type} configs accept only longrope scaling in transformers; linear PI cannot be expressed",
             hint="use the model's long-context (longrope) release instead",
         )
-    has_rope_keys = any(key in config for key in ("rope_theta", "rope_parameters", "rope_scaling", "rotary_emb_base"))
+    if model_type in SLIDING_ONLY_ROPE:
+        return CannotExtend(
+            f"{model_type} applies RoPE only in its sliding-window layers; its global layers have no position "
+            "encoding, so PI would compress positions only where they never leave the trained range",
+            hint="Position Interpolation cannot lengthen this model's window",
+        )
+    has_rope_keys = any(key in config for key in ROPE_KEYS)
     if model_type not in FAMILIES and not has_rope_keys:
         return CannotExtend(
             f"{model_type}: config.json has no RoPE settings and picli does not know this family",
             hint="if the model does use RoPE, add rope_theta to config.json and run again",
         )
     return None
-

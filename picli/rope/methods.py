@@ -10,13 +10,14 @@ Pure: a config dict in, data out. No transformers, no torch, no files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import CannotExtend
 from . import values
-from .families import family_of, refusal
-from .schema import read_state, write_schemas
+from .families import ROPE_KEYS, family_of, language_config, refusal
+from .schema import read_state, wrapper_conflict, write_schemas
 
 # Schemes that are not PI; stacking linear on them would be a different method.
 OTHER_SCHEMES = {"llama3", "yarn", "longrope", "dynamic", "su", "ntk"}
@@ -71,9 +72,17 @@ def plan_config(
         values.check_target(from_window, "--from")
     if recorded_window is not None:
         recorded_window = values.window(recorded_window, "rope.target_window", where="picli.json")
+    if isinstance(config.get("text_config"), dict):
+        return _plan_wrapper(config, target_window, from_window, keep_max_position, force, recorded_window)
     family = family_of(config)
     state = read_state(config)
     warnings: list[str] = []
+    if state.theta_from_default and family.theta_default_4x is not None:
+        warnings.append(f"config.json gives no rope_theta: transformers 5 reads {family.theta_default:g}, 4.x reads "
+                        f"{family.theta_default_4x:g}; picli uses {state.theta:g} and writes it explicitly")
+    if family.shared_sliding and (config.get("sliding_window") or state.model_type == "gemma2"):
+        warnings.append(f"{state.model_type} has one RoPE config for its sliding-window and global layers, "
+                        "so the sliding layers are interpolated too")
     if not state.known_family:
         warnings.append(f"{state.model_type} is not in picli's family table: writing the common form; "
                         "the self-check with transformers decides")
@@ -94,7 +103,9 @@ def plan_config(
         warnings.append(f"--force: replacing {previous_type} scaling with linear PI from {base_window} tokens")
         current_window, previous_factor = base_window, 1.0
     elif previous_type not in ("default", "linear"):
-        raise CannotExtend(f"unknown RoPE scaling type {previous_type!r}", hint="check rope_scaling in config.json")
+        raise CannotExtend(f"unknown RoPE scaling type {previous_type!r} in config.json, so the current positions "
+                           "cannot be read", hint="picli reads linear, " + ", ".join(sorted(OTHER_SCHEMES))
+                           + " or no scaling; fix rope_scaling / rope_parameters")
     else:
         if previous_type == "linear" and previous_factor < 1:
             # Old 4.x configs refuse a linear factor <= 1, and below 1 it stretches positions
@@ -142,6 +153,10 @@ def _linear_current_window(config: dict, state, warnings: list[str]) -> int:
         warnings.append(f"existing linear factor {state.factor:g}: composing from original_max_position_embeddings "
                         f"{int(original)}, so the current window is {current} tokens")
         return current
+    if family_of(config).window_includes_factor:
+        warnings.append(f"existing linear factor {state.factor:g}: {state.model_type}'s max_position_embeddings "
+                        f"({state.window}) is its window after that factor (the family's convention)")
+        return state.window
     as_written, multiplied = state.window, round(state.window * state.factor)
     raise CannotExtend(
         f"existing linear factor {state.factor:g} with max_position_embeddings {as_written} and no "
@@ -150,6 +165,32 @@ def _linear_current_window(config: dict, state, warnings: list[str]) -> int:
              f"pretraining window {round(as_written / state.factor)}), or --from {multiplied} if {as_written} is the "
              f"pretraining window (vLLM's convention: {as_written} x {state.factor:g})",
     )
+
+
+def _plan_wrapper(config: dict, target_window: int, from_window: int | None, keep_max_position: bool,
+                  force: bool, recorded_window: int | None) -> ConfigPlan:
+    """A multimodal wrapper: the language model's config (text_config) gets the plan; the
+    vision tower's config is left as it is."""
+    conflict = wrapper_conflict(config)
+    if conflict:
+        raise CannotExtend(conflict, hint="make the top-level RoPE keys match text_config, or remove them")
+    text = language_config(config)
+    inner = plan_config(text, target_window, from_window=from_window, keep_max_position=keep_max_position,
+                        force=force, recorded_window=recorded_window)
+    new = copy.deepcopy(config)
+    new["text_config"] = inner.config
+    # RoPE keys repeated at the wrapper's top level (agreeing, or conflict above) stay agreeing.
+    for key in (*ROPE_KEYS, "max_position_embeddings"):
+        if config.get(key) is not None:
+            new[key] = inner.config.get(key)
+    before_text = config["text_config"]
+    changes = [(f"text_config.{key}", before_text.get(key), value) for key, value in inner.config.items()
+               if before_text.get(key) != value]
+    changes += [(key, config.get(key), new.get(key)) for key in new
+                if key != "text_config" and config.get(key) != new.get(key)]
+    note = (f"{config['model_type']}: RoPE is written in text_config ({inner.config['model_type']}); "
+            "the vision tower is untouched")
+    return replace(inner, config=new, changes=changes, warnings=[note, *inner.warnings])
 
 
 def inverse_frequencies(theta: float, rotary_dim: int, factor: float = 1.0) -> list[float]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from .families import family_of
+from .families import family_of, language_config
 from .schema import RopeState, read_state, scaling_type_of
 
 # The types transformers has a RoPE function for (ROPE_INIT_FUNCTIONS, 4.44 - 5.x) and the
@@ -26,6 +26,7 @@ _VLLM_UNMULTIPLIED = {"su", "longrope", "llama3"}
 
 def _active(config: dict, state: RopeState) -> dict:
     """The RoPE dict transformers 5 acts on: rope_scaling wins; nested RoPE's full_attention."""
+    config = language_config(config)
     rope_scaling, rope_parameters = config.get("rope_scaling"), config.get("rope_parameters")
     if state.nested:
         full = dict((rope_parameters or {}).get("full_attention") or {})
@@ -47,6 +48,7 @@ def rope_kind(config: dict, state: RopeState | None = None) -> str:
 def _original_window(config: dict, active: dict) -> tuple[int | None, str]:
     """original_max_position_embeddings as transformers 5's standardize_rope_params finds it:
     the top-level key first (Phi-3 keeps it there), then the RoPE dict; None when absent."""
+    config = language_config(config)
     if config.get("original_max_position_embeddings"):
         return int(config["original_max_position_embeddings"]), "top level"
     if active.get("original_max_position_embeddings"):
@@ -85,6 +87,7 @@ def effective_window(config: dict, recorded_window: int | None = None) -> int:
 
 def predict_transformers4(config: dict) -> dict:
     """transformers 4.x reads top-level keys and rope_scaling; it never reads rope_parameters."""
+    config = language_config(config)  # a multimodal wrapper's language model: text_config
     family = family_of(config)
     theta = config.get("rope_theta")
     if theta is None and family.legacy_theta_key:
@@ -179,6 +182,7 @@ def predict_vllm(config: dict, intended_window: int | None = None) -> dict:
 
     intended_window: the window picli.json recorded (needed for checkpoints written with
     --max-position-embeddings original, where the config alone does not say it)."""
+    config = language_config(config)
     state = read_state(config)
     active = _active(config, state)
     kind = rope_kind(config, state)

@@ -11,12 +11,12 @@ both so that every reader agrees (DESIGN.md §2). Pure: no transformers, no torc
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import NotACheckpoint
 from . import values
-from .families import FAMILIES, Family, family_of
+from .families import FAMILIES, ROPE_KEYS, Family, family_of, language_config
 
 # The layer types of nested RoPE that get interpolated; the rest keep their settings.
 INTERPOLATED_LAYER_TYPES = {"full_attention"}
@@ -43,6 +43,11 @@ class RopeState:
     rope_parameters: dict | None
     disagreement: str | None  # why rope_scaling and rope_parameters do not say the same
     original_window_hint: int | None  # original_max_position_embeddings when the config gives it
+    # The multimodal wrapper's model_type when the language model sits in text_config.
+    wrapper: str | None = None
+    theta_from_default: bool = False
+    # M-RoPE's sections of the position ids (Qwen2-VL), when the config has them.
+    mrope_section: list | None = None
 
     @property
     def rotary_dim(self) -> int:
@@ -108,8 +113,35 @@ def _check_every_copy(config: dict, family: Family, rope_scaling: dict | None, r
 def read_state(config: dict) -> RopeState:
     """Read RoPE from config.json as the checkpoint means it (legacy dict wins, as in 5.x).
 
-    Every value is validated (rope/values.py): a damaged file is refused with the key and
-    value named, never read as a default or carried into the output."""
+    A multimodal wrapper is read through its language model (text_config), with the text
+    class's defaults; RoPE keys at the wrapper's top level must agree with it. Every value is
+    validated (rope/values.py): a damaged file is refused with the key and value named, never
+    read as a default or carried into the output."""
+    if not isinstance(config.get("text_config"), dict):
+        return _read_text(config)
+    text = language_config(config)
+    state = _read_text(text)
+    top = {key: config[key] for key in (*ROPE_KEYS, "max_position_embeddings") if config.get(key) is not None}
+    problems = [state.disagreement] if state.disagreement else []
+    if top:
+        as_top = _read_text({**text, **top})
+        differ = [f"{name} {getattr(as_top, name)!r} vs {getattr(state, name)!r}"
+                  for name in ("theta", "scaling_type", "factor", "window") if getattr(as_top, name) != getattr(state, name)]
+        if differ:
+            problems.append("the top level and text_config disagree on RoPE (" + "; ".join(differ)
+                            + "); transformers reads text_config")
+    return replace(state, wrapper=config.get("model_type") or None, disagreement="; ".join(problems) or None)
+
+
+def wrapper_conflict(config: dict) -> str | None:
+    """Why a wrapper's top-level RoPE keys contradict its text_config, or None."""
+    if not isinstance(config.get("text_config"), dict):
+        return None
+    disagreement = read_state(config).disagreement or ""
+    return disagreement[disagreement.index("the top level"):] if "the top level" in disagreement else None
+
+
+def _read_text(config: dict) -> RopeState:
     model_type = config.get("model_type", "")
     if model_type not in (None, ""):
         values.model_type(model_type)
@@ -140,17 +172,20 @@ def read_state(config: dict) -> RopeState:
         full = dict((rope_parameters or {}).get("full_attention") or {})
         full_name = "rope_parameters.full_attention"
         if rope_scaling:
-            full.update(rope_scaling)  # what Gemma 3's 5.x config does with a legacy dict
+            full.update(rope_scaling)  # what Gemma 3's / OLMo 3's 5.x config does with a legacy dict
             full_name = "rope_scaling"
         active, active_name = full, full_name
         theta_key, theta = _first((f"{full_name}.rope_theta", full.get("rope_theta")),
-                                  ("rope_theta", config.get("rope_theta")), ("rope_theta", family.theta_default))
+                                  ("rope_theta", config.get("rope_theta")))
+        theta_from_default = theta is None
+        if theta_from_default:
+            theta_key, theta = "rope_theta", family.theta_default
         sliding = (rope_parameters or {}).get("sliding_attention") or {}
         local_key, local_theta = _first(
             ("rope_parameters.sliding_attention.rope_theta", sliding.get("rope_theta")),
             (family.local_theta_key or "", config.get(family.local_theta_key) if family.local_theta_key else None),
-            ("rope_local_base_freq", 10000.0))
-        local_theta = values.positive_number(local_theta, local_key)
+            ("rope_local_base_freq", family.local_theta_default))
+        local_theta = float(theta) if local_theta is None else values.positive_number(local_theta, local_key)
     else:
         # transformers 5 lets rope_scaling win over rope_parameters and then takes theta from
         # the top-level key, so a file's effective settings follow the same order here.
@@ -160,8 +195,10 @@ def read_state(config: dict) -> RopeState:
             ("rope_theta", config.get("rope_theta") if rope_scaling else None),
             (f"{active_name}.rope_theta", active.get("rope_theta")),
             ("rope_theta", config.get("rope_theta")),
-            (family.legacy_theta_key or "", config.get(family.legacy_theta_key) if family.legacy_theta_key else None),
-            ("rope_theta", family.theta_default))
+            (family.legacy_theta_key or "", config.get(family.legacy_theta_key) if family.legacy_theta_key else None))
+        theta_from_default = theta is None
+        if theta_from_default:
+            theta_key, theta = "rope_theta", family.theta_default
     theta = values.positive_number(theta, theta_key)
 
     partial_key, partial = _first(
@@ -182,6 +219,8 @@ def read_state(config: dict) -> RopeState:
     if scaling_type != "default":
         factor = values.positive_number(active.get("factor", 1.0), f"{active_name}.factor")
     original_hint = active.get("original_max_position_embeddings") if active else None
+    mrope = next((params.get("mrope_section") for params in (rope_scaling, rope_parameters)
+                  if isinstance(params, dict) and params.get("mrope_section") is not None), None)
 
     return RopeState(
         model_type=model_type, known_family=model_type in FAMILIES, theta=theta,
@@ -189,7 +228,9 @@ def read_state(config: dict) -> RopeState:
         window_from_default=window_from_default, scaling_type=scaling_type, factor=factor,
         nested=nested, local_theta=local_theta, rope_scaling=rope_scaling,
         rope_parameters=rope_parameters, disagreement=_disagreement(config, nested),
-        original_window_hint=original_hint,
+        original_window_hint=(values.window(original_hint, "original_max_position_embeddings")
+                              if original_hint is not None else None),
+        theta_from_default=theta_from_default, mrope_section=list(mrope) if isinstance(mrope, list) else None,
     )
 
 
@@ -228,8 +269,9 @@ def write_schemas(config: dict, family: Family, state: RopeState, scaling: dict)
         params["full_attention"] = scaled
         sliding = dict(params.get("sliding_attention") or {"rope_type": "default"})
         sliding.setdefault("rope_theta", state.local_theta)
-        if "sliding_attention" in params or family.local_theta_key:
-            params["sliding_attention"] = sliding
+        # Always explicit: OLMo 3's 5.x config fills a missing sliding theta with its class
+        # default (500000), not with the file's rope_theta.
+        params["sliding_attention"] = sliding
         for layer_type, layer_params in params.items():
             if layer_type not in INTERPOLATED_LAYER_TYPES and isinstance(layer_params, dict):
                 layer_params.pop("factor", None)
@@ -244,11 +286,16 @@ def write_schemas(config: dict, family: Family, state: RopeState, scaling: dict)
             # transformers 5 takes partial rotary from the top-level key when rope_scaling exists.
             if family.partial_key in (None, "partial_rotary_factor"):
                 new["partial_rotary_factor"] = state.partial_rotary_factor
+    # transformers 5 saves none of the family's own 4.x keys (GPT-NeoX rotary_pct and
+    # rotary_emb_base, top-level partial_rotary_factor, Gemma 3's rope_local_base_freq): a
+    # 4.x reader of a 5.x-saved file would silently take class defaults, so write them all.
+    if family.partial_key:
+        new[family.partial_key] = state.partial_rotary_factor
     new["rope_parameters"] = params
     # Without a top-level theta, 4.x falls back to the class default (often 10000) and so
     # does 5.x whenever rope_scaling is present: always write it, as a float.
     new["rope_theta"] = state.theta
-    if family.legacy_theta_key and family.legacy_theta_key in config:
+    if family.legacy_theta_key:
         new[family.legacy_theta_key] = state.theta
     legacy = {key: value for key, value in scaling.items() if key != "rope_type"}
     new["rope_scaling"] = {family.legacy_type_key: scaling["rope_type"], **legacy}

@@ -38,6 +38,7 @@ class ModelRun:
     window: int
     passkey: dict | None
     perplexity: dict | None
+    source: dict | None = None  # checkpoint.source: lets the card tell the recorded source from another baseline
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def _measure(checkpoint, label, lengths, passkey, perplexity, documents, stride,
         gc.collect()
         _empty_cuda_cache()
     return ModelRun(model=label, path=str(checkpoint.path), window=_window(checkpoint.path),
-                    passkey=passkey_report, perplexity=perplexity_report)
+                    passkey=passkey_report, perplexity=perplexity_report, source=checkpoint.source)
 
 
 def _empty_cuda_cache() -> None:
@@ -184,9 +185,13 @@ def summarise(report: VerifyReport, data: str | None = None) -> dict:
     def one(run: ModelRun | None) -> dict | None:
         if run is None:
             return None
-        summary = {"path": run.path, "window": run.window}
+        summary = {"path": run.path, "source": run.source, "window": run.window}
         if run.passkey:
             summary["passkey_k_max"] = {str(r["length"]): r["k_max"] for r in run.passkey["results"]}
+            summary["passkey_k_largest"] = {str(r["length"]): max(r["ks"]) for r in run.passkey["results"]}
+            summary["passkey_lowest_success"] = {
+                str(r["length"]): passkey_module.lowest_success(r["ks"], r["success"], r["k_max"])
+                for r in run.passkey["results"]}
             summary["passkey_success"] = {str(r["length"]): sum(r["success"]) / len(r["success"])
                                           for r in run.passkey["results"]}
         if run.perplexity:

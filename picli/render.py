@@ -291,24 +291,22 @@ def verify_report(report: dict) -> None:
         table = Table(title_justify="left")
         table.add_column("length", justify="right")
         # k_max can never reach the length (the deepest key sits after the task line), so it
-        # stands beside the deepest depth tested, with the weakest success it counted.
-        table.add_column("deepest k tested", justify="right", no_wrap=True)
+        # stands beside the deepest depth tested; the lines below add the weakest success it counted.
+        # Two-line headers keep a model-and-baseline table inside 80 columns.
+        table.add_column("deepest\nk tested", justify="right", no_wrap=True)
         for run in runs:
-            table.add_column(f"{run['model']} k_max", justify="right", no_wrap=True)
-            table.add_column(f"{run['model']} lowest <= k_max", justify="right", no_wrap=True)
-            table.add_column(f"{run['model']} ok", justify="right", no_wrap=True)
+            table.add_column(f"{run['model']}\nk_max", justify="right", no_wrap=True)
+            table.add_column(f"{run['model']}\nok", justify="right", no_wrap=True)
         if len(runs) == 2:
-            table.add_column("delta k_max", justify="right", no_wrap=True)
+            table.add_column("delta\nk_max", justify="right", no_wrap=True)
         for index, length in enumerate(report["passkey_lengths"]):
             row = [str(length), str(max(runs[0]["passkey"]["results"][index]["ks"]))]
             values = []
             for run in runs:
                 result = run["passkey"]["results"][index]
                 rate = sum(result["success"]) / len(result["success"])
-                lowest = result.get("lowest_success")
                 values.append(result["k_max"])
                 row += [f"{result['k_max']}" + (" *" if result["beyond_window"] else ""),
-                        "-" if lowest is None else f"[{_rate_style(lowest)}]{lowest:.0%}[/]",
                         f"[{_rate_style(rate)}]{rate:.0%}[/]"]
             if len(runs) == 2:
                 row.append(f"{values[0] - values[1]:+d}")
@@ -319,8 +317,10 @@ def verify_report(report: dict) -> None:
                           "left = near the end):")
             for result in run["passkey"]["results"]:
                 cells = "".join(f"[{_rate_style(rate)}]█[/]" for rate in result["success"])
-                console.print(f"  {result['length']:>7}  {cells}  k_max {result['k_max']} "
-                              f"(deepest tested {max(result['ks'])})")
+                lowest = result.get("lowest_success")
+                console.print(f"  {result['length']:>7}  {cells}  k_max {result['k_max']} of deepest "
+                              f"{max(result['ks'])}" + ("" if lowest is None else
+                                                        f", lowest success up to k_max {lowest:.0%}"))
         console.print("  legend: [green]█[/] 100%  [chartreuse3]█[/] >=60%  [yellow]█[/] >=20%  "
                       "[dark_orange]█[/] <20%  [red]█[/] 0%   * beyond the model's trained window")
     if report["model"].get("perplexity"):

@@ -253,6 +253,12 @@ def test_verify_cli_on_tiny_model(tiny_model_dir, tmp_path, workdir):
     results = report["model"]["passkey"]["results"]
     assert [r["length"] for r in results] == [256, 384]
     assert all(len(r["ks"]) == 4 and len(r["outcomes"][0]) == 2 for r in results)
+    # The deepest depth tested stands beside k_max (it is short of the length by the task line
+    # and the answer), with the weakest success k_max counted.
+    for r in results:
+        assert r["k_largest"] == max(r["ks"]) < r["length"] and r["k_max"] <= r["k_largest"]
+        counted = [rate for k, rate in zip(r["ks"], r["success"]) if k <= r["k_max"]]
+        assert r["lowest_success"] == (min(counted) if r["k_max"] else None)
     assert report["model"]["passkey"]["protocol"]["name"] == "quick"
     saved = json.loads((model / "picli-verify.json").read_text())
     assert saved["model"]["passkey"]["results"][0]["ks"] == results[0]["ks"]
@@ -265,7 +271,10 @@ def test_verify_without_model_uses_last_extended(tiny_model_dir, workdir):
     result = runner.invoke(app, ["verify", "--quick", "--length", "256", "--baseline", str(tiny_model_dir)])
     assert result.exit_code == 0, result.stderr
     assert f"MODEL: {workdir / 'ext'}" in result.stderr
-    assert "baseline k_max" in result.stdout and "delta k_max" in result.stdout
+    header = [line for line in result.stdout.splitlines() if "baseline" in line and "delta" in line]
+    assert header and "deepest" in header[0] and "…" not in result.stdout  # every header fits in 80 columns
+    deepest = json.loads((workdir / "ext" / "picli-verify.json").read_text())["model"]["passkey"]["results"][0]["k_largest"]
+    assert "k tested" in result.stdout and f" of deepest {deepest}" in result.stdout
     summary = json.loads((workdir / "ext" / "picli.json").read_text())
     assert summary["rope"]["factor"] == 2.0 and summary["verification"]["baseline"]["passkey_k_max"]
     assert not (tiny_model_dir / "picli-verify.json").exists()  # the baseline is only read

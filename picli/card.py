@@ -39,9 +39,14 @@ README = "README.md"
 TAGS = ["picli", "position-interpolation", "long-context", "rope-scaling"]
 # Licenses of base models picli knows without reading their card (the embedded model).
 KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
-# DESIGN.md section 1, measured on the embedded model: the reason a config-only checkpoint says so.
-UNTRAINED_EVIDENCE = ("measured on SmolLM2-135M-Instruct with factor 2 and no fine-tune, passkey retrieval "
-                      "failed even at 2.4k tokens (0/3 trials), where the unmodified model scored 3/3")
+# What the PI paper reports for a model that was not fine-tuned (a card cites it as the paper's;
+# measurements of the card's own model come only from its picli-verify.json).
+UNTRAINED_PAPER = ("in the PI paper (Chen et al. 2023), its models at step 0, before any fine-tuning, have a "
+                   "worse PG-19 perplexity than after fine-tuning, degraded but not broken (Table 3), and its passkey "
+                   "results (Table 4) start at 200 fine-tuning steps")
+# The paper's Table 5 (LLaMA 7B, original-window benchmarks), as it reports it.
+TABLE5 = ("the PI paper's Table 5 (LLaMA 7B): within about 2% of the original model on most original-window "
+          "benchmarks at 8k, but BoolQ drops 2.9 points at 8k, 6.3 at 16k and 11.4 at 32k")
 _FRONT_MATTER = re.compile(r"\A\s*---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.S)
 
 
@@ -258,10 +263,10 @@ def _what_was_done(config: dict, record: dict, state, original: int, target: int
                   *[f"| {key} | {_cell(value)} |" for key, value in _finetune_rows(finetune)]]
     else:
         lines.append(f"**Not fine-tuned.** This checkpoint has the source's weights; only its RoPE configuration "
-                     "changed. Interpolation keeps attention scores bounded, but models still need a short "
-                     f"fine-tune at the new window (the PI paper trains 1000 steps; its passkey window reaches the "
-                     f"target after about 200): {UNTRAINED_EVIDENCE}. Treat it as the starting point for that fine-tune "
-                     "(`picli finetune`), not as a long-context model.")
+                     "changed. Interpolation keeps attention scores bounded (the PI paper's bound), but the paper "
+                     f"fine-tunes every model it extends (1000 steps): {UNTRAINED_PAPER}. Unless the verification "
+                     "below measured this model at the new window, treat it as the starting point for that "
+                     "fine-tune (`picli finetune`), not as a long-context model.")
     return lines
 
 
@@ -300,6 +305,9 @@ def _finetune_rows(finetune: Any) -> list[tuple[str, Any]]:
     take("lr", "learning rate", lambda value: f"{value:g}")
     take("warmup_steps", "warmup steps")
     take("optimizer", "optimizer")
+    # picli finetune's loop: stated as picli's, since the paper names neither.
+    rows += [("LR after warmup", "constant: picli's choice (the paper does not say)"),
+             ("gradient clipping", "none: picli's choice (the paper does not say)")]
     lora = record.pop("lora", None)
     rows.append(("weights trained", f"LoRA rank {lora.get('rank')}, alpha {lora.get('alpha')}, "
                                     f"{'merged into the weights' if lora.get('merged') else 'kept as an adapter'}"
@@ -309,8 +317,8 @@ def _finetune_rows(finetune: Any) -> list[tuple[str, Any]]:
     history = record.pop("eval_history", None)
     if history:
         rows.append(("evaluations during training", len(history)))
-    take("stopped_when_verified_at", "stopped early at step", lambda value: f"{value} (passkey k_max reached the "
-                                                                             "target window)")
+    take("stopped_when_verified_at", "stopped early at step",
+         lambda value: f"{value} (passkey retrieved at every depth tested by the quick protocol, 4 depths x 2 keys)")
     hardware = record.pop("hardware", None)
     if isinstance(hardware, dict):
         rows.append(("hardware", f"{hardware.get('processes', 1)} x {hardware.get('name') or hardware.get('device')}"))
@@ -357,16 +365,21 @@ def _verification(record: dict, verify_record: dict | None, target: int) -> list
             described += "; the *quick* smoke test, not the paper's 32 x 10"
         threshold = protocol.get("threshold", 0.2)
         lines += [f"Mohtashami & Jaggi's prompt as in the PI paper (section 3.3): {described}. k_max is the "
-                  f"largest depth k (tokens from the key to the end of the prompt) such that every depth up to "
-                  f"k succeeds in at least {threshold:.0%} of trials; k_max = length means retrieval works "
-                  "everywhere in the prompt.", ""]
-        header, rule = "| length | k_max | mean success |", "|---:|---:|---:|"
+                  f"largest depth k (tokens from the key line to the end of the prompt) such that every depth up "
+                  f"to k succeeds in at least {threshold:.0%} of trials. k_max cannot equal the length: the "
+                  "deepest key sits after the task line and before the question, so it is shown beside the "
+                  "deepest depth tested, with the lowest success rate at any depth up to k_max.", ""]
+        header = "| length | k_max | deepest k tested | lowest success up to k_max | mean success |"
+        rule = "|---:|---:|---:|---:|---:|"
         if baseline and baseline.get("passkey_k_max"):
             header += " baseline k_max | baseline success |"
             rule += "---:|---:|"
         lines += [header, rule]
         for length, k_max in model["passkey_k_max"].items():
-            row = f"| {int(length):,} | {k_max:,} | {_rate(model, length)} |"
+            deepest = (model.get("passkey_k_largest") or {}).get(length)
+            lowest = (model.get("passkey_lowest_success") or {}).get(length)
+            row = (f"| {int(length):,} | {k_max:,} | {'-' if deepest is None else f'{deepest:,}'} | "
+                   f"{'-' if lowest is None else f'{lowest:.0%}'} | {_rate(model, length)} |")
             if baseline and baseline.get("passkey_k_max"):
                 base_k = baseline["passkey_k_max"].get(length)
                 row += f" {'-' if base_k is None else f'{base_k:,}'} | {_rate(baseline, length)} |"
@@ -390,11 +403,42 @@ def _verification(record: dict, verify_record: dict | None, target: int) -> list
             lines.append(row)
         lines.append("")
     if baseline:
-        lines.append(f"Baseline: the model before interpolation (window {baseline.get('window'):,} tokens), measured "
-                     "with the same prompts, keys and text.")
+        window = baseline.get("window")
+        window_text = f"window {window:,} tokens" if isinstance(window, int) else "window not recorded"
+        if _is_recorded_source(record, baseline):
+            who = f"the model before interpolation ({_baseline_name(baseline)}, {window_text})"
+        else:
+            who = f"{_baseline_name(baseline)} ({window_text}; not the source recorded in picli.json)"
+        lines.append(f"Baseline: {who}, measured with the same prompts, keys and text.")
     for note in summary.get("notes") or []:
         lines.append(f"- Note: {note}")
     return lines
+
+
+def _is_recorded_source(record: dict, baseline: dict) -> bool:
+    """Whether the verify baseline is the checkpoint picli.json names as this one's source."""
+    source = record.get("source") or {}
+    measured = baseline.get("source") or {}
+    if source.get("repo"):
+        if measured.get("repo"):
+            return (measured["repo"], measured.get("revision")) == (source["repo"], source.get("revision"))
+        # A record from before baselines kept their source: a Hub snapshot's path names repo and revision.
+        path = Path(str(baseline.get("path") or ""))
+        return (f"models--{source['repo'].replace('/', '--')}" in path.parts
+                and path.name == source.get("revision"))
+    path = measured.get("path") or baseline.get("path")
+    return bool(source.get("path") and path) and Path(source["path"]).resolve() == Path(path).resolve()
+
+
+def _baseline_name(baseline: dict) -> str:
+    """The baseline as a reader can identify it: a Hub id, or a directory name (never a local path)."""
+    measured = baseline.get("source") or {}
+    if measured.get("repo"):
+        return f"`{measured['repo']}`"
+    if measured.get("embedded"):
+        return f"`{measured['embedded']}`"
+    path = measured.get("path") or baseline.get("path")
+    return f"`{Path(path).name}`" if path else "a baseline whose path was not recorded"
 
 
 def _rate(run: dict, length: str) -> str:
@@ -446,9 +490,9 @@ def _limitations(config: dict, original: int, target: int, factor: float) -> lis
              "- **A passkey pass is not full long-context understanding.** Retrieving one number shows the "
              "positions are usable, not that the model reasons over the whole window (RULER found 32k PI models "
              "effective at about 4k).",
-             f"- **Short contexts may get slightly worse.** PI compresses every RoPE frequency by {factor:g}, so "
-             "neighbouring tokens are harder to tell apart; the paper reports up to ~2% drops on original-window "
-             "benchmarks at 8k, and small models feel it more."]
+             f"- **Short contexts may get worse.** PI compresses every RoPE frequency by {factor:g}, so "
+             f"neighbouring tokens are harder to tell apart. Not measured for this model by picli; from "
+             f"{TABLE5}."]
     try:
         kv_bytes = kv_cache_bytes(config, target)
     except (KeyError, TypeError, ZeroDivisionError):

@@ -294,7 +294,9 @@ def verify(
 
     Passkey follows the PI paper (section 3.3): the key sits k tokens from the end of a
     prompt of each --length; 32 values of k x 10 random 5-digit keys; k_max is the largest
-    k such that every k' <= k succeeds in at least 20% of trials. Scoring is one
+    k such that every k' <= k succeeds in at least 20% of trials. k_max never equals the
+    length (the deepest key sits after the task line), so the table shows the deepest k
+    tested beside it and the lowest success at any depth up to k_max. Scoring is one
     teacher-forced pass per trial (equal to greedy decoding), sharing the prompt prefix's
     KV cache. The record is saved as picli-verify.json in the model directory when picli
     wrote that checkpoint; a checkpoint of your own is only read unless you pass --save
@@ -375,8 +377,9 @@ def finetune(
                                                         help="auto (on above 4k tokens), on or off.")] = "auto",
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Every N steps: held-out loss and a quick "
                                                       "passkey at the training length.")] = None,
-    stop_when_verified: Annotated[bool, typer.Option("--stop-when-verified", help="Stop once passkey k_max reaches the "
-                                                     "window (needs --eval-every; default 50).")] = False,
+    stop_when_verified: Annotated[bool, typer.Option("--stop-when-verified", help="Stop once the passkey retrieves "
+                                                     "at every depth tested by the quick protocol (4 depths x 2 "
+                                                     "keys; needs --eval-every, default 50).")] = False,
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps (default: 100).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in the output directory exactly.")] = False,
     plan: Annotated[bool, typer.Option("--plan", help="Estimate memory and time per step; train nothing.")] = False,

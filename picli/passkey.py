@@ -1,13 +1,21 @@
 """Passkey retrieval as the PI paper measures it (§3.3), and fast.
 
-The prompt is Mohtashami & Jaggi's: a task line, the filler "The grass is green. ..."
-repeated, the line "The pass key is {key}. Remember it. {key} is the pass key.", more
-filler, then "What is the pass key? The pass key is". Every prompt of an evaluated length
-L has the same number of tokens; the key line starts k tokens before the end. `positions`
-values of k are spread uniformly over the prompt (k_i = i/n of it), `trials` random
-5-digit keys each, and
+The prompt is Mohtashami & Jaggi's, byte for byte: `generate_prompt` in
+epfml/landmark-attention (llama/run_test.py; the PI paper's Figure 3 shows its line breaks)
+joins five parts with "\n": the task line, a prefix of the filler "The grass is green. ..."
+repeated (`" ".join([garbage] * 2000)`, cut anywhere), the line "The pass key is {key}.
+Remember it. {key} is the pass key.", another prefix of the same filler, and "What is the
+pass key? The pass key is". picli cuts the filler at token boundaries instead of at random
+characters, so that every prompt of an evaluated length L has the same number of tokens and
+the key line starts exactly k tokens before the end (k counts the line break that opens it).
+`positions` values of k are spread uniformly over the prompt (k_i = i/n of it), `trials`
+random 5-digit keys each, and
 
     k_max = the largest k such that every evaluated k' <= k succeeds in >= 20% of trials.
+
+k_max never equals the length: the deepest key sits after the task line and before the
+question, so each result also carries the deepest depth tested (`k_largest`) and the lowest
+success rate at any depth up to k_max.
 
 Scoring is teacher-forced: greedy decoding reproduces the key exactly when the argmax at
 each answer position is the next key token, so one forward pass replaces a generate loop,
@@ -52,8 +60,9 @@ class Protocol:
     def describe(self) -> dict:
         return {"name": self.name, "positions": self.positions, "trials": self.trials, "seed": self.seed,
                 "threshold": self.threshold, "scoring": "teacher-forced greedy (argmax at every key token)",
-                "prompt": "Mohtashami & Jaggi 2023, as in PI (Chen et al. 2023) section 3.3",
-                "k": "tokens from the start of the key line to the end of the prompt"}
+                "prompt": "Mohtashami & Jaggi 2023 (epfml/landmark-attention llama/run_test.py generate_prompt: "
+                          "five parts joined by newlines), as in PI (Chen et al. 2023) section 3.3, Figure 3",
+                "k": "tokens from the line break that opens the key line to the end of the prompt"}
 
 
 QUICK = (4, 2)
@@ -67,6 +76,8 @@ class LengthResult:
     outcomes: list[list[bool]]  # per k, per trial
     keys: list[list[int]]
     k_max: int
+    k_largest: int  # the deepest depth tested (key line right after the task line): k_max's ceiling, not the length
+    lowest_success: float | None  # the weakest depth up to k_max (None when k_max is 0)
     beyond_window: bool  # evaluated past the model's max_position_embeddings
     seconds: float
 
@@ -110,6 +121,20 @@ class LengthPrompts:
         return self.prefix_stream[:trial.prefix_length] + trial.suffix[:len(trial.suffix) - len(trial.answer) + 1]
 
 
+def prompt_text(key: int, before: int, after: int) -> str:
+    """The generator's prompt with `before` / `after` characters of filler around the key line.
+
+    Mirrors `generate_prompt` of epfml/landmark-attention (llama/run_test.py), which cuts
+    `garbage_inf[:n_garbage_prefix]` and `garbage_inf[:n_garbage_suffix]` from the same
+    repeated filler and joins the five parts with "\n". The token prompts below decode to
+    exactly this text (tests/test_passkey.py checks it).
+    """
+    # The generator stops at 2000 repeats (its longest prompts needed no more); the text is
+    # the same for any count that covers the cut.
+    filler = " ".join([FILLER] * (max(before, after) // len(FILLER) + 2))
+    return "\n".join([TASK, filler[:before], KEY_LINE.format(key=key), filler[:after], QUESTION])
+
+
 def k_max(ks: list[int], success: list[float], threshold: float = THRESHOLD) -> int:
     """The largest k with every k' <= k at or above the threshold; 0 if the smallest fails."""
     best = 0
@@ -120,40 +145,72 @@ def k_max(ks: list[int], success: list[float], threshold: float = THRESHOLD) -> 
     return best
 
 
+def lowest_success(ks: list[int], success: list[float], k_max_value: int) -> float | None:
+    """The lowest success rate at any depth up to k_max: how far above the threshold k_max stands."""
+    rates = [rate for k, rate in zip(ks, success) if k <= k_max_value]
+    return min(rates) if k_max_value and rates else None
+
+
 class PromptBuilder:
-    """Token-exact passkey prompts for one tokenizer."""
+    """Token-exact passkey prompts for one tokenizer.
+
+    A prompt is task + filler[:a] + key line + filler[:b] + question, where every piece after
+    the task line opens with its "\n" and the filler is one token stream of "\n" + the
+    repeated filler: decoded, it is the generator's text with the filler cut at a token
+    boundary (`prompt_text`).
+    """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.task = tokenizer(TASK, add_special_tokens=True).input_ids
-        self.question = self._ids(" " + QUESTION)
-        self._filler: list[int] = []
+        self.question = self._continue("\n" + QUESTION)
+        newline = self._continue("\n")
+        # The fewest filler tokens on either side of the key line. The generator allows an
+        # empty filler ("...there.\n\nThe pass key is"); where a tokenizer merges "\n\n" into
+        # one token, that prompt's ids would not be its text's own tokenization, so the filler
+        # then keeps its first word.
+        self.filler_floor = (len(newline) if self._continue("\n\n") == newline * 2
+                             else len(self._continue("\n" + FILLER.split()[0])))
+        self._filler = self._continue("\n" + " ".join([FILLER] * 8))
+        self._repeats = 8
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
+    def _continue(self, text: str) -> list[int]:
+        """The ids of `text` where it continues a prompt rather than begins one.
+
+        Sentencepiece tokenizers mark the start of a text with a space ("\n" alone becomes
+        "▁", "<0x0A>"); tokenizing after an anchor and dropping the anchor's ids avoids that.
+        """
+        anchor = self._ids(".")
+        ids = self._ids("." + text)
+        return ids[len(anchor):] if ids[:len(anchor)] == anchor else self._ids(text)
+
     def filler(self, tokens: int) -> list[int]:
-        """The first `tokens` tokens of the filler repeated; the same stream for every prompt."""
+        """The first `tokens` tokens of "\n" + the repeated filler; the same stream for every prompt."""
         while len(self._filler) < tokens:
-            self._filler = self._ids((" " + FILLER) * (2 * max(tokens, 64) // 16 + 4))
+            self._repeats = self._repeats * 2 + tokens // 8  # doubling: a few tokenizations even at 128k
+            self._filler = self._continue("\n" + " ".join([FILLER] * self._repeats))
         return self._filler[:tokens]
 
     def key_line(self, key: int) -> list[int]:
-        return self._ids(" " + KEY_LINE.format(key=key))
+        return self._continue("\n" + KEY_LINE.format(key=key))
 
     def answer(self, key: int) -> list[int]:
-        return self._ids(f" {key}")
+        return self._continue(f" {key}")
 
     def grid(self, length: int, positions: int, answer_room: int, key_line: int) -> tuple[int, list[int]]:
         """(prompt tokens, the k values): k_i = i/n of the prompt, i = 1..n, uniform over the length.
 
         Starting at 1/n rather than at the smallest possible k keeps filler between the key
         and the question, as in the original prompt; the largest k puts the key line right
-        after the task line.
+        after the task line (and the fewest filler tokens), so it is the deepest depth a
+        prompt of this length can test.
         """
         prompt_length = length - answer_room
-        smallest = key_line + len(self.question)
-        largest = prompt_length - len(self.task)
+        smallest = key_line + self.filler_floor + len(self.question)
+        largest = prompt_length - len(self.task) - self.filler_floor
         if largest < smallest:
             raise PicliError(f"--length {length} is too short for a passkey prompt (needs at least "
                              f"{smallest + len(self.task) + answer_room} tokens)", hint="use a longer --length")
@@ -196,11 +253,12 @@ def evaluate_passkey(loaded, lengths: list[int], protocol: Protocol = Protocol()
         outcomes = [[predicted == trial.answer for predicted, trial in zip(row, group)]
                     for row, group in zip(predictions, prompts.groups)]
         success = [sum(row) / len(row) for row in outcomes]
+        found = k_max(prompts.ks, success, protocol.threshold)
         results.append(LengthResult(
             length=length, ks=prompts.ks, success=success, outcomes=outcomes,
             keys=[[trial.key for trial in group] for group in prompts.groups],
-            k_max=k_max(prompts.ks, success, protocol.threshold), beyond_window=bool(window and length > window),
-            seconds=time.perf_counter() - started,
+            k_max=found, k_largest=max(prompts.ks), lowest_success=lowest_success(prompts.ks, success, found),
+            beyond_window=bool(window and length > window), seconds=time.perf_counter() - started,
         ))
     return PasskeyReport(protocol=protocol.describe(), window=window, results=results)
 

@@ -215,7 +215,8 @@ def _check_record(record: dict, path: Path) -> None:
 
 _SUMMARY_FIELDS = {"created": _TEXT, "passkey_protocol": _OBJECT, "perplexity_data": _TEXT, "model": _OBJECT,
                    "baseline": _OBJECT, "notes": _LIST}
-_RUN_FIELDS = {"path": _TEXT, "window": _COUNT, "passkey_k_max": _OBJECT, "passkey_success": _OBJECT,
+_RUN_FIELDS = {"path": _TEXT, "source": _OBJECT, "window": _COUNT, "passkey_k_max": _OBJECT,
+               "passkey_k_largest": _OBJECT, "passkey_lowest_success": _OBJECT, "passkey_success": _OBJECT,
                "perplexity": _OBJECT, "stride": _COUNT}
 
 
@@ -226,7 +227,8 @@ def _check_summary(summary: dict, path: Path, prefix: str) -> None:
         if not run:
             continue
         _check_fields(run, _RUN_FIELDS, path, f"{prefix}{run_name}.")
-        for table, expected in (("passkey_k_max", _COUNT), ("passkey_success", _NUMBER), ("perplexity", _NUMBER)):
+        for table, expected in (("passkey_k_max", _COUNT), ("passkey_k_largest", _COUNT),
+                                ("passkey_success", _NUMBER), ("perplexity", _NUMBER)):
             values = run.get(table) or {}
             _check_fields(values, dict.fromkeys(values, expected), path, f"{prefix}{run_name}.{table}.")
             bad = [length for length in values if not length.isdigit()]
@@ -312,10 +314,16 @@ def verification_summary(record: dict, path: Path | None = None) -> dict:
         if not run:
             return None
         _check_fields({name: run}, {name: _OBJECT}, path, "")
-        summary: dict[str, Any] = {"path": run.get("path"), "window": run.get("window")}
+        summary: dict[str, Any] = {"path": run.get("path"), "source": run.get("source"), "window": run.get("window")}
         if run.get("passkey"):
+            from .passkey import lowest_success
+
             results = _results(run["passkey"], "k_max", path, f"{name}.passkey")
             summary["passkey_k_max"] = {str(r["length"]): r["k_max"] for r in results}
+            # k_max can never reach the length: the deepest key tested is the ceiling it is read against.
+            summary["passkey_k_largest"] = {str(r["length"]): max(r["ks"]) for r in results}
+            summary["passkey_lowest_success"] = {str(r["length"]): lowest_success(r["ks"], r["success"], r["k_max"])
+                                                 for r in results}
             summary["passkey_success"] = {str(r["length"]): sum(r["success"]) / len(r["success"]) for r in results}
         if run.get("perplexity"):
             results = _results(run["perplexity"], "perplexity", path, f"{name}.perplexity")
@@ -339,7 +347,9 @@ def _results(measured: Any, value: str, path: Path, where: str) -> list[dict]:
     fine = isinstance(results, list) and all(
         isinstance(r, dict) and _fits(r.get("length"), _COUNT) and _fits(r.get(value), expected)
         and (value != "k_max" or (isinstance(r.get("success"), list) and r["success"]
-                                  and all(_fits(rate, _NUMBER) for rate in r["success"])))
+                                  and all(_fits(rate, _NUMBER) for rate in r["success"])
+                                  and isinstance(r.get("ks"), list) and len(r["ks"]) == len(r["success"])
+                                  and all(_fits(k, _COUNT) for k in r["ks"])))
         for r in results)
     if not fine:
         raise RecordError(f"{path}: \"{where}.results\" is not the list of per-length results picli writes",

@@ -65,6 +65,7 @@ class ModelRun:
     window: int
     passkey: dict | None
     perplexity: dict | None
+    source: dict | None = None  # checkpoint.source: lets the card tell the recorded source from another baseline
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def _measure(checkpoint: Checkpoint, label: str, lengths: list[int], documents, 
         gc.collect()
         _empty_cuda_cache()
     return ModelRun(model=label, path=str(checkpoint.path), window=window,
-                    passkey=passkey_report, perplexity=perplexity_report)
+                    passkey=passkey_report, perplexity=perplexity_report, source=checkpoint.source)
 
 
 def _empty_cuda_cache() -> None:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from picli import rope
 from picli.card import BEGIN, END, TAGS, CardError, render_card, verification_summary
 from picli.cli import app
-from picli.passkey import LengthResult, PasskeyReport, Protocol
+from picli.passkey import LengthResult, PasskeyReport, Protocol, k_max, lowest_success
 from picli.perplexity import PerplexityReport, PerplexityResult
 from picli.provenance import verification_summary as summarise
 from picli.verify import ModelRun, VerifyReport
@@ -41,10 +41,13 @@ def picli_record(plan, base_model: str | None = BASE, finetune: dict | None = No
     }
 
 
-def length_result(length: int, k_max: int, success: list[float]) -> LengthResult:
-    ks = [length * (index + 1) // len(success) for index in range(len(success))]
+def length_result(length: int, success: list[float]) -> LengthResult:
+    """As passkey.evaluate_passkey builds it: the deepest k is the length less the task line and answer."""
+    ks = [(length - 40) * (index + 1) // len(success) for index in range(len(success))]
+    found = k_max(ks, success)
     return LengthResult(length=length, ks=ks, success=success, outcomes=[[rate >= 0.5] for rate in success],
-                        keys=[[12345] for _ in success], k_max=k_max, beyond_window=False, seconds=1.0)
+                        keys=[[12345] for _ in success], k_max=found, k_largest=ks[-1],
+                        lowest_success=lowest_success(ks, success, found), beyond_window=False, seconds=1.0)
 
 
 def perplexity_result(length: int, value: float) -> PerplexityResult:
@@ -55,13 +58,13 @@ def perplexity_result(length: int, value: float) -> PerplexityResult:
 def verify_report() -> VerifyReport:
     protocol = Protocol().describe()
     model = ModelRun(model="model", path="/abs/m", window=8192,
-                     passkey=PasskeyReport(protocol, 8192, [length_result(4096, 4096, [1.0, 1.0, 1.0, 1.0]),
-                                                            length_result(8192, 7168, [1.0, 1.0, 0.5, 0.0])]).to_dict(),
+                     passkey=PasskeyReport(protocol, 8192, [length_result(4096, [1.0, 1.0, 1.0, 1.0]),
+                                                            length_result(8192, [1.0, 1.0, 0.5, 0.0])]).to_dict(),
                      perplexity=PerplexityReport(256, [perplexity_result(4096, 7.123),
                                                        perplexity_result(8192, 6.877)]).to_dict())
     baseline = ModelRun(model="baseline", path="/abs/base", window=2048,
-                        passkey=PasskeyReport(protocol, 2048, [length_result(4096, 1536, [1.0, 0.0, 0.0, 0.0]),
-                                                               length_result(8192, 0, [0.0, 0.0, 0.0, 0.0])]).to_dict(),
+                        passkey=PasskeyReport(protocol, 2048, [length_result(4096, [1.0, 0.0, 0.0, 0.0]),
+                                                               length_result(8192, [0.0, 0.0, 0.0, 0.0])]).to_dict(),
                         perplexity=PerplexityReport(256, [perplexity_result(4096, 7.5),
                                                           perplexity_result(8192, 812.25)]).to_dict())
     return VerifyReport(model=model, baseline=baseline, passkey_lengths=[4096, 8192],
@@ -103,25 +106,68 @@ def test_card_carries_the_verification_numbers_from_either_record(extended):
                                None, None, "org/m", False)
     for text in (from_file, from_summary):
         body = ModelCard(text).text
-        # passkey: model k_max and success, baseline beside it
-        assert "| 8,192 | 7,168 | 62% | 0 | 0% |" in body
-        assert "| 4,096 | 4,096 | 100% | 1,536 | 25% |" in body
+        # passkey: model k_max beside the deepest depth tested (never the length), the lowest
+        # success up to k_max, the mean; baseline beside it
+        assert "| 8,192 | 6,114 | 8,152 | 50% | 62% | 0 | 0% |" in body
+        assert "| 4,096 | 4,056 | 4,056 | 100% | 100% | 1,014 | 25% |" in body
+        assert "means retrieval works everywhere" not in body and "cannot equal the length" in body
         # perplexity with the baseline and the delta
         assert "| 8,192 | 6.877 | 812.250 | -805.373 |" in body
         assert "`pg19_book.txt`" in body and "/data/" not in body  # no local paths on the Hub
         assert "32 key depths x 10 random 5-digit keys" in body
         assert "Not verified" not in body
     assert from_file == from_summary  # one summary: the card reads the same from either record
-    assert verification_summary(picli_record(plan), verify_file(report))["model"]["passkey_k_max"] == \
-        {"4096": 4096, "8192": 7168}
+    summary = summarise(verify_file(report))
+    for key in ("passkey_k_max", "passkey_k_largest", "passkey_lowest_success"):
+        assert verification_summary(picli_record(plan), verify_file(report))["model"][key] == summary["model"][key]
+    assert summary["model"]["passkey_lowest_success"] == {"4096": 1.0, "8192": 0.5}
+    assert summary["baseline"]["passkey_lowest_success"] == {"4096": 1.0, "8192": None}
 
 
 def test_unverified_and_not_fine_tuned_are_said_plainly(extended):
     directory, plan = extended
     text = render_card(directory, picli_record(plan), None, None, "org/m", False)
     assert "**Not verified.**" in text
-    assert "**Not fine-tuned.**" in text and "0/3 trials" in text and "3/3" in text
+    # No measurement of another model is carried as if general: the paper, labelled as such.
+    assert "**Not fine-tuned.**" in text and "SmolLM2" not in text and "0/3" not in text
+    assert "in the PI paper (Chen et al. 2023)" in text and "(Table 3)" in text and "start at 200" in text
     assert "2,048 to 8,192 tokens" in text and "factor **4**" in text
+
+
+def test_short_context_cost_quotes_table_5_as_it_is(extended):
+    directory, plan = extended
+    text = render_card(directory, picli_record(plan), None, None, "org/m", False)
+    assert ("the PI paper's Table 5 (LLaMA 7B): within about 2% of the original model on most original-window "
+            "benchmarks at 8k, but BoolQ drops 2.9 points at 8k, 6.3 at 16k and 11.4 at 32k") in text
+    assert "Not measured for this model by picli" in text and "feel it more" not in text
+
+
+@pytest.mark.parametrize("record_source, baseline, expected", [
+    # the recorded source, measured by repo and revision
+    ({"repo": BASE, "revision": "0" * 40}, {"source": {"repo": BASE, "revision": "0" * 40}},
+     f"Baseline: the model before interpolation (`{BASE}`, window 2,048 tokens)"),
+    # another revision of the same repo is not the source
+    ({"repo": BASE, "revision": "0" * 40}, {"source": {"repo": BASE, "revision": "1" * 40}},
+     f"Baseline: `{BASE}` (window 2,048 tokens; not the source recorded in picli.json)"),
+    # a record written before baselines kept their source: the Hub snapshot path names both
+    ({"repo": BASE, "revision": "0" * 40},
+     {"path": "/cache/hub/models--huggyllama--llama-7b/snapshots/" + "0" * 40},
+     "Baseline: the model before interpolation ("),
+    # a local directory: the same path is the source, another one is named (by its name only)
+    ({"path": "/models/llama-7b"}, {"source": {"path": "/models/llama-7b"}},
+     "Baseline: the model before interpolation (`llama-7b`, window 2,048 tokens)"),
+    ({"path": "/models/llama-7b"}, {"path": "/abs/other-base"},
+     "Baseline: `other-base` (window 2,048 tokens; not the source recorded in picli.json)"),
+])
+def test_baseline_label_names_what_was_measured(extended, record_source, baseline, expected):
+    directory, plan = extended
+    record = {**picli_record(plan), "source": record_source}
+    measured = verify_file(verify_report())
+    measured["baseline"] = {**measured["baseline"], "path": "/abs/base", "source": None, **baseline}
+    text = render_card(directory, record, measured, None, "org/m", False)
+    assert expected in text
+    assert ("the model before interpolation" in text) == expected.startswith("Baseline: the model before")
+    assert "/abs/base" not in text and "/abs/other" not in text and "/models/" not in text and "/cache/" not in text
 
 
 def test_fine_tune_record_replaces_the_warning(extended):
@@ -139,7 +185,10 @@ def test_fine_tune_record_replaces_the_warning(extended):
     assert "Not fine-tuned" not in text and "### Fine-tune" in text
     assert "| steps | 200 of 1000 planned |" in text and "| data | pg19.jsonl |" in text and "/data/" not in text
     assert "| weights trained | all (full fine-tune) |" in text and "| learning rate | 2e-05 |" in text
-    assert "| stopped early at step | 200 (passkey k_max reached the target window) |" in text
+    assert ("| stopped early at step | 200 (passkey retrieved at every depth tested by the quick protocol, "
+            "4 depths x 2 keys) |") in text and "target window" not in text
+    assert "| LR after warmup | constant: picli's choice (the paper does not say) |" in text
+    assert "| gradient clipping | none: picli's choice (the paper does not say) |" in text
     assert "| hardware | 1 x NVIDIA H100 |" in text and "fine-tuned at the new window" in text
     lora = render_card(directory, picli_record(plan, finetune={**finetune, "lora": {"rank": 8, "alpha": 16,
                                                                                      "merged": True}}),
@@ -192,7 +241,7 @@ def test_user_readme_is_kept_and_a_refresh_replaces_only_picli_section(extended)
     second = render_card(directory, picli_record(plan), verify_file(verify_report()), edited, "org/m", False)
     assert second.count(BEGIN) == 1 and second.count(END) == 1
     assert "Written by me." in second and "A note I added below picli's section." in second
-    assert "**Not verified.**" in first and "**Not verified.**" not in second and "7,168" in second
+    assert "**Not verified.**" in first and "**Not verified.**" not in second and "6,114" in second
     # Refreshing with the same records gives the same text: `picli card` twice is stable.
     assert render_card(directory, picli_record(plan), verify_file(verify_report()), second, "org/m", False) == second
 

@@ -411,7 +411,7 @@ def test_plan_memory_model_matches_the_measured_benchmark():
     assert with_checkpointing["total"] == pytest.approx(4.2e9, rel=0.25)
 
 
-def test_eval_every_and_stop_when_verified(extended, corpus, workdir, monkeypatch):
+def test_eval_every_and_stop_when_verified(extended, corpus, workdir, monkeypatch, capsys):
     import picli.passkey
 
     real = picli.passkey.evaluate_passkey
@@ -438,6 +438,13 @@ def test_eval_every_and_stop_when_verified(extended, corpus, workdir, monkeypatc
     assert metrics[-1]["passkey_k_max"] == metrics[-1]["passkey_target"]
     record = json.loads((output / "picli.json").read_text())["finetune"]
     assert record["stopped_when_verified_at"] == 4 and len(record["eval_history"]) == 2
+    # What a person reads: the quick protocol's depths, never "reached the window" (k_max
+    # cannot equal the length, and 4 depths x 2 keys is not the paper's protocol).
+    from picli import render
+
+    render.finetune_result(report)
+    said = capsys.readouterr().out
+    assert "every depth tested by the quick protocol (4 depths x 2 keys" in said and "window" not in said
 
 
 @pytest.mark.slow

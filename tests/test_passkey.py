@@ -13,9 +13,66 @@ from typer.testing import CliRunner
 
 from picli import passkey
 from picli.cli import app
-from picli.passkey import FILLER, QUESTION, TASK, PromptBuilder, Protocol, k_max
+from picli.passkey import FILLER, KEY_LINE, QUESTION, TASK, PromptBuilder, Protocol, k_max, prompt_text
 
 runner = CliRunner()
+
+
+def test_prompt_text_is_the_generators():
+    """epfml/landmark-attention llama/run_test.py generate_prompt: "\n".join of task line,
+    garbage_inf[:n_prefix], the key line, garbage_inf[:n_suffix], the question, where
+    garbage_inf = " ".join([garbage] * 2000): the filler is cut by characters, mid-word too."""
+    assert prompt_text(12345, 24, 9) == (
+        "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+        "I will quiz you about the important information there.\n"
+        "The grass is green. The \n"
+        "The pass key is 12345. Remember it. 12345 is the pass key.\n"
+        "The grass\n"
+        "What is the pass key? The pass key is")
+    # Both fillers start from the filler's beginning; repeats join with one space; empty is allowed.
+    assert prompt_text(7, len(FILLER) + 2, 0).split("\n")[1:4] == [FILLER + " T", KEY_LINE.format(key=7), ""]
+
+
+@pytest.fixture(scope="module")
+def byte_level_tokenizer():
+    """A GPT-2 style byte-level BPE (SmolLM2's kind), trained here on passkey prompts: it keeps
+    newlines and spaces, so its decoded prompts can be compared with the generator's bytes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    model = Tokenizer(models.BPE())
+    model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    model.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<s>"], show_progress=False)
+    model.train_from_iterator([prompt_text(10000 + 7 * index, 13 * index % 300, 29 * index % 300)
+                               for index in range(60)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=model, bos_token="<s>")
+
+
+def assert_generator_prompts(tokenizer, prompts, builder):
+    """Every prompt decodes to generate_prompt's text (the filler cut at a token boundary) and
+    is that text's own tokenization; the key line starts k tokens before the end."""
+    for k, group in zip(prompts.ks, prompts.groups):
+        for trial in group:
+            ids = prompts.full_prompt(trial)
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            parts = text.split("\n")
+            assert len(parts) == 5, text
+            assert text == prompt_text(trial.key, len(parts[1]), len(parts[3]))
+            assert tokenizer(text, add_special_tokens=True).input_ids == ids
+            assert tokenizer.decode(ids[len(ids) - k:]).startswith("\n" + KEY_LINE.format(key=trial.key) + "\n")
+
+
+def test_prompts_are_the_generators_text(byte_level_tokenizer):
+    builder = PromptBuilder(byte_level_tokenizer)
+    prompts = builder.prompts(400, Protocol(positions=8, trials=3, seed=2), random.Random(2))
+    assert_generator_prompts(byte_level_tokenizer, prompts, builder)
+    # The deepest k: the key line right after the task line, with an empty filler before it
+    # ("\n\n" stays two tokens in this tokenizer), as the generator allows.
+    deepest = prompts.full_prompt(prompts.groups[-1][0])
+    assert byte_level_tokenizer.decode(deepest).startswith(TASK + "\n\nThe pass key is")
+    assert prompts.ks[-1] == len(deepest) - len(builder.task) - 1
 
 
 def test_prompt_shape_and_key_distance(tokenizer):
@@ -43,7 +100,8 @@ def test_k_grid_is_uniform_over_the_prompt(tokenizer):
     gaps = {b - a for a, b in zip(ks, ks[1:])}
     assert max(gaps) - min(gaps) <= 1
     prompt_length = len(prompts.full_prompt(prompts.groups[0][0]))
-    largest = prompt_length - len(builder.task)
+    largest = prompt_length - len(builder.task) - builder.filler_floor
+    assert builder.filler_floor == 0  # the word tokenizer drops line breaks: no filler token is needed
     assert ks[-1] == largest and ks[0] == round(largest / 32)  # k_i = i/32 of the prompt
     assert ks[0] > len(builder.key_line(12345)) + len(builder.question)  # filler after the key
 
@@ -195,6 +253,12 @@ def test_verify_cli_on_tiny_model(tiny_model_dir, tmp_path, workdir):
     results = report["model"]["passkey"]["results"]
     assert [r["length"] for r in results] == [256, 384]
     assert all(len(r["ks"]) == 4 and len(r["outcomes"][0]) == 2 for r in results)
+    # The deepest depth tested stands beside k_max (it is short of the length by the task line
+    # and the answer), with the weakest success k_max counted.
+    for r in results:
+        assert r["k_largest"] == max(r["ks"]) < r["length"] and r["k_max"] <= r["k_largest"]
+        counted = [rate for k, rate in zip(r["ks"], r["success"]) if k <= r["k_max"]]
+        assert r["lowest_success"] == (min(counted) if r["k_max"] else None)
     assert report["model"]["passkey"]["protocol"]["name"] == "quick"
     # How the model ran, as the report has always recorded it (VerifySettings.runtime).
     assert report["settings"] == {"device": "cpu", "dtype": "auto", "attention": "sdpa", "device_map": None,
@@ -210,7 +274,10 @@ def test_verify_without_model_uses_last_extended(tiny_model_dir, workdir):
     result = runner.invoke(app, ["verify", "--quick", "--length", "256", "--baseline", str(tiny_model_dir)])
     assert result.exit_code == 0, result.stderr
     assert f"MODEL: {workdir / 'ext'}" in result.stderr
-    assert "baseline k_max" in result.stdout and "delta k_max" in result.stdout
+    header = [line for line in result.stdout.splitlines() if "baseline" in line and "delta" in line]
+    assert header and "deepest" in header[0] and "…" not in result.stdout  # every header fits in 80 columns
+    deepest = json.loads((workdir / "ext" / "picli-verify.json").read_text())["model"]["passkey"]["results"][0]["k_largest"]
+    assert "k tested" in result.stdout and f" of deepest {deepest}" in result.stdout
     summary = json.loads((workdir / "ext" / "picli.json").read_text())
     assert summary["rope"]["factor"] == 2.0 and summary["verification"]["baseline"]["passkey_k_max"]
     assert not (tiny_model_dir / "picli-verify.json").exists()  # the baseline is only read
@@ -235,6 +302,9 @@ def test_smollm2_teacher_forced_equals_generate(smollm2):
     prompts = PromptBuilder(loaded.tokenizer).prompts(1024, protocol, random.Random(0))
     generated = [[passkey.generate_success(loaded, prompts, trial) for trial in group] for group in prompts.groups]
     assert generated == report.results[0].outcomes
+    # The real tokenizer: every prompt is generate_prompt's text, tokenized as that text.
+    assert_generator_prompts(loaded.tokenizer, prompts, PromptBuilder(loaded.tokenizer))
+    assert report.results[0].k_largest == prompts.ks[-1] < 1024
     # The unmodified model within its window: retrieved at every distance.
     assert report.results[0].k_max == report.results[0].ks[-1]
     assert sum(report.results[0].success) / 4 >= 0.75

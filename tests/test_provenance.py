@@ -49,10 +49,13 @@ def test_one_verification_summary_from_the_full_record():
     report = verify_file(verify_report())
     summary = provenance.verification_summary(report)
     assert summary["created"] == report["created"] and summary["perplexity_data"] == "/data/pg19_book.txt"
-    assert summary["model"] == {"path": "/abs/m", "window": 8192, "passkey_k_max": {"4096": 4096, "8192": 7168},
+    assert summary["model"] == {"path": "/abs/m", "source": None, "window": 8192,
+                                "passkey_k_max": {"4096": 4056, "8192": 6114},
+                                "passkey_k_largest": {"4096": 4056, "8192": 8152},
+                                "passkey_lowest_success": {"4096": 1.0, "8192": 0.5},
                                 "passkey_success": {"4096": 1.0, "8192": 0.625},
                                 "perplexity": {"4096": 7.123, "8192": 6.877}, "stride": 256}
-    assert summary["baseline"]["passkey_k_max"] == {"4096": 1536, "8192": 0}
+    assert summary["baseline"]["passkey_k_max"] == {"4096": 1014, "8192": 0}
     assert summary["notes"] == ["baseline: 4096, 8192 lie beyond"]
     assert summary["passkey_protocol"]["positions"] == 32
 

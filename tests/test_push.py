@@ -150,7 +150,7 @@ def test_push_uploads_byte_identical_files_and_an_honest_card(model, hub, env, t
     assert data["base_model"] == "huggyllama/llama-7b" and data["base_model_relation"] == "finetune"
     assert "position-interpolation" in data["tags"]
     assert data["library_name"] == "transformers" and data["pipeline_tag"] == "text-generation"
-    assert "| 8,192 | 7,168 | 62% | 0 | 0% |" in card.text and "| 8,192 | 6.877 | 812.250 | -805.373 |" in card.text
+    assert "| 8,192 | 6,114 | 8,152 | 50% | 62% | 0 | 0% |" in card.text and "| 8,192 | 6.877 | 812.250 | -805.373 |" in card.text
     assert "**Not fine-tuned.**" in card.text and f"vllm serve {REPO} --max-model-len 8192" in card.text
     assert "# a model card the user wrote" in card.text  # the README extend carried over is kept
     assert remote["README.md"] == (model / "README.md").read_bytes()  # the card written locally is the one pushed
@@ -189,7 +189,7 @@ def test_existing_repo_is_refused_unless_exist_ok(model, hub, env, tmp_path):
     result = picli("push", str(model), REPO, "--exist-ok", "--json", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["changed"] and len(hub.load(REPO)["commits"]) == commits + 1
-    assert "| 8,192 | 8,192 | 62% |" in hub.files(REPO)["README.md"].decode()
+    assert "| 8,192 | 8,192 | 8,152 |" in hub.files(REPO)["README.md"].decode()  # k_max beside the deepest k
     assert hub.head_message(REPO) == "PI x4: 2048 -> 8192 tokens, not fine-tuned"
 
 

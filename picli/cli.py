@@ -17,11 +17,55 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__, render
 from .errors import PicliError
 
+# Typer bundles its own Click (never `import click`): its UsageError is BadParameter's base,
+# and ClickException the base of that.
+_UsageError = typer.BadParameter.__mro__[1]
+_ClickException = _UsageError.__mro__[1]
+
+
+def usage_error(exc) -> PicliError:
+    """A Click usage error (bad value, missing or unknown option) in picli's Error:/Hint: form."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    context = getattr(exc, "ctx", None)
+    if context is None:
+        return PicliError(message, hint="`picli -h` lists the commands")
+    usage = " ".join(context.get_usage().split())
+    usage = usage[len("Usage: "):] if usage.startswith("Usage: ") else usage
+    return PicliError(message, hint=f"usage: {usage}; `{context.command_path} -h` explains every option")
+
+
+class PicliGroup(TyperGroup):
+    """The app's group: usage errors print as one `Error:` line and a `Hint:`, like picli's
+    own errors (Click would print its usage block first), and still exit 2 (STYLE.md)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            # Non-standalone: Click raises its errors to us instead of printing them itself.
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `picli`: the help text itself
+                exc.show()
+            else:
+                render.error(usage_error(exc))
+            sys.exit(exc.exit_code)
+        except _ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            render.message("Aborted.")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=PicliGroup,
     name="picli",
     help="Extend the context window of RoPE language models by Position Interpolation "
     "(arXiv 2306.15595), verify the result, and publish it.",
@@ -292,8 +336,6 @@ def verify(
 
     if quick:
         positions, trials = QUICK
-    if positions < 1 or trials < 1:
-        raise PicliError("--positions and --trials must be at least 1", hint="the paper uses 32 and 10")
     if heatmap and not (passkey or not perplexity):
         raise PicliError("--heatmap draws the passkey grid", hint="add --passkey")
     settings = VerifySettings(
@@ -342,7 +384,8 @@ def finetune(
                                                       "passkey at the training length.")] = None,
     stop_when_verified: Annotated[bool, typer.Option("--stop-when-verified", help="Stop once passkey k_max reaches the "
                                                      "window (needs --eval-every; default 50).")] = False,
-    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps (default: 100).")] = None,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps (default: 100; "
+                                                      "0: only the final model).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in the output directory exactly.")] = False,
     plan: Annotated[bool, typer.Option("--plan", help="Estimate memory and time per step; train nothing.")] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 autocast on GPUs that have it), bfloat16, float16, "
@@ -380,7 +423,7 @@ def finetune(
         data=data, text_field=text_field, steps=steps, seq_len=parse_window(seq_len, "--seq-len") if seq_len else None,
         lr=lr, warmup_steps=warmup_steps, batch_size=batch_size, micro_batch_size=micro_batch_size, seed=seed,
         lora=lora, lora_rank=lora_rank, keep_adapter=keep_adapter, gradient_checkpointing=gradient_checkpointing,
-        eval_every=eval_every or (50 if stop_when_verified else None), stop_when_verified=stop_when_verified,
+        eval_every=eval_every if eval_every is not None else (50 if stop_when_verified else None), stop_when_verified=stop_when_verified,
         save_every=save_every if save_every is not None else 100, dtype=dtype, attention=attn, cpu=cpu,
     )
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:

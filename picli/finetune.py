@@ -81,9 +81,9 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
     import torch
     import transformers
     from accelerate import Accelerator
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from .modeling import from_pretrained
+    from .modeling import from_pretrained, load_tokenizer
 
     transformers.logging.set_verbosity_error()
     checkpoint_dir = latest_checkpoint(output) if resume else None
@@ -112,7 +112,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
                          f"({settings.micro_batch_size} x {world})", hint="choose a batch size divisible by that")
     accumulation = settings.batch_size // per_step
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)
     config = json.loads((model_path / "config.json").read_text())
     seq_len = settings.seq_len or int(config.get("max_position_embeddings") or 0)
     if seq_len < 2:
@@ -349,25 +349,27 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
     from .checkpoint import read_config, resolve, tensor_summary
     from .provenance import read_record, remember_last
 
-    if settings.gradient_checkpointing not in ("auto", "on", "off"):
-        raise PicliError(f"--gradient-checkpointing must be auto, on or off, got {settings.gradient_checkpointing!r}",
-                         hint="auto turns it on above 4k tokens")
-    if settings.steps < 1 or settings.batch_size < 1 or settings.micro_batch_size < 1:
-        raise PicliError("--steps, --batch-size and --micro-batch-size must be at least 1", hint="e.g. --steps 200")
-    if settings.keep_adapter and not settings.lora:
-        raise PicliError("--keep-adapter only applies with --lora", hint="add --lora")
+    from .modeling import check_loadable
+
+    settings.validate()
     checkpoint = resolve(model, on_event=on_event)
     if checkpoint.kind == "gguf":
         raise PicliError("finetune trains transformers checkpoints, not GGUF files",
                          hint="fine-tune the safetensors checkpoint the GGUF was made from")
+    check_loadable(checkpoint.path)  # safetensors (never a pickle) and a tokenizer, before any loading
     read_record(checkpoint.path)  # a broken record fails here, not at export after the training
     output = Path(output) if output else Path.cwd() / f"{checkpoint.name}-ft"
     output = output.resolve()
+    if output.exists() and not output.is_dir():
+        raise PicliError(f"the output {output} is a file, not a directory",
+                         hint="choose a directory for the fine-tuned model with -o/--output")
     if output == checkpoint.path or output.is_relative_to(checkpoint.path) or checkpoint.path.is_relative_to(output):
         raise PicliError("the output overlaps the source checkpoint", hint="choose another -o/--output")
     config = read_config(checkpoint.path)
     parameters = tensor_summary(checkpoint.path).parameter_count or 0
     seq_len = settings.seq_len or int(config.get("max_position_embeddings") or 0)
+    if seq_len < 2:
+        raise PicliError("cannot tell the sequence length from config.json", hint="pass --seq-len N")
     if plan_only:
         from .finetune_plan import plan
 

@@ -1,0 +1,267 @@
+"""Hostile input at the command line (issue 14): no pickle, options checked before any model
+loads, usage errors in picli's own form, odd Hub servers, odd side files and PICLI_HOME.
+
+Every case must end in exactly one `Error:` line with a `Hint:`, no traceback. Where the
+point is *when* the check happens (before the weights load), the loader is replaced by one
+that fails the test if it is ever reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from picli.cli import app
+from tests.conftest import FAMILY_CONFIGS, write_checkpoint
+
+runner = CliRunner()
+
+
+def one_line_error(result, needle: str, exit_code: int = 1) -> str:
+    """The failure is exactly one Error: line naming `needle`, a Hint:, and no traceback."""
+    stderr = result.stderr
+    assert result.exit_code == exit_code, (result.exit_code, stderr, result.exception)
+    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, stderr
+    assert needle in errors[0], stderr
+    assert "Hint:" in stderr and "Traceback" not in stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return errors[0]
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if anything tries to load weights or run a fine-tune."""
+    import picli.finetune
+    import picli.modeling
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(picli.modeling, "from_pretrained", refuse)
+    monkeypatch.setattr(picli.modeling, "load_model", refuse)
+    monkeypatch.setattr(picli.finetune, "run_finetune", refuse)
+
+
+def copy_model(source: Path, target: Path) -> Path:
+    return Path(shutil.copytree(source, target))
+
+
+# ---------------------------------------------------------------------------------------
+# 1. No pickle: verify and finetune load safetensors only.
+
+
+def pickle_only(tiny_model_dir: Path, target: Path, payload: bytes | None = None) -> Path:
+    """The tiny model with its weights as pytorch_model.bin (a real torch pickle, or `payload`)."""
+    import torch
+    from safetensors.torch import load_file
+
+    model = copy_model(tiny_model_dir, target)
+    weights = model / "model.safetensors"
+    if payload is None:
+        torch.save(load_file(str(weights)), model / "pytorch_model.bin")
+    else:
+        (model / "pytorch_model.bin").write_bytes(payload)
+    weights.unlink()
+    return model
+
+
+@pytest.mark.parametrize("payload", [None, b"\x80\x04 not a pickle at all"], ids=["real-pickle", "hostile-bytes"])
+def test_verify_refuses_pickle_weights_and_says_how_to_convert(tiny_model_dir, tmp_path, monkeypatch, payload):
+    import torch
+
+    model = pickle_only(tiny_model_dir, tmp_path / "bin-model", payload)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    result = runner.invoke(app, ["verify", str(model), "--quick", "--length", "128", "--no-save"])
+    line = one_line_error(result, "pytorch_model.bin")
+    assert "safetensors" in line and loads == []  # torch.load (pickle) was never called
+    assert "save_pretrained" in result.stderr and "docs/safety.md" in result.stderr
+
+
+def test_finetune_refuses_pickle_weights_before_training(tiny_model_dir, tmp_path, no_loading):
+    model = pickle_only(tiny_model_dir, tmp_path / "bin-model")
+    (tmp_path / "book.txt").write_text("the quick brown fox " * 50)
+    result = runner.invoke(app, ["finetune", str(model), "--data", str(tmp_path / "book.txt"),
+                                 "-o", str(tmp_path / "out")])
+    one_line_error(result, "pickle")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_conversion_the_hint_prints_gives_a_loadable_checkpoint(tiny_model_dir, tmp_path):
+    """The hint's snippet is runnable as printed and its output is what picli then accepts."""
+    from picli.modeling import check_loadable
+
+    model = pickle_only(tiny_model_dir, tmp_path / "bin-model")
+    result = runner.invoke(app, ["verify", str(model), "--quick", "--no-save"])
+    hint = next(line for line in result.stderr.splitlines() if line.startswith("Hint:"))
+    code = hint.split('python -c "', 1)[1].rsplit('"', 1)[0]
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+    converted = tmp_path / "bin-model-safetensors"
+    check_loadable(converted)
+    assert (converted / "model.safetensors").is_file() and not (converted / "pytorch_model.bin").exists()
+
+
+def test_loading_passes_use_safetensors(monkeypatch):
+    """Even past check_loadable (a folder with both), transformers is told: safetensors only."""
+    from picli import modeling
+
+    seen = {}
+
+    class Auto:
+        @staticmethod
+        def from_pretrained(path, **kwargs):
+            seen.update(kwargs)
+            return "model"
+
+    assert modeling.from_pretrained(Auto, "somewhere", "sdpa") == ("model", "sdpa")
+    assert seen["use_safetensors"] is True
+
+
+# ---------------------------------------------------------------------------------------
+# 2. verify without a tokenizer: one line, before the weights load.
+
+
+def test_verify_without_tokenizer_fails_before_loading(tiny_model_dir, tmp_path, no_loading):
+    model = copy_model(tiny_model_dir, tmp_path / "no-tokenizer")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (model / name).unlink(missing_ok=True)
+    result = runner.invoke(app, ["verify", str(model), "--quick", "--no-save"])
+    one_line_error(result, "no tokenizer")
+
+
+def test_a_broken_tokenizer_is_one_line(tiny_model_dir, tmp_path):
+    from picli.errors import PicliError
+    from picli.modeling import load_tokenizer
+
+    model = copy_model(tiny_model_dir, tmp_path / "bad-tokenizer")
+    (model / "tokenizer.json").write_text('{"model": {"type": "NoSuchModel"}}')
+    with pytest.raises(PicliError, match="cannot load the tokenizer") as caught:
+        load_tokenizer(model)
+    assert "\n" not in caught.value.message
+
+
+# ---------------------------------------------------------------------------------------
+# 3. Options validated before the model is loaded.
+
+FINETUNE_BAD = [
+    (["--lr", "-1"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--lr", "0"], "--lr"),  # an `lr or default` chain trained at 2e-5 instead
+    (["--lora", "--lora-rank", "0"], "--lora-rank"),
+    (["--dtype", "int8"], "--dtype"),
+    (["--attn", "bogus"], "--attn"),
+    (["--eval-every", "-1"], "--eval-every"),
+    (["--eval-every", "0"], "--eval-every"),  # `eval_every or ...` turned 0 into "never"
+    (["--save-every", "-5"], "--save-every"),
+    (["--seq-len", "1"], "--seq-len"),
+    (["--steps", "0"], "--steps"),
+    (["--warmup-steps", "-1"], "--warmup-steps"),
+    (["--micro-batch-size", "0"], "--micro-batch-size"),
+    (["--batch-size", "6", "--micro-batch-size", "4"], "not a multiple"),
+    (["--gradient-checkpointing", "maybe"], "--gradient-checkpointing"),
+]
+
+
+@pytest.mark.parametrize("args,needle", FINETUNE_BAD, ids=[" ".join(a) for a, _ in FINETUNE_BAD])
+def test_finetune_options_are_checked_before_loading(tiny_model_dir, tmp_path, no_loading, args, needle):
+    (tmp_path / "book.txt").write_text("the quick brown fox " * 50)
+    result = runner.invoke(app, ["finetune", str(tiny_model_dir), "--data", str(tmp_path / "book.txt"),
+                                 "-o", str(tmp_path / "out"), *args])
+    one_line_error(result, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_finetune_output_that_is_a_file(tiny_model_dir, tmp_path, no_loading):
+    (tmp_path / "book.txt").write_text("the quick brown fox " * 50)
+    target = tmp_path / "out"
+    target.write_text("my notes")
+    result = runner.invoke(app, ["finetune", str(tiny_model_dir), "--data", str(tmp_path / "book.txt"),
+                                 "-o", str(target)])
+    one_line_error(result, "is a file")
+    assert target.read_text() == "my notes"
+
+
+def test_train_settings_validate_is_the_one_place():
+    from picli.errors import PicliError
+    from picli.training import TrainSettings
+
+    TrainSettings().validate()  # the paper's defaults pass
+    TrainSettings(lr=1e-4, warmup_steps=0, save_every=0, lora=True, lora_rank=1).validate()
+    for bad in ({"lr": float("nan")}, {"lr": -2e-5}, {"lr": 0.0}, {"steps": 1.5}, {"seq_len": 1},
+                {"keep_adapter": True}, {"stop_when_verified": True}):
+        with pytest.raises(PicliError):
+            TrainSettings(**bad).validate()
+
+
+VERIFY_BAD = [
+    (["--length", "0"], "--length"),
+    (["--positions", "0"], "--positions"),
+    (["--trials", "0"], "--trials"),
+    (["--stride", "0"], "--stride"),
+    (["--max-tokens", "0", "--perplexity", "--data", "x.txt"], "--max-tokens"),
+    (["--dtype", "int8"], "--dtype"),
+    (["--device", "tpu"], "--device"),
+    (["--attn", "magic"], "--attn"),
+    (["--device-map", "balanced"], "--device-map"),
+    (["--batch-size", "0"], "--batch-size"),
+]
+
+
+@pytest.mark.parametrize("args,needle", VERIFY_BAD, ids=[" ".join(a) for a, _ in VERIFY_BAD])
+def test_verify_options_are_checked_before_resolving_or_loading(tmp_path, no_loading, monkeypatch, args, needle):
+    import picli.verify
+
+    def refuse(*a, **k):
+        raise AssertionError("MODEL was resolved before the options were checked")
+
+    monkeypatch.setattr(picli.verify, "resolve", refuse)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["verify", "some-model-that-does-not-exist", *args])
+    one_line_error(result, needle)
+
+
+# ---------------------------------------------------------------------------------------
+# 4. Usage errors: picli's one-line Error:/Hint: form, exit code 2.
+
+USAGE = [
+    (["verify", "--stride", "abc"], "--stride"),
+    (["finetune", "--steps", "1.5"], "--steps"),
+    (["extend", "some-model"], "--to"),
+    (["extend", "some-model", "--to", "8k", "--no-such-option"], "--no-such-option"),
+    (["no-such-command"], "no-such-command"),
+    (["push"], "REPO"),
+]
+
+
+@pytest.mark.parametrize("args", [a for a, _ in USAGE], ids=[" ".join(a) for a, _ in USAGE])
+def test_usage_errors_are_one_line_with_a_hint(args):
+    needle = dict((tuple(a), n) for a, n in USAGE)[tuple(args)]
+    result = runner.invoke(app, args)
+    line = one_line_error(result, needle, exit_code=2)
+    assert "Usage:" not in result.stderr and "Try '" not in result.stderr  # not Click's block
+    assert line.count("Error") == 1
+    hint = next(line for line in result.stderr.splitlines() if line.startswith("Hint:"))
+    assert "-h" in hint and "usage: picli" in hint
+
+
+def test_usage_error_in_a_real_process():
+    """Through `python -m picli` (standalone mode, sys.exit) as users run it."""
+    result = subprocess.run([sys.executable, "-m", "picli", "verify", "--stride", "abc"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[0].startswith("Error: Invalid value for '--stride'")
+    assert result.stderr.splitlines()[1].startswith("Hint: usage: picli verify")
+    bare = subprocess.run([sys.executable, "-m", "picli"], capture_output=True, text=True, timeout=60)
+    assert "Commands" in bare.stdout + bare.stderr  # a bare `picli` still shows the help
+    ok = subprocess.run([sys.executable, "-m", "picli", "inspect", "-h"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "Usage: picli inspect" in ok.stdout

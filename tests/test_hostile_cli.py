@@ -265,3 +265,60 @@ def test_usage_error_in_a_real_process():
     assert "Commands" in bare.stdout + bare.stderr  # a bare `picli` still shows the help
     ok = subprocess.run([sys.executable, "-m", "picli", "inspect", "-h"], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "Usage: picli inspect" in ok.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# 5. push: a server that is not quite the Hub, and branch names git would refuse.
+
+from tests.test_push import REPO, assert_clean_failure, env, extended_model, hub, model, picli  # noqa: E402,F401
+
+
+def test_push_to_an_endpoint_answering_200_with_html(model, hub, env, tmp_path):
+    hub.canned["/api/whoami-v2"] = (200, b"<html><body>Welcome to the proxy</body></html>", "text/html")
+    result = picli("push", str(model), REPO, env=env, cwd=tmp_path)
+    assert_clean_failure(result, "not JSON")
+    assert hub.url in result.stderr and "HF_ENDPOINT" in result.stderr
+
+
+def test_a_server_error_text_with_newlines_stays_on_one_line(model, hub, env, tmp_path):
+    text = "first line of the problem\nsecond line\r\n\n  third line"
+    hub.canned["/api/whoami-v2"] = (400, json.dumps({"error": text}).encode(), "application/json")
+    result = picli("push", str(model), REPO, env=env, cwd=tmp_path)
+    assert_clean_failure(result, "first line of the problem second line third line")
+    assert len(result.stderr.strip().splitlines()) == 2  # Error: and Hint:, nothing else
+
+
+def test_render_error_keeps_any_message_on_one_line(capsys):
+    from picli import render
+    from picli.errors import PicliError
+
+    render.error(PicliError("a\nb\r\nc", hint="d\ne"))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["Error: a b c", "Hint: d e"]
+
+
+BAD_REVISIONS = ["a..b", "..", "pi-16k/", "/pi", "a//b", ".hidden", "pi.lock", "a@{1}", "x/.y", "pi 16k", "pi~1",
+                 "pi^", "a:b", "pi.", "@", "-pi", "a\\b"]
+
+
+@pytest.mark.parametrize("revision", BAD_REVISIONS)
+def test_invalid_revisions_are_refused_before_any_request(model, revision):
+    from picli.errors import PicliError
+    from picli.hub import plan_push
+
+    with pytest.raises(PicliError, match="--revision") as caught:
+        plan_push(model, REPO, revision=revision)
+    assert "\n" not in caught.value.message
+
+
+def test_valid_revisions_pass(model):
+    from picli.hub import plan_push
+
+    for revision in ("pi-16k", "release/v1.2", "v1", "a_b.c"):
+        assert plan_push(model, REPO, revision=revision).revision == revision
+
+
+def test_revision_with_dots_makes_no_request(model, hub, env, tmp_path):
+    result = picli("push", str(model), REPO, "--revision", "../main", env=env, cwd=tmp_path)
+    assert_clean_failure(result, "--revision")
+    assert hub.requests == []

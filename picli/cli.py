@@ -319,6 +319,10 @@ def verify(
     wrote that checkpoint; a checkpoint of your own is only read unless you pass --save
     (or -o FILE to keep the record elsewhere).
 
+    Weights load from safetensors only: picli never unpickles a file, so a checkpoint with
+    only pytorch_model.bin is refused with the command that converts it (docs/safety.md).
+    Every option is checked before the model loads.
+
     Examples:
 
       picli verify --passkey
@@ -403,6 +407,10 @@ def finetune(
     steps from 10% of the LR, global batch 64, 1000 steps, sequence length = the window.
     Runs unchanged under `accelerate launch` or `torchrun` (DDP, FSDP). Checkpoints are
     atomic; Ctrl-C saves one; --resume continues exactly. The output keeps the PI config.
+
+    Weights load from safetensors only: picli never unpickles a file, so a checkpoint with
+    only pytorch_model.bin is refused with the command that converts it (docs/safety.md).
+    Every option is checked before the model loads.
 
     Examples:
 

@@ -74,6 +74,10 @@ def load_inputs(checkpoint_dir: Path) -> tuple[dict, dict | None, str | None]:
         existing = (checkpoint_dir / README).read_text(encoding="utf-8")
     except OSError:
         existing = None
+    except UnicodeDecodeError as exc:  # merging into it would mangle the user's text
+        raise CardError(f"{checkpoint_dir / README} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                        f"offset {exc.start})", hint="save README.md as UTF-8 (e.g. iconv -f latin1 -t utf-8), or "
+                        "move it away and picli writes a new card") from exc
     return record, verify_record, existing
 
 
@@ -178,7 +182,7 @@ def _source_license(record: dict) -> str | None:
             meta, _ = split_front_matter((Path(source_path) / README).read_text(encoding="utf-8"))
             if isinstance(meta.get("license"), str):
                 return meta["license"]
-        except (OSError, CardError):
+        except (OSError, UnicodeDecodeError, CardError):  # the source's card is only a hint for the license
             pass
     return KNOWN_LICENSES.get(record.get("base_model") or "")
 

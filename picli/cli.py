@@ -17,11 +17,55 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import __version__, render
 from .errors import PicliError
 
+# Typer bundles its own Click (never `import click`): its UsageError is BadParameter's base,
+# and ClickException the base of that.
+_UsageError = typer.BadParameter.__mro__[1]
+_ClickException = _UsageError.__mro__[1]
+
+
+def usage_error(exc) -> PicliError:
+    """A Click usage error (bad value, missing or unknown option) in picli's Error:/Hint: form."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    context = getattr(exc, "ctx", None)
+    if context is None:
+        return PicliError(message, hint="`picli -h` lists the commands")
+    usage = " ".join(context.get_usage().split())
+    usage = usage[len("Usage: "):] if usage.startswith("Usage: ") else usage
+    return PicliError(message, hint=f"usage: {usage}; `{context.command_path} -h` explains every option")
+
+
+class PicliGroup(TyperGroup):
+    """The app's group: usage errors print as one `Error:` line and a `Hint:`, like picli's
+    own errors (Click would print its usage block first), and still exit 2 (STYLE.md)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            # Non-standalone: Click raises its errors to us instead of printing them itself.
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `picli`: the help text itself
+                exc.show()
+            else:
+                render.error(usage_error(exc))
+            sys.exit(exc.exit_code)
+        except _ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            render.message("Aborted.")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=PicliGroup,
     name="picli",
     help="Extend the context window of RoPE language models by Position Interpolation "
     "(arXiv 2306.15595), verify the result, and publish it.",
@@ -219,10 +263,12 @@ def extend(
       picli extend model.Q4_K_M.gguf --to 16384
     """
     from .extend import apply_extend, plan_extend
-    from .provenance import remember_last
+    from .provenance import check_state_dir, remember_last
 
     target_window = parse_window(to)
     current = parse_window(from_window, "--from") if from_window is not None else None
+    if not dry_run:
+        check_state_dir()  # where the output is remembered: refused now, not after writing it
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
         plan = plan_extend(model, target_window, output=output, from_window=current, weights=weights,
                            max_position=max_position_embeddings, force=force, on_event=on_event)
@@ -302,6 +348,10 @@ def verify(
     wrote that checkpoint; a checkpoint of your own is only read unless you pass --save
     (or -o FILE to keep the record elsewhere).
 
+    Weights load from safetensors only: picli never unpickles a file, so a checkpoint with
+    only pytorch_model.bin is refused with the command that converts it (docs/safety.md).
+    Every option is checked before the model loads.
+
     Examples:
 
       picli verify --passkey
@@ -323,8 +373,6 @@ def verify(
 
     if quick:
         positions, trials = QUICK
-    if positions < 1 or trials < 1:
-        raise PicliError("--positions and --trials must be at least 1", hint="the paper uses 32 and 10")
     if heatmap and not (passkey or not perplexity):
         raise PicliError("--heatmap draws the passkey grid", hint="add --passkey")
     settings = VerifySettings(
@@ -380,7 +428,8 @@ def finetune(
     stop_when_verified: Annotated[bool, typer.Option("--stop-when-verified", help="Stop once the passkey retrieves "
                                                      "at every depth tested by the quick protocol (4 depths x 2 "
                                                      "keys; needs --eval-every, default 50).")] = False,
-    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps (default: 100).")] = None,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps (default: 100; "
+                                                      "0: only the final model).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in the output directory exactly.")] = False,
     plan: Annotated[bool, typer.Option("--plan", help="Estimate memory and time per step; train nothing.")] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 autocast on GPUs that have it), bfloat16, float16, "
@@ -401,6 +450,10 @@ def finetune(
     the Pile (docs/finetune.md shows how to point --data at it).
     Runs unchanged under `accelerate launch` or `torchrun` (DDP, FSDP). Checkpoints are
     atomic; Ctrl-C saves one; --resume continues exactly. The output keeps the PI config.
+
+    Weights load from safetensors only: picli never unpickles a file, so a checkpoint with
+    only pytorch_model.bin is refused with the command that converts it (docs/safety.md).
+    Every option is checked before the model loads.
 
     Examples:
 
@@ -423,7 +476,7 @@ def finetune(
         data=data, text_field=text_field, steps=steps, seq_len=parse_window(seq_len, "--seq-len") if seq_len else None,
         lr=lr, warmup_steps=warmup_steps, batch_size=batch_size, micro_batch_size=micro_batch_size, seed=seed,
         lora=lora, lora_rank=lora_rank, keep_adapter=keep_adapter, gradient_checkpointing=gradient_checkpointing,
-        eval_every=eval_every or (50 if stop_when_verified else None), stop_when_verified=stop_when_verified,
+        eval_every=eval_every if eval_every is not None else (50 if stop_when_verified else None), stop_when_verified=stop_when_verified,
         save_every=save_every if save_every is not None else 100, dtype=dtype, attention=attn, cpu=cpu,
     )
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:

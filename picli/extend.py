@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from . import rope
-from .checkpoint import Checkpoint, outside_links, read_config, read_json_file, require_shards, resolve
+from .checkpoint import (Checkpoint, length_setting, outside_links, read_config, read_json_file, require_shards,
+                         resolve)
 from .errors import CannotExtend, NotACheckpoint, OutputError, SelfCheckFailed
 from .events import Events
 from .files import (atomic_write_json, check_writable_parent, copy_file, staged_directory, staged_file,
@@ -156,6 +157,11 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
                       ("processor_config.json", "model_max_length"), ("processor_config.json", "max_length"),
                       ("preprocessor_config.json", "model_max_length"), ("preprocessor_config.json", "max_length")):
         side = new_files.get(name) or read_json_file(source / name)
+        try:
+            length_setting((side or {}).get(key))
+        except ValueError as exc:  # not ours to guess: copied as it is, and said
+            config_plan.warnings.append(f"{name} {key} {exc}; copied unchanged: set it to {target_window} "
+                                        "in the output")
         if isinstance(side, dict) and side.get(key) == config_plan.current_window:
             updated = dict(side)
             updated[key] = target_window

@@ -20,7 +20,6 @@ Every `save_every` steps (and on Ctrl-C / SIGTERM) a checkpoint is written atomi
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -85,9 +84,9 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
     import torch
     import transformers
     from accelerate import Accelerator
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from .modeling import from_pretrained
+    from .modeling import from_pretrained, load_tokenizer
 
     transformers.logging.set_verbosity_error()
     checkpoint_dir = latest_checkpoint(output) if resume else None
@@ -127,7 +126,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
                          f"({settings.micro_batch_size} x {world})", hint="choose a batch size divisible by that")
     accumulation = settings.batch_size // per_step
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)
     sequences = load_sequences(tokenizer, settings.data, settings.text_field, seq_len, events)
     train_ids, eval_ids = split_and_order(len(sequences), settings.seed, settings.eval_fraction)
     planned = data_reuse(len(train_ids), settings.steps, settings.batch_size, seq_len)
@@ -368,27 +367,21 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
                      plan_only: bool = False, force: bool = False, command: str = "picli finetune",
                      on_event: Events = None, given: set[str] = frozenset()) -> dict:
     from .checkpoint import effective_window, read_config, resolve, tensor_summary
-    from .provenance import read_record, remember_last
+    from .modeling import check_loadable
+    from .provenance import check_state_dir, read_record, remember_last
 
-    if settings.gradient_checkpointing not in ("auto", "on", "off"):
-        raise PicliError(f"--gradient-checkpointing must be auto, on or off, got {settings.gradient_checkpointing!r}",
-                         hint="auto turns it on above 4k tokens")
-    if settings.steps < 1 or (settings.batch_size is not None and settings.batch_size < 1) \
-            or settings.micro_batch_size < 1:
-        raise PicliError("--steps, --batch-size and --micro-batch-size must be at least 1", hint="e.g. --steps 200")
-    if settings.lr is not None and not (math.isfinite(settings.lr) and settings.lr > 0):
-        # --lr 0 used to mean "the default" (an `or` chain); it would train nothing at full cost.
-        raise PicliError(f"--lr must be a finite number > 0, got {settings.lr:g}",
-                         hint="the paper uses 2e-5 (1e-5 above 30B parameters); leave --lr out for that")
-    if settings.keep_adapter and not settings.lora:
-        raise PicliError("--keep-adapter only applies with --lora", hint="add --lora")
+    settings.validate()
     checkpoint = resolve(model, on_event=on_event)
     if checkpoint.kind == "gguf":
         raise PicliError("finetune trains transformers checkpoints, not GGUF files",
                          hint="fine-tune the safetensors checkpoint the GGUF was made from")
+    check_loadable(checkpoint.path)  # safetensors (never a pickle) and a tokenizer, before any loading
     read_record(checkpoint.path)  # a broken record fails here, not at export after the training
     output = Path(output) if output else Path.cwd() / f"{checkpoint.name}-ft"
     output = output.resolve()
+    if output.exists() and not output.is_dir():
+        raise PicliError(f"the output {output} is a file, not a directory",
+                         hint="choose a directory for the fine-tuned model with -o/--output")
     if output == checkpoint.path or output.is_relative_to(checkpoint.path) or checkpoint.path.is_relative_to(output):
         raise PicliError("the output overlaps the source checkpoint", hint="choose another -o/--output")
     config = read_config(checkpoint.path)
@@ -400,6 +393,7 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
         from .finetune_plan import plan
 
         return plan(checkpoint.path, config, parameters, seq_len, settings, on_event)
+    check_state_dir()  # the output is remembered there after training: refused now, not then
     if not resume:
         if not settings.data:
             raise PicliError("no training data given", hint="pass --data FILE|DIR|JSONL|hf:NAME")

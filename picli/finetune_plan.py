@@ -85,7 +85,7 @@ def probe_step(model_path: Path, tokens: int, settings: TrainSettings, on_event:
     if on_event:
         on_event({"kind": "message", "text": f"Timing one training step of {tokens} tokens"})
     device = "cuda" if torch.cuda.is_available() and not settings.cpu else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True).to(device)
     loss_module = build_loss_module(model).train()
     batch = torch.randint(0, model.config.vocab_size, (1, tokens), device=device)
     # The run computes in bf16 where accelerate turns autocast on; time it the same way.

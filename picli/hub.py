@@ -32,7 +32,7 @@ from . import rope
 from .checkpoint import index_shards, outside_links, read_config, safetensors_header
 from .errors import NotACheckpoint, PicliError
 from .events import Events
-from .hub_errors import PUSH_RETRY, HubCall, is_repo_id, translate
+from .hub_errors import PUSH_RETRY, HubCall, is_branch_name, is_repo_id, translate
 from .provenance import RecordError, is_picli_output
 
 # Never published: training state, picli's own bookkeeping and half-written files. The
@@ -238,9 +238,10 @@ def plan_push(
         raise PicliError(f"REPO must be a Hub repo id like your-name/model-16k, got {repo_id!r}",
                          hint="picli push [MODEL] NAMESPACE/NAME (NAMESPACE: your user name or an organization)")
     revision = None if revision in (None, "", "main") else revision
-    if revision and (revision.startswith("refs/") or not re.fullmatch(r"[\w.\-/]+", revision)):
-        raise PicliError(f"--revision must be a branch name, got {revision!r}",
-                         hint="e.g. --revision pi-16k; use --create-pr to open a pull request")
+    if revision and not is_branch_name(revision):
+        raise PicliError(f"--revision must be a branch name git accepts, got {revision!r}",
+                         hint="letters, digits and -_./ without `..`, `//`, a leading `-`/`.` or a trailing `/`, "
+                         "e.g. --revision pi-16k; use --create-pr to open a pull request")
     if create_pr and revision:
         raise PicliError("--create-pr opens a pull request against main; it cannot be combined with --revision",
                          hint="drop one of them")

@@ -13,6 +13,8 @@ huggingface_hub and httpx2 are imported inside the functions: `picli --help` sta
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 
 from .errors import PicliError
@@ -35,6 +37,18 @@ def is_repo_id(text: str) -> bool:
     except HFValidationError:
         return False
     return True
+
+
+def is_branch_name(text: str) -> bool:
+    """A branch name git (and so the Hub) accepts, by `git check-ref-format --branch`'s rules:
+    no `..`, `//`, `@{`, control characters, space, or any of ``~^:?*[\\``; no part that starts
+    with `.` or ends with `.lock`; neither starting with `-` or `/` nor ending with `/` or `.`;
+    not `@`. picli also keeps to ASCII letters, digits and `-_./`, and refuses `refs/...`."""
+    if not text or text == "@" or text.startswith(("-", "/", "refs/")) or text.endswith(("/", ".")):
+        return False
+    if not re.fullmatch(r"[A-Za-z0-9_.\-/]+", text) or ".." in text or "//" in text:
+        return False
+    return all(part and not part.startswith(".") and not part.endswith(".lock") for part in text.split("/"))
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,11 @@ def translate(exc: BaseException, call: HubCall) -> PicliError | None:
         inner = translate(exc.__cause__, call)  # huggingface_hub wraps a failed LFS upload
         if inner is not None:
             return inner
+    if isinstance(exc, json.JSONDecodeError):
+        # A proxy, captive portal or wrong HF_ENDPOINT answering 200 with a web page.
+        return PicliError(f"{host} answered with something that is not JSON, so it is not behaving like the "
+                          "Hugging Face Hub", hint="check HF_ENDPOINT (unset it for huggingface.co) and any proxy, "
+                          "then " + call.retry)
     if isinstance(exc, OfflineModeIsEnabled):
         return PicliError("offline mode is on (HF_HUB_OFFLINE=1)",
                           hint=step("unset HF_HUB_OFFLINE to push",
@@ -100,7 +119,7 @@ def translate(exc: BaseException, call: HubCall) -> PicliError | None:
         return PicliError(f"{repo} is not in the local Hugging Face cache and {where}",
                           hint=f"fetch it on a connected machine with: {call.fetch}")
     if isinstance(exc, BadRequestError) or (isinstance(exc, ValueError) and "Invalid metadata" in str(exc)):
-        detail = getattr(exc, "server_message", None) or str(exc).strip().splitlines()[-1]
+        detail = _one_line(getattr(exc, "server_message", None) or str(exc).strip().splitlines()[-1])
         return PicliError(f"the Hub rejected the request: {detail}",
                           hint=step("if it is about README.md, run `picli card MODEL --overwrite-card` and push again",
                                     "check the repo id and the revision after @"))
@@ -125,10 +144,16 @@ def translate(exc: BaseException, call: HubCall) -> PicliError | None:
         if status is not None and status >= 500:
             return PicliError(f"the Hub failed with {status}" + step(" during the push; nothing was committed", ""),
                               hint=call.retry)
-        return PicliError(f"the Hub answered {status} for {repo}: {exc.server_message or 'no detail'}",
+        return PicliError(f"the Hub answered {status} for {repo}: {_one_line(exc.server_message) or 'no detail'}",
                           hint=step("check REPO and the token's permissions", call.retry))
     if isinstance(exc, httpx2.TransportError):
         kind = "timed out" if isinstance(exc, httpx2.TimeoutException) else "connection failed"
         return PicliError(f"could not reach {host} ({kind})",
                           hint="check the network (and HF_ENDPOINT if set), then " + call.retry)
     return None
+
+
+def _one_line(text: str | None, limit: int = 300) -> str:
+    """A server's own text in an error line: newlines folded, and not a whole web page."""
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

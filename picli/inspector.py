@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from . import rope
-from .checkpoint import Checkpoint, TensorSummary, read_config, read_json_file, resolve, tensor_summary
+from .checkpoint import (Checkpoint, TensorSummary, length_setting, read_config, read_json_file, resolve,
+                         tensor_summary)
 from .errors import CannotExtend
 from .events import Events
 from .modeling import kv_cache_bytes
@@ -80,9 +81,12 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
         reason = CannotExtend(f"already uses {state.scaling_type} scaling; linear PI on top is a different scheme "
                               "(--force replaces it)")
     tokenizer = read_json_file(path / "tokenizer_config.json") or {}
-    max_length = tokenizer.get("model_max_length")
-    if isinstance(max_length, (int, float)) and max_length > 1e12:
-        max_length = None  # transformers' "no limit" sentinel
+    try:
+        max_length = length_setting(tokenizer.get("model_max_length"))  # None: absent or "no limit"
+    except ValueError as exc:
+        max_length = None
+        warnings.append(f"tokenizer_config.json model_max_length {exc}: tokenizers may fail or truncate; "
+                        "set it to the window")
     rope_view: dict[str, Any] = {}
     runtimes: dict[str, dict] = {}
     kv: dict[int, int] = {}
@@ -122,7 +126,7 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
         architecture=(config.get("architectures") or [None])[0], model_type=config.get("model_type", "?"),
         parameters=summary.parameter_count, dtypes=summary.dtypes, files=summary.files, shards=summary.shards,
         size_bytes=summary.total_bytes, rope=rope_view,
-        tokenizer_max_length=int(max_length) if max_length else None,
+        tokenizer_max_length=max_length,
         can_extend=reason is None, cannot_extend_reason=reason.message if reason else None,
         kv_cache_bytes=kv, runtimes=runtimes, provenance=_provenance(record), warnings=warnings, check=check,
     )

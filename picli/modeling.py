@@ -21,6 +21,15 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTIONS = ("sdpa", "flash_attention_2", "eager")
 HEAD_ELEMENTS = 2 ** 25  # float32 logits per lm_head call: 128 MiB, whatever the vocabulary
+# Weight files torch reads with pickle: picli never loads them (docs/safety.md).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# Any of these lets AutoTokenizer build a tokenizer without a network call or remote code.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "tiktoken.model", "vocab.json",
+                   "vocab.txt")
+CONVERT_HINT = ("convert it once, where you trust the file: python -c \"from transformers import "
+                "AutoModelForCausalLM as M, AutoTokenizer as T; d={path!r}; o=d.rstrip('/')+'-safetensors'; "
+                "M.from_pretrained(d).save_pretrained(o, safe_serialization=True); "
+                "T.from_pretrained(d).save_pretrained(o)\" (docs/safety.md)")
 
 
 class OutOfMemory(PicliError):
@@ -41,11 +50,64 @@ class LoadedModel:
         return self.model.config
 
 
+def check_options(device: str | None = None, dtype: str | None = None, attention: str | None = None,
+                  device_map: str | None = None) -> None:
+    """The names verify and finetune accept for how a model runs, checked before anything loads
+    (None: not an option of the caller). The one place each rule lives; load_model repeats it."""
+    if device is not None and device not in DEVICES:
+        raise PicliError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}", hint="e.g. --device cpu")
+    if dtype is not None and dtype not in DTYPES:
+        raise PicliError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}", hint="e.g. --dtype bfloat16")
+    if attention is not None and attention not in ATTENTIONS:
+        raise PicliError(f"--attn must be one of {', '.join(ATTENTIONS)}, got {attention!r}", hint="sdpa works everywhere")
+    if attention == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise PicliError("--attn flash_attention_2 needs the flash-attn package", hint="pip install flash-attn, or use --attn sdpa")
+    if device_map not in (None, "auto"):
+        raise PicliError(f"--device-map must be auto, got {device_map!r}", hint="omit it to use one device")
+
+
+def check_loadable(path: Path) -> None:
+    """Before a weight is read: safetensors weights (picli never unpickles a .bin) and a tokenizer.
+
+    transformers would load pytorch_model.bin with torch.load (weights_only, but pickle all the
+    same) and fail with an UnpicklingError traceback on a hostile file; without a tokenizer it
+    fails only after the weights are loaded. Both are said here, in one line, first.
+    """
+    path = Path(path)
+    names = {child.name for child in path.iterdir()} if path.is_dir() else set()
+    if not any(name.endswith(".safetensors") for name in names):
+        pickled = sorted(name for name in names if name.endswith(PICKLE_SUFFIXES) and name != "training_args.bin")
+        if pickled:
+            raise PicliError(f"{path.name} has only pickle weights ({', '.join(pickled[:3])}"
+                             f"{', ...' if len(pickled) > 3 else ''}); picli loads safetensors only and never "
+                             "unpickles a file", hint=CONVERT_HINT.format(path=str(path)))
+        raise PicliError(f"{path.name} has no weight files (*.safetensors)",
+                         hint="download the complete checkpoint, or pass the directory that holds the weights")
+    if not names.intersection(TOKENIZER_FILES):
+        raise PicliError(f"{path.name} has no tokenizer ({', '.join(TOKENIZER_FILES[:3])}, ...), so no text can be "
+                         "scored", hint="copy the tokenizer files of the base model into it (AutoTokenizer.from_pretrained"
+                         "(BASE).save_pretrained(DIR))")
+
+
+def load_tokenizer(path: Path):
+    """AutoTokenizer from the checkpoint's own files; a broken or missing tokenizer is one line."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise PicliError(f"cannot load the tokenizer of {Path(path).name}: {detail}",
+                         hint="copy the tokenizer files of the base model into it") from exc
+
+
 def pick_device(device: str) -> str:
     import torch
 
-    if device not in DEVICES:
-        raise PicliError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}", hint="e.g. --device cpu")
+    check_options(device=device)
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -60,8 +122,7 @@ def pick_device(device: str) -> str:
 def pick_dtype(dtype: str, device: str):
     import torch
 
-    if dtype not in DTYPES:
-        raise PicliError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}", hint="e.g. --dtype bfloat16")
+    check_options(dtype=dtype)
     if dtype != "auto":
         return getattr(torch, dtype)
     if device == "cuda":
@@ -75,7 +136,9 @@ def from_pretrained(auto_class, path, attention: str, **kwargs):
 
     SDPA is picli's default because it works for nearly every family at long lengths; a few
     (gemma2 in transformers 5) refuse it at load time, and eager is then the only choice.
+    Weights are read from safetensors only (use_safetensors): never a pickle (check_loadable).
     """
+    kwargs["use_safetensors"] = True
     try:
         return auto_class.from_pretrained(path, attn_implementation=attention, **kwargs), attention
     except ValueError as exc:
@@ -88,20 +151,15 @@ def load_model(path: Path, device: str = "auto", dtype: str = "auto", attention:
                device_map: str | None = None) -> LoadedModel:
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     transformers.logging.set_verbosity_error()
     if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":
         transformers.utils.logging.disable_progress_bar()
-    if attention not in ATTENTIONS:
-        raise PicliError(f"--attn must be one of {', '.join(ATTENTIONS)}, got {attention!r}", hint="sdpa works everywhere")
-    if attention == "flash_attention_2":
-        import importlib.util
-
-        if importlib.util.find_spec("flash_attn") is None:
-            raise PicliError("--attn flash_attention_2 needs the flash-attn package", hint="pip install flash-attn, or use --attn sdpa")
-    if device_map not in (None, "auto"):
-        raise PicliError(f"--device-map must be auto, got {device_map!r}", hint="omit it to use one device")
+    check_options(device, dtype, attention, device_map)
+    check_loadable(path)
+    # The tokenizer first: a broken one fails in a second, not after the weights have loaded.
+    tokenizer = load_tokenizer(path)
     chosen_device = pick_device(device) if device_map is None else "cuda"
     torch_dtype = pick_dtype(dtype, chosen_device)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
@@ -115,7 +173,6 @@ def load_model(path: Path, device: str = "auto", dtype: str = "auto", attention:
     if not device_map:
         model.to(chosen_device)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
     input_device = next(model.parameters()).device
     return LoadedModel(model, tokenizer, input_device, torch_dtype, attention, Path(path))
 

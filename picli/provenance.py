@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ModelNotFound, NotACheckpoint
+from .errors import ModelNotFound, NotACheckpoint, PicliError
 from .files import atomic_write_json
 
 RECORD = "picli.json"
@@ -361,7 +361,17 @@ def _results(measured: Any, value: str, path: Path, where: str) -> list[dict]:
 # The last output written in this working directory.
 
 
+def check_state_dir(cwd: Path | None = None) -> None:
+    """.picli here must be a directory for last.json: checked before a command's work, so a file
+    of that name fails in a second instead of after the output was written."""
+    state = (cwd or Path.cwd()) / STATE_DIR
+    if (state.exists() or state.is_symlink()) and not state.is_dir():
+        raise PicliError(f"{state} is not a directory, so picli cannot remember its output here "
+                         f"({LAST})", hint=f"rename or remove {state}, or run picli from another directory")
+
+
 def remember_last(output: Path, command: str, cwd: Path | None = None) -> Path:
+    check_state_dir(cwd)
     path = (cwd or Path.cwd()) / LAST
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"path": str(output.resolve()), "command": command, "time": now()})

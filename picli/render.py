@@ -43,10 +43,15 @@ def warning(text: str) -> None:
 
 
 def error(exc: PicliError) -> None:
+    """`Error:` and `Hint:`, one line each, whatever text (a server's, a file's) they carry."""
     console = err()
-    console.print(f"[red]Error:[/] {escape(exc.message)}")
+    console.print(f"[red]Error:[/] {escape(one_line(exc.message))}", soft_wrap=True)
     if exc.hint:
-        console.print(f"[dim]Hint:[/] {escape(exc.hint)}")
+        console.print(f"[dim]Hint:[/] {escape(one_line(exc.hint))}", soft_wrap=True)
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def human_bytes(size: float | None) -> str:

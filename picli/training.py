@@ -42,6 +42,42 @@ class TrainSettings:
     attention: str = "sdpa"
     cpu: bool = False
 
+    def validate(self) -> None:
+        """Every option, before MODEL is resolved or loaded: a bad value costs a second, not a
+        model load (the one place these rules live; finetune_command calls it first)."""
+        import math
+
+        from .modeling import check_options
+
+        def whole(option: str, value, least: int, hint: str) -> None:
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+                raise PicliError(f"{option} must be a whole number of at least {least}, got {value!r}", hint=hint)
+
+        whole("--steps", self.steps, 1, "the paper trains 1000 steps; ~200 already reach the window")
+        whole("--batch-size", self.batch_size, 1, "omit it for the paper's: 64 at 8192 tokens, 128 otherwise")
+        whole("--micro-batch-size", self.micro_batch_size, 1, "1 fits the most memory")
+        whole("--warmup-steps", self.warmup_steps, 0, "the paper uses 20; 0 means no warmup")
+        whole("--seq-len", self.seq_len, 2, "omit it to train at the model's window")
+        whole("--lora-rank", self.lora_rank, 1, "e.g. --lora-rank 16")
+        whole("--eval-every", self.eval_every, 1, "e.g. --eval-every 50, or omit it")
+        whole("--save-every", self.save_every, 0, "e.g. --save-every 100; 0 saves only the final model")
+        # `not lr > 0` is also true for NaN; an `lr or default` would turn 0 into the default.
+        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
+                                    or not math.isfinite(self.lr) or not self.lr > 0):
+            raise PicliError(f"--lr must be a positive finite number, got {self.lr!r}",
+                             hint="the paper uses 2e-5 (1e-5 above 30B parameters); omit it for that default")
+        if self.batch_size is not None and self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            raise PicliError(f"--batch-size {self.batch_size} is not a multiple of --micro-batch-size "
+                             f"{self.micro_batch_size}", hint="choose a batch size divisible by the micro-batch size")
+        if self.gradient_checkpointing not in ("auto", "on", "off"):
+            raise PicliError(f"--gradient-checkpointing must be auto, on or off, got {self.gradient_checkpointing!r}",
+                             hint="auto turns it on above 4k tokens")
+        if self.keep_adapter and not self.lora:
+            raise PicliError("--keep-adapter only applies with --lora", hint="add --lora")
+        if self.stop_when_verified and not self.eval_every:
+            raise PicliError("--stop-when-verified needs --eval-every N", hint="e.g. --eval-every 50")
+        check_options(dtype=self.dtype, attention=self.attention)
+
 
 # PI paper, section 3.1: "For extending 7B, 13B and 33B models to the 8192 context window size,
 # we use 32 A100 GPUs and 64 global batch size. For all other cases we use 128 A100 GPUs and 128

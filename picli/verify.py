@@ -57,6 +57,31 @@ class VerifySettings:
         return {"device": self.device, "dtype": self.dtype, "attention": self.attention,
                 "device_map": self.device_map, "batch_size": self.batch_size}
 
+    def validate(self) -> None:
+        """Every option, before MODEL is resolved or loaded: a typo costs a second, not a load."""
+        from .modeling import check_options
+
+        if not self.passkey and not self.perplexity:
+            raise PicliError("nothing to verify", hint="pass --passkey, --perplexity --data FILE, or both")
+        if self.perplexity and not self.data:
+            raise PicliError("--perplexity needs text to score", hint="pass --data FILE|DIR|JSONL|hf:NAME")
+        if any(not _whole(length) or length < 1 for length in self.lengths or ()):
+            raise PicliError(f"--length must be a positive number of tokens, got {list(self.lengths)}",
+                             hint="e.g. --length 8192")
+        for option, value, least, hint in (
+                ("--stride", self.stride, 1, "the paper uses 256"),
+                ("--max-tokens", self.max_tokens, 1, "omit it to score all of --data"),
+                ("--positions", self.protocol.positions, 1, "the paper uses 32"),
+                ("--trials", self.protocol.trials, 1, "the paper uses 10"),
+                ("--batch-size", self.batch_size, 1, "omit it: picli fits as many trials as memory allows")):
+            if value is not None and (not _whole(value) or value < least):
+                raise PicliError(f"{option} must be a whole number of at least {least}, got {value!r}", hint=hint)
+        check_options(self.device, self.dtype, self.attention, self.device_map)
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 @dataclass(frozen=True)
 class ModelRun:
@@ -83,21 +108,19 @@ class VerifyReport:
 
 
 def resolve_model(model: str | None, on_event: Events) -> Checkpoint:
+    from .modeling import check_loadable
+
     checkpoint = resolve(model, on_event=on_event)
     if checkpoint.kind == "gguf":
         raise PicliError("verify runs transformers checkpoints, not GGUF files",
                          hint="verify the safetensors checkpoint the GGUF was made from")
+    check_loadable(checkpoint.path)  # safetensors and a tokenizer, before minutes of anything
     return checkpoint
 
 
 def run_verify(model: str | None, settings: VerifySettings = VerifySettings(), *, save: bool | None = None,
                save_to: Path | None = None, command: str = "picli verify", on_event: Events = None) -> VerifyReport:
-    if not settings.passkey and not settings.perplexity:
-        raise PicliError("nothing to verify", hint="pass --passkey, --perplexity --data FILE, or both")
-    if settings.perplexity and not settings.data:
-        raise PicliError("--perplexity needs text to score", hint="pass --data FILE|DIR|JSONL|hf:NAME")
-    if settings.stride <= 0:
-        raise PicliError(f"--stride must be positive, got {settings.stride}", hint="the paper uses 256")
+    settings.validate()
     chosen = [option for option, value in (("--doc-tokens", settings.doc_tokens),
                                            ("--min-doc-tokens", settings.min_doc_tokens),
                                            ("--sample-docs", settings.sample_docs)) if value is not None]
@@ -113,8 +136,6 @@ def run_verify(model: str | None, settings: VerifySettings = VerifySettings(), *
     into_model = _saves_into_model(checkpoint, save, save_to, on_event)
     window = _window(checkpoint.path)
     lengths = sorted(set(settings.lengths or [window]))
-    if any(length <= 0 for length in lengths):
-        raise PicliError("--length must be positive", hint=f"e.g. --length {window}")
     documents = None
     if settings.perplexity:
         from .textdata import load_texts

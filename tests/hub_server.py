@@ -21,7 +21,8 @@ is importable). Bound to 127.0.0.1 on a free port; repos, commits and objects ar
 disk under `root`. Bearer tokens are checked on every API call, private repos answer 404 to
 anyone else, and errors carry the X-Error-Code headers the client turns into typed errors.
 Tests can make the next commit(s) fail (`fail_commits`) to interrupt an upload after the
-LFS objects went up, and read `requests` / `lfs_puts` to see what the client sent.
+LFS objects went up, answer a path with canned bytes (`canned`: a 200 that is not JSON, an
+error whose text has newlines), and read `requests` / `lfs_puts` to see what the client sent.
 
 Run it by hand (prints its URL):  python -m tests.hub_server /tmp/hub TOKEN
 """
@@ -66,6 +67,9 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []
         self.lfs_puts: list[str] = []
         self.fail_commits = 0
+        # path -> (status, body bytes, content type): answered instead of the real endpoint, to
+        # play a server that is not quite the Hub (200 with HTML, an error text with newlines).
+        self.canned: dict[str, tuple[int, bytes, str]] = {}
         self.server: http.server.ThreadingHTTPServer | None = None
         self.url = ""
 
@@ -169,7 +173,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
               error_message: str | None = None, headers: dict | None = None) -> None:
         body = raw if raw is not None else json.dumps(payload if payload is not None else {}).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream" if raw is not None else "application/json")
+        headers = dict(headers or {})
+        self.send_header("Content-Type", headers.pop("Content-Type", None)
+                         or ("application/octet-stream" if raw is not None else "application/json"))
         self.send_header("Content-Length", str(len(body)))
         if error_code:
             self.send_header("X-Error-Code", error_code)
@@ -212,6 +218,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self._body() if self.command in ("POST", "PUT") else b""
         with self.fake.lock:
             self.fake.requests.append((self.command, parts.path))
+        canned = self.fake.canned.get(parts.path)
+        if canned is not None:
+            status, raw, content_type = canned
+            return self._send(status, raw=raw, headers={"Content-Type": content_type})
         for pattern, handler in routes:
             match = re.fullmatch(pattern, parts.path)
             if match:

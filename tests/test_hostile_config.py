@@ -303,7 +303,7 @@ def test_self_check_fails_on_nan_frequencies(checkpoint, workdir, monkeypatch):
 @pytest.mark.parametrize("lr", ["0", "-1e-5", "nan", "inf"])
 def test_finetune_lr_refused_before_loading(lr, checkpoint, workdir):
     result = run("finetune", checkpoint, "--lr", lr, "--plan", "-o", workdir / "ft")
-    assert_one_line_error(result, ["--lr must be a finite number > 0"])
+    assert_one_line_error(result, ["--lr must be a positive finite number"])
     assert not (workdir / "ft").exists()
 
 

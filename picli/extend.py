@@ -252,8 +252,7 @@ def _plan_gguf(checkpoint, target_window, output, from_window, max_position, for
     warnings = [] if same else [f"--force: replacing {previous_type} scaling with {method} from {current_window} tokens"]
     updates: dict[str, tuple[str, Any]] = {context_key: ("UINT32", context_after)}
     if method == "ntk":
-        rotary_dim = int(meta.get(key(".dimension_count")) or meta.get(f"{arch}.attention.key_length")
-                         or int(meta[f"{arch}.embedding_length"]) // int(meta[f"{arch}.attention.head_count"]))
+        rotary_dim = _gguf_rotary_dim(meta, arch)
         if rotary_dim <= 2:
             raise CannotExtend(f"--method ntk needs a rotary dimension above 2, this model rotates {rotary_dim}",
                                hint="use --method linear")
@@ -289,6 +288,19 @@ def _plan_gguf(checkpoint, target_window, output, from_window, max_position, for
         files=[FileAction(output.name, info.file_size, "rewrite"), FileAction(sidecar_path(output).name, 0, "rewrite")],
         new_files={}, gguf_updates=updates, warnings=warnings, method=method, parameters=parameters,
     )
+
+
+def _gguf_rotary_dim(meta: dict, arch: str) -> int:
+    """d of ntk's s^(d/(d-2)): rope.dimension_count, else the head dimension."""
+    heads = meta.get(f"{arch}.attention.head_count")
+    head_dim = meta.get(f"{arch}.attention.key_length") or (
+        int(meta[f"{arch}.embedding_length"]) // int(heads)
+        if isinstance(heads, int) and heads > 0 and f"{arch}.embedding_length" in meta else None)
+    rotary_dim = meta.get(f"{arch}.rope.dimension_count") or head_dim
+    if not isinstance(rotary_dim, int) or isinstance(rotary_dim, bool) or rotary_dim <= 0:
+        raise CannotExtend(f"this GGUF does not say its rotary dimension ({arch}.rope.dimension_count), which "
+                           "--method ntk needs", hint="use --method linear or yarn, or extend the HF checkpoint")
+    return rotary_dim
 
 
 def apply_extend(plan: ExtendPlan, command: list[str], on_event: Events = None) -> ExtendResult:

@@ -320,3 +320,98 @@ def test_gguf_ntk(tmp_path, workdir):
     assert meta["llama.rope.freq_base"] == pytest.approx(10000.0 * 8 ** (64 / 62), rel=1e-6)
     assert_clean_error(run("extend", "n.gguf", "--to", 16384, "-o", "l.gguf"), "already uses ntk")
     assert_clean_error(run("extend", source, "--to", 1024, "-o", "s.gguf", "--method", "ntk"), "< 1")
+
+
+# ---------------------------------------------------------------------------------------
+# Older readers: transformers 4.44.2 and 4.57.1 compute what picli wrote (slow: subprocesses).
+
+COMPAT_READER = """
+import json, sys
+sys.path.append(sys.argv[1])  # torch from the main environment, after this environment's own packages
+import transformers
+from transformers import AutoConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+for path in sys.argv[2:]:
+    config = AutoConfig.from_pretrained(path)
+    scaling = getattr(config, "rope_scaling", None) or {}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    theta = getattr(config, "rope_theta", None) or getattr(config, "rotary_emb_base", None)
+    inv_freq, attention = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu") if rope_type != "default" else (None, 1.0)
+    print(json.dumps({"rope_type": rope_type, "theta": theta, "attention": attention,
+                      "inv_freq": None if inv_freq is None else inv_freq.tolist()}))
+"""
+
+
+def _older_reader(version, outputs):
+    """What transformers `version` computes for each output, in one subprocess."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from tests.test_compat import _python
+
+    python = _python(version)
+    torch_site = str(Path(torch.__file__).resolve().parent.parent)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run([str(python), "-c", COMPAT_READER, torch_site, *map(str, outputs)], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [json.loads(line) for line in result.stdout.strip().splitlines()[-len(outputs):]]
+
+
+def _version(text):
+    return tuple(int(part) for part in text.split("."))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["target", "original"])
+@pytest.mark.parametrize("version", ["4.44.2", "4.57.1"])
+def test_older_transformers_compute_picli_yarn(version, layout, family_checkpoints, tmp_path):
+    """4.51+ read the default layout as meant; 4.44-4.50 build the ramp at max_position_embeddings
+    (the target), which the original layout gets right: exactly what yarn_readers states."""
+    cases = []
+    for name in UNSCALED:
+        config = json.loads((family_checkpoints[name] / "config.json").read_text())
+        first = max(rope.methods.yarn_min_transformers(config), {"gemma3_text": "4.50.0", "qwen3": "4.51.0"}.get(
+            config["model_type"], "0.0.0"), key=_version)
+        if _version(version) < _version(first):
+            continue
+        state = rope.read_state(config)
+        output = tmp_path / f"{name}-{layout}"
+        result = run("extend", family_checkpoints[name], "--to", state.window * 4, "-o", output, "--method", "yarn",
+                     "--max-position-embeddings", layout)
+        assert result.exit_code == 0, result.stderr
+        cases.append((name, state, output))
+    for (name, state, _), read in zip(cases, _older_reader(version, [output for *_, output in cases])):
+        assert read["rope_type"] == "yarn" and float(read["theta"]) == state.theta, (name, read)
+        assert read["attention"] == pytest.approx(0.1 * math.log(4) + 1, rel=1e-9), name
+        # 4.44-4.50 ignore original_max_position_embeddings: the ramp is built at max_position_embeddings.
+        ramp_window = state.window * 4 if (layout == "target" and _version(version) < (4, 51)) else state.window
+        expected = rope.yarn_inverse_frequencies(state.theta, state.rotary_dim, 4.0, ramp_window)
+        np.testing.assert_allclose(read["inv_freq"], expected, rtol=1e-6, err_msg=name)
+        if ramp_window != state.window:  # the deviation is real, not within rounding
+            meant = rope.yarn_inverse_frequencies(state.theta, state.rotary_dim, 4.0, state.window)
+            assert not np.allclose(read["inv_freq"], meant, rtol=1e-3), name
+    checked = len(cases)
+    assert checked >= (2 if version == "4.44.2" else 8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["4.44.2", "4.57.1"])
+def test_older_transformers_read_ntk_theta(version, family_checkpoints, tmp_path):
+    cases = []
+    for name in UNSCALED:
+        config = json.loads((family_checkpoints[name] / "config.json").read_text())
+        introduced = {"qwen3": "4.51.0", "gemma3_text": "4.50.0"}.get(config["model_type"], "4.0.0")
+        if _version(version) < _version(introduced):
+            continue
+        state = rope.read_state(config)
+        output = tmp_path / name
+        assert run("extend", family_checkpoints[name], "--to", state.window * 4, "-o", output, "--method",
+                   "ntk").exit_code == 0
+        cases.append((name, state, output))
+    for (name, state, _), read in zip(cases, _older_reader(version, [output for *_, output in cases])):
+        assert read["rope_type"] == "default", (name, read)
+        assert float(read["theta"]) == pytest.approx(rope.ntk_theta(state.theta, 4.0, state.rotary_dim), rel=1e-12)
+    checked = len(cases)
+    assert checked >= 6

@@ -161,9 +161,22 @@ YARN_CUSTOM_KEYS = ("attention_factor", "mscale", "mscale_all_dim")
 # raise ValueError), so yarn cannot be expressed for their 4.x readers.
 YARN_REJECTED_BY_4X = {"olmo": "4.x OLMo configs accept only linear and dynamic rope_scaling",
                        "olmo2": "4.x OLMo 2 configs accept only linear and dynamic rope_scaling"}
-# The generic RoPE functions (with yarn) reached llama in 4.43 and gpt_neox, phi, stablelm,
-# persimmon and falcon in 4.45 (their 4.44 configs reject yarn): 4.45 is the floor picli states.
-YARN_FIRST_4X = "4.45.0"
+# The generic RoPE functions (with yarn) reached llama in 4.43 (4.44.2 is tested) and gpt_neox,
+# phi, stablelm, persimmon and falcon in 4.45 (their 4.44 configs reject yarn); the other
+# families' own first release that applies rope_scaling is later still.
+YARN_FIRST_4X = {"llama": "4.44.0"}
+YARN_FIRST_4X_DEFAULT = "4.45.0"
+
+
+def yarn_min_transformers(config: dict) -> str:
+    """The first 4.x release that computes yarn for this config's family at all."""
+    first = YARN_FIRST_4X.get(config.get("model_type", ""), YARN_FIRST_4X_DEFAULT)
+    return max(family_of(config).min_transformers, first, key=_version)
+
+
+# Config classes that store head_dim = None when config.json leaves it out (4.57's Mistral and
+# Mixtral): their yarn function multiplies that None and fails, so picli writes head_dim out.
+YARN_NEEDS_HEAD_DIM = {"mistral", "mixtral"}
 
 
 def yarn_attention_factor(factor: float) -> float:
@@ -414,12 +427,14 @@ def _plan_yarn(config, state, family, target_window, previous, from_window, keep
     if "original_max_position_embeddings" in config:
         new["original_max_position_embeddings"] = int(original_window)
     new["max_position_embeddings"] = _window_after(config, keep_max_position, target_window, current_window)
+    if state.model_type in YARN_NEEDS_HEAD_DIM and config.get("head_dim") is None:
+        new["head_dim"] = state.head_dim
     layout = "original" if keep_max_position else "target"
     parameters = {"factor": factor, "original_max_position_embeddings": int(original_window),
                   "beta_fast": YARN_BETA_FAST, "beta_slow": YARN_BETA_SLOW,
                   "attention_factor": yarn_attention_factor(factor), "max_position_embeddings": layout,
                   "readers": yarn_readers(layout),
-                  "min_transformers": max(family.min_transformers, YARN_FIRST_4X, key=_version)}
+                  "min_transformers": yarn_min_transformers(config)}
     return ConfigPlan(config=new, factor=factor, previous_factor=previous_factor, previous_type=previous,
                       current_window=current_window, target_window=target_window, original_window=int(original_window),
                       theta=theta, changes=_changes(config, new), warnings=warnings, method="yarn",

@@ -323,6 +323,52 @@ def test_gguf_ntk(tmp_path, workdir):
 
 
 # ---------------------------------------------------------------------------------------
+# The card follows the method; fine-tuning keeps it in both schemas.
+
+
+def test_card_method_paragraph(family_checkpoints, workdir):
+    assert run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", workdir / "y", "--method", "yarn").exit_code == 0
+    card = run("card", workdir / "y", "--dry-run")
+    assert card.exit_code == 0, card.stderr
+    text = card.stdout
+    assert "by YaRN ([Peng et al. 2023](https://arxiv.org/abs/2309.00071)), factor **4**" in text
+    assert "## Method" in text and "0.1 ln 4 + 1 = 1.1386" in text
+    assert "--rope-scaling yarn --rope-scale 4 --yarn-orig-ctx 2048" in text
+    assert "--max-model-len 8192" in text and "transformers 4.45-4.50" in text
+    assert "linear Position Interpolation (PI" not in text.split("## What was done")[0]
+
+    assert run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", workdir / "n", "--method", "ntk").exit_code == 0
+    text = run("card", workdir / "n", "--dry-run").stdout
+    theta = 10000.0 * 4 ** (16 / 14)
+    assert "static NTK-aware RoPE scaling" in text and f"theta 10000 -> {theta:.6g}" in text
+    assert f"--rope-freq-base {theta:.6g}" in text and "d = 16 rotary dimensions" in text
+
+    assert run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", workdir / "l").exit_code == 0
+    assert "## Method" not in run("card", workdir / "l", "--dry-run").stdout
+
+
+def test_finetune_keeps_yarn_in_both_schemas(tiny_model_dir, tmp_path):
+    extended = tmp_path / "yarn"
+    assert run("extend", tiny_model_dir, "--to", 1024, "-o", extended, "--method", "yarn").exit_code == 0
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The grass is green. The sky is blue. " * 400)
+    tuned = tmp_path / "ft"
+    result = run("finetune", extended, "--data", corpus, "--seq-len", 64, "--steps", 1, "--batch-size", 2, "--cpu",
+                 "-o", tuned)
+    assert result.exit_code == 0, result.stderr
+    config = json.loads((tuned / "config.json").read_text())
+    assert config["rope_scaling"] == {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 512,
+                                      "beta_fast": 32.0, "beta_slow": 1.0}
+    assert config["rope_parameters"]["rope_type"] == "yarn" and config["rope_parameters"]["factor"] == 2.0
+    assert config["rope_parameters"]["original_max_position_embeddings"] == 512
+    assert json.loads((tuned / "picli.json").read_text())["rope"]["type"] == "yarn"
+    truth = rotary_truth(tuned)["all"]
+    assert truth[1] == pytest.approx(0.1 * math.log(2) + 1)
+    torch.testing.assert_close(truth[0], torch.tensor(rope.yarn_inverse_frequencies(10000.0, 8, 2.0, 512),
+                                                      dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------------------------------
 # Older readers: transformers 4.44.2 and 4.57.1 compute what picli wrote (slow: subprocesses).
 
 COMPAT_READER = """

@@ -235,12 +235,12 @@ def yarn_readers(max_position: str) -> dict[str, list[str]]:
     if max_position == "target":
         return {"right": ["transformers 4.51+ and 5.x", "vLLM (serves original x factor)",
                           "llama.cpp's converter (context_length = the target)"],
-                "wrong": ["transformers 4.45-4.50 build the yarn ramp at max_position_embeddings (the target) "
-                          "instead of the original window: fewer dimensions are interpolated"]}
+                "wrong": ["transformers 4.45-4.50 (they build the yarn ramp at max_position_embeddings, the "
+                          "target, instead of the original window: fewer dimensions are interpolated)"]}
     return {"right": ["transformers 4.45-4.50 and 4.56+, 5.x", "vLLM (serves original x factor)"],
-            "wrong": ["transformers 4.51-4.55 take the factor as max_position_embeddings / "
-                      "original_max_position_embeddings = 1: no scaling at all",
-                      "llama.cpp's converter writes context_length = the original window: pass -c"]}
+            "wrong": ["transformers 4.51-4.55 (they take the factor as max_position_embeddings / "
+                      "original_max_position_embeddings = 1: no scaling at all)",
+                      "llama.cpp's converter's default context (context_length = the original window: pass -c)"]}
 
 
 def check_method(method: str) -> None:

@@ -197,20 +197,96 @@ def _body(checkpoint_dir: Path, config: dict, record: dict, verify_record: dict 
     base = record.get("base_model")
     title = repo_id.split("/")[-1] if repo_id else checkpoint_dir.name
     parts = [f"# {title}", ""]
+    method = rope_record.get("type", "linear")
     if rope_record:
         origin = f"[{base}](https://huggingface.co/{base})" if base else _source_label(record)
         parts.append(f"{origin} with its context window extended from **{original:,} to {target:,} tokens** by "
-                     f"linear Position Interpolation (PI, [Chen et al. 2023](https://arxiv.org/abs/2306.15595)), "
-                     f"factor **{factor:g}**. Made with picli {record.get('picli_version', '')}".rstrip() + ".")
+                     f"{METHOD_NAMES.get(method, method)}, factor **{factor:g}**. "
+                     f"Made with picli {record.get('picli_version', '')}".rstrip() + ".")
     else:
         parts.append("No picli.json was found beside this checkpoint, so this card has no provenance: what was "
                      f"done to it is not recorded. Its config says RoPE {state.scaling_type}, factor "
                      f"{state.factor:g}, window {state.window:,} tokens.")
     parts += ["", *_what_was_done(config, record, state, original, target, factor)]
+    if method in ("yarn", "ntk"):
+        parts += ["", *_method(rope_record, state, original, target, factor)]
     parts += ["", *_verification(record, verify_record, target)]
     parts += ["", *_how_to_run(config, record, state, name, target, factor)]
     parts += ["", *_limitations(config, original, target, factor)]
     return "\n".join(parts).rstrip() + "\n"
+
+
+METHOD_NAMES = {
+    "linear": "linear Position Interpolation (PI, [Chen et al. 2023](https://arxiv.org/abs/2306.15595))",
+    "yarn": "YaRN ([Peng et al. 2023](https://arxiv.org/abs/2309.00071))",
+    "ntk": "static NTK-aware RoPE scaling (a larger RoPE base; [Peng et al. 2023](https://arxiv.org/abs/2309.00071) "
+           "§3.1)",
+}
+_METHOD_ROWS = {
+    "linear": "linear RoPE scaling (Position Interpolation): position m is read as m / {factor:g}",
+    "yarn": "YaRN: fast RoPE dimensions kept, slow ones interpolated by {factor:g}, a ramp between; attention "
+            "temperature 0.1 ln s + 1 (see Method)",
+    "ntk": "NTK-aware: a larger RoPE theta, no scaling type (see Method)",
+}
+
+
+def _self_check_row(record: dict) -> str:
+    check = record.get("self_check") or {}
+    if not check.get("ok"):
+        return "not recorded"
+    method = (record.get("rope") or {}).get("type", "linear")
+    if method == "linear":
+        return "transformers reloaded the config and computed the source's inverse frequencies divided by the factor"
+    return (f"transformers {check.get('transformers', '')} reloaded the config and computed the inverse frequencies "
+            f"and attention scaling picli computes for {method} from the paper's formulas").replace("  ", " ")
+
+
+def _method(rope_record: dict, state, original: int, target: int, factor: float) -> list[str]:
+    """The Method paragraph of a yarn or ntk checkpoint: what it does, how to run it, its limits."""
+    parameters = rope_record.get("parameters") or {}
+    if rope_record.get("type") == "yarn":
+        readers = parameters.get("readers") or {}
+        attention = parameters.get("attention_factor") or rope.yarn_attention_factor(factor)
+        wrong = "; ".join(readers.get("wrong") or [])
+        return [
+            "## Method", "",
+            f"YaRN divides each RoPE frequency by an amount that depends on its wavelength: dimensions whose "
+            f"wavelength fits more than 32 times into the original {original:,}-token window keep their frequency, "
+            f"those that fit less than once are interpolated by {factor:g} (like PI), with a linear ramp between; "
+            f"cos and sin are multiplied by 0.1 ln {factor:g} + 1 = {attention:.4f}. The config says `rope_type: yarn`, "
+            f"`factor` {factor:g}, `original_max_position_embeddings` {original}, `beta_fast` 32, `beta_slow` 1 and no "
+            "custom attention factor (vLLM and llama.cpp would ignore one).", "",
+            f"- **transformers**: read as meant by {', '.join(readers.get('right') or ['transformers 4.56+ and 5.x'])}"
+            + (f". Not by: {wrong}." if wrong else ".") + f" Older releases (before "
+            f"{parameters.get('min_transformers', '4.45.0')}) ignore or reject yarn for this family.",
+            f"- **vLLM** serves `original_max_position_embeddings` x factor = {round(original * factor):,} tokens; "
+            f"`--max-model-len {target}` says it explicitly.",
+            f"- **llama.cpp**: the converter writes `rope.scaling.type yarn`, the factor and the original context "
+            f"into the GGUF; on a GGUF converted from the base model: `llama-cli -m model.gguf -c {target} "
+            f"--rope-scaling yarn --rope-scale {factor:g} --yarn-orig-ctx {original}`.",
+            f"- **Limits**: nothing here is measured beyond what the verification section reports; YaRN is meant for "
+            f"{target:,} tokens and does not extend past them.",
+        ]
+    theta_before = parameters.get("theta_before")
+    dim = parameters.get("rotary_dim", state.rotary_dim)
+    return [
+        "## Method", "",
+        f"NTK-aware scaling (static) raises the RoPE base instead of scaling positions: theta "
+        f"{theta_before:g} -> {state.theta:.6g} = theta x {factor:g}^(d/(d-2)) with d = {dim} rotary dimensions, so the "
+        f"lowest frequency is interpolated by {factor:g} (like PI), the highest is kept, and those between are "
+        "stretched less the faster they turn. The config has no scaling type: every runtime reads it as plain RoPE "
+        "with a larger `rope_theta`." if isinstance(theta_before, (int, float)) else
+        "NTK-aware scaling (static) raises the RoPE base instead of scaling positions; the config has no scaling type.",
+        "",
+        "- **transformers** (every release that reads `rope_theta`"
+        + (", or `rotary_emb_base` for GPT-NeoX in 4.x" if state.model_type == "gpt_neox" else "") + "), "
+        f"**vLLM** (`--max-model-len {target}`; there is no factor to multiply) and **TGI** read the new theta.",
+        f"- **llama.cpp**: the converter writes it as `rope.freq_base`; on a GGUF converted from the base model: "
+        f"`llama-cli -m model.gguf -c {target} --rope-freq-base {state.theta:.6g}`.",
+        "- **Limits**: the dimensions between the fastest and the slowest are extrapolated in part (YaRN paper §3.1), "
+        "and this is the static form: it is not dynamic NTK, which rescales per sequence length in transformers "
+        "but once at load in vLLM and has no GGUF form.",
+    ]
 
 
 def _source_label(record: dict) -> str:
@@ -241,7 +317,7 @@ def _what_was_done(config: dict, record: dict, state, original: int, target: int
     versions = record.get("versions") or {}
     rows = [
         ("base model", f"`{record['base_model']}`" if record.get("base_model") else _source_label(record)),
-        ("method", f"linear RoPE scaling (Position Interpolation): position m is read as m / {factor:g}"),
+        ("method", _METHOD_ROWS.get(record["rope"].get("type"), _METHOD_ROWS["linear"]).format(factor=factor)),
         ("window", f"{original:,} -> {target:,} tokens (factor {factor:g}, RoPE theta {state.theta:g})"),
         ("config", f"`rope_scaling` = `{json.dumps(config.get('rope_scaling'))}` (transformers 4.x, vLLM, TGI, "
                    f"llama.cpp); `rope_parameters` = `{json.dumps(config.get('rope_parameters'))}` (transformers "
@@ -250,8 +326,7 @@ def _what_was_done(config: dict, record: dict, state, original: int, target: int
          else "**unchanged** by picli: the source checkpoint's weights; only the config was changed"
          + (f" (the source was {note}, so they are not bit-identical to the base model's)"
             if (note := _source_note(record)) else "")),
-        ("self-check", "transformers reloaded the config and computed the source's inverse frequencies "
-                       "divided by the factor" if (record.get("self_check") or {}).get("ok") else "not recorded"),
+        ("self-check", _self_check_row(record)),
         ("tools", ", ".join(f"{name} {versions[name]}" for name in ("picli", "transformers") if versions.get(name))
          or "-"),
     ]

@@ -240,17 +240,23 @@ def extend(
     max_position_embeddings: Annotated[str, typer.Option(
         "--max-position-embeddings", help="target (default: transformers and llama.cpp convention) or original "
         "(keeps the old value, for vLLM-first users: vLLM multiplies it by the factor).")] = "target",
+    method: Annotated[str, typer.Option(
+        "--method", help="linear (Position Interpolation, the default), yarn (YaRN: ramp between kept and "
+        "interpolated frequencies, attention x(0.1 ln s + 1)) or ntk (static NTK-aware: a larger rope_theta). "
+        "See docs/concepts.md.")] = "linear",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and config diff; write nothing.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output; allow replacing a "
-                                        "llama3/yarn/dynamic scheme with linear PI (with a warning).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output; allow replacing another "
+                                        "scheme (llama3/yarn/dynamic, or linear/ntk for another method) with "
+                                        "this method, from the pretraining window (with a warning).")] = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Write Position Interpolation (linear RoPE scaling) into a new checkpoint.
+    """Write Position Interpolation (linear RoPE scaling), yarn or ntk into a new checkpoint.
 
     The config is written in both schemas (rope_parameters for transformers 5, top-level
     rope_theta + rope_scaling for 4.x, vLLM, TGI, llama.cpp), then the installed
-    transformers reloads it and must compute the source's inverse frequencies divided by
-    the factor. The source checkpoint is never modified.
+    transformers reloads it and must compute the inverse frequencies and attention scaling
+    picli computes for the method (linear: the source's divided by the factor). The source
+    checkpoint is never modified.
 
     Examples:
 
@@ -261,6 +267,8 @@ def extend(
       picli extend huggyllama/llama-7b --to 32768 --dry-run
 
       picli extend model.Q4_K_M.gguf --to 16384
+
+      picli extend Qwen/Qwen2.5-7B-Instruct --to 131072 --method yarn
     """
     from .extend import apply_extend, plan_extend
     from .provenance import check_state_dir, remember_last
@@ -271,7 +279,8 @@ def extend(
         check_state_dir()  # where the output is remembered: refused now, not after writing it
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
         plan = plan_extend(model, target_window, output=output, from_window=current, weights=weights,
-                           max_position=max_position_embeddings, force=force, on_event=on_event)
+                           max_position=max_position_embeddings, force=force, on_event=on_event,
+                           method=method)
         for text in plan.warnings:
             render.warning(text)
         if plan.source.resolved_from:

@@ -153,7 +153,8 @@ _RECORD_FIELDS = {
     "verification": _OBJECT, "parameters": _COUNT,
 }
 _ROPE_FIELDS = {"factor": _POSITIVE, "previous_factor": _POSITIVE, "theta": _POSITIVE, "original_window": _COUNT,
-                "current_window": _COUNT, "target_window": _COUNT, "type": _TEXT, "max_position_embeddings": _TEXT}
+                "current_window": _COUNT, "target_window": _COUNT, "type": _TEXT, "max_position_embeddings": _TEXT,
+                "parameters": _OBJECT}
 _FINETUNE_FIELDS = {"steps": _COUNT, "planned_steps": _COUNT, "tokens": _COUNT, "seq_len": _COUNT,
                     "batch_size": _COUNT, "micro_batch_size": _COUNT, "processes": _COUNT, "lr": _NUMBER,
                     "warmup_steps": _COUNT, "final_loss": _NUMBER, "eval_loss": _NUMBER, "wall_seconds": _NUMBER,
@@ -244,8 +245,13 @@ def _check_summary(summary: dict, path: Path, prefix: str) -> None:
 def extension_record(previous: dict, *, command: str, source: dict, base_model: str | None, factor: float,
                      previous_factor: float, original_window: int, current_window: int, target_window: int,
                      theta: float, max_position_embeddings: str, changes: dict[str, list[tuple[str, Any, Any]]],
-                     weights: str, self_check: dict) -> dict:
-    """picli.json of a `picli extend` output; `previous` is the source's record (its steps become history)."""
+                     weights: str, self_check: dict, method: str = "linear",
+                     parameters: dict | None = None) -> dict:
+    """picli.json of a `picli extend` output; `previous` is the source's record (its steps become history).
+
+    rope.type is the method (linear, yarn, ntk); rope.parameters its own numbers (yarn: the
+    original window, betas, attention factor and which readers compute it as meant; ntk: the
+    scale, rotary dimension and theta before and after)."""
     history = list(previous.get("history") or [])
     if previous.get("rope"):
         history.append({"operation": previous.get("operation"), "rope": previous["rope"],
@@ -258,9 +264,10 @@ def extension_record(previous: dict, *, command: str, source: dict, base_model: 
         "source": source,
         "base_model": base_model or previous.get("base_model"),
         "rope": {
-            "type": "linear", "factor": factor, "previous_factor": previous_factor,
+            "type": method, "factor": factor, "previous_factor": previous_factor,
             "original_window": original_window, "current_window": current_window,
             "target_window": target_window, "theta": theta, "max_position_embeddings": max_position_embeddings,
+            "parameters": parameters or {"factor": factor},
         },
         "changes": {name: [{"key": key, "before": before, "after": after} for key, before, after in diffs]
                     for name, diffs in changes.items()},

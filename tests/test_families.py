@@ -552,3 +552,29 @@ def test_docs_family_table_is_the_family_table():
     text = (ROOT / "docs" / "runtimes.md").read_text()
     rows = dict(re.findall(r"^\| `([a-z0-9_]+)` \| (4\.\d+\.\d+) \|", text, flags=re.M))
     assert rows == {model_type: family.min_transformers for model_type, family in rope.FAMILIES.items()}
+
+
+@pytest.mark.parametrize("name", ["llava", "mistral3", "gemma3_unscaled"])
+@pytest.mark.parametrize("method", ["yarn", "ntk"])
+def test_wrapper_takes_every_method_in_its_language_model(name, method, tmp_path, workdir):
+    """yarn and ntk go where linear goes: into text_config, proven by transformers through the
+    text model's config; the vision tower and the wrapper's top level are left alone."""
+    window, theta, _, _ = WRAPPED[name]
+    config = wrapper_fixture(name, "5.24.0")
+    source = write_wrapper(tmp_path / name, config, window)
+    before = tree_hash(source)
+    result = run("extend", source, "--to", 2 * window, "--method", method, "-o", workdir / "out", "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["self_check"]["ok"] is True
+    written = json.loads((workdir / "out" / "config.json").read_text())
+    assert written["vision_config"] == config["vision_config"]
+    assert "rope_scaling" not in written and "rope_parameters" not in written
+    text = written["text_config"]
+    if method == "yarn":
+        scaling = text["rope_scaling"]
+        assert (scaling["rope_type"] if "rope_type" in scaling else scaling["type"]) == "yarn"
+        assert scaling["factor"] == 2.0 and scaling["original_max_position_embeddings"] == window
+    else:
+        assert text["rope_theta"] > theta * 2  # s^(d/(d-2)) with s = 2 is above 2
+    assert tree_hash(source) == before

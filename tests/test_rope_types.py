@@ -154,7 +154,7 @@ def test_yarn_attention_factor_matches_transformers(name):
 
     config = copy.deepcopy(CONFIGS[name])
     _, attention = ROPE_INIT_FUNCTIONS["yarn"](AutoConfig.for_model(**config), "cpu")
-    predicted, _ = rope.yarn_attention_factor(config["rope_scaling"], config["rope_scaling"]["factor"])
+    predicted, _ = rope.configured_yarn_attention(config["rope_scaling"], config["rope_scaling"]["factor"])
     assert predicted == pytest.approx(attention, rel=1e-12)
     if name == "yarn":
         assert predicted == pytest.approx(0.1 * math.log(4.0) + 1.0)  # what vLLM always uses

@@ -60,7 +60,7 @@ def _mscale(scale: float, mscale: float = 1.0) -> float:
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
-def yarn_attention_factor(active: dict, factor: float) -> tuple[float, str]:
+def configured_yarn_attention(active: dict, factor: float) -> tuple[float, str]:
     """transformers 5 / 4.57's YaRN attention factor and where it came from."""
     if active.get("attention_factor") is not None:
         return float(active["attention_factor"]), "attention_factor"
@@ -149,7 +149,7 @@ def predict_transformers5(config: dict) -> dict:
     differs: list[str] = []
     original, where = _original_window(config, active)
     if kind == "yarn":
-        attention, source = yarn_attention_factor(active, state.factor)
+        attention, source = configured_yarn_attention(active, state.factor)
         ramp = original or state.window
         notes.append(f"YaRN ramp at {ramp} tokens" + ("" if original else
                      " (no original_max_position_embeddings: 5.x fills it with max_position_embeddings)")
@@ -195,7 +195,7 @@ def predict_vllm(config: dict, intended_window: int | None = None) -> dict:
             differs.append("no original_max_position_embeddings: vLLM on transformers 4.x fails (get_rope reads it "
                            "without a default); on transformers 5 it gets 5.x's fill-in")
         derived = int((original or state.window) * state.factor)
-        attention, source = yarn_attention_factor(active, state.factor)
+        attention, source = configured_yarn_attention(active, state.factor)
         if source != "0.1 ln s + 1" and abs(attention - _mscale(state.factor)) > 1e-9:
             differs.append(f"ignores {source} (attention factor {_mscale(state.factor):.4g} = 0.1 ln s + 1, "
                            f"not {attention:.4g})")

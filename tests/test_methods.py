@@ -1,0 +1,463 @@
+"""`picli extend --method linear|yarn|ntk`: each method against transformers' own computation
+(every family picli extends), picli's formulas against plain references written here, the
+stacking rules, the GGUF path, picli.json, the card and fine-tuning keeping the method."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import math
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from picli import rope
+from picli.cli import app
+from picli.gguf_io import read_gguf
+from tests.conftest import FAMILY_CONFIGS, TINY, tree_hash, write_checkpoint
+from tests.test_extend import assert_clean_error
+
+runner = CliRunner()
+# Every family fixture without a scaling of its own.
+UNSCALED = sorted(name for name, config in FAMILY_CONFIGS.items() if not config.get("rope_scaling"))
+
+
+def run(*args):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def rotary_truth(checkpoint_dir) -> dict[str, tuple[torch.Tensor, float]]:
+    """The family's own rotary embedding class, built by transformers from the written config:
+    {layer type: (inverse frequencies, attention_scaling)}, what the model multiplies into cos/sin."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+
+    config = AutoConfig.from_pretrained(checkpoint_dir)
+    name = model_type_to_module_name(config.model_type)
+    module = importlib.import_module(f"transformers.models.{name}.modeling_{name}")
+    candidates = [obj for key, obj in vars(module).items()
+                  if key.endswith("RotaryEmbedding") and isinstance(obj, type) and obj.__module__ == module.__name__]
+    prefix = type(config).__name__.removesuffix("Config")
+    rotary_class = max(candidates, key=lambda cls: (prefix.startswith(cls.__name__.removesuffix("RotaryEmbedding")),
+                                                    -len(cls.__name__)))
+    rotary = rotary_class(config)
+    found = {}
+    for buffer_name, buffer in rotary.named_buffers():
+        if not buffer_name.endswith("inv_freq") or "original" in buffer_name:
+            continue
+        layer = buffer_name.removesuffix("inv_freq").removesuffix("_")
+        attention = getattr(rotary, f"{layer}_attention_scaling" if layer else "attention_scaling")
+        found[layer or "all"] = (buffer.to(torch.float64), float(attention))
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# picli's formulas against references written out here from the papers.
+
+
+def plain(theta, dim):
+    return [theta ** (-2 * j / dim) for j in range(dim // 2)]
+
+
+def test_yarn_formula_matches_the_paper_by_hand():
+    theta, dim, factor, window = 10000.0, 64, 8.0, 2048
+    # d(r) = D ln(L / (2 pi r)) / (2 ln theta): the index whose wavelength fits r times into L.
+    d_fast = dim * math.log(window / (32 * 2 * math.pi)) / (2 * math.log(theta))
+    d_slow = dim * math.log(window / (1 * 2 * math.pi)) / (2 * math.log(theta))
+    low, high = math.floor(d_fast), math.ceil(d_slow)
+    assert (low, high) == (8, 21)
+    got = rope.yarn_inverse_frequencies(theta, dim, factor, window)
+    base = plain(theta, dim)
+    for j in range(dim // 2):
+        interpolated_share = min(max((j - low) / (high - low), 0.0), 1.0)
+        expected = base[j] * (1 - interpolated_share) + base[j] / factor * interpolated_share
+        assert got[j] == pytest.approx(expected, rel=1e-12)
+    assert got[0] == base[0] and got[low] == base[low]  # fast dimensions: kept
+    assert got[-1] == pytest.approx(base[-1] / factor)  # slow dimensions: interpolated like PI
+    assert rope.yarn_attention_factor(factor) == pytest.approx(0.1 * math.log(8) + 1)
+    assert rope.yarn_attention_factor(1.0) == 1.0
+
+
+def test_ntk_theta_interpolates_the_lowest_frequency_by_s():
+    theta, dim, scale = 10000.0, 64, 4.0
+    new_theta = rope.ntk_theta(theta, scale, dim)
+    assert new_theta == pytest.approx(theta * 4 ** (64 / 62))
+    before, after = plain(theta, dim), plain(new_theta, dim)
+    assert after[0] == before[0] == 1.0  # highest frequency kept
+    assert after[-1] == pytest.approx(before[-1] / scale, rel=1e-12)  # lowest: divided by s, like PI
+
+
+# ---------------------------------------------------------------------------------------
+# Each method, every family: transformers' own rotary class == picli's computation.
+
+
+@pytest.mark.parametrize("method", ["yarn", "ntk"])
+@pytest.mark.parametrize("name", UNSCALED)
+def test_method_every_family_matches_transformers(name, method, family_checkpoints, workdir):
+    source = family_checkpoints[name]
+    before = tree_hash(source)
+    config = json.loads((source / "config.json").read_text())
+    state = rope.read_state(config)
+    window = state.window
+    output = workdir / "out"
+    result = run("extend", source, "--to", window * 4, "-o", output, "--method", method, "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["self_check"]["ok"] is True and payload["self_check"]["extension_method"] == method
+
+    written = json.loads((output / "config.json").read_text())
+    truth = rotary_truth(output)
+    full = truth.get("all", truth.get("full_attention"))
+    if method == "yarn":
+        expected = rope.yarn_inverse_frequencies(state.theta, state.rotary_dim, 4.0, window)
+        assert full[1] == pytest.approx(0.1 * math.log(4.0) + 1, rel=1e-6)
+        legacy = written["rope_scaling"]
+        assert (legacy.get("type") or legacy.get("rope_type")) == "yarn"
+        assert legacy["factor"] == 4.0 and legacy["original_max_position_embeddings"] == window
+        assert legacy["beta_fast"] == 32.0 and legacy["beta_slow"] == 1.0
+        assert not set(legacy) & {"attention_factor", "mscale", "mscale_all_dim"}
+        params = written["rope_parameters"].get("full_attention", written["rope_parameters"])
+        assert params["rope_type"] == "yarn" and params["factor"] == 4.0
+        assert params["original_max_position_embeddings"] == window
+    else:
+        new_theta = state.theta * 4 ** (state.rotary_dim / (state.rotary_dim - 2))
+        expected = plain(new_theta, state.rotary_dim)
+        assert full[1] == 1.0
+        assert not written.get("rope_scaling")
+        assert written["rope_theta"] == pytest.approx(new_theta, rel=1e-12)
+        params = written["rope_parameters"].get("full_attention", written["rope_parameters"])
+        assert params["rope_type"] == "default" and params["rope_theta"] == written["rope_theta"]
+        if config["model_type"] == "gpt_neox" and "rotary_emb_base" in config:
+            assert written["rotary_emb_base"] == written["rope_theta"]
+    torch.testing.assert_close(full[0], torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=0)
+    if "sliding_attention" in truth:  # Gemma 3's local layers: untouched by either method
+        torch.testing.assert_close(truth["sliding_attention"][0], torch.tensor(plain(10000.0, 16),
+                                                                               dtype=torch.float64), rtol=1e-6, atol=0)
+        assert truth["sliding_attention"][1] == 1.0
+    assert written["max_position_embeddings"] == window * 4
+    assert json.loads((output / "tokenizer_config.json").read_text())["model_max_length"] == window * 4
+    assert tree_hash(source) == before
+
+
+def test_default_method_is_linear_byte_for_byte(family_checkpoints, workdir):
+    source = family_checkpoints["llama_v4"]
+    assert run("extend", source, "--to", 8192, "-o", workdir / "a").exit_code == 0
+    assert run("extend", source, "--to", 8192, "-o", workdir / "b", "--method", "linear").exit_code == 0
+    assert (workdir / "a" / "config.json").read_bytes() == (workdir / "b" / "config.json").read_bytes()
+    assert json.loads((workdir / "a" / "config.json").read_text())["rope_scaling"] == {"type": "linear", "factor": 4.0}
+
+
+def test_yarn_layout_original_keeps_max_position(family_checkpoints, workdir):
+    result = run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", workdir / "o", "--method", "yarn",
+                 "--max-position-embeddings", "original", "--json")
+    assert result.exit_code == 0, result.stderr
+    written = json.loads((workdir / "o" / "config.json").read_text())
+    assert written["max_position_embeddings"] == 2048
+    assert written["rope_scaling"]["original_max_position_embeddings"] == 2048
+    readers = json.loads(result.stdout)["plan"]["parameters"]["readers"]
+    assert any("4.51-4.55" in text for text in readers["wrong"])
+
+
+# ---------------------------------------------------------------------------------------
+# picli.json, stacking.
+
+
+def test_record_has_method_and_parameters(family_checkpoints, workdir):
+    assert run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", workdir / "y", "--method", "yarn").exit_code == 0
+    record = json.loads((workdir / "y" / "picli.json").read_text())["rope"]
+    assert record["type"] == "yarn" and record["factor"] == 4.0 and record["original_window"] == 2048
+    parameters = record["parameters"]
+    assert parameters["original_max_position_embeddings"] == 2048 and parameters["beta_fast"] == 32.0
+    assert parameters["attention_factor"] == pytest.approx(0.1 * math.log(4) + 1)
+    assert parameters["max_position_embeddings"] == "target" and parameters["readers"]["right"]
+
+    assert run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", workdir / "n", "--method", "ntk").exit_code == 0
+    record = json.loads((workdir / "n" / "picli.json").read_text())["rope"]
+    assert record["type"] == "ntk" and record["factor"] == 4.0
+    assert record["parameters"]["theta_before"] == 10000.0 and record["parameters"]["rotary_dim"] == 16
+    assert record["theta"] == pytest.approx(10000.0 * 4 ** (16 / 14))
+
+
+def test_yarn_over_yarn_multiplies_and_keeps_the_original_window(family_checkpoints, workdir):
+    assert run("extend", family_checkpoints["llama_v4"], "--to", 4096, "-o", workdir / "y2", "--method", "yarn").exit_code == 0
+    result = run("extend", workdir / "y2", "--to", 16384, "-o", workdir / "y8", "--method", "yarn", "--json")
+    assert result.exit_code == 0, result.stderr
+    written = json.loads((workdir / "y8" / "config.json").read_text())
+    assert written["rope_scaling"]["factor"] == 8.0  # 2 x 16384 / 4096
+    assert written["rope_scaling"]["original_max_position_embeddings"] == 2048
+    truth = rotary_truth(workdir / "y8")["all"]
+    torch.testing.assert_close(truth[0], torch.tensor(rope.yarn_inverse_frequencies(10000.0, 16, 8.0, 2048),
+                                                      dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+def test_ntk_over_ntk_scales_theta_again(family_checkpoints, workdir):
+    assert run("extend", family_checkpoints["llama_v4"], "--to", 4096, "-o", workdir / "n2", "--method", "ntk").exit_code == 0
+    result = run("extend", workdir / "n2", "--to", 16384, "-o", workdir / "n8", "--method", "ntk")
+    assert result.exit_code == 0, result.stderr
+    written = json.loads((workdir / "n8" / "config.json").read_text())
+    assert written["rope_theta"] == pytest.approx(10000.0 * 8 ** (16 / 14), rel=1e-12)
+    record = json.loads((workdir / "n8" / "picli.json").read_text())["rope"]
+    assert record["factor"] == 8.0 and record["parameters"]["theta_before"] == 10000.0
+    assert record["original_window"] == 2048
+
+
+@pytest.mark.parametrize("first, second", [("linear", "yarn"), ("yarn", "linear"), ("ntk", "linear"),
+                                           ("ntk", "yarn"), ("linear", "ntk"), ("yarn", "ntk")])
+def test_across_methods_needs_force(first, second, family_checkpoints, workdir):
+    assert run("extend", family_checkpoints["llama_v4"], "--to", 4096, "-o", workdir / "one", "--method", first).exit_code == 0
+    refused = run("extend", workdir / "one", "--to", 8192, "-o", workdir / "two", "--method", second)
+    assert_clean_error(refused, f"already uses {first}")
+    assert not (workdir / "two").exists()
+    forced = run("extend", workdir / "one", "--to", 8192, "-o", workdir / "two", "--method", second, "--force",
+                 "--json")
+    assert forced.exit_code == 0, forced.stderr
+    assert f"replacing {first}" in forced.stderr
+    # Replaced from the pretraining window and theta: the same as the method on the base model.
+    assert run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", workdir / "direct", "--method",
+               second).exit_code == 0
+    replaced = json.loads((workdir / "two" / "config.json").read_text())
+    direct = json.loads((workdir / "direct" / "config.json").read_text())
+    for key in ("rope_scaling", "rope_theta", "max_position_embeddings"):
+        assert replaced.get(key) == pytest.approx(direct.get(key)) if isinstance(direct.get(key), float) \
+            else replaced.get(key) == direct.get(key), key
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: one line each, nothing written.
+
+
+def test_unknown_and_dynamic_methods_are_refused(family_checkpoints, workdir):
+    result = run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", workdir / "x", "--method", "rope2")
+    assert_clean_error(result, "unknown --method 'rope2'")
+    result = run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", workdir / "x", "--method", "dynamic")
+    assert_clean_error(result, "--method dynamic is not written")
+    assert "--method ntk" in result.stderr
+    assert not (workdir / "x").exists()
+
+
+def test_yarn_on_olmo_is_refused(tmp_path, workdir):
+    source = write_checkpoint(tmp_path / "olmo", {"model_type": "olmo", **TINY, "max_position_embeddings": 2048,
+                                                  "rope_theta": 10000.0})
+    result = run("extend", source, "--to", 8192, "-o", workdir / "x", "--method", "yarn")
+    assert_clean_error(result, "cannot be expressed for olmo")
+    assert not (workdir / "x").exists()
+
+
+def test_yarn_with_custom_attention_factor_is_refused(tmp_path, workdir):
+    config = {"model_type": "llama", **TINY, "max_position_embeddings": 8192, "rope_theta": 10000.0,
+              "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048,
+                               "attention_factor": 1.0}}
+    source = write_checkpoint(tmp_path / "custom", config)
+    result = run("extend", source, "--to", 16384, "-o", workdir / "x", "--method", "yarn")
+    assert_clean_error(result, "custom attention factor (attention_factor)")
+    assert not (workdir / "x").exists()
+
+
+def test_ntk_factor_below_one_is_refused(family_checkpoints, workdir):
+    result = run("extend", family_checkpoints["llama_v4"], "--to", 1024, "-o", workdir / "x", "--method", "ntk")
+    assert_clean_error(result, "factor 0.5 < 1")
+    assert not (workdir / "x").exists()
+
+
+def test_plan_config_purity_unchanged_for_linear():
+    config = copy.deepcopy(FAMILY_CONFIGS["llama_v4"])
+    assert rope.plan_method_config(config, 8192).config == rope.plan_config(config, 8192).config
+    assert config == FAMILY_CONFIGS["llama_v4"]
+
+
+# ---------------------------------------------------------------------------------------
+# GGUF in, GGUF out.
+
+
+def make_gguf(path, scaling: str | None = None):
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(2048)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_dimension_count(64)
+    if scaling:
+        writer.add_rope_scaling_type(gguf.RopeScalingType(scaling))
+        writer.add_rope_scaling_factor(2.0)
+        writer.add_rope_scaling_orig_ctx_len(1024)
+    writer.add_tensor("token_embd.weight", np.arange(12, dtype=np.float32).reshape(3, 4))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_yarn(tmp_path, workdir):
+    source = make_gguf(tmp_path / "m.gguf")
+    result = run("extend", source, "--to", 8192, "-o", "y.gguf", "--method", "yarn")
+    assert result.exit_code == 0, result.stderr
+    meta = read_gguf(workdir / "y.gguf").metadata
+    assert meta["llama.rope.scaling.type"] == "yarn" and meta["llama.rope.scaling.factor"] == 4.0
+    assert meta["llama.rope.scaling.original_context_length"] == 2048 and meta["llama.context_length"] == 8192
+    assert meta["llama.rope.freq_base"] == 10000.0
+    # yarn over yarn: factors multiply, the original window stays.
+    assert run("extend", "y.gguf", "--to", 16384, "-o", "y8.gguf", "--method", "yarn").exit_code == 0
+    meta = read_gguf(workdir / "y8.gguf").metadata
+    assert meta["llama.rope.scaling.factor"] == 8.0 and meta["llama.rope.scaling.original_context_length"] == 2048
+    record = json.loads((workdir / "y8.gguf.picli.json").read_text())["rope"]
+    assert record["type"] == "yarn" and record["parameters"]["original_max_position_embeddings"] == 2048
+    assert_clean_error(run("extend", "y.gguf", "--to", 16384, "-o", "l.gguf"), "already uses yarn")
+
+
+def test_gguf_ntk(tmp_path, workdir):
+    source = make_gguf(tmp_path / "m.gguf")
+    result = run("extend", source, "--to", 8192, "-o", "n.gguf", "--method", "ntk")
+    assert result.exit_code == 0, result.stderr
+    meta = read_gguf(workdir / "n.gguf").metadata
+    assert meta["llama.rope.freq_base"] == pytest.approx(10000.0 * 4 ** (64 / 62), rel=1e-6)
+    assert "llama.rope.scaling.type" not in meta and meta["llama.context_length"] == 8192
+    # ntk over ntk: known from the sidecar picli.json; theta scales again.
+    assert run("extend", "n.gguf", "--to", 16384, "-o", "n8.gguf", "--method", "ntk").exit_code == 0
+    meta = read_gguf(workdir / "n8.gguf").metadata
+    assert meta["llama.rope.freq_base"] == pytest.approx(10000.0 * 8 ** (64 / 62), rel=1e-6)
+    assert_clean_error(run("extend", "n.gguf", "--to", 16384, "-o", "l.gguf"), "already uses ntk")
+    assert_clean_error(run("extend", source, "--to", 1024, "-o", "s.gguf", "--method", "ntk"), "< 1")
+
+
+# ---------------------------------------------------------------------------------------
+# The card follows the method; fine-tuning keeps it in both schemas.
+
+
+def test_card_method_paragraph(family_checkpoints, workdir):
+    assert run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", workdir / "y", "--method", "yarn").exit_code == 0
+    card = run("card", workdir / "y", "--dry-run")
+    assert card.exit_code == 0, card.stderr
+    text = card.stdout
+    assert "by YaRN ([Peng et al. 2023](https://arxiv.org/abs/2309.00071)), factor **4**" in text
+    assert "## Method" in text and "0.1 ln 4 + 1 = 1.1386" in text
+    assert "--rope-scaling yarn --rope-scale 4 --yarn-orig-ctx 2048" in text
+    assert "--max-model-len 8192" in text and "transformers 4.45-4.50" in text
+    assert "linear Position Interpolation (PI" not in text.split("## What was done")[0]
+
+    assert run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", workdir / "n", "--method", "ntk").exit_code == 0
+    text = run("card", workdir / "n", "--dry-run").stdout
+    theta = 10000.0 * 4 ** (16 / 14)
+    assert "static NTK-aware RoPE scaling" in text and f"theta 10000 -> {theta:.6g}" in text
+    assert f"--rope-freq-base {theta:.6g}" in text and "d = 16 rotary dimensions" in text
+
+    assert run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", workdir / "l").exit_code == 0
+    assert "## Method" not in run("card", workdir / "l", "--dry-run").stdout
+
+
+def test_finetune_keeps_yarn_in_both_schemas(tiny_model_dir, tmp_path):
+    extended = tmp_path / "yarn"
+    assert run("extend", tiny_model_dir, "--to", 1024, "-o", extended, "--method", "yarn").exit_code == 0
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The grass is green. The sky is blue. " * 400)
+    tuned = tmp_path / "ft"
+    result = run("finetune", extended, "--data", corpus, "--seq-len", 64, "--steps", 1, "--batch-size", 2, "--cpu",
+                 "-o", tuned)
+    assert result.exit_code == 0, result.stderr
+    config = json.loads((tuned / "config.json").read_text())
+    assert config["rope_scaling"] == {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 512,
+                                      "beta_fast": 32.0, "beta_slow": 1.0}
+    assert config["rope_parameters"]["rope_type"] == "yarn" and config["rope_parameters"]["factor"] == 2.0
+    assert config["rope_parameters"]["original_max_position_embeddings"] == 512
+    assert json.loads((tuned / "picli.json").read_text())["rope"]["type"] == "yarn"
+    truth = rotary_truth(tuned)["all"]
+    assert truth[1] == pytest.approx(0.1 * math.log(2) + 1)
+    torch.testing.assert_close(truth[0], torch.tensor(rope.yarn_inverse_frequencies(10000.0, 8, 2.0, 512),
+                                                      dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Older readers: transformers 4.44.2 and 4.57.1 compute what picli wrote (slow: subprocesses).
+
+COMPAT_READER = """
+import json, sys
+sys.path.append(sys.argv[1])  # torch from the main environment, after this environment's own packages
+import transformers
+from transformers import AutoConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+for path in sys.argv[2:]:
+    config = AutoConfig.from_pretrained(path)
+    scaling = getattr(config, "rope_scaling", None) or {}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    theta = getattr(config, "rope_theta", None) or getattr(config, "rotary_emb_base", None)
+    inv_freq, attention = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu") if rope_type != "default" else (None, 1.0)
+    print(json.dumps({"rope_type": rope_type, "theta": theta, "attention": attention,
+                      "inv_freq": None if inv_freq is None else inv_freq.tolist()}))
+"""
+
+
+def _older_reader(version, outputs):
+    """What transformers `version` computes for each output, in one subprocess."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from tests.test_compat import _python
+
+    python = _python(version)
+    torch_site = str(Path(torch.__file__).resolve().parent.parent)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run([str(python), "-c", COMPAT_READER, torch_site, *map(str, outputs)], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [json.loads(line) for line in result.stdout.strip().splitlines()[-len(outputs):]]
+
+
+def _version(text):
+    return tuple(int(part) for part in text.split("."))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["target", "original"])
+@pytest.mark.parametrize("version", ["4.44.2", "4.57.1"])
+def test_older_transformers_compute_picli_yarn(version, layout, family_checkpoints, tmp_path):
+    """4.51+ read the default layout as meant; 4.44-4.50 build the ramp at max_position_embeddings
+    (the target), which the original layout gets right: exactly what yarn_readers states."""
+    cases = []
+    for name in UNSCALED:
+        config = json.loads((family_checkpoints[name] / "config.json").read_text())
+        first = max(rope.methods.yarn_min_transformers(config), {"gemma3_text": "4.50.0", "qwen3": "4.51.0"}.get(
+            config["model_type"], "0.0.0"), key=_version)
+        if _version(version) < _version(first):
+            continue
+        state = rope.read_state(config)
+        output = tmp_path / f"{name}-{layout}"
+        result = run("extend", family_checkpoints[name], "--to", state.window * 4, "-o", output, "--method", "yarn",
+                     "--max-position-embeddings", layout)
+        assert result.exit_code == 0, result.stderr
+        cases.append((name, state, output))
+    for (name, state, _), read in zip(cases, _older_reader(version, [output for *_, output in cases])):
+        assert read["rope_type"] == "yarn" and float(read["theta"]) == state.theta, (name, read)
+        assert read["attention"] == pytest.approx(0.1 * math.log(4) + 1, rel=1e-9), name
+        # 4.44-4.50 ignore original_max_position_embeddings: the ramp is built at max_position_embeddings.
+        ramp_window = state.window * 4 if (layout == "target" and _version(version) < (4, 51)) else state.window
+        expected = rope.yarn_inverse_frequencies(state.theta, state.rotary_dim, 4.0, ramp_window)
+        np.testing.assert_allclose(read["inv_freq"], expected, rtol=1e-6, err_msg=name)
+        if ramp_window != state.window:  # the deviation is real, not within rounding
+            meant = rope.yarn_inverse_frequencies(state.theta, state.rotary_dim, 4.0, state.window)
+            assert not np.allclose(read["inv_freq"], meant, rtol=1e-3), name
+    checked = len(cases)
+    assert checked >= (2 if version == "4.44.2" else 8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["4.44.2", "4.57.1"])
+def test_older_transformers_read_ntk_theta(version, family_checkpoints, tmp_path):
+    cases = []
+    for name in UNSCALED:
+        config = json.loads((family_checkpoints[name] / "config.json").read_text())
+        introduced = {"qwen3": "4.51.0", "gemma3_text": "4.50.0"}.get(config["model_type"], "4.0.0")
+        if _version(version) < _version(introduced):
+            continue
+        state = rope.read_state(config)
+        output = tmp_path / name
+        assert run("extend", family_checkpoints[name], "--to", state.window * 4, "-o", output, "--method",
+                   "ntk").exit_code == 0
+        cases.append((name, state, output))
+    for (name, state, _), read in zip(cases, _older_reader(version, [output for *_, output in cases])):
+        assert read["rope_type"] == "default", (name, read)
+        assert float(read["theta"]) == pytest.approx(rope.ntk_theta(state.theta, 4.0, state.rotary_dim), rel=1e-12)
+    checked = len(cases)
+    assert checked >= 6

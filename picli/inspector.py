@@ -123,7 +123,7 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
         check = rope.check(runtimes, state.disagreement)
     return Inspection(
         model=model, path=str(path), format="transformers", resolved_from=checkpoint.resolved_from,
-        architecture=(config.get("architectures") or [None])[0], model_type=config.get("model_type", "?"),
+        architecture=_architecture(config), model_type=config.get("model_type", "?"),
         parameters=summary.parameter_count, dtypes=summary.dtypes, files=summary.files, shards=summary.shards,
         size_bytes=summary.total_bytes, rope=rope_view,
         tokenizer_max_length=max_length,
@@ -227,3 +227,10 @@ def _inspect_gguf(model: str, checkpoint: Checkpoint) -> Inspection:
         runtimes=runtimes, provenance=_provenance(record), warnings=warnings, check=check,
     )
 
+
+def _architecture(config: dict) -> str | None:
+    """The first of config.json's `architectures`; None when the field is absent or not a list of names."""
+    architectures = config.get("architectures")
+    if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
+        return architectures[0]
+    return None

@@ -398,3 +398,35 @@ def test_gguf_to_past_2_32(tmp_path, workdir):
     result = run("extend", source, "--to", str(2**32 + 5), "-o", workdir / "out.gguf")
     assert_one_line_error(result, ["--to", LIMIT, "uint32"])
     assert not list(workdir.glob("out.gguf*"))
+
+
+# Found by a random mutation run over config.json (inspect, extend --dry-run, --method):
+# values read only by the runtime predictions or the report, after the RoPE checks.
+FUZZ_FOUND = {
+    "yarn original window a string": ({"rope_scaling": {"type": "yarn", "factor": 2.0,
+                                                        "original_max_position_embeddings": "abc"}},
+                                      "original_max_position_embeddings"),
+    "yarn attention_factor a string": ({"rope_scaling": {"type": "yarn", "factor": 2.0,
+                                                         "original_max_position_embeddings": 2048,
+                                                         "attention_factor": "x"}}, "attention_factor"),
+    "yarn mscale negative": ({"rope_scaling": {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 2048,
+                                               "mscale": -1, "mscale_all_dim": 1}}, "mscale"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FUZZ_FOUND))
+def test_runtime_prediction_values_are_checked(case, tmp_path):
+    edit, fragment = FUZZ_FOUND[case]
+    source = write_checkpoint(tmp_path / "m", {**copy.deepcopy(FAMILY_CONFIGS["llama_v4"]), **edit}, tokenizer_max=2048)
+    before = tree_hash(source)
+    assert_one_line_error(run("inspect", source), [fragment])
+    assert tree_hash(source) == before
+
+
+@pytest.mark.parametrize("architectures", [1, float("nan"), {"a": 1}, [], [3]])
+def test_junk_architectures_field_is_shown_as_unknown(architectures, tmp_path):
+    source = write_checkpoint(tmp_path / "m", {**FAMILY_CONFIGS["llama_v4"], "architectures": architectures},
+                              tokenizer_max=2048)
+    result = run("inspect", source, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["architecture"] is None

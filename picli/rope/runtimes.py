@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+from . import values
 from .families import family_of, language_config
 from .schema import RopeState, read_state, scaling_type_of
 
@@ -49,10 +50,12 @@ def _original_window(config: dict, active: dict) -> tuple[int | None, str]:
     """original_max_position_embeddings as transformers 5's standardize_rope_params finds it:
     the top-level key first (Phi-3 keeps it there), then the RoPE dict; None when absent."""
     config = language_config(config)
-    if config.get("original_max_position_embeddings"):
-        return int(config["original_max_position_embeddings"]), "top level"
-    if active.get("original_max_position_embeddings"):
-        return int(active["original_max_position_embeddings"]), "rope dict"
+    if config.get("original_max_position_embeddings") is not None:
+        return values.window(config["original_max_position_embeddings"], "original_max_position_embeddings"), \
+            "top level"
+    if active.get("original_max_position_embeddings") is not None:
+        return values.window(active["original_max_position_embeddings"],
+                             "rope_scaling.original_max_position_embeddings"), "rope dict"
     return None, "absent"
 
 
@@ -63,8 +66,11 @@ def _mscale(scale: float, mscale: float = 1.0) -> float:
 def configured_yarn_attention(active: dict, factor: float) -> tuple[float, str]:
     """transformers 5 / 4.57's YaRN attention factor and where it came from."""
     if active.get("attention_factor") is not None:
-        return float(active["attention_factor"]), "attention_factor"
+        return values.positive_number(active["attention_factor"], "attention_factor"), "attention_factor"
     mscale, mscale_all_dim = active.get("mscale"), active.get("mscale_all_dim")
+    for key, value in (("mscale", mscale), ("mscale_all_dim", mscale_all_dim)):
+        if value is not None and value != 0:  # 0 means "not set" to transformers, as None does
+            values.positive_number(value, key)
     if mscale and mscale_all_dim:
         return _mscale(factor, mscale) / _mscale(factor, mscale_all_dim), "mscale / mscale_all_dim"
     return _mscale(factor), "0.1 ln s + 1"

@@ -238,8 +238,8 @@ def _refuse_duplicates(models: list[str | None], checkpoints: list[Checkpoint]) 
     for model, checkpoint in zip(models, checkpoints):
         if checkpoint.path in seen:
             earlier = seen[checkpoint.path]
-            same = f"{model} and {earlier} are" if model != earlier else f"{model} is"
-            raise PicliError(f"{same} given twice ({checkpoint.path})",
+            what = f"{model} is given twice" if model == earlier else f"{earlier} and {model} are the same model"
+            raise PicliError(f"{what} ({checkpoint.path})",
                              hint="list each model once: every MODEL is measured with the same protocol")
         seen[checkpoint.path] = model
 

@@ -143,7 +143,7 @@ def test_heatmap_has_a_panel_per_model(models, tiny_model_dir):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["ext", "./ext/"], "ext and ./ext/ are given twice"),
+    (["ext", "./ext/"], "ext and ./ext/ are the same model"),
     (["ext", "ext"], "ext is given twice"),
     (["ext", "missing-dir/"], "missing-dir/: no such file or directory"),
     (["ext", "model.gguf"], "model.gguf is a GGUF file"),

@@ -303,12 +303,15 @@ def extend(
 @app.command()
 @boundary
 def verify(
-    model: LastModelArg = None,
+    models: Annotated[Optional[list[str]], typer.Argument(
+        metavar="MODEL", help="Checkpoint directories, Hub ids (org/name[@rev]) or aliases, measured side by "
+        "side with the same protocol, one at a time. Default: the last one picli wrote in this directory.")] = None,
     passkey: Annotated[bool, typer.Option("--passkey", help="Passkey retrieval, the PI paper's protocol (k_max).")] = False,
     perplexity: Annotated[bool, typer.Option("--perplexity", help="Sliding-window perplexity on --data.")] = False,
     length: Annotated[Optional[list[str]], typer.Option(
         "--length", help="Evaluated length in tokens (repeatable, e.g. --length 8k --length 16k). Default: the "
-        "model's window.")] = None,
+        "model's window; with several MODELs, every window among them (each model at every length, past its "
+        "own window marked *).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Text for perplexity: file, folder, JSONL, or hf:NAME.")] = None,
     text_field: TextFieldOpt = "text",
     stride: Annotated[int, typer.Option("--stride", help="Sliding-window stride (PI and YaRN use 256).")] = 256,
@@ -328,7 +331,7 @@ def verify(
                                       "prompts) and for --sample-docs.")] = 0,
     quick: Annotated[bool, typer.Option("--quick", help="4 positions x 2 trials: a smoke test, not the paper's protocol.")] = False,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Also measure this model (usually the source) "
-                                                    "with the same protocol, side by side.")] = None,
+                                                    "with the same protocol, side by side (once, shown last).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32.")] = "auto",
     attn: AttnOpt = "sdpa",
@@ -337,12 +340,13 @@ def verify(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Passkey trials per forward pass "
                                                       "(default: as many as memory allows).")] = None,
     heatmap: Annotated[Optional[Path], typer.Option("--heatmap", help="Also write the passkey grid as a PNG "
-                                                    "(needs matplotlib).")] = None,
+                                                    "(needs matplotlib): one figure, a panel per model.")] = None,
     save: Annotated[Optional[bool], typer.Option(
         "--save/--no-save", help="Write picli-verify.json (and the summary in picli.json) into MODEL, or never. "
         "Default: only into a checkpoint picli wrote (it has picli.json).", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the full record "
-                                                   "(picli-verify.json's content) to this file.")] = None,
+                                                   "(picli-verify.json's content) to this file; with several MODELs, "
+                                                   "one file holding every model's report.")] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Prove the extended window works: passkey k_max and long-context perplexity.
@@ -356,6 +360,14 @@ def verify(
     KV cache. The record is saved as picli-verify.json in the model directory when picli
     wrote that checkpoint; a checkpoint of your own is only read unless you pass --save
     (or -o FILE to keep the record elsewhere).
+
+    Several MODELs are measured side by side: the same lengths, prompts, seed and text for
+    each (and for --baseline, measured once), one model in memory at a time; one table per
+    measure with a column group per model (#1, #2, ... in the order given, the baseline last
+    as `base`), and each MODEL's own picli-verify.json under the rules above. --json then
+    prints {"models", "baseline", ..., "reports": [one model's report + "name", ...]}; with
+    one MODEL it prints that model's report, as always. Every MODEL is resolved before any
+    loads: a missing one, a GGUF file, or one given twice stops the run first.
 
     Weights load from safetensors only: picli never unpickles a file, so a checkpoint with
     only pytorch_model.bin is refused with the command that converts it (docs/safety.md).
@@ -376,9 +388,11 @@ def verify(
       picli verify ./m --passkey --quick --heatmap passkey.png --json
 
       picli verify ./my-own-model --passkey -o verify.json
+
+      picli verify ./m-16k ./m-16k-yarn ./m-16k-ntk --baseline ./m --passkey --perplexity --data book.txt
     """
     from .passkey import QUICK, Protocol
-    from .verify import VerifySettings, run_verify
+    from .verify import VerifySettings, run_side_by_side, run_verify
 
     if quick:
         positions, trials = QUICK
@@ -394,9 +408,11 @@ def verify(
         protocol=Protocol(positions=positions, trials=trials, seed=seed), baseline=baseline,
         device=device, dtype=dtype, attention=attn, device_map=device_map, batch_size=batch_size,
     )
+    side_by_side = bool(models) and len(models) > 1
+    run = run_side_by_side if side_by_side else run_verify
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
-        report = run_verify(model, settings, save=save, save_to=output,
-                            command=" ".join(["picli", *sys.argv[1:]]), on_event=on_event).to_dict()
+        report = run(models if side_by_side else (models[0] if models else None), settings, save=save,
+                     save_to=output, command=" ".join(["picli", *sys.argv[1:]]), on_event=on_event).to_dict()
     if output:
         render.message(f"Wrote {output}")
     if heatmap:
@@ -404,6 +420,8 @@ def verify(
         render.message(f"Wrote {heatmap}")
     if json_output:
         render.print_json(report)
+    elif side_by_side:
+        render.verify_side_by_side(report)
     else:
         render.verify_report(report)
 

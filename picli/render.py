@@ -373,10 +373,36 @@ def _rate_style(rate: float) -> str:
 
 
 def verify_report(report: dict) -> None:
-    console = out()
+    """One model (and its baseline): role-named columns, a delta column beside the baseline."""
     runs = [report["model"]] + ([report["baseline"]] if report.get("baseline") else [])
-    if report["model"].get("passkey"):
-        protocol = report["model"]["passkey"]["protocol"]
+    _verify_tables([(run["model"], run["model"], run) for run in runs], report, delta=len(runs) == 2,
+                   side_by_side=False)
+    if report.get("saved_to"):
+        message(f"Saved {report['saved_to']} (summary in picli.json)")
+
+
+def verify_side_by_side(result: dict) -> None:
+    """Several models (run_side_by_side's dict): a column group per model, #1, #2, ... in the
+    order given, and the baseline last as `base`; a legend line names them (full names would
+    not fit 80 columns)."""
+    first = result["reports"][0]
+    groups = [(f"#{index}", entry["name"], entry["model"]) for index, entry in enumerate(result["reports"], 1)]
+    if first.get("baseline"):
+        groups.append(("base", result["baseline"], first["baseline"]))
+    legend = "  ".join(f"{label} {name}" + (" (baseline)" if label == "base" else "") for label, name, _ in groups)
+    out().print(f"[bold]Models:[/] {escape(legend)}")
+    _verify_tables(groups, {**first, "notes": result.get("notes")}, delta=False, side_by_side=True)
+    for entry in result["reports"]:
+        if entry.get("saved_to"):
+            message(f"Saved {entry['saved_to']} (summary in picli.json)")
+
+
+def _verify_tables(groups: list[tuple[str, str, dict]], report: dict, delta: bool, side_by_side: bool) -> None:
+    """Passkey and perplexity tables, a column group per (header label, name, run); notes last."""
+    console = out()
+    runs = [run for _, _, run in groups]
+    if runs[0].get("passkey"):
+        protocol = runs[0]["passkey"]["protocol"]
         console.print(f"[bold]Passkey retrieval[/] ({protocol['name']} protocol: {protocol['positions']} positions x "
                       f"{protocol['trials']} trials, seed {protocol['seed']}, k_max at >= "
                       f"{protocol['threshold']:.0%} success)")
@@ -386,10 +412,10 @@ def verify_report(report: dict) -> None:
         # stands beside the deepest depth tested; the lines below add the weakest success it counted.
         # Two-line headers keep a model-and-baseline table inside 80 columns.
         table.add_column("deepest\nk tested", justify="right", no_wrap=True)
-        for run in runs:
-            table.add_column(f"{run['model']}\nk_max", justify="right", no_wrap=True)
-            table.add_column(f"{run['model']}\nok", justify="right", no_wrap=True)
-        if len(runs) == 2:
+        for label, _, _ in groups:
+            table.add_column(f"{label}\nk_max", justify="right", no_wrap=True)
+            table.add_column(f"{label}\nok", justify="right", no_wrap=True)
+        if delta:
             table.add_column("delta\nk_max", justify="right", no_wrap=True)
         for index, length in enumerate(report["passkey_lengths"]):
             row = [str(length), str(max(runs[0]["passkey"]["results"][index]["ks"]))]
@@ -400,12 +426,12 @@ def verify_report(report: dict) -> None:
                 values.append(result["k_max"])
                 row += [f"{result['k_max']}" + (" *" if result["beyond_window"] else ""),
                         f"[{_rate_style(rate)}]{rate:.0%}[/]"]
-            if len(runs) == 2:
+            if delta:
                 row.append(f"{values[0] - values[1]:+d}")
             table.add_row(*row)
         console.print(table)
-        for run in runs:
-            console.print(f"[bold]{run['model']}[/] success by k (key depth, tokens from the end; "
+        for _, name, run in groups:
+            console.print(f"[bold]{escape(name)}[/] success by k (key depth, tokens from the end; "
                           "left = near the end):")
             for result in run["passkey"]["results"]:
                 cells = "".join(f"[{_rate_style(rate)}]█[/]" for rate in result["success"])
@@ -415,31 +441,37 @@ def verify_report(report: dict) -> None:
                                                         f", lowest success up to k_max {lowest:.0%}"))
         console.print("  legend: [green]█[/] 100%  [chartreuse3]█[/] >=60%  [yellow]█[/] >=20%  "
                       "[dark_orange]█[/] <20%  [red]█[/] 0%   * beyond the model's trained window")
-    if report["model"].get("perplexity"):
+    if runs[0].get("perplexity"):
         table = Table(title="Perplexity (sliding window, stride "
-                      f"{report['model']['perplexity']['stride']})", title_justify="left", title_style="bold")
+                      f"{runs[0]['perplexity']['stride']})", title_justify="left", title_style="bold")
         table.add_column("length", justify="right")
-        for run in runs:
-            table.add_column(f"{run['model']} ppl", justify="right")
-        if len(runs) == 2:
+        for label, _, _ in groups:
+            table.add_column(f"{label} ppl", justify="right")
+        if delta:
             table.add_column("delta", justify="right")
         table.add_column("tokens scored", justify="right")
         for index, length in enumerate(report["perplexity_lengths"]):
             results = [run["perplexity"]["results"][index] for run in runs]
-            row = [str(length)] + [f"{result['perplexity']:.3f}" for result in results]
-            if len(runs) == 2:
+            row = [str(length)]
+            for result, run in zip(results, runs):
+                # Side by side, models of different windows share rows: mark the extrapolated cells
+                # as the passkey table does (one model's table says it in its note only).
+                beyond = side_by_side and length > run["window"]
+                row.append(f"{result['perplexity']:.3f}" + (" *" if beyond else ""))
+            if delta:
                 row.append(f"{results[0]['perplexity'] - results[1]['perplexity']:+.3f}")
-            row.append(f"{results[0]['tokens_scored']:,}")
+            # Models with different tokenizers score the same text in different numbers of tokens.
+            counts = list(dict.fromkeys(f"{result['tokens_scored']:,}" for result in results))
+            row.append(" / ".join(counts))
             table.add_row(*row)
         console.print(table)
     for note in report.get("notes") or []:
         console.print(f"[yellow]Note:[/] {escape(note)}")
-    if report.get("saved_to"):
-        message(f"Saved {report['saved_to']} (summary in picli.json)")
 
 
 def passkey_heatmap_png(report: dict, path: str) -> None:
-    """The success-by-k grid as a PNG (matplotlib, the optional 'plot' extra)."""
+    """The success-by-k grid as a PNG (matplotlib, the optional 'plot' extra): one figure, a
+    panel per model, for one model's report or run_side_by_side's dict (baseline last)."""
     try:
         import matplotlib
 
@@ -447,17 +479,22 @@ def passkey_heatmap_png(report: dict, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise PicliError("--heatmap needs matplotlib", hint="pip install matplotlib (or picli[plot])") from None
-    runs = [report["model"]] + ([report["baseline"]] if report.get("baseline") else [])
-    figure, axes = plt.subplots(len(runs), 1, figsize=(10, 1.2 + 0.6 * len(report["passkey_lengths"]) * len(runs)),
-                                squeeze=False)
-    for axis, run in zip(axes[:, 0], runs):
+    if "reports" in report:
+        panels = [(entry["name"], entry["model"]) for entry in report["reports"]]
+        if report["reports"][0].get("baseline"):
+            panels.append((f"{report['baseline']} (baseline)", report["reports"][0]["baseline"]))
+    else:
+        panels = [(run["model"], run) for run in [report["model"], report.get("baseline")] if run]
+    lengths = len(panels[0][1]["passkey"]["results"])
+    figure, axes = plt.subplots(len(panels), 1, figsize=(10, 1.2 + 0.6 * lengths * len(panels)), squeeze=False)
+    for axis, (name, run) in zip(axes[:, 0], panels):
         results = run["passkey"]["results"]
         grid = [result["success"] for result in results]
         image = axis.imshow(grid, aspect="auto", cmap="RdYlGn", vmin=0, vmax=1)
         axis.set_yticks(range(len(results)), [str(result["length"]) for result in results])
         axis.set_xticks(range(len(results[0]["ks"])), [str(k) for k in results[0]["ks"]], rotation=90, fontsize=6)
         axis.set_ylabel("length")
-        axis.set_title(f"{run['model']}: passkey success by k (tokens from the end)")
+        axis.set_title(f"{name}: passkey success by k (tokens from the end)")
         figure.colorbar(image, ax=axis, fraction=0.02)
     axes[-1, 0].set_xlabel("k")
     figure.tight_layout()

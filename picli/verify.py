@@ -1,5 +1,14 @@
-"""`picli verify`: passkey k_max and sliding-window perplexity, for a model and optionally a
-baseline measured with exactly the same protocol (same prompts, same seed, same text).
+"""`picli verify`: passkey k_max and sliding-window perplexity, for one model or several side
+by side, and optionally a baseline, all measured with exactly the same protocol (same
+lengths, prompts, seed and text), loaded one at a time.
+
+Side by side (`run_side_by_side`). Every MODEL gets the report a single-model run with the
+same --length list and --baseline would give it (a `VerifyReport`, and its own records under
+the rules below); the baseline is measured once and shared. Without --length the lengths are
+the union of the MODELs' windows (not the baseline's), so every model is measured at every
+length and the table's rows line up; lengths past a model's window are marked. The passkey
+keys are drawn per length list in order, so a model's row is reproduced alone by passing the
+same --length list.
 
 Where the record goes. A checkpoint picli wrote (it has picli.json) gets the full record as
 picli-verify.json and a summary in its picli.json, which is what `picli push` turns into the
@@ -112,14 +121,46 @@ def resolve_model(model: str | None, on_event: Events) -> Checkpoint:
 
     checkpoint = resolve(model, on_event=on_event)
     if checkpoint.kind == "gguf":
-        raise PicliError("verify runs transformers checkpoints, not GGUF files",
+        raise PicliError(f"{checkpoint.path.name} is a GGUF file; verify runs transformers checkpoints",
                          hint="verify the safetensors checkpoint the GGUF was made from")
     check_loadable(checkpoint.path)  # safetensors and a tokenizer, before minutes of anything
     return checkpoint
 
 
+@dataclass(frozen=True)
+class SideBySide:
+    """Several models measured with one protocol: each one's own report, in the order given."""
+
+    names: list[str]  # one per report: what the table and --json call each model
+    baseline_name: str | None
+    reports: list[VerifyReport]  # reports[i].baseline is the one shared baseline run
+    notes: list[str] = field(default_factory=list)  # the reports' notes, each naming its model
+
+    def to_dict(self) -> dict:
+        """The multi-model --json shape: each `reports` entry is what `picli verify MODEL
+        --baseline B --json` prints for that model (same --length list), plus its `name`."""
+        first = self.reports[0]
+        return {"models": self.names, "baseline": self.baseline_name,
+                "passkey_lengths": first.passkey_lengths, "perplexity_lengths": first.perplexity_lengths,
+                "settings": first.settings, "notes": self.notes,
+                "reports": [{"name": name, **report.to_dict()} for name, report in zip(self.names, self.reports)]}
+
+
 def run_verify(model: str | None, settings: VerifySettings = VerifySettings(), *, save: bool | None = None,
                save_to: Path | None = None, command: str = "picli verify", on_event: Events = None) -> VerifyReport:
+    """One model (and the optional baseline): the report, its records saved under the rules above."""
+    return _run([model], settings, save=save, save_to=save_to, command=command, on_event=on_event).reports[0]
+
+
+def run_side_by_side(models: list[str | None], settings: VerifySettings = VerifySettings(), *,
+                     save: bool | None = None, save_to: Path | None = None, command: str = "picli verify",
+                     on_event: Events = None) -> SideBySide:
+    """Several models, one protocol; -o FILE gets one record holding every report."""
+    return _run(list(models), settings, save=save, save_to=save_to, command=command, on_event=on_event)
+
+
+def _run(models: list[str | None], settings: VerifySettings, *, save: bool | None, save_to: Path | None,
+         command: str, on_event: Events) -> SideBySide:
     settings.validate()
     chosen = [option for option, value in (("--doc-tokens", settings.doc_tokens),
                                            ("--min-doc-tokens", settings.min_doc_tokens),
@@ -127,41 +168,86 @@ def run_verify(model: str | None, settings: VerifySettings = VerifySettings(), *
     if chosen and not settings.perplexity:
         raise PicliError(f"{chosen[0]} chooses the documents perplexity scores", hint="add --perplexity --data ...")
     settings.selection().check()  # before minutes of loading
-    checkpoint = resolve_model(model, on_event)
+    if len(models) > 1 and None in models:
+        raise PicliError("several MODELs, one of them empty", hint="name every model to compare")
+    # Every MODEL and the baseline resolved (missing, GGUF, pickle-only, no tokenizer) before
+    # any weight loads: the third model's typo costs a second, not two models' measurements.
+    checkpoints = [resolve_model(model, on_event) for model in models]
+    _refuse_duplicates(models, checkpoints)
+    baseline_checkpoint = resolve_model(settings.baseline, on_event) if settings.baseline else None
+    if baseline_checkpoint is not None and len(models) > 1:
+        for model, checkpoint in zip(models, checkpoints):
+            if checkpoint.path == baseline_checkpoint.path:
+                raise PicliError(f"{model} is both a MODEL and the --baseline",
+                                 hint="list it once, as --baseline: it gets its own column group")
     if save_to is not None:
         save_to = Path(save_to).expanduser().resolve()
         if save_to.is_dir():
             raise PicliError(f"-o {save_to} is a directory", hint="name a file, e.g. -o verify.json")
         check_writable_parent(save_to)
-    into_model = _saves_into_model(checkpoint, save, save_to, on_event)
-    window = _window(checkpoint.path)
-    lengths = sorted(set(settings.lengths or [window]))
+    into_models = [_saves_into_model(checkpoint, save, save_to, on_event) for checkpoint in checkpoints]
+    windows = [_window(checkpoint.path) for checkpoint in checkpoints]
+    # One length list for all (see the module docstring): one MODEL keeps its own window.
+    lengths = sorted(set(settings.lengths or windows))
     documents = None
     if settings.perplexity:
         from .textdata import load_texts
 
         documents = load_texts(settings.data, text_field=settings.text_field)
-    baseline_checkpoint = resolve_model(settings.baseline, on_event) if settings.baseline else None
 
+    names = _names(checkpoints)
     runs = []
-    for label, target in (("model", checkpoint), ("baseline", baseline_checkpoint)):
-        if target is None:
-            continue
+    for name, checkpoint in zip(names, checkpoints):
         if on_event:
-            on_event({"kind": "message", "text": f"Loading {label} {target.path}"})
-        runs.append(_measure(target, label, lengths, documents, settings, on_event))
-    notes = _notes(runs, lengths)
-    report = VerifyReport(model=runs[0], baseline=runs[1] if len(runs) > 1 else None,
-                          passkey_lengths=lengths if settings.passkey else [],
-                          perplexity_lengths=lengths if settings.perplexity else [],
-                          settings=settings.runtime(), notes=notes)
-    record = provenance.verify_record(report.to_dict(), command=command, data=settings.data)
+            label = "model" if len(checkpoints) == 1 else f"model {name}"
+            on_event({"kind": "message", "text": f"Loading {label} {checkpoint.path}"})
+        runs.append(_measure(checkpoint, "model", lengths, documents, settings, on_event))
+    baseline_run = None
+    if baseline_checkpoint is not None:
+        if on_event:
+            on_event({"kind": "message", "text": f"Loading baseline {baseline_checkpoint.path}"})
+        baseline_run = _measure(baseline_checkpoint, "baseline", lengths, documents, settings, on_event)
+
+    reports = [VerifyReport(model=run, baseline=baseline_run,
+                            passkey_lengths=lengths if settings.passkey else [],
+                            perplexity_lengths=lengths if settings.perplexity else [],
+                            settings=settings.runtime(),
+                            notes=_notes([run] + ([baseline_run] if baseline_run else []), lengths))
+               for run in runs]
+    records = [provenance.verify_record(report.to_dict(), command=command, data=settings.data) for report in reports]
+    baseline_name = _names(checkpoints + [baseline_checkpoint])[-1] if baseline_checkpoint else None
     if save_to is not None:
-        atomic_write_json(save_to, record)
-    if into_model:
-        saved = provenance.add_verification(checkpoint.path, record)
-        report = VerifyReport(**{**report.__dict__, "saved_to": str(saved)})
-    return report
+        if len(reports) == 1:
+            atomic_write_json(save_to, records[0])
+        else:
+            result = SideBySide(names, baseline_name, reports).to_dict()
+            atomic_write_json(save_to, provenance.verify_record(result, command=command, data=settings.data))
+    saved_reports = []
+    for report, record, checkpoint, into_model in zip(reports, records, checkpoints, into_models):
+        if into_model:
+            saved = provenance.add_verification(checkpoint.path, record)
+            report = VerifyReport(**{**report.__dict__, "saved_to": str(saved)})
+        saved_reports.append(report)
+    labelled = list(zip(names, runs)) + ([(baseline_name, baseline_run)] if baseline_run else [])
+    return SideBySide(names, baseline_name, saved_reports,
+                      notes=_notes([run for _, run in labelled], lengths, labels=[name for name, _ in labelled]))
+
+
+def _refuse_duplicates(models: list[str | None], checkpoints: list[Checkpoint]) -> None:
+    seen: dict[Path, str | None] = {}
+    for model, checkpoint in zip(models, checkpoints):
+        if checkpoint.path in seen:
+            earlier = seen[checkpoint.path]
+            what = f"{model} is given twice" if model == earlier else f"{earlier} and {model} are the same model"
+            raise PicliError(f"{what} ({checkpoint.path})",
+                             hint="list each model once: every MODEL is measured with the same protocol")
+        seen[checkpoint.path] = model
+
+
+def _names(checkpoints: list[Checkpoint]) -> list[str]:
+    """Short names for tables (a directory's name, an alias, a repo); the full path where two clash."""
+    short = [checkpoint.name or checkpoint.path.name for checkpoint in checkpoints]
+    return [name if short.count(name) == 1 else str(checkpoint.path) for name, checkpoint in zip(short, checkpoints)]
 
 
 def _saves_into_model(checkpoint: Checkpoint, save: bool | None, save_to: Path | None, on_event: Events) -> bool:
@@ -231,18 +317,20 @@ def _empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def _notes(runs: list[ModelRun], lengths: list[int]) -> list[str]:
+def _notes(runs: list[ModelRun], lengths: list[int], labels: list[str] | None = None) -> list[str]:
+    """Notes naming each run by `labels` (default: its role, "model" or "baseline")."""
+    labels = labels or [run.model for run in runs]
     notes = []
-    for run in runs:
+    for label, run in zip(labels, runs):
         beyond = [length for length in lengths if length > run.window]
         if beyond:
-            notes.append(f"{run.model}: {', '.join(map(str, beyond))} tokens lie beyond its window of {run.window} "
+            notes.append(f"{label}: {', '.join(map(str, beyond))} tokens lie beyond its window of {run.window} "
                          "tokens (extrapolation, no interpolation there)")
     shown: set[str] = set()
-    for run in runs:
+    for label, run in zip(labels, runs):
         for note in perplexity_notes(run.perplexity):
             if note not in shown:  # the baseline usually scores the same text: say it once
-                notes.append(note if run is runs[0] else f"{run.model}: {note}")
+                notes.append(note if run is runs[0] else f"{label}: {note}")
                 shown.add(note)
     return notes
 

@@ -125,3 +125,18 @@ def test_the_module_map_names_every_module_and_nothing_else():
     assert {"cli.py", "rope/", "rope/methods.py", "__main__.py"} <= present  # the walk finds what it must
     assert present - listed == set(), "add these to the module map in picli/__init__.py"
     assert listed - present == set(), "the module map in picli/__init__.py names modules that do not exist"
+
+
+def test_no_test_file_imports_another():
+    """Shared fixtures live in conftest.py and shared helpers in tests/helpers.py, so each test file
+    can be read, moved or deleted alone."""
+    tests = Path(__file__).parent
+    offenders = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level:
+                names = [f"tests.{node.module or ''}"] + [f"tests.{alias.name}" for alias in node.names]
+            offenders += [f"{path.name}: {name}" for name in names if name.startswith("tests.test_")]
+    assert offenders == []

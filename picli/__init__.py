@@ -1,15 +1,43 @@
 """picli: extend a RoPE model's context window by Position Interpolation, verify it, publish it.
 
-Layout (one module per capability; the CLI in cli.py only parses, calls one function, renders):
-  cli.py         the commands and the one error boundary
-  render.py      everything that prints (rich tables, progress, --json)
-  checkpoint.py  MODEL -> a local checkpoint (dir, GGUF, Hub id, alias, embedded SmolLM2)
-  rope/          RoPE families, the two config schemas, the methods, what each runtime will read
-  extend.py      plan and apply `picli extend`, the self-check
-  inspector.py   `picli inspect`: the report about one checkpoint
-  gguf_io.py     GGUF metadata read/rewrite, GGUF -> safetensors import
-  provenance.py  picli.json and .picli/last.json
-  files.py       atomic writes and staged directories
+Layout: one module per capability; the CLI in cli.py only parses, calls one function, renders.
+(tests/test_architecture.py checks that every module is listed here.)
+
+The commands and what they print:
+  __main__.py          `python -m picli` (and `accelerate launch -m picli`) runs the CLI
+  cli.py               the commands and the one error boundary
+  render.py            everything that prints (rich tables, progress, --json); the only rich import
+  docgen.py            docs/commands.md generated from the CLI's own --help
+  errors.py            PicliError and its named kinds: errors the user can fix, with a hint
+  events.py            the on_event progress callback every long-running core function takes
+
+One module per verb:
+  inspector.py         `picli inspect`: what a checkpoint is and what each runtime will do with it
+  extend.py            `picli extend`: plan and apply PI (or yarn, or ntk) into a new checkpoint, the self-check
+  verify.py            `picli verify`: passkey k_max and perplexity, for a model and optionally a baseline
+  finetune.py          `picli finetune`: the PI paper's short fine-tune at the new window
+  finetune_plan.py     `picli finetune --plan`: memory per device and time per step before a run
+  finetune_output.py   what finetune writes: resumable checkpoints during the run, and the final model
+  hub.py               `picli push`: publish a checkpoint to the Hub, after checking it
+  card.py              the model card (README.md) that `picli push` publishes and `picli card` writes
+
+What the verbs share:
+  checkpoint.py        MODEL -> a local checkpoint (dir, GGUF, Hub id, alias, embedded SmolLM2), its files read
+  rope/                RoPE, by concern:
+    rope/families.py   the family table: how each model_type stores RoPE in config.json
+    rope/schema.py     reading and writing RoPE in config.json's two schemas
+    rope/methods.py    the methods (linear PI, yarn, ntk): their math and the plan that writes a config
+    rope/runtimes.py   what transformers 4.x/5.x, vLLM and llama.cpp will do with a config
+    rope/values.py     the checks every RoPE value passes before picli computes with it
+  gguf_io.py           GGUF metadata read/rewrite, GGUF -> safetensors import
+  modeling.py          a model as picli runs it: loading, memory checks, body and head apart
+  passkey.py           passkey retrieval as the PI paper measures it (prompts, scoring, k_max)
+  perplexity.py        sliding-window perplexity, as the PI paper and YaRN measure it
+  textdata.py          text to evaluate or train on: files, folders, JSON Lines, a Hub dataset
+  training.py          what a fine-tune trains: settings, the loss module, LoRA, precision
+  provenance.py        picli's records (picli.json, picli-verify.json, .picli/last.json): the only owner
+  hub_errors.py        talking to the Hub: the one error table and repo-id rule, for downloads and push
+  files.py             atomic writes and staged directories: nothing is ever half-written
 """
 
 __version__ = "0.1.0"

@@ -12,9 +12,12 @@ import hashlib
 import ipaddress
 import json
 import os
+import secrets
+import shutil
 import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -84,6 +87,23 @@ FAMILY_CONFIGS = {
                      # the pretraining window is given, so the current one (4096) is not ambiguous
                      "rope_scaling": {"type": "linear", "factor": 2.0, "original_max_position_embeddings": 2048}},
 }
+
+# What `picli extend` must produce for each family (test_extend, and the older readers in test_compat):
+# (target, theta, rotary_dim, factor) of the full-attention layers after extension.
+EXTEND_EXPECTED = {
+    "llama_v4": (8192, 10000.0, 16, 4.0),
+    "llama_v5": (16384, 500000.0, 16, 4.0),
+    "llama_no_theta": (8192, 10000.0, 16, 4.0),
+    "mistral": (65536, 1e6, 16, 2.0),
+    "qwen2": (131072, 1e6, 16, 4.0),
+    "qwen3": (81920, 1e6, 16, 2.0),
+    "gemma3_text": (131072, 1e6, 16, 4.0),
+    "gemma3_text_v4": (131072, 1e6, 16, 4.0),
+    "gpt_neox": (8192, 10000.0, 4, 4.0),
+    "phi": (8192, 10000.0, 8, 4.0),
+    "llama_linear": (16384, 10000.0, 16, 8.0),
+}
+
 
 REFUSED_CONFIGS = {
     "gpt2": ({"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_layer": 2, "n_positions": 1024}, "no RoPE"),
@@ -249,3 +269,74 @@ def rotary_class_inv_freqs(checkpoint_dir: Path) -> dict:
                if name.endswith("inv_freq") and "original" not in name}
     return {name.removesuffix("inv_freq").removesuffix("_") or "all": buffer.to(torch.float64)
             for name, buffer in buffers.items()}
+
+
+# --- the project's own Hub on loopback (tests/hub_server.py), for `picli push` ------------------
+# picli runs in a subprocess (huggingface_hub reads HF_ENDPOINT and the offline flag at import)
+# with a `sitecustomize` network guard on its path: every connection is logged, non-loopback ones
+# are refused. Used by test_push.py and test_hostile_cli.py.
+
+TOKEN = "hf_" + secrets.token_hex(16)
+READ_TOKEN = "hf_" + secrets.token_hex(16)
+STRANGER_TOKEN = "hf_" + secrets.token_hex(16)
+TOKENS = (TOKEN, READ_TOKEN, STRANGER_TOKEN)
+REPO = "org/llama-8k"
+# What training leaves beside a model (picli finetune's checkpoints/, HF Trainer's checkpoint-*/) and
+# picli's own bookkeeping: never uploaded.
+JUNK = ["checkpoints/step-0000200/optimizer.bin", "checkpoints/step-0000200/pytorch_model.bin",
+        "checkpoint-10/optimizer.pt", "checkpoint-10/model.safetensors", "optimizer.pt", ".picli/last.json",
+        ".config.json.picli-tmp-x1y2"]
+
+
+@pytest.fixture(scope="module")
+def extended_model(tmp_path_factory) -> Path:
+    """A real `picli extend` output (2048 -> 8192), with a tokenizer, a verification record and
+    the training leftovers that must never be uploaded."""
+    from picli.extend import apply_extend, plan_extend
+    from tests.helpers import verify_file, verify_report
+
+    root = tmp_path_factory.mktemp("push-model")
+    source = write_checkpoint(root / "llama-src", FAMILY_CONFIGS["llama_v4"], tokenizer_max=2048, generation_max=2048)
+    (source / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {}}}))
+    # As for the embedded SmolLM2: the source's own record names the Hub base model.
+    (source / "picli.json").write_text(json.dumps({"base_model": "huggyllama/llama-7b", "history": []}))
+    plan = plan_extend(str(source), 8192, output=root / "llama-8k")
+    apply_extend(plan, command=["picli", "extend", "llama-src", "--to", "8192"])
+    model = plan.output
+    (model / "picli-verify.json").write_text(json.dumps(verify_file(verify_report())))
+    for junk in JUNK:
+        (model / junk).parent.mkdir(parents=True, exist_ok=True)
+        (model / junk).write_bytes(b"training state " + junk.encode())
+    return model
+
+
+@pytest.fixture
+def model(extended_model, tmp_path) -> Path:
+    return Path(shutil.copytree(extended_model, tmp_path / "llama-8k", symlinks=True))
+
+
+@pytest.fixture
+def hub(tmp_path):
+    from tests.hub_server import Account, FakeHub
+
+    server = FakeHub(tmp_path / "hub", {TOKEN: Account("tester", ["org"]),
+                                        READ_TOKEN: Account("reader", ["org"], write=False),
+                                        STRANGER_TOKEN: Account("stranger", [])})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(hub, tmp_path) -> dict:
+    """The environment for a picli subprocess that talks to the fake Hub, with the network guard."""
+    from tests.hub_server import write_network_guard
+
+    assert urlsplit(hub.url).hostname == "127.0.0.1"  # the subprocess talks to loopback only
+    guard = write_network_guard(tmp_path / "netguard")
+    values = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": TOKEN,
+              "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+              "PYTHONPATH": os.pathsep.join([str(guard), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+              "PICLI_NETGUARD_LOG": str(tmp_path / "network.log"), "COLUMNS": "200"}
+    values.pop("PICLI_DEBUG", None)
+    return values

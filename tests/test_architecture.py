@@ -5,6 +5,7 @@ functions: a late import still ties two modules together."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import picli
@@ -89,3 +90,53 @@ def test_the_finetune_trio_shares_training_and_never_imports_upward():
     assert "finetune" not in graph["finetune_plan"] | graph["finetune_output"] | graph["training"]
     assert "finetune_plan" not in graph["finetune_output"] | graph["training"]
     assert "training" in graph["finetune_output"]
+
+
+# --- the module map in picli/__init__.py ----------------------------------------------------
+
+
+def module_map(docstring: str) -> set[str]:
+    """The paths the map names: each entry line is indented, a path ending in .py or /, then text."""
+    return {match.group(1) for match in re.finditer(r"^ +(\S+(?:\.py|/)) {2,}\S", docstring, re.MULTILINE)}
+
+
+def package_modules() -> set[str]:
+    """Every module of picli/ as the map names it: cli.py, rope/, rope/schema.py (no __init__.py)."""
+    names = set()
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE)
+        if "__pycache__" in relative.parts:
+            continue
+        if path.name == "__init__.py":
+            if relative.parent != Path("."):
+                names.add(f"{relative.parent.as_posix()}/")
+        else:
+            names.add(relative.as_posix())
+    return names
+
+
+def test_the_map_reader_sees_entries_and_misses_prose():
+    text = "Layout:\n  cli.py      the commands\n  rope/       RoPE\n    rope/schema.py  schemas\nsee cli.py  too\n"
+    assert module_map(text) == {"cli.py", "rope/", "rope/schema.py"}
+
+
+def test_the_module_map_names_every_module_and_nothing_else():
+    listed, present = module_map(picli.__doc__), package_modules()
+    assert {"cli.py", "rope/", "rope/methods.py", "__main__.py"} <= present  # the walk finds what it must
+    assert present - listed == set(), "add these to the module map in picli/__init__.py"
+    assert listed - present == set(), "the module map in picli/__init__.py names modules that do not exist"
+
+
+def test_no_test_file_imports_another():
+    """Shared fixtures live in conftest.py and shared helpers in tests/helpers.py, so each test file
+    can be read, moved or deleted alone."""
+    tests = Path(__file__).parent
+    offenders = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level:
+                names = [f"tests.{node.module or ''}"] + [f"tests.{alias.name}" for alias in node.names]
+            offenders += [f"{path.name}: {name}" for name in names if name.startswith("tests.test_")]
+    assert offenders == []

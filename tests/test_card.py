@@ -1,6 +1,6 @@
 """The model card: front matter the Hub accepts, numbers from the records, the user's text kept.
 
-Pure and fast: records are built here in the exact shapes picli writes (picli.json as
+Pure and fast: records are built here and in tests/helpers.py in the exact shapes picli writes (picli.json as
 extend._record lays it out, picli-verify.json from verify.VerifyReport.to_dict and the
 summary from provenance.verification_summary), so no model is loaded.
 """
@@ -17,11 +17,9 @@ from typer.testing import CliRunner
 from picli import rope
 from picli.card import BEGIN, END, TAGS, CardError, render_card, verification_summary
 from picli.cli import app
-from picli.passkey import LengthResult, PasskeyReport, Protocol, k_max, lowest_success
-from picli.perplexity import PerplexityReport, PerplexityResult
 from picli.provenance import verification_summary as summarise
-from picli.verify import ModelRun, VerifyReport
 from tests.conftest import FAMILY_CONFIGS, write_checkpoint
+from tests.helpers import verify_file, verify_report
 
 runner = CliRunner()
 BASE = "huggyllama/llama-7b"
@@ -39,42 +37,6 @@ def picli_record(plan, base_model: str | None = BASE, finetune: dict | None = No
         "changes": {}, "weights": "copy", "self_check": {"ok": True}, "versions": {"picli": "0.1.0", "transformers": "5.0"},
         "history": [], "finetune": finetune, "verification": verification,
     }
-
-
-def length_result(length: int, success: list[float]) -> LengthResult:
-    """As passkey.evaluate_passkey builds it: the deepest k is the length less the task line and answer."""
-    ks = [(length - 40) * (index + 1) // len(success) for index in range(len(success))]
-    found = k_max(ks, success)
-    return LengthResult(length=length, ks=ks, success=success, outcomes=[[rate >= 0.5] for rate in success],
-                        keys=[[12345] for _ in success], k_max=found, k_largest=ks[-1],
-                        lowest_success=lowest_success(ks, success, found), beyond_window=False, seconds=1.0)
-
-
-def perplexity_result(length: int, value: float) -> PerplexityResult:
-    return PerplexityResult(length=length, perplexity=value, nll=1.0, tokens_scored=5000, documents=1, windows=3,
-                            seconds=1.0, tokens_per_second=100.0)
-
-
-def verify_report() -> VerifyReport:
-    protocol = Protocol().describe()
-    model = ModelRun(model="model", path="/abs/m", window=8192,
-                     passkey=PasskeyReport(protocol, 8192, [length_result(4096, [1.0, 1.0, 1.0, 1.0]),
-                                                            length_result(8192, [1.0, 1.0, 0.5, 0.0])]).to_dict(),
-                     perplexity=PerplexityReport(256, [perplexity_result(4096, 7.123),
-                                                       perplexity_result(8192, 6.877)]).to_dict())
-    baseline = ModelRun(model="baseline", path="/abs/base", window=2048,
-                        passkey=PasskeyReport(protocol, 2048, [length_result(4096, [1.0, 0.0, 0.0, 0.0]),
-                                                               length_result(8192, [0.0, 0.0, 0.0, 0.0])]).to_dict(),
-                        perplexity=PerplexityReport(256, [perplexity_result(4096, 7.5),
-                                                          perplexity_result(8192, 812.25)]).to_dict())
-    return VerifyReport(model=model, baseline=baseline, passkey_lengths=[4096, 8192],
-                        perplexity_lengths=[4096, 8192], settings={}, notes=["baseline: 4096, 8192 lie beyond"])
-
-
-def verify_file(report: VerifyReport) -> dict:
-    """picli-verify.json as verify writes it (provenance.verify_record)."""
-    return {"created": "2025-01-02T00:00:00+00:00", "command": "picli verify --passkey", "data": "/data/pg19_book.txt",
-            "versions": {}, **report.to_dict()}
 
 
 @pytest.fixture

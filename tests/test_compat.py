@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -12,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from picli.cli import app
-from tests.test_extend import EXPECTED
+from tests.conftest import EXTEND_EXPECTED
+from tests.helpers import side_python
 
-ROOT = Path(__file__).resolve().parent.parent
 VERSIONS = ("4.44.2", "4.57.1")
 pytestmark = pytest.mark.slow
 
@@ -37,15 +36,6 @@ print(json.dumps({
 INTRODUCED = {"qwen3": "4.51.0", "gemma3_text": "4.50.0"}
 
 
-def _python(version: str) -> Path:
-    python = ROOT / f".venv-tf{version}" / "bin" / "python"
-    if not python.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{python} is missing: `make test` builds it")
-        pytest.skip(f"side environment for transformers {version} not built (run `make test`)")
-    return python
-
-
 def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split("."))
 
@@ -54,7 +44,7 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 def outputs(family_checkpoints, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("compat")
     made = {}
-    for name, (target, *_rest) in EXPECTED.items():
+    for name, (target, *_rest) in EXTEND_EXPECTED.items():
         output = root / name
         result = CliRunner().invoke(app, ["extend", str(family_checkpoints[name]), "--to", str(target),
                                           "-o", str(output)])
@@ -65,10 +55,10 @@ def outputs(family_checkpoints, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_old_transformers_reads_picli_outputs(version, outputs):
-    python = _python(version)
+    python = side_python(version)
     checked = 0
     for name, output in sorted(outputs.items()):
-        target, theta, _rotary_dim, factor = EXPECTED[name]
+        target, theta, _rotary_dim, factor = EXTEND_EXPECTED[name]
         model_type = json.loads((output / "config.json").read_text())["model_type"]
         if _version_tuple(version) < _version_tuple(INTRODUCED.get(model_type, "4.0.0")):
             continue
@@ -101,7 +91,7 @@ def test_old_transformers_reads_picli_outputs(version, outputs):
 @pytest.mark.parametrize("version", VERSIONS)
 def test_old_transformers_reads_finetuned_output(version, tiny_model_dir, tmp_path):
     """The PI config survives `picli finetune` in both schemas (save_pretrained in 5.x would drop 4.x keys)."""
-    python = _python(version)
+    python = side_python(version)
     runner = CliRunner()
     extended = tmp_path / "ext"
     assert runner.invoke(app, ["extend", str(tiny_model_dir), "--to", "1024", "-o", str(extended)]).exit_code == 0

@@ -15,7 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 from picli.cli import app
-from tests.conftest import FAMILY_CONFIGS, REFUSED_CONFIGS, tree_hash, write_checkpoint
+from tests.conftest import EXTEND_EXPECTED, FAMILY_CONFIGS, REFUSED_CONFIGS, tree_hash, write_checkpoint
+from tests.helpers import assert_clean_error
 
 runner = CliRunner()
 
@@ -35,27 +36,11 @@ def effective(path: Path) -> dict[str, torch.Tensor]:
     return effective_inv_freqs(path)
 
 
-# (family, target, theta, rotary_dim, factor) of the full-attention layers after extension.
-EXPECTED = {
-    "llama_v4": (8192, 10000.0, 16, 4.0),
-    "llama_v5": (16384, 500000.0, 16, 4.0),
-    "llama_no_theta": (8192, 10000.0, 16, 4.0),
-    "mistral": (65536, 1e6, 16, 2.0),
-    "qwen2": (131072, 1e6, 16, 4.0),
-    "qwen3": (81920, 1e6, 16, 2.0),
-    "gemma3_text": (131072, 1e6, 16, 4.0),
-    "gemma3_text_v4": (131072, 1e6, 16, 4.0),
-    "gpt_neox": (8192, 10000.0, 4, 4.0),
-    "phi": (8192, 10000.0, 8, 4.0),
-    "llama_linear": (16384, 10000.0, 16, 8.0),
-}
-
-
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(EXTEND_EXPECTED))
 def test_extend_every_family(name, family_checkpoints, workdir):
     source = family_checkpoints[name]
     before = tree_hash(source)
-    target, theta, rotary_dim, factor = EXPECTED[name]
+    target, theta, rotary_dim, factor = EXTEND_EXPECTED[name]
     output = workdir / "out"
     result = run("extend", source, "--to", target, "-o", output, "--json")
     assert result.exit_code == 0, result.stderr
@@ -238,15 +223,6 @@ def test_failed_self_check_writes_nothing(checkpoint, workdir, monkeypatch):
 
 # --- every bad input: one line, a hint, exit 1, no traceback, source untouched ----------
 
-def assert_clean_error(result, needle: str) -> None:
-    assert result.exit_code == 1, (result.stdout, result.stderr)
-    assert needle in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines[0].startswith("Error: ") and len([l for l in lines if l.startswith("Error")]) == 1
-    assert any(line.startswith("Hint: ") for line in lines)
-    assert "Traceback" not in result.stderr and result.stdout == ""
-
-
 def test_missing_path(workdir):
     assert_clean_error(run("extend", "./no-such-model", "--to", 4096), "no such file or directory")
 
@@ -332,14 +308,14 @@ def test_debug_shows_traceback(checkpoint, workdir, monkeypatch):
     assert result.exit_code == 1 and result.exception is not None
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(EXTEND_EXPECTED))
 def test_self_check_frequencies_equal_the_model_rotary_class(name, family_checkpoints, workdir):
     """picli's self-check reads configs through transformers without importing modeling code;
     here it must agree with each family's own rotary embedding, source and output."""
     from picli.extend import effective_inv_freqs
 
     output = workdir / "out"
-    assert run("extend", family_checkpoints[name], "--to", EXPECTED[name][0], "-o", output).exit_code == 0
+    assert run("extend", family_checkpoints[name], "--to", EXTEND_EXPECTED[name][0], "-o", output).exit_code == 0
     for path in (family_checkpoints[name], output):
         fast, truth = effective_inv_freqs(path), effective(path)
         assert fast.keys() == truth.keys()

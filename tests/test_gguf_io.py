@@ -12,6 +12,7 @@ import pytest
 from picli import gguf_io
 from picli.errors import NotACheckpoint, OutputError, PicliError
 from picli.gguf_io import read_gguf, rewrite_gguf_metadata
+from tests.helpers import make_gguf
 
 gguf = pytest.importorskip("gguf")
 
@@ -21,35 +22,6 @@ SCALING = {
     "llama.rope.scaling.factor": ("FLOAT32", 2.0),
     "llama.rope.scaling.original_context_length": ("UINT32", 2048),
 }
-TOKENS = [f"tok{i}" for i in range(300)]  # over the summary threshold
-
-
-def make_gguf(path: Path, alignment: int | None = None) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    tensors = {
-        "token_embd.weight": rng.standard_normal((4, 6)).astype(np.float32),
-        # 7 float16 = 14 bytes: the next tensor's offset needs padding.
-        "blk.0.attn_norm.weight": rng.standard_normal(7).astype(np.float16),
-        "output.weight": rng.standard_normal((3, 5)).astype(np.float32),
-    }
-    writer = gguf.GGUFWriter(str(path), "llama")
-    if alignment is not None:
-        writer.add_custom_alignment(alignment)
-    writer.add_context_length(2048)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_string("general.name", "tiny test model")
-    writer.add_array("general.tags", ["a", "bc", "déf"])
-    writer.add_array("tokenizer.ggml.tokens", TOKENS)
-    writer.add_array("tokenizer.ggml.token_type", [1] * len(TOKENS))
-    writer.add_array("tokenizer.ggml.scores", [0.5, -1.0])
-    writer.add_bool("tokenizer.ggml.add_bos_token", True)
-    for name, array in tensors.items():
-        writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return tensors
 
 
 def sha256(path: Path) -> str:

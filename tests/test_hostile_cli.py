@@ -9,7 +9,6 @@ that fails the test if it is ever reached.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,8 @@ import pytest
 from typer.testing import CliRunner
 
 from picli.cli import app
-from tests.conftest import FAMILY_CONFIGS, write_checkpoint
+from tests.conftest import FAMILY_CONFIGS, REPO, write_checkpoint
+from tests.helpers import assert_clean_failure, picli
 
 runner = CliRunner()
 
@@ -269,8 +269,6 @@ def test_usage_error_in_a_real_process():
 
 # ---------------------------------------------------------------------------------------
 # 5. push: a server that is not quite the Hub, and branch names git would refuse.
-
-from tests.test_push import REPO, assert_clean_failure, env, extended_model, hub, model, picli  # noqa: E402,F401
 
 
 def test_push_to_an_endpoint_answering_200_with_html(model, hub, env, tmp_path):

@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import FAMILY_CONFIGS, write_checkpoint
-
-REVISION = "0123456789abcdef0123456789abcdef01234567"
-
-
-def picli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "picli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
+from tests.helpers import REVISION, picli
 
 
 def fill_cache(hf_home: Path, repo_id: str) -> Path:

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from picli.cli import app
 from tests.conftest import FAMILY_CONFIGS, REFUSED_CONFIGS, write_checkpoint
-from tests.test_gguf_io import make_gguf
+from tests.helpers import make_gguf
 
 runner = CliRunner()
 

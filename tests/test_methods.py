@@ -19,7 +19,7 @@ from picli import rope
 from picli.cli import app
 from picli.gguf_io import read_gguf
 from tests.conftest import FAMILY_CONFIGS, TINY, tree_hash, write_checkpoint
-from tests.test_extend import assert_clean_error
+from tests.helpers import assert_clean_error
 
 runner = CliRunner()
 # Every family fixture without a scaling of its own.
@@ -394,9 +394,9 @@ def _older_reader(version, outputs):
     import subprocess
     from pathlib import Path
 
-    from tests.test_compat import _python
+    from tests.helpers import side_python
 
-    python = _python(version)
+    python = side_python(version)
     torch_site = str(Path(torch.__file__).resolve().parent.parent)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     result = subprocess.run([str(python), "-c", COMPAT_READER, torch_site, *map(str, outputs)], capture_output=True,

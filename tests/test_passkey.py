@@ -1,21 +1,17 @@
 """Passkey: prompt construction, the k grid, the k_max rule, scoring with stub models, the
-shared-prefix cache against a naive computation, and the real SmolLM2."""
+shared-prefix cache against a naive computation, and the real SmolLM2 (`picli verify` through the
+CLI: test_verify_cli.py)."""
 
 from __future__ import annotations
 
-import json
 import random
 from types import SimpleNamespace
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from picli import passkey
-from picli.cli import app
-from picli.passkey import FILLER, KEY_LINE, QUESTION, TASK, PromptBuilder, Protocol, k_max, prompt_text
-
-runner = CliRunner()
+from picli.passkey import FILLER, KEY_LINE, TASK, PromptBuilder, Protocol, k_max, prompt_text
 
 
 def test_prompt_text_is_the_generators():
@@ -241,55 +237,6 @@ def test_auto_batch_counts_the_attention_mask(monkeypatch):
     assert passkey._auto_batch(loaded, 4096, trials=10) == 1
 
 
-def test_verify_cli_on_tiny_model(tiny_model_dir, tmp_path, workdir):
-    import shutil
-
-    model = tmp_path / "m"
-    shutil.copytree(tiny_model_dir, model)
-    result = runner.invoke(app, ["verify", str(model), "--passkey", "--quick", "--length", "256",
-                                 "--length", "384", "--json", "--device", "cpu", "--save"])  # not picli's output
-    assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
-    results = report["model"]["passkey"]["results"]
-    assert [r["length"] for r in results] == [256, 384]
-    assert all(len(r["ks"]) == 4 and len(r["outcomes"][0]) == 2 for r in results)
-    # The deepest depth tested stands beside k_max (it is short of the length by the task line
-    # and the answer), with the weakest success k_max counted.
-    for r in results:
-        assert r["k_largest"] == max(r["ks"]) < r["length"] and r["k_max"] <= r["k_largest"]
-        counted = [rate for k, rate in zip(r["ks"], r["success"]) if k <= r["k_max"]]
-        assert r["lowest_success"] == (min(counted) if r["k_max"] else None)
-    assert report["model"]["passkey"]["protocol"]["name"] == "quick"
-    # How the model ran, as the report has always recorded it (VerifySettings.runtime).
-    assert report["settings"] == {"device": "cpu", "dtype": "auto", "attention": "sdpa", "device_map": None,
-                                  "batch_size": None}
-    saved = json.loads((model / "picli-verify.json").read_text())
-    assert saved["model"]["passkey"]["results"][0]["ks"] == results[0]["ks"]
-    summary = json.loads((model / "picli.json").read_text())["verification"]
-    assert summary["model"]["passkey_k_max"] == {"256": results[0]["k_max"], "384": results[1]["k_max"]}
-
-
-def test_verify_without_model_uses_last_extended(tiny_model_dir, workdir):
-    assert runner.invoke(app, ["extend", str(tiny_model_dir), "--to", "1024", "-o", "ext"]).exit_code == 0
-    result = runner.invoke(app, ["verify", "--quick", "--length", "256", "--baseline", str(tiny_model_dir)])
-    assert result.exit_code == 0, result.stderr
-    assert f"MODEL: {workdir / 'ext'}" in result.stderr
-    header = [line for line in result.stdout.splitlines() if "baseline" in line and "delta" in line]
-    assert header and "deepest" in header[0] and "…" not in result.stdout  # every header fits in 80 columns
-    deepest = json.loads((workdir / "ext" / "picli-verify.json").read_text())["model"]["passkey"]["results"][0]["k_largest"]
-    assert "k tested" in result.stdout and f" of deepest {deepest}" in result.stdout
-    summary = json.loads((workdir / "ext" / "picli.json").read_text())
-    assert summary["rope"]["factor"] == 2.0 and summary["verification"]["baseline"]["passkey_k_max"]
-    assert not (tiny_model_dir / "picli-verify.json").exists()  # the baseline is only read
-
-
-def test_verify_errors(tmp_path, workdir):
-    result = runner.invoke(app, ["verify", "--passkey"])
-    assert result.exit_code == 1 and "no MODEL given" in result.stderr
-    result = runner.invoke(app, ["verify", str(tmp_path), "--perplexity"])
-    assert result.exit_code == 1 and "--perplexity needs text" in result.stderr
-
-
 # --- the real model -------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -310,36 +257,6 @@ def test_smollm2_teacher_forced_equals_generate(smollm2):
     assert sum(report.results[0].success) / 4 >= 0.75
 
 
-def test_verify_perplexity_cli_side_by_side(tiny_model_dir, tmp_path, workdir):
-    text = tmp_path / "book.txt"
-    text.write_text(" ".join([FILLER, TASK, QUESTION] * 40))
-    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--perplexity", "--data", str(text), "--length", "128",
-                                 "--length", "256", "--stride", "64", "--baseline", str(tiny_model_dir), "--no-save",
-                                 "--json"])
-    assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
-    model_results = report["model"]["perplexity"]["results"]
-    baseline_results = report["baseline"]["perplexity"]["results"]
-    assert [r["length"] for r in model_results] == [128, 256]
-    # Same weights, same text, same protocol: identical numbers side by side.
-    assert [r["perplexity"] for r in model_results] == [r["perplexity"] for r in baseline_results]
-    assert model_results[0]["tokens_scored"] == model_results[1]["tokens_scored"] > 1000
-    assert report["model"]["passkey"] is None and not (tiny_model_dir / "picli-verify.json").exists()
-    table = runner.invoke(app, ["verify", str(tiny_model_dir), "--perplexity", "--data", str(text), "--length", "128",
-                                "--stride", "64", "--no-save"])
-    assert "Perplexity" in table.stdout and "tokens scored" in table.stdout
-
-
-def test_length_that_does_not_fit_is_a_clear_error(tiny_model_dir, workdir, monkeypatch):
-    import picli.modeling
-
-    monkeypatch.setattr(picli.modeling, "available_memory", lambda device: 1_000_000)
-    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--quick", "--length", "4096", "--no-save"])
-    assert result.exit_code == 1
-    assert "needs about" in result.stderr and "only 0.0 GiB is free" in result.stderr
-    assert "smaller --length" in result.stderr and "Traceback" not in result.stderr
-
-
 def test_eager_attention_counts_its_score_matrix(monkeypatch):
     import picli.modeling
     from transformers import AutoConfig
@@ -354,20 +271,6 @@ def test_eager_attention_counts_its_score_matrix(monkeypatch):
     loaded.attention = "eager"  # + 2 x 8 heads x 32k x 32k x 2 bytes = 32 GiB of scores
     with pytest.raises(OutOfMemory, match="needs about"):
         check_fits(loaded, 32768)
-
-
-def test_cuda_oom_is_caught_at_the_boundary(tiny_model_dir, workdir, monkeypatch):
-    import picli.verify
-
-    class OutOfMemoryError(RuntimeError):
-        pass
-
-    def explode(*args, **kwargs):
-        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(picli.verify, "_measure", explode)
-    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--quick", "--no-save"])
-    assert result.exit_code == 1 and "out of GPU memory" in result.stderr and "Hint:" in result.stderr
 
 
 def test_every_position_keeps_its_trials_at_tiny_lengths(tokenizer):

@@ -17,7 +17,7 @@ from picli.checkpoint import resolve
 from picli.cli import app
 from picli.errors import ModelNotFound
 from tests.conftest import FAMILY_CONFIGS, tree_hash, write_checkpoint
-from tests.test_card import verify_file, verify_report
+from tests.helpers import verify_file, verify_report
 
 runner = CliRunner()
 

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx2
 import pytest
@@ -30,74 +27,9 @@ from picli.cli import app
 from picli.hub import PushPlan, plan_push, preflight
 from picli.hub_errors import HubCall, translate
 from picli.provenance import remember_last
-from tests.conftest import FAMILY_CONFIGS, write_checkpoint
-from tests.hub_server import Account, FakeHub, write_network_guard
-from tests.test_card import verify_file, verify_report
-
-TOKEN = "hf_" + secrets.token_hex(16)
-READ_TOKEN = "hf_" + secrets.token_hex(16)
-STRANGER_TOKEN = "hf_" + secrets.token_hex(16)
-TOKENS = (TOKEN, READ_TOKEN, STRANGER_TOKEN)
-REPO = "org/llama-8k"
-# What training leaves beside a model (picli finetune's checkpoints/, HF Trainer's checkpoint-*/) and
-# picli's own bookkeeping: never uploaded.
-JUNK = ["checkpoints/step-0000200/optimizer.bin", "checkpoints/step-0000200/pytorch_model.bin",
-        "checkpoint-10/optimizer.pt", "checkpoint-10/model.safetensors", "optimizer.pt", ".picli/last.json",
-        ".config.json.picli-tmp-x1y2"]
-
-
-@pytest.fixture(scope="module")
-def extended_model(tmp_path_factory) -> Path:
-    """A real `picli extend` output (2048 -> 8192), with a tokenizer, a verification record and
-    the training leftovers that must never be uploaded."""
-    from picli.extend import apply_extend, plan_extend
-
-    root = tmp_path_factory.mktemp("push-model")
-    source = write_checkpoint(root / "llama-src", FAMILY_CONFIGS["llama_v4"], tokenizer_max=2048, generation_max=2048)
-    (source / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {}}}))
-    # As for the embedded SmolLM2: the source's own record names the Hub base model.
-    (source / "picli.json").write_text(json.dumps({"base_model": "huggyllama/llama-7b", "history": []}))
-    plan = plan_extend(str(source), 8192, output=root / "llama-8k")
-    apply_extend(plan, command=["picli", "extend", "llama-src", "--to", "8192"])
-    model = plan.output
-    (model / "picli-verify.json").write_text(json.dumps(verify_file(verify_report())))
-    for junk in JUNK:
-        (model / junk).parent.mkdir(parents=True, exist_ok=True)
-        (model / junk).write_bytes(b"training state " + junk.encode())
-    return model
-
-
-@pytest.fixture
-def model(extended_model, tmp_path) -> Path:
-    return Path(shutil.copytree(extended_model, tmp_path / "llama-8k", symlinks=True))
-
-
-@pytest.fixture
-def hub(tmp_path):
-    server = FakeHub(tmp_path / "hub", {TOKEN: Account("tester", ["org"]),
-                                        READ_TOKEN: Account("reader", ["org"], write=False),
-                                        STRANGER_TOKEN: Account("stranger", [])})
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def env(hub, tmp_path) -> dict:
-    assert urlsplit(hub.url).hostname == "127.0.0.1"  # the subprocess talks to loopback only
-    guard = write_network_guard(tmp_path / "netguard")
-    values = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": TOKEN,
-              "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-              "PYTHONPATH": os.pathsep.join([str(guard), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-              "PICLI_NETGUARD_LOG": str(tmp_path / "network.log"), "COLUMNS": "200"}
-    values.pop("PICLI_DEBUG", None)
-    return values
-
-
-def picli(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "picli", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)
-
+from tests.conftest import JUNK, READ_TOKEN, REPO, STRANGER_TOKEN, TOKEN, TOKENS
+from tests.hub_server import FakeHub
+from tests.helpers import assert_clean_failure, picli
 
 def network_log(env: dict) -> list[str]:
     path = Path(env["PICLI_NETGUARD_LOG"])
@@ -110,14 +42,6 @@ def download(hub: FakeHub, repo: str, revision: str, path: str) -> bytes:
                                      headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.read()
-
-
-def assert_clean_failure(result: subprocess.CompletedProcess, needle: str) -> None:
-    assert result.returncode == 1, result.stderr
-    assert needle in result.stderr and "Hint:" in result.stderr
-    assert "Traceback" not in result.stderr and result.stdout == ""
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1
 
 
 def assert_no_token_anywhere(env: dict, outputs: list[str], *roots: Path) -> None:

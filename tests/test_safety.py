@@ -22,8 +22,7 @@ from typer.testing import CliRunner
 
 from picli.cli import app
 from tests.conftest import FAMILY_CONFIGS, tree_hash, write_checkpoint
-from tests.test_extend import assert_clean_error
-from tests.test_gguf_io import make_gguf
+from tests.helpers import REVISION, assert_clean_error, make_gguf, picli
 
 runner = CliRunner()
 
@@ -141,8 +140,6 @@ def blob_cache(hf_home: Path, repo_id: str, revision: str) -> Path:
 
 
 def test_hub_cache_snapshot_links_into_its_blobs_are_allowed(tmp_path):
-    from tests.test_hub_resolve import REVISION, picli
-
     hf_home = tmp_path / "hf"
     snapshot = blob_cache(hf_home, "huggyllama/llama-7b", REVISION)
     assert (snapshot / "config.json").is_symlink()

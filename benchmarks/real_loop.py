@@ -21,7 +21,7 @@ would run them (each one a subprocess: `python -m picli ... --json`):
    Persuasion: the same tokens for every arm and step); after the last round, the same at 12k
    (past the base model's 8192), and the base model once at every length.
 
-Run from the repository root (after `make install`, which also fetches the text):
+Run from the repository root (after `make install austen`; `make test` fetches the text too):
 
     .venv/bin/python benchmarks/real_loop.py                 # the full run (hours on 2 CPU cores)
     .venv/bin/python benchmarks/real_loop.py --json          # the numbers as JSON on stdout

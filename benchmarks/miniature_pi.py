@@ -282,8 +282,8 @@ def run_seed(args, seed: int, workdir: Path, picli: Picli) -> dict:
               f"{args.sequences} sequences each, work directory {workdir}")
 
     # 1. The short model: train at W in rounds until it retrieves at every depth of W.
-    short_steps, short_curve = 0, []
-    while short_steps < args.short_max:
+    short_steps, short_curve, learned = 0, [], False
+    while short_steps < args.short_max and not learned:
         short_steps = min(short_steps + args.short_round, args.short_max)
         trained = picli.finetune("base", "short", "data-short.jsonl", window, short_steps, args.short_round,
                                  seed, resume=short_steps > args.short_round)
@@ -291,8 +291,13 @@ def run_seed(args, seed: int, workdir: Path, picli: Picli) -> dict:
         short_curve.append({"steps": short_steps, "loss": trained["final_loss"], **at_window})
         picli.say(f"seed {seed}: short model, {short_steps} steps at W={window}: loss {trained['final_loss']:.3f}, "
                   f"k_max {at_window['k_max']}/{at_window['k_largest']}, success {at_window['success']:.0%}")
-        if at_window["k_max"] == at_window["k_largest"] and at_window["success"] >= args.short_success:
-            break
+        learned = at_window["k_max"] == at_window["k_largest"] and at_window["success"] >= args.short_success
+    if not learned and not args.quick:  # --quick's 20 steps learn nothing: it tests the plumbing
+        # The experiment asks what extension does to a model that retrieves at W; without one
+        # the arms measure nothing of that. The seed is reported, not dropped silently.
+        picli.say(f"seed {seed}: the short model did not learn passkey at W in {short_steps} steps: no arms")
+        return {"seed": seed, "vocabulary": len(tokenizer), "short_model_learned": False,
+                "short_training": short_curve, "wall_seconds": round(time.perf_counter() - started)}
 
     # 2. The extended checkpoints (PI, and YaRN unless --no-yarn); arms (a), (b) and (b') at
     #    W and T.
@@ -325,6 +330,7 @@ def run_seed(args, seed: int, workdir: Path, picli: Picli) -> dict:
     return {
         "seed": seed,
         "vocabulary": len(tokenizer),
+        "short_model_learned": learned,
         "k_largest": zero["short"][target]["k_largest"],
         "k_max_by_steps": {str(count): {arm: measured["k_max"] for arm, measured in row.items()}
                            for count, row in by_steps.items()},
@@ -359,20 +365,25 @@ def run(args) -> dict:
         # finished seed's numbers in its log.
         picli.say(f"seed {seed} done: {json.dumps(per_seed[-1])}")
 
-    largest = {result["k_largest"] for result in per_seed}
+    measured = [result for result in per_seed if "k_max_by_steps" in result]  # the arms ran
+    if not measured:
+        raise SystemExit("no seed's short model learned passkey at W: nothing to extend (see the log above)")
+    largest = {result["k_largest"] for result in measured}
     assert len(largest) == 1, "the prompt layout, hence the largest k, does not depend on the seed"
     summary = {}
-    for count, row in per_seed[0]["k_max_by_steps"].items():
-        summary[count] = {arm: {"k_max": spread([result["k_max_by_steps"][count][arm] for result in per_seed]),
-                                "success": spread([result["success_by_steps"][count][arm] for result in per_seed])}
+    for count, row in measured[0]["k_max_by_steps"].items():
+        summary[count] = {arm: {"k_max": spread([result["k_max_by_steps"][count][arm] for result in measured]),
+                                "success": spread([result["success_by_steps"][count][arm] for result in measured])}
                           for arm in row}
     result = {
         "short_window": args.window,
         "target_window": args.window * args.multiple,
         "steps": sorted(set(args.steps)),
         "seeds": args.seeds,
+        # the seeds whose arms ran (their short model learned passkey at W); the summary is over these
+        "seeds_measured": [result["seed"] for result in measured],
         "k_largest": largest.pop(),
-        # mean, min and max over the seeds, per number of fine-tuning steps and arm
+        # mean, min and max over the measured seeds, per number of fine-tuning steps and arm
         "summary": summary,
         "per_seed": per_seed,
         "protocol": {"positions": POSITIONS, "trials": TRIALS, "threshold": 0.2,
@@ -404,13 +415,18 @@ def table(result: dict) -> str:
     k_max and one for the mean success over all trials, each cell mean (min-max) over seeds."""
     window, target, largest = result["short_window"], result["target_window"], result["k_largest"]
     counts = list(result["summary"])
-    protocol, seeds = result["protocol"], result["seeds"]
+    protocol, seeds = result["protocol"], result["seeds_measured"]
+    failed = [seed["seed"] for seed in result["per_seed"] if "k_max_by_steps" not in seed]
+    measured = [seed for seed in result["per_seed"] if "k_max_by_steps" in seed]
     lines = [
         f"Passkey at T={target} after extension from W={window}; largest evaluable k at T: {largest}. "
         f"Seeds {', '.join(map(str, seeds))}: each cell is the mean (min-max) over the {len(seeds)} seed(s).",
         f"picli verify --passkey: {protocol['positions']} depths x {protocol['trials']} keys, a depth passes at "
         f">= 20% of its keys. Fine-tune: {result['recipe']}.",
     ]
+    if failed:
+        lines.append(f"Seed(s) {', '.join(map(str, failed))}: the short model did not learn passkey at W within "
+                     "--short-max steps, so no arm was run; they are not in the table.")
     for title, key, percent in (("k_max (tokens)", "k_max", False), ("mean success over all trials", "success", True)):
         lines += ["", f"{title}:", "",
                   "| arm | " + " | ".join(f"{count} steps" for count in counts) + " |",
@@ -420,14 +436,14 @@ def table(result: dict) -> str:
                      for count in counts]
             if any(cells):
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    at_window = {name: spread([seed["at_short_window"][name]["k_max"] for seed in result["per_seed"]])
-                 for name in result["per_seed"][0]["at_short_window"]}
-    success = {name: spread([seed["at_short_window"][name]["success"] for seed in result["per_seed"]])
-               for name in result["per_seed"][0]["at_short_window"]}
-    short_steps = spread([seed["short_training"][-1]["steps"] for seed in result["per_seed"]])
+    at_window = {name: spread([seed["at_short_window"][name]["k_max"] for seed in measured])
+                 for name in measured[0]["at_short_window"]}
+    success = {name: spread([seed["at_short_window"][name]["success"] for seed in measured])
+               for name in measured[0]["at_short_window"]}
+    short_steps = spread([seed["short_training"][-1]["steps"] for seed in measured])
     lines += [
         "",
-        f"At W={window} (largest evaluable k {result['per_seed'][0]['at_short_window']['short']['k_largest']}): "
+        f"At W={window} (largest evaluable k {measured[0]['at_short_window']['short']['k_largest']}): "
         + "; ".join(f"{name} k_max {cell(at_window[name], False)} ({cell(success[name], True)})"
                     for name in at_window)
         + f"; the short model trained {cell(short_steps, False)} steps at W.",

@@ -41,6 +41,7 @@ def test_miniature_pi_experiment(tmp_path):
     result = json.loads(done.stdout)
     assert (result["short_window"], result["target_window"], result["steps"]) == (128, 512, [STEPS])
     (seed,) = result["per_seed"]
+    assert seed["short_model_learned"], seed["short_training"]  # else the script runs no arm
     k_max, largest = {**seed["k_max_by_steps"]["0"], **seed["k_max_by_steps"][str(STEPS)]}, result["k_largest"]
     assert set(k_max) == {"extrapolation", "pi_no_ft", "pi_ft"}, k_max  # --no-direct --no-yarn honoured
     assert largest >= 0.9 * result["target_window"]  # the evaluable range: T minus task line and answer

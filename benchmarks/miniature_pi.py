@@ -405,7 +405,7 @@ def run(args) -> dict:
 def cell(values: dict, percent: bool) -> str:
     """mean (min-max) over the seeds; one value when there is one seed or they agree."""
     show = (lambda value: f"{value:.0%}") if percent else (lambda value: f"{value:.0f}")
-    if values["min"] == values["max"]:
+    if show(values["min"]) == show(values["max"]):
         return show(values["min"])
     return f"{show(values['mean'])} ({show(values['min'])}-{show(values['max'])})"
 
@@ -425,8 +425,8 @@ def table(result: dict) -> str:
         f">= 20% of its keys. Fine-tune: {result['recipe']}.",
     ]
     if failed:
-        lines.append(f"Seed(s) {', '.join(map(str, failed))}: the short model did not learn passkey at W within "
-                     "--short-max steps, so no arm was run; they are not in the table.")
+        lines.append(f"Seed(s) {', '.join(map(str, failed))}: the short model did not learn passkey at W "
+                     "(its rounds are in per_seed), so no arm was run; not in the table.")
     for title, key, percent in (("k_max (tokens)", "k_max", False), ("mean success over all trials", "success", True)):
         lines += ["", f"{title}:", "",
                   "| arm | " + " | ".join(f"{count} steps" for count in counts) + " |",

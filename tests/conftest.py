@@ -247,12 +247,11 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return directory
 
 
-def rotary_class_inv_freqs(checkpoint_dir: Path) -> dict:
+def family_rotary(checkpoint_dir: Path):
     """The truth for RoPE checks: the family's own rotary embedding module, built from the
-    config by transformers, and its inverse-frequency buffers ({layer type: tensor})."""
+    config by transformers (the class its modeling file defines for this config)."""
     import importlib
 
-    import torch
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import model_type_to_module_name
 
@@ -264,8 +263,14 @@ def rotary_class_inv_freqs(checkpoint_dir: Path) -> dict:
     prefix = type(config).__name__.removesuffix("Config")
     rotary_class = max(candidates, key=lambda cls: (prefix.startswith(cls.__name__.removesuffix("RotaryEmbedding")),
                                                     -len(cls.__name__)))
-    rotary = rotary_class(config)
-    buffers = {name: buffer for name, buffer in rotary.named_buffers()
+    return rotary_class(config)
+
+
+def rotary_class_inv_freqs(checkpoint_dir: Path) -> dict:
+    """The family's own rotary module's inverse-frequency buffers ({layer type: tensor})."""
+    import torch
+
+    buffers = {name: buffer for name, buffer in family_rotary(checkpoint_dir).named_buffers()
                if name.endswith("inv_freq") and "original" not in name}
     return {name.removesuffix("inv_freq").removesuffix("_") or "all": buffer.to(torch.float64)
             for name, buffer in buffers.items()}

@@ -5,7 +5,6 @@ stacking rules, the GGUF path, picli.json, the card and fine-tuning keeping the 
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import math
 
@@ -18,7 +17,7 @@ from typer.testing import CliRunner
 from picli import rope
 from picli.cli import app
 from picli.gguf_io import read_gguf
-from tests.conftest import FAMILY_CONFIGS, TINY, tree_hash, write_checkpoint
+from tests.conftest import FAMILY_CONFIGS, TINY, family_rotary, tree_hash, write_checkpoint
 from tests.helpers import assert_clean_error
 
 runner = CliRunner()
@@ -33,18 +32,7 @@ def run(*args):
 def rotary_truth(checkpoint_dir) -> dict[str, tuple[torch.Tensor, float]]:
     """The family's own rotary embedding class, built by transformers from the written config:
     {layer type: (inverse frequencies, attention_scaling)}, what the model multiplies into cos/sin."""
-    from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import model_type_to_module_name
-
-    config = AutoConfig.from_pretrained(checkpoint_dir)
-    name = model_type_to_module_name(config.model_type)
-    module = importlib.import_module(f"transformers.models.{name}.modeling_{name}")
-    candidates = [obj for key, obj in vars(module).items()
-                  if key.endswith("RotaryEmbedding") and isinstance(obj, type) and obj.__module__ == module.__name__]
-    prefix = type(config).__name__.removesuffix("Config")
-    rotary_class = max(candidates, key=lambda cls: (prefix.startswith(cls.__name__.removesuffix("RotaryEmbedding")),
-                                                    -len(cls.__name__)))
-    rotary = rotary_class(config)
+    rotary = family_rotary(checkpoint_dir)
     found = {}
     for buffer_name, buffer in rotary.named_buffers():
         if not buffer_name.endswith("inv_freq") or "original" in buffer_name:

@@ -64,16 +64,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from functools import reduce
 from pathlib import Path
+
+from picli_runner import PicliRunner  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -185,40 +185,11 @@ def write_corpus(path: Path, tokenizer, sequence_length: int, sequences: int, se
 # picli, as a user runs it
 
 
-class Picli:
-    """Runs `python -m picli ... --json` in the work directory and keeps every result."""
-
-    def __init__(self, workdir: Path, threads: int, verbose: bool):
-        self.workdir, self.verbose, self.started = workdir, verbose, time.perf_counter()
-        self.env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                    "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
-                    "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-        self.log = workdir / "commands.jsonl"
-
-    def say(self, text: str) -> None:
-        print(f"[{time.perf_counter() - self.started:6.0f}s] {text}", file=sys.stderr, flush=True)
+class Picli(PicliRunner):
+    """picli's commands as this experiment uses them."""
 
     def __call__(self, *args: str) -> dict:
-        command = [sys.executable, "-m", "picli", *args, "--json"]
-        started = time.perf_counter()
-        child = subprocess.Popen(command, cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-        try:
-            stdout, stderr = child.communicate()
-        finally:
-            if child.poll() is None:  # this script was interrupted: do not leave picli running
-                child.terminate()
-                child.wait()
-        seconds = time.perf_counter() - started
-        if child.returncode != 0:
-            sys.stderr.write(stderr[-4000:])
-            raise SystemExit(f"picli failed (exit {child.returncode}): {' '.join(args)}")
-        result = json.loads(stdout)
-        with open(self.log, "a") as handle:
-            handle.write(json.dumps({"command": ["picli", *args], "seconds": seconds, "result": result}) + "\n")
-        if self.verbose:
-            self.say(f"picli {' '.join(args)}  ({seconds:.0f} s)")
-        return result
+        return self.run(*args)[0]
 
     def finetune(self, model: str, output: str, data: str, seq_len: int, steps: int, save_every: int,
                  seed: int, resume: bool) -> dict:

@@ -59,3 +59,26 @@ def test_methods_quick(tmp_path):
     # script measured one model four times or the config did not reach the model).
     perplexities = [row["perplexity"]["256"]["nll"] for row in result["results"].values()]
     assert len({round(nll, 9) for nll in perplexities}) == 4, perplexities
+
+
+def test_methods_tail_perplexities_subtract_single_windows():
+    """The 'tokens a-b' columns: the mean loss of only the tokens a longer single window adds, from
+    the two windows' means. Built from known per-token losses, so a wrong pairing or weighting fails."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("methods_benchmark", ROOT / "benchmarks" / "methods.py")
+    methods = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(methods)
+    losses = [1.0 + (t % 7) / 10 for t in range(1, 12)]  # per-token loss of tokens 1..11 (token 0: none)
+
+    def one_window(length):  # a window of `length` tokens from the first scores tokens 1..length-1
+        scored = losses[:length - 1]
+        return {"windows": 1, "tokens_scored": len(scored), "nll": sum(scored) / len(scored)}
+
+    perplexity = {"4": one_window(4), "8": one_window(8), "12": one_window(12),
+                  "2": {"windows": 3, "tokens_scored": 11, "nll": 9.0}}  # sliding: never a tail
+    tails = methods.tail_perplexities(perplexity)
+    assert [(tail["from"], tail["to"], tail["tokens"]) for tail in tails] == [(4, 8, 4), (8, 12, 4)]
+    assert math.isclose(tails[0]["nll"], sum(losses[3:7]) / 4)
+    assert math.isclose(tails[1]["nll"], sum(losses[7:11]) / 4)
+    assert math.isclose(tails[1]["perplexity"], math.exp(sum(losses[7:11]) / 4))

@@ -33,7 +33,7 @@ small enough for 2 CPU cores:
    on. Batch order is a pure function of (seed, step) and the LR is constant after warmup,
    so the model at N2 is the one an uninterrupted run would have produced, and every N
    costs only its own extra steps. (a), (b) and (b') are the N=0 points of (d), (c) and (c').
-5. Steps 1-4 run once per seed of --seeds (default 0, 1, 2): the seed sets the model's init,
+5. Steps 1-4 run once per seed of --seeds (default 0-3): the seed sets the model's init,
    both corpora, the data order and the passkey keys, so the short model differs per seed.
    The table gives, per arm and N, the mean and the range (min-max) over the seeds; the JSON
    holds every seed's numbers (per_seed) beside the summary.
@@ -436,8 +436,8 @@ def parse_args(argv=None):
     parser.add_argument("--multiple", type=int, default=2, help="target T = multiple x W (default 2)")
     parser.add_argument("--steps", default="10,25,50,100,200",
                         help="fine-tuning steps N at T, comma-separated (default 10,25,50,100,200)")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated; each seed runs the whole pipeline: "
-                        "model init, corpora, short model, data order and passkey keys (default 0,1,2)")
+    parser.add_argument("--seeds", default="0,1,2,3", help="comma-separated; each seed runs the whole pipeline: "
+                        "model init, corpora, short model, data order and passkey keys (default 0,1,2,3: the published run)")
     parser.add_argument("--short-round", type=int, default=250, help="steps per round of short-window training")
     parser.add_argument("--short-max", type=int, default=2000, help="give up on the short model after this many")
     parser.add_argument("--short-success", type=float, default=0.9,

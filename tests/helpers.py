@@ -5,6 +5,7 @@ conftest, never from another test file, so each test file can be read, moved or 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -132,3 +133,18 @@ def verify_file(report: VerifyReport) -> dict:
     """picli-verify.json as verify writes it (provenance.verify_record)."""
     return {"created": "2025-01-02T00:00:00+00:00", "command": "picli verify --passkey", "data": "/data/pg19_book.txt",
             "versions": {}, **report.to_dict()}
+
+
+# --- the benchmark scripts ----------------------------------------------------------------
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module, for its pure functions (tables, derived numbers); the
+    scripts import their neighbours from benchmarks/ and benchmarks/data/."""
+    for folder in (ROOT / "benchmarks", ROOT / "benchmarks" / "data"):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

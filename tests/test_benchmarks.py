@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import load_benchmark
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -64,11 +66,7 @@ def test_methods_quick(tmp_path):
 def test_methods_tail_perplexities_subtract_single_windows():
     """The 'tokens a-b' columns: the mean loss of only the tokens a longer single window adds, from
     the two windows' means. Built from known per-token losses, so a wrong pairing or weighting fails."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("methods_benchmark", ROOT / "benchmarks" / "methods.py")
-    methods = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(methods)
+    methods = load_benchmark("methods")
     losses = [1.0 + (t % 7) / 10 for t in range(1, 12)]  # per-token loss of tokens 1..11 (token 0: none)
 
     def one_window(length):  # a window of `length` tokens from the first scores tokens 1..length-1

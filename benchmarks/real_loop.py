@@ -23,10 +23,11 @@ would run them (each one a subprocess: `python -m picli ... --json`):
 
 Run from the repository root (after `make install austen`; `make test` fetches the text too):
 
-    .venv/bin/python benchmarks/real_loop.py                 # the full run (hours on 2 CPU cores)
+    .venv/bin/python benchmarks/real_loop.py                 # the full run (2 h 10 min on 2 shared cores)
     .venv/bin/python benchmarks/real_loop.py --json          # the numbers as JSON on stdout
     .venv/bin/python benchmarks/real_loop.py --arms pi --steps 10   # a reduced run
     .venv/bin/python benchmarks/real_loop.py --quick         # mechanics only, < 3 minutes
+    .venv/bin/python benchmarks/real_loop.py --table docs/results/real_loop.json   # a saved run's table
 
 --quick checks the plumbing (tiny lengths, 1 and 2 steps, a few hundred tokens); its numbers
 mean nothing. Progress goes to stderr, the table (or --json) to stdout; `--keep DIR` keeps the
@@ -270,6 +271,7 @@ def parse_args(argv=None):
     parser.add_argument("--keep", help="keep the work directory here (must be new or empty)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every picli command with its time")
+    parser.add_argument("--table", metavar="JSON", help="print the table of a saved --json result; measure nothing")
     args = parser.parse_args(argv)
     unknown = set(args.arms) - set(ARMS)
     if unknown:
@@ -279,6 +281,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.table:
+        print(render(json.loads(Path(args.table).read_text())))
+        return
     if not austen.available():
         raise SystemExit("The held-out and training text is missing: run `make austen` (benchmarks/data/README.md)")
     result = run(args)

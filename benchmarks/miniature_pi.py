@@ -68,12 +68,11 @@ import random
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from functools import reduce
 from pathlib import Path
 
-from picli_runner import PicliRunner  # benchmarks/, the script's own folder
+from picli_runner import PicliRunner, work_directory  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -326,10 +325,7 @@ def run(args) -> dict:
 
     transformers.logging.set_verbosity_error()  # the long corpus exceeds the tokenizer's W: expected
     transformers.utils.logging.disable_progress_bar()
-    workdir = Path(args.keep or tempfile.mkdtemp(prefix="picli-miniature-")).resolve()
-    if workdir.exists() and any(workdir.iterdir()):
-        raise SystemExit(f"--keep {workdir} is not empty: choose a new directory")
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = work_directory(args.keep, "picli-miniature-")
     picli = Picli(workdir, args.threads, verbose=args.verbose)
     started = time.perf_counter()
     per_seed = []

@@ -12,10 +12,21 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def work_directory(keep: str | None, prefix: str) -> Path:
+    """The experiment's work directory: --keep DIR (new or empty, so no earlier run's files mix
+    in), or a fresh temporary one."""
+    workdir = Path(keep or tempfile.mkdtemp(prefix=prefix)).resolve()
+    if workdir.exists() and any(workdir.iterdir()):
+        raise SystemExit(f"--keep {workdir} is not empty: choose a new directory")
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
 
 
 class PicliRunner:

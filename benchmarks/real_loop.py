@@ -42,12 +42,11 @@ import json
 import math
 import shutil
 import sys
-import tempfile
 import time
 from functools import reduce
 from pathlib import Path
 
-from picli_runner import PicliRunner  # benchmarks/, the script's own folder
+from picli_runner import PicliRunner, work_directory  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks" / "data"))
@@ -126,10 +125,7 @@ def run(args) -> dict:
     steps = sorted(set(plan["steps"]))
     recipe = ["--seq-len", str(plan["seq_len"]), "--batch-size", str(plan["batch_size"]), "--micro-batch-size", "1",
               "--seed", str(args.seed), "--cpu"] + (["--lr", str(args.lr)] if args.lr is not None else [])
-    workdir = Path(args.keep or tempfile.mkdtemp(prefix="picli-real-loop-")).resolve()
-    if workdir.exists() and any(workdir.iterdir()):
-        raise SystemExit(f"--keep {workdir} is not empty: choose a new directory")
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = work_directory(args.keep, "picli-real-loop-")
     picli = Picli(workdir, args.threads, verbose=args.verbose)
     started = time.perf_counter()
     sizes = write_texts(workdir, plan["train_chars"])

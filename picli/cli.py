@@ -396,10 +396,8 @@ def verify(
 
     if quick:
         positions, trials = QUICK
-    if heatmap and not (passkey or not perplexity):
-        raise PicliError("--heatmap draws the passkey grid", hint="add --passkey")
     settings = VerifySettings(
-        passkey=passkey or not perplexity, perplexity=perplexity,
+        passkey=passkey or None, perplexity=perplexity,
         lengths=tuple(parse_window(value, "--length") for value in length) if length else None,
         data=data, text_field=text_field, stride=stride, max_tokens=max_tokens,
         doc_tokens=parse_window(doc_tokens, "--doc-tokens") if doc_tokens is not None else None,
@@ -408,6 +406,8 @@ def verify(
         protocol=Protocol(positions=positions, trials=trials, seed=seed), baseline=baseline,
         device=device, dtype=dtype, attention=attn, device_map=device_map, batch_size=batch_size,
     )
+    if heatmap and not settings.passkey:
+        raise PicliError("--heatmap draws the passkey grid", hint="add --passkey")
     side_by_side = bool(models) and len(models) > 1
     run = run_side_by_side if side_by_side else run_verify
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:

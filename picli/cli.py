@@ -500,11 +500,12 @@ def finetune(
 @app.command()
 @boundary
 def push(
-    model_or_repo: Annotated[Optional[str], typer.Argument(
-        metavar="MODEL", help="Checkpoint directory to publish. Given only one argument, it is REPO and MODEL is "
-        "the last checkpoint picli wrote in this directory.", show_default=False)] = None,
-    repo: Annotated[Optional[str], typer.Argument(
-        metavar="REPO", help="Hub repo id, namespace/name (required).", show_default=False)] = None,
+    repo: Annotated[str, typer.Argument(
+        metavar="REPO", help="Hub repo id, namespace/name (first, as in `hf upload REPO [PATH]`).",
+        show_default=False)],
+    model: Annotated[Optional[str], typer.Argument(
+        metavar="MODEL", help="Checkpoint directory to publish. Default: the last one picli wrote in this "
+        "directory.", show_default=False)] = None,
     public: Annotated[bool, typer.Option("--public", help="Create the repo public (default: private).")] = False,
     revision: Annotated[Optional[str], typer.Option(
         "--revision", help="Push to this branch; a new branch is created from main.")] = None,
@@ -533,44 +534,28 @@ def push(
     command again after an interruption finishes the upload. Training checkpoints,
     optimizer state and .picli/ are never uploaded.
 
+    REPO comes first and MODEL second, as in `hf upload REPO [PATH]`; the other order (a
+    directory, then a repo id) is refused before anything is read or sent.
+
     Examples:
 
       picli push org/model-16k
 
-      picli push ./llama-7b-16k org/model-16k --public
+      picli push org/model-16k ./llama-7b-16k --public
 
-      picli push ./m org/model-16k --revision pi-16k --commit-message "PI x8, 200 steps"
+      picli push org/model-16k ./m --revision pi-16k --commit-message "PI x8, 200 steps"
 
-      picli push ./m org/model-16k --create-pr
+      picli push org/model-16k ./m --create-pr
 
-      picli push ./m org/model-16k --dry-run
+      picli push org/model-16k ./m --dry-run
     """
-    from .checkpoint import resolve
-    from .hub import plan_push
-    from .hub import push as push_to_hub
+    from .hub import push_command
 
-    if model_or_repo is None:
-        raise typer.BadParameter("missing the Hub repo id (namespace/name)", param_hint="REPO")
-    if repo is None:
-        model_dir = resolve(None, on_event=_say).path
-        repo_id = model_or_repo
-    else:
-        model_dir, repo_id = Path(model_or_repo), repo
     with _quiet_third_party(json_output, hub_bars=True), render.progress(bars=not json_output) as on_event:
-        plan = plan_push(model_dir, repo_id, revision=revision, private=not public, create_pr=create_pr,
-                         exist_ok=exist_ok, commit_message=commit_message, overwrite_card=overwrite_card, token=token)
-        for text in plan.warnings:
-            render.warning(text)
-        if dry_run:
-            payload = {"dry_run": True, "plan": plan.to_dict()}
-        else:
-            payload = {"dry_run": False, **push_to_hub(plan, token=token, on_event=on_event).to_dict()}
-    if json_output:
-        render.print_json(payload)
-    elif dry_run:
-        render.push_plan(payload["plan"])
-    else:
-        render.push_result(payload)
+        payload = push_command(repo, model, dry_run=dry_run, token=token, on_event=on_event, revision=revision,
+                               private=not public, create_pr=create_pr, exist_ok=exist_ok,
+                               commit_message=commit_message, overwrite_card=overwrite_card)
+    render.emit(payload, json_output=json_output, dry_run=dry_run, plan=render.push_dry_run, human=render.push_result)
 
 
 @app.command()
@@ -606,12 +591,6 @@ def card(
         result = write_model_card(model, repo_id=repo, overwrite=overwrite_card, dry_run=dry_run, on_event=on_event)
     render.emit(result.to_dict(), json_output=json_output, dry_run=dry_run, plan=render.card_preview,
                 human=render.card_written)
-
-
-def _say(event: dict) -> None:
-    """on_event for commands without a progress display: messages only."""
-    if event.get("kind") == "message":
-        render.message(event["text"])
 
 
 def main() -> None:

@@ -175,7 +175,7 @@ def test_broken_record_stops_card_and_push(broken, workdir):
     model, message = broken
     before = tree_hash(model)
     one_line_error(runner.invoke(app, ["card", str(model)]), str(model / provenance.RECORD), message)
-    one_line_error(runner.invoke(app, ["push", str(model), "org/m", "--dry-run"]), "not ready to publish",
+    one_line_error(runner.invoke(app, ["push", "org/m", str(model), "--dry-run"]), "not ready to publish",
                    str(model / provenance.RECORD), message)
     assert tree_hash(model) == before  # no README written
 

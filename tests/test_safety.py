@@ -110,7 +110,7 @@ def test_push_refuses_a_link_outside_and_never_lists_it(checkpoint, workdir, sec
     (model / "token.txt").symlink_to(secret)
     problems, _ = preflight(model)
     assert any("token.txt" in p and "outside the checkpoint" in p for p in problems), problems
-    result = run("push", model, "org/model-4k", "--dry-run")
+    result = run("push", "org/model-4k", model, "--dry-run")
     assert_clean_error(result, "token.txt")
     assert "secret" not in result.stdout + result.stderr
 

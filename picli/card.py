@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import provenance, rope
-from .checkpoint import read_config
-from .errors import PicliError
+from .checkpoint import read_config, resolve
+from .errors import NotACheckpoint, PicliError
+from .events import Events
 from .files import atomic_write_bytes
 from .modeling import kv_cache_bytes
 
@@ -94,6 +96,44 @@ def card_action(existing_readme: str | None, overwrite: bool) -> str:
     if overwrite:
         return "overwrite"
     return "refresh" if BEGIN in existing_readme and END in existing_readme else "append"
+
+
+@dataclass(frozen=True)
+class CardResult:
+    """What `picli card` did: the card's text, how it met the README there, where it went."""
+
+    checkpoint: Path
+    card: str
+    action: str  # create | refresh | append | overwrite
+    path: Path | None  # None: a dry run, nothing written
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The --json shape: {path, action, written, card}."""
+        return {"path": str(self.path) if self.path else None, "action": self.action,
+                "written": self.path is not None, "card": self.card}
+
+
+def write_model_card(model: str | None, repo_id: str | None = None, overwrite: bool = False, dry_run: bool = False,
+                     on_event: Events = None) -> CardResult:
+    """`picli card`: README.md of a local checkpoint directory, built and (unless dry_run) written.
+
+    MODEL is a directory, never resolved as a Hub id or alias: the card is written into it, and
+    a download cache is not a place to write. None: the last checkpoint picli wrote here.
+    """
+    checkpoint_dir = resolve(None, on_event=on_event).path if model is None else Path(model)
+    if not (checkpoint_dir / "config.json").is_file():
+        raise NotACheckpoint(f"{checkpoint_dir} is not a checkpoint directory (no config.json)",
+                             hint="pass the directory picli extend wrote")
+    record, verify_record, existing = load_inputs(checkpoint_dir)
+    warnings = [] if record else ["no picli.json here: the card has no provenance"]
+    if on_event:
+        for text in warnings:
+            on_event({"kind": "warning", "text": text})
+    text = render_card(checkpoint_dir, record, verify_record, existing, repo_id, overwrite)
+    path = None if dry_run else write_card(checkpoint_dir, text)
+    return CardResult(checkpoint=checkpoint_dir, card=text, action=card_action(existing, overwrite), path=path,
+                      warnings=warnings)
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ the target, proves the result with the installed transformers (its inverse frequ
 attention scaling must equal picli's own computation of the method: the source's divided
 by the factor for linear PI, rope.yarn_inverse_frequencies for yarn, the plain formula at
 the new theta for ntk), and only then renames it into place. The source checkpoint is only
-ever read.
+ever read. `extend_command` is the whole command: plan, apply, remember the output here.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from .errors import CannotExtend, NotACheckpoint, OutputError, SelfCheckFailed
 from .events import Events
 from .files import (atomic_write_json, check_writable_parent, copy_file, staged_directory, staged_file,
                     target_lock)
-from .provenance import (RECORD, extension_record, is_record_file, read_record, recorded_window, record_path,
-                         sidecar_path, versions, write_record)
+from .provenance import (RECORD, check_state_dir, extension_record, is_record_file, read_record, recorded_window,
+                         record_path, remember_last, sidecar_path, versions, write_record)
 
 # picli finetune's resumable training state (optimizer included) is not part of a model.
 SKIPPED_DIRS = {".picli", ".git", ".cache", "__pycache__", "checkpoints"}
@@ -324,7 +324,7 @@ def _gguf_rotary_dim(meta: dict, arch: str) -> int:
     return rotary_dim
 
 
-def apply_extend(plan: ExtendPlan, command: list[str], on_event: Events = None) -> ExtendResult:
+def apply_extend(plan: ExtendPlan, command: str, on_event: Events = None) -> ExtendResult:
     if plan.source.kind == "gguf":
         return _apply_gguf(plan, command, on_event)
     source = plan.source.path
@@ -348,7 +348,28 @@ def apply_extend(plan: ExtendPlan, command: list[str], on_event: Events = None) 
     return ExtendResult(plan, check, record)
 
 
-def _apply_gguf(plan: ExtendPlan, command: list[str], on_event: Events) -> ExtendResult:
+def extend_command(model: str, target_window: int, *, dry_run: bool = False, command: str = "picli extend",
+                   on_event: Events = None, **plan_options: Any) -> dict:
+    """`picli extend`: plan (plan_options go to plan_extend), then, unless dry_run, apply it and
+    remember the output as this directory's last checkpoint. The plan's warnings and what
+    MODEL resolved to reach on_event before anything is written. Returns what --json prints:
+    {dry_run, plan} and, once written, the self_check."""
+    if not dry_run:
+        check_state_dir()  # where the output is remembered: refused now, not after writing it
+    plan = plan_extend(model, target_window, on_event=on_event, **plan_options)
+    if on_event:
+        for text in plan.warnings:
+            on_event({"kind": "warning", "text": text})
+        if plan.source.resolved_from:
+            on_event({"kind": "message", "text": f"MODEL: {plan.source.resolved_from}"})
+    if dry_run:
+        return {"dry_run": True, "plan": plan.to_dict()}
+    result = apply_extend(plan, command=command, on_event=on_event)
+    remember_last(plan.output, "extend")
+    return {"dry_run": False, "plan": plan.to_dict(), "self_check": result.self_check}
+
+
+def _apply_gguf(plan: ExtendPlan, command: str, on_event: Events) -> ExtendResult:
     from .gguf_io import read_gguf, rewrite_gguf_metadata
 
     sidecar = record_path(plan.output)
@@ -379,9 +400,9 @@ def _same(found: Any, expected: Any) -> bool:
     return found == expected
 
 
-def _record(plan: ExtendPlan, command: list[str], check: dict) -> dict:
+def _record(plan: ExtendPlan, command: str, check: dict) -> dict:
     return extension_record(
-        read_record(plan.source.path), command=" ".join(command), source=plan.source.source,
+        read_record(plan.source.path), command=command, source=plan.source.source,
         base_model=plan.source.base_model, factor=plan.factor, previous_factor=plan.previous_factor,
         original_window=plan.original_window, current_window=plan.current_window,
         target_window=plan.target_window, theta=plan.theta, max_position_embeddings=plan.max_position,

@@ -10,7 +10,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
@@ -32,6 +32,19 @@ def err() -> Console:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def emit(data: dict, *, json_output: bool, human: Callable[[dict], None], dry_run: bool = False,
+         plan: Callable[[dict], None] | None = None) -> None:
+    """How every command shows its result, the one place that chooses: `data` as JSON on stdout
+    with --json (the same dict the renderers read, so the two never disagree); otherwise the
+    plan (`plan`) when the command only planned (--dry-run, --plan); otherwise `human`."""
+    if json_output:
+        print_json(data)
+    elif dry_run and plan is not None:
+        plan(data)
+    else:
+        human(data)
 
 
 def message(text: str) -> None:
@@ -154,7 +167,8 @@ def _section(title: str) -> Table:
     return table
 
 
-def inspection(report: dict) -> None:
+def inspection(report: dict, check: bool = False) -> None:
+    """`picli inspect`'s tables; with check (--check), the verdict line on stderr after them."""
     console = out()
     rope = report["rope"]
     summary = _section(f"{report['model']}  ({report['format']})")
@@ -213,6 +227,8 @@ def inspection(report: dict) -> None:
                       f"{rope_record['target_window']} tokens{origin}")
     for text in report["warnings"]:
         warning(text)
+    if check:
+        check_summary(report)
 
 
 def _runtime_row(name: str, view: dict) -> tuple[str, str, str]:
@@ -324,6 +340,20 @@ def extend_result(result: dict) -> None:
                   "need a short fine-tune at the new window (see docs/concepts.md).")
 
 
+def extend_dry_run(payload: dict) -> None:
+    """`picli extend --dry-run`: the plan, the config diff and the files; nothing was written."""
+    extend_plan(payload["plan"], dry_run=True)
+
+
+def extend_written(payload: dict) -> None:
+    extend_result(payload)
+    message(f"Wrote {payload['plan']['output']}; commands run here without MODEL will use it.")
+
+
+def push_dry_run(payload: dict) -> None:
+    push_plan(payload["plan"])
+
+
 def push_plan(plan: dict) -> None:
     """The --dry-run text of `picli push` (PushPlan.to_dict()): where, what, and the card."""
     target = plan["repo_id"] + (f" (branch {plan['revision']}, created from main if new)" if plan["revision"] else "")
@@ -362,6 +392,15 @@ def push_result(result: dict) -> None:
     out().print(result["url"], markup=False)
 
 
+def card_preview(payload: dict) -> None:
+    """`picli card --dry-run`: the card itself on stdout, as it would be written."""
+    out().print(payload["card"], markup=False)
+
+
+def card_written(payload: dict) -> None:
+    message(f"Wrote {payload['path']} ({payload['action']})")
+
+
 def _rate_style(rate: float) -> str:
     if rate >= 1.0:
         return "green"
@@ -370,6 +409,14 @@ def _rate_style(rate: float) -> str:
     if rate >= 0.2:
         return "yellow"
     return "red" if rate == 0 else "dark_orange"
+
+
+def verification(report: dict) -> None:
+    """`picli verify`'s tables, for one model's report or run_side_by_side's dict."""
+    if "reports" in report:
+        verify_side_by_side(report)
+    else:
+        verify_report(report)
 
 
 def verify_report(report: dict) -> None:

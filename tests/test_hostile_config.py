@@ -146,7 +146,7 @@ COMMANDS = {
     "inspect": lambda model, work: ["inspect", model],
     "extend": lambda model, work: ["extend", model, "--to", "16384", "-o", work / "out"],
     "extend --dry-run": lambda model, work: ["extend", model, "--to", "16384", "-o", work / "out", "--dry-run"],
-    "push --dry-run": lambda model, work: ["push", model, "someone/model-16k", "--dry-run"],
+    "push --dry-run": lambda model, work: ["push", "someone/model-16k", model, "--dry-run"],
     "card": lambda model, work: ["card", model],
 }
 

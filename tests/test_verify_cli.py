@@ -63,6 +63,18 @@ def test_verify_errors(tmp_path, workdir):
     assert result.exit_code == 1 and "--perplexity needs text" in result.stderr
 
 
+def test_passkey_is_the_default_measure_decided_in_one_place(workdir):
+    """Bare `picli verify` measures passkey, `--perplexity` alone does not: VerifySettings decides,
+    for the CLI and a library caller alike, and --heatmap asks the same settings."""
+    from picli.verify import VerifySettings
+
+    assert VerifySettings().passkey is True and VerifySettings(perplexity=True, data="x").passkey is False
+    assert VerifySettings(passkey=True, perplexity=True, data="x").passkey is True
+    result = runner.invoke(app, ["verify", "some-model", "--perplexity", "--data", "x", "--heatmap", "grid.png"])
+    assert result.exit_code == 1 and "--heatmap draws the passkey grid" in result.stderr
+    assert not (workdir / "grid.png").exists()
+
+
 def test_verify_perplexity_cli_side_by_side(tiny_model_dir, tmp_path, workdir):
     text = tmp_path / "book.txt"
     text.write_text(" ".join([FILLER, TASK, QUESTION] * 40))

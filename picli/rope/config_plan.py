@@ -77,7 +77,7 @@ def current_of(config: dict, state: RopeState, recorded_rope: dict | None = None
     family = family_of(config)
     return Current(
         scaling_type=previous,
-        factor=float(record.get("factor") or 1.0) if previous == "ntk" else state.factor,
+        factor=planner.carried_factor(previous, record, state.factor),
         theta=state.theta, rotary_dim=state.rotary_dim, window=state.window,
         window_from_default=state.window_from_default,
         # transformers 5 takes it from the top level first (Phi-3's layout), then the RoPE dict.

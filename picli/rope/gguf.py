@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import CannotExtend
 from .methods import Current, Extension, Names
-from .planner import previous_method
+from .planner import carried_factor, previous_method
 
 # The scaling types llama.cpp reads from metadata (llama_rope_scaling_type: none, linear, yarn,
 # longrope); longrope's factors live in tensors, so only these two carry a whole method.
@@ -41,7 +41,7 @@ def current_of(architecture: str, metadata: dict, settings: Any, record: dict | 
     window = settings.context_length
     return Current(
         scaling_type=previous,
-        factor=float(record.get("factor") or 1.0) if previous == "ntk" else settings.factor,
+        factor=carried_factor(previous, record, settings.factor),
         theta=settings.freq_base, rotary_dim=_rotary_dim(architecture, metadata, settings), window=window,
         window_from_default=window is None, original_window=settings.original_context_length,
         window_includes_factor=(f"the GGUF's {architecture}.context_length ({window}) is its window after that "

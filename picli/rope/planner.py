@@ -22,11 +22,19 @@ from .methods import METHODS, READ_ONLY_TYPES, Current, Extension, Method, Reque
 
 
 def previous_method(scaling_type: str, record: dict | None) -> str:
-    """The method a checkpoint already carries: its scaling type, or ntk when picli.json says so
-    (ntk leaves no scaling type in the config, only a larger theta)."""
-    if scaling_type == "default":
-        return "ntk" if (record or {}).get("type") == "ntk" else "default"
+    """The method a checkpoint already carries: its scaling type, or the method picli.json names
+    when that method leaves no scaling type (ntk: only a larger theta)."""
+    recorded = (record or {}).get("type")
+    if scaling_type == "default" and recorded in METHODS and METHODS[recorded].rope_type is None:
+        return recorded
     return scaling_type
+
+
+def carried_factor(previous: str, record: dict | None, file_factor: float) -> float:
+    """The factor a checkpoint carries: its file's, or picli.json's for a method the file cannot show."""
+    if previous in METHODS and METHODS[previous].rope_type is None:
+        return float((record or {}).get("factor") or 1.0)
+    return file_factor
 
 
 def plan(current: Current, method_name: str, request: Request) -> Extension:
@@ -104,15 +112,15 @@ def stacking_refusal(previous: str, method_name: str, what: str = "checkpoint",
 
 def _pretraining(current: Current, request: Request) -> tuple[int, float]:
     """The window and theta a replaced scheme started from (--force): --from, else picli.json,
-    else the file's original window, else the window (a linear one divided by its factor).
-    ntk's theta before it is known only from picli.json."""
-    record = current.record
-    if current.scaling_type == "ntk":
+    else the file's original window, else what the replaced method says its window hides.
+    The theta before a method that changed it (ntk) is known only from picli.json."""
+    record, previous = current.record, METHODS.get(current.scaling_type)
+    if previous is not None and previous.rope_type is None:
         theta = (record.get("parameters") or {}).get("theta_before")
         window = request.from_window or record.get("original_window")
         if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0 or not window:
-            raise CannotExtend("picli.json says ntk but not the theta and window before it, so ntk cannot be replaced",
-                               hint="extend the base model instead")
+            raise CannotExtend(f"picli.json says {previous.name} but not the theta and window before it, so "
+                               f"{previous.name} cannot be replaced", hint="extend the base model instead")
         return int(window), float(theta)
     if request.from_window:
         return request.from_window, current.theta
@@ -120,9 +128,8 @@ def _pretraining(current: Current, request: Request) -> tuple[int, float]:
         return int(record["original_window"]), current.theta
     if current.original_window:
         return current.original_window, current.theta
-    if current.scaling_type == "linear":
-        return round(current.window / current.factor), current.theta
-    return current.window, current.theta
+    guess = previous.pretraining_window(current) if previous is not None else None
+    return (current.window if guess is None else guess), current.theta
 
 
 def format_window(tokens: int) -> str:

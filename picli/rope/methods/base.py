@@ -123,6 +123,11 @@ class Method:
         """Where the method starts when the checkpoint already carries it (stacking)."""
         raise NotImplementedError
 
+    def pretraining_window(self, current: Current) -> int | None:
+        """The pretraining window of a checkpoint carrying this method, when neither the file nor
+        picli.json states it (for --force replacing it); None: the window as written."""
+        return None
+
     def new_theta(self, theta: float, step: float, current: Current) -> float:
         """The theta written, from the starting theta and this step's factor target / current."""
         return theta

@@ -39,6 +39,9 @@ class Linear(Method):
             window = _window_from_file(current, warnings)
         return Start(window, round(window / current.factor), current.factor, current.theta)
 
+    def pretraining_window(self, current: Current) -> int:
+        return round(current.window / current.factor)  # transformers' convention: the window as extended
+
     def scaling(self, factor: float, original_window: int) -> dict:
         return {"rope_type": "linear", "factor": factor}
 

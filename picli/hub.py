@@ -152,11 +152,9 @@ def preflight(checkpoint_dir: Path) -> tuple[list[str], list[str]]:
         else:
             if state.disagreement:
                 problems.append(f"config.json: {state.disagreement}")
-            recorded = (record.get("rope") or {}).get("factor")
-            if recorded and (state.scaling_type != "linear" or abs(recorded - state.factor) > 1e-9 * recorded):
-                found = f"factor {state.factor:g}" if state.scaling_type == "linear" else f"{state.scaling_type} RoPE"
-                problems.append(f"config.json says {found} but picli.json recorded linear factor {recorded:g} "
-                                "(config.json was edited after picli wrote it), so the card would be wrong")
+            edited = rope.edited_since_record(state, record.get("rope") or {})
+            if edited:
+                problems.append(f"{edited} (config.json was edited after picli wrote it), so the card would be wrong")
     # A link to a file elsewhere (a token, a key) would be uploaded as that file's contents.
     problems += outside_links(checkpoint_dir, skip=_not_uploaded)
     files = [entry.path for entry in list_files(checkpoint_dir)[0]]

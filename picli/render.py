@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from . import rope
 from .errors import PicliError
 
 
@@ -275,9 +276,9 @@ def extend_plan(plan: dict, dry_run: bool) -> None:
     _kv(table, "source", plan["source"])
     _kv(table, "output", plan["output"])
     _kv(table, "window", f"{plan['current_window']} -> {plan['target_window']} tokens")
-    method = plan.get("method", "linear")
-    if method != "linear":
-        _kv(table, "method", _method_line(method, plan))
+    method_line = _method(plan).plan_line(plan)
+    if method_line:
+        _kv(table, "method", method_line)
     _kv(table, "factor", f"{plan['factor']:g}" + (f"  ({plan['previous_factor']:g} already applied)"
                                                   if plan["previous_factor"] != 1 else ""))
     console.print(table)
@@ -302,42 +303,20 @@ def extend_plan(plan: dict, dry_run: bool) -> None:
         console.print(files)
 
 
-def _method_line(method: str, plan: dict) -> str:
-    parameters = plan.get("parameters") or {}
-    if method == "yarn":
-        readers = parameters.get("readers") or {}
-        return (f"yarn from {parameters.get('original_max_position_embeddings')} tokens, attention x"
-                f"{parameters.get('attention_factor', 1.0):.4g}; read as meant by " + "; ".join(readers.get("right", []))
-                + "".join(f"; NOT by {text}" for text in readers.get("wrong", [])))
-    if method == "ntk":
-        return (f"ntk: rope_theta {parameters.get('theta_before', plan['theta']):g} -> {plan['theta']:.6g} "
-                f"(x s^(d/(d-2)), d = {parameters.get('rotary_dim')}); no scaling type")
-    return method
+def _method(plan: dict):
+    """The method a plan names (picli.rope's registry), which says how to describe itself."""
+    return rope.METHODS.get(plan.get("method", "linear"), rope.METHODS["linear"])
 
 
 def extend_result(result: dict) -> None:
     extend_plan(result["plan"], dry_run=False)
     check = result["self_check"]
     console = out()
-    if check.get("extension_method", "linear") != "linear":
-        legacy = check["transformers4_reads"]
-        console.print(f"[green]Self-check passed[/]: transformers {check.get('transformers')} computes the "
-                      f"{check['extension_method']} inverse frequencies and attention scaling picli computes "
-                      f"(max relative error {check['max_relative_error']:.1e}); 4.x reads theta {legacy['theta']:.6g}, "
-                      f"{legacy['rope_type']} x{legacy['factor']:g}")
-    elif "max_relative_error" in check:
-        console.print(f"[green]Self-check passed[/]: transformers {check.get('transformers')} computes inverse "
-                      f"frequencies = source / {result['plan']['factor'] / result['plan']['previous_factor']:g} "
-                      f"(max relative error {check['max_relative_error']:.1e}); 4.x reads theta "
-                      f"{check['transformers4_reads']['theta']:g}, linear x{check['transformers4_reads']['factor']:g}")
-    else:
-        console.print(f"[green]Self-check passed[/]: {check['method']}")
-    if result["plan"].get("method", "linear") != "linear":
-        console.print("[yellow]Not fine-tuned yet[/]: measure the new window (picli verify --passkey --perplexity) "
-                      "before relying on it (see docs/concepts.md).")
-        return
-    console.print("[yellow]Not fine-tuned yet[/]: PI without fine-tuning keeps attention bounded but models still "
-                  "need a short fine-tune at the new window (see docs/concepts.md).")
+    method = _method(result["plan"])
+    # The GGUF path's check is a read-back, said in its own words.
+    passed = method.self_check_line(check, result["plan"]) if "max_relative_error" in check else check["method"]
+    console.print(f"[green]Self-check passed[/]: {escape(passed)}")
+    console.print(f"[yellow]Not fine-tuned yet[/]: {escape(method.untrained_hint())}")
 
 
 def extend_dry_run(payload: dict) -> None:

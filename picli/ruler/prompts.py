@@ -217,23 +217,27 @@ class TaskBuilder:
     def samples(self, count: int) -> list[Sample]:
         if self.task.family == "freq_words_extraction":
             return self._fwe_samples(count)
-        budget, step = self.task.budget, self.increment()
+        step = self.increment()
         size = self._search(step)
-        samples = []
-        for index in range(count):
-            used = size
-            while True:
-                draft = self.draft(used, sample_rng(self.seed, self.task.name, self.length, index))
-                text = self.prompter.render(draft)
-                tokens = len(self.prompter.ids(text))
-                if tokens + budget <= self.length:
-                    break
-                if used <= step:
-                    raise self._too_short(tokens)
-                used -= step
-            samples.append(Sample(self.task.name, self.length, index, text, draft.answer_prefix, draft.references,
-                                  budget, tokens, used, draft.passes))
-        return samples
+        return [self._fitted(index, size, step, self._draft_at) for index in range(count)]
+
+    def _draft_at(self, size: int, index: int | str) -> Draft:
+        return self.draft(size, sample_rng(self.seed, self.task.name, self.length, index))
+
+    def _fitted(self, index: int, size: int, step: int, draft_at) -> Sample:
+        """Sample `index` at the searched size, a step smaller each time it does not fit (every
+        RULER script's per-sample loop)."""
+        budget = self.task.budget
+        while True:
+            draft = draft_at(size, index)
+            text = self.prompter.render(draft)
+            tokens = len(self.prompter.ids(text))
+            if tokens + budget <= self.length:
+                return Sample(self.task.name, self.length, index, text, draft.answer_prefix, draft.references,
+                              budget, tokens, size, draft.passes)
+            if size <= step:
+                raise self._too_short(tokens)
+            size -= step
 
     def _search(self, step: int) -> int:
         """RULER's binary search: the largest size whose probe prompt plus budget fits the length."""
@@ -242,7 +246,7 @@ class TaskBuilder:
             raise self._source_too_small(cap)
 
         def tokens_at(size: int) -> int:
-            return self.prompter.count(self.draft(size, sample_rng(self.seed, self.task.name, self.length, "search")))
+            return self.prompter.count(self._draft_at(size, "search"))
 
         if self.task.family == "common_words_extraction":
             # common_words_extraction.py sizes from a 4096-word probe; never more words than the list.
@@ -268,8 +272,7 @@ class TaskBuilder:
     def _fwe_samples(self, count: int) -> list[Sample]:
         """freq_words_extraction.py sys_kwext: the word count grown by length/32 from length/6 while
         the prompt stays under length - budget, then each sample shrunk by the same step to fit."""
-        budget = self.task.budget
-        room = self.length - budget
+        room = self.length - self.task.budget
         vocabulary_size, step = room // 50, room // 32
         if vocabulary_size < 4 or step < 1:
             raise self._too_short(None)
@@ -284,21 +287,7 @@ class TaskBuilder:
         while self.prompter.count(draft(size, "search")) < room:
             size += step
         size -= step
-        samples = []
-        for index in range(count):
-            used = size
-            while True:
-                current = draft(used, index)
-                text = self.prompter.render(current)
-                tokens = len(self.prompter.ids(text))
-                if tokens <= room:
-                    break
-                if used <= step:
-                    raise self._too_short(tokens)
-                used -= step
-            samples.append(Sample(self.task.name, self.length, index, text, current.answer_prefix,
-                                  current.references, budget, tokens, used))
-        return samples
+        return [self._fitted(index, size, step, draft) for index in range(count)]
 
     def _vt_example(self) -> str:
         """variable_tracking.py main(): one solved example in RULER's plain template, fitted to 500

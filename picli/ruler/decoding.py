@@ -10,7 +10,9 @@ without it. Nothing else is shared between prompts: each has its own cache from 
 prefill, so its prediction is what plain generate gives it alone (tests/test_ruler.py checks
 token equality on every task). Prompts of one task and length run together, left-padded,
 with generate's position ids (cumsum of the attention mask); on a CPU batching buys no
-speed (benchmarks/verify.py measured it for passkey), so there they run one at a time.
+speed (benchmarks/verify.py measured it for passkey), so there they run one at a time. On a
+GPU a batched row goes through other kernels than the prompt alone would, so in half
+precision a near-tie can break differently: batch_size=1 is generate's own computation.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ RULER draws everything from one global generator, so a sample depends on how man
 the haystack search tried before it, and therefore on the tokenizer. Here each sample has
 its own generator (seeded by prompts.py from the seed, task, length and sample index) and
 draws what does not depend on the haystack size first (keys, values, chains, the few-shot
-example, the coded vocabulary), so every model sees the same needles and answers at a
+example, cwe's frequent words, the coded vocabulary), so every model sees the same needles and answers at a
 length, and only the amount of haystack around them depends on its tokenizer. The fixed-seed
 shuffles RULER performs with `random.Random(args.random_seed)` are kept as they are.
 
@@ -166,11 +166,16 @@ def _numbered(words: list[str]) -> str:
 
 def _word_list(words: tuple[str, ...], size: int, common_repeats: int, other_repeats: int, common: int,
                rng: random.Random, seed: int) -> tuple[str, list[str]]:
-    """common_words_extraction.py get_example: `size` words, the first `common` repeated more."""
-    chosen = rng.sample(words, size)
-    listed = chosen[:common] * common_repeats + chosen[common:] * other_repeats
+    """common_words_extraction.py get_example: `size` distinct words, `common` of them repeated more.
+
+    RULER samples all `size` and repeats the first `common`; drawing those first and the rest
+    from the words left is the same distribution, and keeps the answer the same at any size."""
+    frequent = rng.sample(words, common)
+    taken = set(frequent)
+    others = rng.sample([word for word in words if word not in taken], size - common)
+    listed = frequent * common_repeats + others * other_repeats
     random.Random(seed).shuffle(listed)
-    return _numbered(listed), chosen[:common]
+    return _numbered(listed), frequent
 
 
 def common_words_extraction(args: dict, size: int, rng: random.Random, seed: int, length: int) -> Draft:

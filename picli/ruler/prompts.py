@@ -155,8 +155,9 @@ def build_suite(tokenizer, settings: RulerSettings, on_event: Events = None) -> 
     prompter = Prompter(tokenizer, template["used"] == "chat")
     needs_essay = any(TASKS[name].args.get("type_haystack") == "essay" for name in tasks)
     haystack = load_haystack(settings.haystack) if needs_essay else None
+    lengths = tuple(dict.fromkeys(settings.lengths))  # a length given twice is measured once
     samples: list[Sample] = []
-    groups = [(length, name) for length in settings.lengths for name in tasks]
+    groups = [(length, name) for length in lengths for name in tasks]
     for done, (length, name) in enumerate(groups, start=1):
         builder = TaskBuilder(TASKS[name], length, settings, prompter, haystack)
         samples += builder.samples(settings.samples)
@@ -164,7 +165,7 @@ def build_suite(tokenizer, settings: RulerSettings, on_event: Events = None) -> 
             on_event({"kind": "progress", "task": "RULER prompts", "done": done, "total": len(groups), "unit": "tasks"})
     protocol = {
         "benchmark": "RULER", "source": f"{RULER_REPOSITORY}@{RULER_COMMIT}", "tasks": list(tasks),
-        "lengths": list(settings.lengths), "samples": settings.samples, "seed": settings.seed, "template": template,
+        "lengths": list(lengths), "samples": settings.samples, "seed": settings.seed, "template": template,
         "haystack": {**haystack.describe(), "repeat": settings.repeat_haystack} if haystack else None,
         "decoding": "greedy, KV cache, up to each task's tokens to generate, stopping at end of sequence",
         "metrics": {name: TASKS[name].metric for name in tasks},

@@ -41,6 +41,14 @@ What the verbs share:
   modeling.py          a model as picli runs it: loading, memory checks, body and head apart
   passkey.py           passkey retrieval as the PI paper measures it (prompts, scoring, k_max)
   perplexity.py        sliding-window perplexity, as the PI paper and YaRN measure it
+  ruler/               RULER's synthetic long-context tasks, offline, by concern:
+    ruler/tasks.py     the task table: templates, answer prefixes, tokens to generate, metrics
+    ruler/sources.py   word lists, the noise sentence, the essay haystack (built in or --haystack)
+    ruler/generators.py  one sample of each task family as text, from its own seeded generator
+    ruler/prompts.py   plain or chat template, the haystack fit, the suite of every sample
+    ruler/decoding.py  greedy decoding with the KV cache: generate's predictions, batched
+    ruler/scoring.py   RULER's post-processing and metrics, both effective lengths
+    ruler/run.py       a run on one model: predictions, scores, averages, the report
   textdata.py          text to evaluate or train on: files, folders, JSON Lines, a Hub dataset
   training.py          what a fine-tune trains: settings, the loss module, LoRA, precision
   provenance.py        picli's records (picli.json, picli-verify.json, .picli/last.json): the only owner

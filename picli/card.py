@@ -452,6 +452,8 @@ def _verification(record: dict, verify_record: dict | None, target: int) -> list
                 row += (" - | - |" if base_value is None else f" {base_value:.3f} | {value - base_value:+.3f} |")
             lines.append(row)
         lines.append("")
+    if model.get("ruler"):
+        lines += _ruler_section(model["ruler"], (baseline or {}).get("ruler"))
     if baseline:
         window = baseline.get("window")
         window_text = f"window {window:,} tokens" if isinstance(window, int) else "window not recorded"
@@ -462,6 +464,53 @@ def _verification(record: dict, verify_record: dict | None, target: int) -> list
         lines.append(f"Baseline: {who}, measured with the same prompts, keys and text.")
     for note in summary.get("notes") or []:
         lines.append(f"- Note: {note}")
+    return lines
+
+
+def _effective(effective: dict) -> str:
+    if effective.get("length") is None:
+        return "none of the tested lengths"
+    return f"{effective['length']:,} tokens" + (" (the longest tested)" if effective.get("longest_tested_passed") else "")
+
+
+def _ruler_section(ruler: dict, baseline: dict | None) -> list[str]:
+    """What `picli verify --ruler` measured, and how: samples per cell, tasks, template, haystack,
+    the averages (beside the baseline's), the task x length scores, both effective lengths with their rules."""
+    template = {"chat": "the tokenizer's chat template", "plain": "RULER's plain template"}.get(ruler.get("template"),
+                                                                                                "template not recorded")
+    tasks = ruler.get("tasks") or list(ruler["scores"])
+    lines = ["### RULER", "",
+             f"RULER's synthetic tasks (Hsieh et al. 2024, {ruler.get('source') or 'NVIDIA/RULER'}), generated, run "
+             f"and scored offline by picli: {ruler.get('samples')} samples per task and length (seed "
+             f"{ruler.get('seed')}), {len(tasks)} tasks ({', '.join(tasks)}), prompts in {template}"
+             + (f", essay haystack {ruler['haystack']}" if ruler.get("haystack") else "")
+             + "; greedy decoding; RULER's string_match_all score, 0-100.", ""]
+    header, rule = "| length | average |", "|---:|---:|"
+    if baseline:
+        header += " baseline average |"
+        rule += "---:|"
+    lines += [header, rule]
+    for length, average in ruler["averages"].items():
+        row = f"| {int(length):,} | {average:.1f} |"
+        if baseline:
+            base = baseline["averages"].get(length)
+            row += " - |" if base is None else f" {base:.1f} |"
+        lines.append(row)
+    lengths = list(ruler["averages"])
+    lines += ["", "| task | " + " | ".join(f"{int(length):,}" for length in lengths) + " |",
+              "|---|" + "---:|" * len(lengths)]
+    for task, scores in ruler["scores"].items():
+        lines.append(f"| {task} | " + " | ".join(f"{scores[length]:.1f}" if length in scores else "-"
+                                                 for length in lengths) + " |")
+    lines.append("")
+    for who, measured in (("This model", ruler), ("The baseline", baseline)):
+        if not measured:
+            continue
+        parts = [f"{_effective(effective)} by the {effective['rule']} rule ({effective['description']})"
+                 for effective in measured.get("effective") or []]
+        if parts:
+            lines.append(f"- {who}'s effective length: " + "; ".join(parts) + ".")
+    lines.append("")
     return lines
 
 

@@ -291,6 +291,18 @@ def verify(
         "side with the same protocol, one at a time. Default: the last one picli wrote in this directory.")] = None,
     passkey: Annotated[bool, typer.Option("--passkey", help="Passkey retrieval, the PI paper's protocol (k_max).")] = False,
     perplexity: Annotated[bool, typer.Option("--perplexity", help="Sliding-window perplexity on --data.")] = False,
+    ruler: Annotated[bool, typer.Option("--ruler", help="RULER's 11 synthetic long-context tasks (NVIDIA/RULER), "
+                                        "offline: score per task and length, two effective lengths.")] = False,
+    tasks: Annotated[Optional[str], typer.Option(
+        "--tasks", help="RULER tasks, comma-separated (niah_single_1,...,vt,cwe,fwe), or all (the default).")] = None,
+    samples: Annotated[Optional[int], typer.Option(
+        "--samples", help="RULER samples per task and length (default: RULER's 500).")] = None,
+    haystack: Annotated[Optional[str], typer.Option(
+        "--haystack", help="RULER's essay haystack: FILE, DIR or hf:NAME (default: Alice in Wonderland, built "
+        "in).")] = None,
+    chat_template: Annotated[Optional[str], typer.Option(
+        "--chat-template", help="RULER prompts: auto (the tokenizer's chat template when it has one) or none "
+        "(RULER's plain template).")] = None,
     length: Annotated[Optional[list[str]], typer.Option(
         "--length", help="Evaluated length in tokens (repeatable, e.g. --length 8k --length 16k). Default: the "
         "model's window; with several MODELs, every window among them (each model at every length, past its "
@@ -324,6 +336,8 @@ def verify(
                                                       "(default: as many as memory allows).")] = None,
     heatmap: Annotated[Optional[Path], typer.Option("--heatmap", help="Also write the passkey grid as a PNG "
                                                     "(needs matplotlib): one figure, a panel per model.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also write RULER's task x length scores as a PNG "
+                                                 "(needs matplotlib): a panel per model.")] = None,
     save: Annotated[Optional[bool], typer.Option(
         "--save/--no-save", help="Write picli-verify.json (and the summary in picli.json) into MODEL, or never. "
         "Default: only into a checkpoint picli wrote (it has picli.json).", show_default=False)] = None,
@@ -332,7 +346,7 @@ def verify(
                                                    "one file holding every model's report.")] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Prove the extended window works: passkey k_max and long-context perplexity.
+    """Prove the extended window works: passkey k_max, long-context perplexity, RULER.
 
     Passkey follows the PI paper (section 3.3): the key sits k tokens from the end of a
     prompt of each --length; 32 values of k x 10 random 5-digit keys; k_max is the largest
@@ -343,6 +357,14 @@ def verify(
     KV cache. The record is saved as picli-verify.json in the model directory when picli
     wrote that checkpoint; a checkpoint of your own is only read unless you pass --save
     (or -o FILE to keep the record elsewhere).
+
+    --ruler runs RULER's synthetic tasks (needles in haystacks, variable tracking, common and
+    frequent words) with its templates, generators and scoring, offline: greedy decoding with
+    the KV cache, a score per task and length, and two effective lengths (RULER's: average
+    above 85.6; relative: at least 85% of the model's own average at the shortest length).
+    Every sample (the exact input, prediction, references, score) is kept: in --json, or in a
+    .ruler-samples.jsonl.gz file beside each record written. docs/verify.md lists where picli
+    differs from RULER.
 
     Several MODELs are measured side by side: the same lengths, prompts, seed and text for
     each (and for --baseline, measured once), one model in memory at a time; one table per
@@ -370,6 +392,10 @@ def verify(
 
       picli verify ./m --passkey --quick --heatmap passkey.png --json
 
+      picli verify ./m-16k --ruler --samples 20 --length 4k --length 16k --baseline ./m --plot ruler.png
+
+      picli verify ./m --ruler --tasks niah_single_1,vt --samples 5 --haystack essays/ --chat-template none
+
       picli verify ./my-own-model --passkey -o verify.json
 
       picli verify ./m-16k ./m-16k-yarn ./m-16k-ntk --baseline ./m --passkey --perplexity --data book.txt
@@ -380,7 +406,8 @@ def verify(
     if quick:
         positions, trials = QUICK
     settings = VerifySettings(
-        passkey=passkey or None, perplexity=perplexity,
+        passkey=passkey or None, perplexity=perplexity, ruler=ruler, ruler_tasks=tasks, ruler_samples=samples,
+        haystack=haystack, chat_template=chat_template,
         lengths=tuple(parse_window(value, "--length") for value in length) if length else None,
         data=data, text_field=text_field, stride=stride, max_tokens=max_tokens,
         doc_tokens=parse_window(doc_tokens, "--doc-tokens") if doc_tokens is not None else None,
@@ -391,6 +418,10 @@ def verify(
     )
     if heatmap and not settings.passkey:
         raise PicliError("--heatmap draws the passkey grid", hint="add --passkey")
+    if plot and not settings.ruler:
+        raise PicliError("--plot draws RULER's scores", hint="add --ruler")
+    if plot:
+        render.require_matplotlib("--plot")
     side_by_side = bool(models) and len(models) > 1
     run = run_side_by_side if side_by_side else run_verify
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
@@ -401,6 +432,9 @@ def verify(
     if heatmap:
         render.passkey_heatmap_png(report, str(heatmap))
         render.message(f"Wrote {heatmap}")
+    if plot:
+        render.ruler_heatmap_png(report, str(plot))
+        render.message(f"Wrote {plot}")
     render.emit(report, json_output=json_output, human=render.verification)
 
 

@@ -23,6 +23,7 @@ peek (e.g. the base model name while resolving MODEL).
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import sys
@@ -31,10 +32,12 @@ from typing import Any
 
 from . import __version__
 from .errors import ModelNotFound, NotACheckpoint, PicliError
-from .files import atomic_write_json
+from .files import atomic_write_bytes, atomic_write_json
 
 RECORD = "picli.json"
 VERIFY_RECORD = "picli-verify.json"
+# Every RULER sample of the verification (input, prediction, references, score), beside the record.
+RULER_SAMPLES = "picli-ruler-samples.jsonl.gz"
 STATE_DIR = ".picli"
 LAST = Path(STATE_DIR) / "last.json"
 
@@ -69,7 +72,7 @@ def is_picli_output(path: Path) -> bool:
 
 def is_record_file(relative: str) -> bool:
     """Records that describe one checkpoint and are rewritten (or dropped) for a new one."""
-    return relative in (RECORD, VERIFY_RECORD)
+    return relative in (RECORD, VERIFY_RECORD, RULER_SAMPLES)
 
 
 def now() -> str:
@@ -218,7 +221,7 @@ _SUMMARY_FIELDS = {"created": _TEXT, "passkey_protocol": _OBJECT, "perplexity_da
                    "baseline": _OBJECT, "notes": _LIST}
 _RUN_FIELDS = {"path": _TEXT, "source": _OBJECT, "window": _COUNT, "passkey_k_max": _OBJECT,
                "passkey_k_largest": _OBJECT, "passkey_lowest_success": _OBJECT, "passkey_success": _OBJECT,
-               "perplexity": _OBJECT, "stride": _COUNT}
+               "perplexity": _OBJECT, "stride": _COUNT, "ruler": _OBJECT}
 
 
 def _check_summary(summary: dict, path: Path, prefix: str) -> None:
@@ -299,15 +302,80 @@ def verify_record(report: dict, *, command: str, data: str | None) -> dict:
     return {"created": now(), "command": command, "data": data, "versions": versions(), **report}
 
 
-def add_verification(checkpoint_dir: Path, record: dict) -> Path:
-    """picli-verify.json into the checkpoint, and its summary into the checkpoint's picli.json."""
+def add_verification(checkpoint_dir: Path, record: dict) -> tuple[Path, Path | None]:
+    """picli-verify.json into the checkpoint, and its summary into the checkpoint's picli.json;
+    (the record's path, the RULER samples file written beside it or None)."""
     checkpoint_dir = Path(checkpoint_dir)
     picli_record = read_record(checkpoint_dir)
     path = verify_record_path(checkpoint_dir)
-    atomic_write_json(path, record)
+    companion = save_verify_record(path, record, checkpoint_dir / RULER_SAMPLES)
+    if companion is None:
+        # A verification without RULER: an earlier run's samples would now describe nothing here.
+        (checkpoint_dir / RULER_SAMPLES).unlink(missing_ok=True)
     picli_record["verification"] = verification_summary(record, path)
     write_record(checkpoint_dir, picli_record)
-    return path
+    return path, companion
+
+
+def ruler_samples_path(record_file: Path) -> Path:
+    """Where `-o FILE` keeps its RULER samples: FILE's stem + .ruler-samples.jsonl.gz, beside it."""
+    record_file = Path(record_file)
+    return record_file.with_name(record_file.stem + ".ruler-samples.jsonl.gz")
+
+
+def _ruler_runs(record: dict) -> list[tuple[str, dict]]:
+    """(label, run) of every run in a verify record holding RULER samples inline: a one-model
+    record's model and baseline, or a side-by-side record's models (by name) and its baseline,
+    which every report holds a copy of."""
+    found = []
+    entries = record.get("reports") if isinstance(record.get("reports"), list) else [record]
+    for entry in entries:
+        for role in ("model", "baseline"):
+            run = entry.get(role)
+            label = entry.get("name", role) if role == "model" else "baseline"
+            if isinstance(run, dict) and isinstance(run.get("ruler"), dict) and "samples" in run["ruler"]:
+                found.append((label, run))
+    return found
+
+
+def save_verify_record(path: Path, record: dict, companion: Path) -> Path | None:
+    """Write a verify record; RULER's samples go to `companion` (gzipped JSONL, one sample a line
+    with its run's label) and the record names that file, its sha256 and count instead.
+    Returns the companion's path, or None when the record holds no RULER samples.
+
+    The companion is written first: a record never names a file that is not there. gzip's
+    header carries no name or time, so the same samples give the same bytes (and sha256)."""
+    import gzip
+
+    runs = _ruler_runs(record)
+    if not runs:
+        atomic_write_json(path, record)
+        return None
+    lines, counts, labels = [], [], set()
+    for label, run in runs:
+        counts.append(len(run["ruler"]["samples"]))
+        if label not in labels:  # the shared baseline once
+            labels.add(label)
+            lines += [json.dumps({"run": label, **sample}, ensure_ascii=False) for sample in run["ruler"]["samples"]]
+    data = gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), mtime=0)
+    atomic_write_bytes(companion, data)
+    digest = hashlib.sha256(data).hexdigest()
+    replaced = {id(run): {key: value for key, value in run["ruler"].items() if key != "samples"}
+                | {"samples_file": companion.name, "samples_sha256": digest, "samples_count": count}
+                for (_, run), count in zip(runs, counts)}
+    atomic_write_json(path, _replace_ruler(record, replaced))
+    return companion
+
+
+def _replace_ruler(value: Any, replaced: dict[int, dict]) -> Any:
+    """A copy of the record with each run's `ruler` swapped for replaced[id(run)] (runs are shared)."""
+    if isinstance(value, dict):
+        if id(value) in replaced:
+            return {**value, "ruler": replaced[id(value)]}
+        return {key: _replace_ruler(item, replaced) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_replace_ruler(item, replaced) for item in value]
+    return value
 
 
 def verification_summary(record: dict, path: Path | None = None) -> dict:
@@ -336,6 +404,8 @@ def verification_summary(record: dict, path: Path | None = None) -> dict:
             results = _results(run["perplexity"], "perplexity", path, f"{name}.perplexity")
             summary["perplexity"] = {str(r["length"]): r["perplexity"] for r in results}
             summary["stride"] = run["perplexity"].get("stride")
+        if run.get("ruler"):
+            summary["ruler"] = ruler_summary(run["ruler"], path, f"{name}.ruler")
         return summary
 
     model = record.get("model")
@@ -346,6 +416,41 @@ def verification_summary(record: dict, path: Path | None = None) -> dict:
                "baseline": one(record.get("baseline"), "baseline"), "notes": record.get("notes") or []}
     _check_summary(summary, path, "")
     return summary
+
+
+def ruler_summary(ruler: Any, path: Path, where: str) -> dict:
+    """What the card says of a RULER run: how it was run (samples per cell, tasks, template,
+    haystack), the score per task and length, the averages, both effective lengths with their rules."""
+    def bad(part: str) -> RecordError:
+        return RecordError(f"{path}: \"{where}.{part}\" is not what picli writes there",
+                           hint=f"restore {path.name}, or run `picli verify --ruler` again")
+
+    if not isinstance(ruler, dict) or not isinstance(ruler.get("protocol"), dict):
+        raise bad("protocol")
+    scores, averages, effective = ruler.get("scores"), ruler.get("averages"), ruler.get("effective")
+    if not isinstance(scores, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("task"), str) and _fits(s.get("length"), _COUNT)
+            and _fits(s.get("score"), _NUMBER) for s in scores):
+        raise bad("scores")
+    if not isinstance(averages, list) or not all(
+            isinstance(a, dict) and _fits(a.get("length"), _COUNT) and _fits(a.get("average"), _NUMBER)
+            for a in averages):
+        raise bad("averages")
+    if not isinstance(effective, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("rule"), str) and isinstance(e.get("description"), str)
+            and (e.get("length") is None or _fits(e.get("length"), _COUNT)) for e in effective):
+        raise bad("effective")
+    protocol = ruler["protocol"]
+    table: dict[str, dict[str, float]] = {}
+    for score in scores:
+        table.setdefault(score["task"], {})[str(score["length"])] = score["score"]
+    template = protocol.get("template") if isinstance(protocol.get("template"), dict) else {}
+    haystack = protocol.get("haystack") if isinstance(protocol.get("haystack"), dict) else {}
+    return {"source": protocol.get("source"), "samples": protocol.get("samples"), "seed": protocol.get("seed"),
+            "tasks": protocol.get("tasks"), "template": template.get("used"), "haystack": haystack.get("name"),
+            "scores": table, "averages": {str(a["length"]): a["average"] for a in averages},
+            "effective": [{key: e.get(key) for key in ("rule", "description", "threshold", "length",
+                                                       "longest_tested_passed")} for e in effective]}
 
 
 def _results(measured: Any, value: str, path: Path, where: str) -> list[dict]:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import sys
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -405,6 +406,14 @@ def verify_report(report: dict) -> None:
                    side_by_side=False)
     if report.get("saved_to"):
         message(f"Saved {report['saved_to']} (summary in picli.json)")
+    _samples_files(runs)
+
+
+def _samples_files(runs: list[dict]) -> None:
+    """Where every RULER sample went (a file per record written; none: they are in --json)."""
+    for samples_file in dict.fromkeys((run.get("ruler") or {}).get("samples_file") for run in runs):
+        if samples_file:
+            message(f"Every RULER sample (input, prediction, references, score): {samples_file}")
 
 
 def verify_side_by_side(result: dict) -> None:
@@ -421,6 +430,7 @@ def verify_side_by_side(result: dict) -> None:
     for entry in result["reports"]:
         if entry.get("saved_to"):
             message(f"Saved {entry['saved_to']} (summary in picli.json)")
+    _samples_files([entry["model"] for entry in result["reports"]] + [first.get("baseline") or {}])
 
 
 def _verify_tables(groups: list[tuple[str, str, dict]], report: dict, delta: bool, side_by_side: bool) -> None:
@@ -491,8 +501,132 @@ def _verify_tables(groups: list[tuple[str, str, dict]], report: dict, delta: boo
             row.append(" / ".join(counts))
             table.add_row(*row)
         console.print(table)
+    if runs[0].get("ruler"):
+        _ruler_tables(groups, delta)
     for note in report.get("notes") or []:
         console.print(f"[yellow]Note:[/] {escape(note)}")
+
+
+def _score_style(score: float) -> str:
+    return _rate_style(score / 100)
+
+
+def effective_text(effective: dict) -> str:
+    """An effective length as a reader takes it: a length, the longest tested one, or none."""
+    if effective["length"] is None:
+        return "none"
+    return f"{effective['length']}" + (" (the longest tested: maybe more)" if effective["longest_tested_passed"] else "")
+
+
+def _ruler_tables(groups: list[tuple[str, str, dict]], delta: bool) -> None:
+    """RULER: the averages per length side by side, both effective lengths per model with their
+    rules, then each model's task x length scores."""
+    console = out()
+    runs = [run["ruler"] for _, _, run in groups]
+    protocol = runs[0]["protocol"]
+    templates = "/".join(dict.fromkeys(run["protocol"]["template"]["used"] for run in runs))
+    haystack = (protocol.get("haystack") or {}).get("name")
+    tasks, samples = len(protocol["tasks"]), protocol["samples"]
+    console.print(f"[bold]RULER[/] ({protocol['source']}: {tasks} task{'s' * (tasks != 1)} x {samples} "
+                  f"sample{'s' * (samples != 1)} per length, seed {protocol['seed']}, {templates} template"
+                  + (f", essay haystack {escape(haystack)}" if haystack else "") + "; scores 0-100)")
+    table = Table(title_justify="left")
+    table.add_column("length", justify="right")
+    for label, _, _ in groups:
+        table.add_column(f"{label}\naverage", justify="right", no_wrap=True)
+    if delta:
+        table.add_column("delta", justify="right", no_wrap=True)
+    for index, average in enumerate(runs[0]["averages"]):
+        row, values = [str(average["length"])], []
+        for run in runs:
+            cell = run["averages"][index]
+            values.append(cell["average"])
+            row.append(f"[{_score_style(cell['average'])}]{cell['average']:.1f}[/]" + (" *" if cell["beyond_window"] else ""))
+        if delta:
+            row.append(f"{values[0] - values[1]:+.1f}")
+        table.add_row(*row)
+    console.print(table)
+    for label, name, run in zip([label for label, _, _ in groups], [name for _, name, _ in groups], runs):
+        ruler, relative = run["effective"]
+        console.print(f"  {escape(name)}: effective length {effective_text(ruler)} (RULER's rule), "
+                      f"{effective_text(relative)} (relative: >= {relative['threshold']:.1f})")
+    console.print(f"  RULER's rule: {escape(runs[0]['effective'][0]['description'])}; relative: the largest tested "
+                  "length whose average is at least 85% of the model's own at the shortest tested length (NoLiMa)")
+    for label, name, run in zip([label for label, _, _ in groups], [name for _, name, _ in groups], runs):
+        lengths = [average["length"] for average in run["averages"]]
+        table = Table(title=f"{name}: RULER score by task and length", title_justify="left", title_style="bold")
+        table.add_column("task")
+        for length in lengths:
+            table.add_column(str(length), justify="right", no_wrap=True)
+        for task, scores in _ruler_grid(run).items():
+            table.add_row(task, *[f"[{_score_style(scores[length])}]{scores[length]:.1f}[/]" for length in lengths])
+        table.add_row("average", *[f"{average['average']:.1f}" for average in run["averages"]])
+        console.print(table)
+    if any(average["beyond_window"] for run in runs for average in run["averages"]):
+        console.print("  * beyond the model's trained window")
+
+
+def _ruler_grid(ruler: dict) -> dict[str, dict[int, float]]:
+    grid: dict[str, dict[int, float]] = {}
+    for score in ruler["scores"]:
+        grid.setdefault(score["task"], {})[score["length"]] = score["score"]
+    return grid
+
+
+def require_matplotlib(option: str) -> None:
+    """Before any measurement: a figure asked for without matplotlib fails first, not after an hour."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise PicliError(f"{option} needs matplotlib", hint="pip install matplotlib (or picli[plot])") from None
+
+
+def _panels(report: dict, measure: str) -> list[tuple[str, dict]]:
+    """(title, run) per model of one report or run_side_by_side's dict, the baseline last."""
+    if "reports" in report:
+        panels = [(entry["name"], entry["model"]) for entry in report["reports"]]
+        if report["reports"][0].get("baseline"):
+            panels.append((f"{report['baseline']} (baseline)", report["reports"][0]["baseline"]))
+    else:
+        panels = [(f"{Path(run['path']).name} ({run['model']})", run)
+                  for run in [report["model"], report.get("baseline")] if run]
+    return [(name, run) for name, run in panels if run.get(measure)]
+
+
+def ruler_heatmap_png(report: dict, path: str) -> None:
+    """RULER's task x length scores as a PNG: one figure, a panel per model (baseline last),
+    each cell its score, the averages as the last row."""
+    require_matplotlib("--plot")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = _panels(report, "ruler")
+    tasks = panels[0][1]["ruler"]["protocol"]["tasks"]
+    width = 2.5 + 1.1 * len(panels[0][1]["ruler"]["averages"]) * len(panels)
+    figure, axes = plt.subplots(1, len(panels), figsize=(max(width, 5), 1.8 + 0.4 * (len(tasks) + 1)), squeeze=False,
+                                sharey=True, constrained_layout=True)
+    for axis, (name, run) in zip(axes[0], panels):
+        ruler = run["ruler"]
+        lengths = [average["length"] for average in ruler["averages"]]
+        grid = _ruler_grid(ruler)
+        rows = [[grid[task][length] for length in lengths] for task in tasks]
+        rows.append([average["average"] for average in ruler["averages"]])
+        image = axis.imshow(rows, aspect="auto", cmap="RdYlGn", vmin=0, vmax=100)
+        for y, row in enumerate(rows):
+            for x, value in enumerate(row):
+                axis.text(x, y, f"{value:.0f}", ha="center", va="center", fontsize=7)
+        axis.set_xticks(range(len(lengths)), [str(length) for length in lengths], rotation=45, fontsize=7)
+        axis.set_yticks(range(len(rows)), list(tasks) + ["average"], fontsize=7)  # shared: the first panel's show
+        axis.axhline(len(tasks) - 0.5, color="black", linewidth=1)
+        axis.set_xlabel("length (tokens)")
+        effective = ", ".join(f"{e['rule']} {effective_text(e).split(' ')[0]}" for e in ruler["effective"])
+        axis.set_title(f"{name}\neffective: {effective}", fontsize=8)
+    figure.colorbar(image, ax=axes[0].tolist(), fraction=0.02)
+    figure.suptitle(f"RULER score (0-100), {panels[0][1]['ruler']['protocol']['samples']} samples per cell", fontsize=9)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def passkey_heatmap_png(report: dict, path: str) -> None:

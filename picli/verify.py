@@ -1,6 +1,6 @@
-"""`picli verify`: passkey k_max and sliding-window perplexity, for one model or several side
-by side, and optionally a baseline, all measured with exactly the same protocol (same
-lengths, prompts, seed and text), loaded one at a time.
+"""`picli verify`: passkey k_max, sliding-window perplexity and RULER's synthetic tasks, for one
+model or several side by side, and optionally a baseline, all measured with exactly the same
+protocol (same lengths, prompts, seed and text), loaded one at a time.
 
 Side by side (`run_side_by_side`). Every MODEL gets the report a single-model run with the
 same --length list and --baseline would give it (a `VerifyReport`, and its own records under
@@ -15,6 +15,14 @@ picli-verify.json and a summary in its picli.json, which is what `picli push` tu
 model card's tables. A checkpoint picli did not write is the user's own and is only read:
 the numbers are printed, and `--save` writes the records into it anyway, `-o FILE` writes
 the full record to FILE. A model in a cache (Hub id, the embedded model) is never written.
+
+RULER keeps every sample (the exact input, prediction, references, score). A record written
+to disk keeps them beside it in a gzipped JSONL file that it names (provenance.RULER_SAMPLES
+in a checkpoint, FILE's stem + .ruler-samples.jsonl.gz for -o FILE); the report returned
+(--json) names that file, or holds the samples itself when nothing was written. Every RULER
+prompt is built, for every model and the baseline, before any weights load: a bad task, a
+length too short for a task, a haystack too small or a chat model without a chat template
+stops the run first.
 """
 
 from __future__ import annotations
@@ -29,16 +37,24 @@ from .checkpoint import Checkpoint, effective_window, read_config, resolve
 from .errors import PicliError
 from .events import Events
 from .files import atomic_write_json, check_writable_parent
+from .ruler import RulerSettings
 
 
 @dataclass(frozen=True)
 class VerifySettings:
     """What `picli verify` measures, on what, and how the model runs (cli.py builds it)."""
 
-    # None: passkey unless perplexity alone was asked for (bare `picli verify` measures passkey);
-    # decided here once, so the CLI and a library caller get the same default.
+    # None: passkey unless perplexity or RULER alone was asked for (bare `picli verify` measures
+    # passkey); decided here once, so the CLI and a library caller get the same default.
     passkey: bool | None = None
     perplexity: bool = False
+    ruler: bool = False
+    # RULER's options (None: RulerSettings' defaults: every synthetic task, 500 samples, the
+    # tokenizer's chat template when it has one, picli's built-in haystack).
+    ruler_tasks: tuple[str, ...] | str | None = None
+    ruler_samples: int | None = None
+    haystack: str | None = None
+    chat_template: str | None = None
     lengths: tuple[int, ...] | None = None  # None: the model's window
     data: str | None = None  # perplexity text: file, folder, JSONL or hf:NAME
     text_field: str = "text"
@@ -59,7 +75,12 @@ class VerifySettings:
 
     def __post_init__(self):
         if self.passkey is None:
-            object.__setattr__(self, "passkey", not self.perplexity)
+            object.__setattr__(self, "passkey", not (self.perplexity or self.ruler))
+
+    def ruler_settings(self, lengths: tuple[int, ...]) -> RulerSettings:
+        given = {"tasks": self.ruler_tasks, "samples": self.ruler_samples, "haystack": self.haystack,
+                 "chat_template": self.chat_template}
+        return RulerSettings(lengths=tuple(lengths), **{key: value for key, value in given.items() if value is not None})
 
     def selection(self):
         from .perplexity import DocumentSelection
@@ -76,10 +97,17 @@ class VerifySettings:
         """Every option, before MODEL is resolved or loaded: a typo costs a second, not a load."""
         from .modeling import check_options
 
-        if not self.passkey and not self.perplexity:
-            raise PicliError("nothing to verify", hint="pass --passkey, --perplexity --data FILE, or both")
+        if not self.passkey and not self.perplexity and not self.ruler:
+            raise PicliError("nothing to verify", hint="pass --passkey, --perplexity --data FILE, --ruler, or several")
         if self.perplexity and not self.data:
             raise PicliError("--perplexity needs text to score", hint="pass --data FILE|DIR|JSONL|hf:NAME")
+        for option, value in (("--tasks", self.ruler_tasks), ("--samples", self.ruler_samples),
+                              ("--haystack", self.haystack), ("--chat-template", self.chat_template)):
+            if value is not None and not self.ruler:
+                raise PicliError(f"{option} is a RULER option", hint="add --ruler")
+        if self.ruler:
+            # The lengths are checked above; a stand-in lets RULER check its own options now.
+            self.ruler_settings(self.lengths or (1,)).check()
         if any(not _whole(length) or length < 1 for length in self.lengths or ()):
             raise PicliError(f"--length must be a positive number of tokens, got {list(self.lengths)}",
                              hint="e.g. --length 8192")
@@ -106,6 +134,7 @@ class ModelRun:
     passkey: dict | None
     perplexity: dict | None
     source: dict | None = None  # checkpoint.source: lets the card tell the recorded source from another baseline
+    ruler: dict | None = None  # picli.ruler's RulerReport.to_dict(); its samples inline or named (module docstring)
 
 
 @dataclass(frozen=True)
@@ -191,7 +220,6 @@ def _run(models: list[str | None], settings: VerifySettings, *, save: bool | Non
         if save_to.is_dir():
             raise PicliError(f"-o {save_to} is a directory", hint="name a file, e.g. -o verify.json")
         check_writable_parent(save_to)
-    into_models = [_saves_into_model(checkpoint, save, save_to, on_event) for checkpoint in checkpoints]
     windows = [_window(checkpoint.path) for checkpoint in checkpoints]
     # One length list for all (see the module docstring): one MODEL keeps its own window.
     lengths = sorted(set(settings.lengths or windows))
@@ -200,6 +228,9 @@ def _run(models: list[str | None], settings: VerifySettings, *, save: bool | Non
         from .textdata import load_texts
 
         documents = load_texts(settings.data, text_field=settings.text_field)
+    every = checkpoints + ([baseline_checkpoint] if baseline_checkpoint else [])
+    suites = _ruler_suites(every, settings.ruler_settings(tuple(lengths)), on_event) if settings.ruler else {}
+    into_models = [_saves_into_model(checkpoint, save, save_to, on_event) for checkpoint in checkpoints]
 
     names = _names(checkpoints)
     runs = []
@@ -207,12 +238,13 @@ def _run(models: list[str | None], settings: VerifySettings, *, save: bool | Non
         if on_event:
             label = "model" if len(checkpoints) == 1 else f"model {name}"
             on_event({"kind": "message", "text": f"Loading {label} {checkpoint.path}"})
-        runs.append(_measure(checkpoint, "model", lengths, documents, settings, on_event))
+        runs.append(_measure(checkpoint, "model", lengths, documents, settings, on_event, suites.get(checkpoint.path)))
     baseline_run = None
     if baseline_checkpoint is not None:
         if on_event:
             on_event({"kind": "message", "text": f"Loading baseline {baseline_checkpoint.path}"})
-        baseline_run = _measure(baseline_checkpoint, "baseline", lengths, documents, settings, on_event)
+        baseline_run = _measure(baseline_checkpoint, "baseline", lengths, documents, settings, on_event,
+                                suites.get(baseline_checkpoint.path))
 
     reports = [VerifyReport(model=run, baseline=baseline_run,
                             passkey_lengths=lengths if settings.passkey else [],
@@ -222,17 +254,25 @@ def _run(models: list[str | None], settings: VerifySettings, *, save: bool | Non
                for run in runs]
     records = [provenance.verify_record(report.to_dict(), command=command, data=settings.data) for report in reports]
     baseline_name = _names(checkpoints + [baseline_checkpoint])[-1] if baseline_checkpoint else None
+    written: dict[int, Path] = {}  # report index -> the samples file that holds its RULER samples
     if save_to is not None:
         if len(reports) == 1:
-            atomic_write_json(save_to, records[0])
+            companion = provenance.save_verify_record(save_to, records[0], provenance.ruler_samples_path(save_to))
         else:
             result = SideBySide(names, baseline_name, reports).to_dict()
-            atomic_write_json(save_to, provenance.verify_record(result, command=command, data=settings.data))
+            companion = provenance.save_verify_record(
+                save_to, provenance.verify_record(result, command=command, data=settings.data),
+                provenance.ruler_samples_path(save_to))
+        if companion:
+            written = dict.fromkeys(range(len(reports)), companion)
     saved_reports = []
-    for report, record, checkpoint, into_model in zip(reports, records, checkpoints, into_models):
+    for index, (report, record, checkpoint, into_model) in enumerate(zip(reports, records, checkpoints, into_models)):
         if into_model:
-            saved = provenance.add_verification(checkpoint.path, record)
+            saved, companion = provenance.add_verification(checkpoint.path, record)
             report = VerifyReport(**{**report.__dict__, "saved_to": str(saved)})
+            written[index] = companion or written.get(index)
+        if written.get(index):
+            report = _samples_named(report, written[index])
         saved_reports.append(report)
     labelled = list(zip(names, runs)) + ([(baseline_name, baseline_run)] if baseline_run else [])
     return SideBySide(names, baseline_name, saved_reports,
@@ -291,8 +331,51 @@ def _window(path: Path) -> int:
         return rope.effective_window(read_config(path))
 
 
+def _ruler_suites(checkpoints: list[Checkpoint], ruler: RulerSettings, on_event: Events) -> dict:
+    """{checkpoint path: its RULER suite}, every prompt built before any weights load. Checkpoints
+    whose tokenizer files are byte-identical share one suite (an extension keeps its source's)."""
+    from .modeling import load_tokenizer
+    from .ruler import build_suite
+
+    suites, by_tokenizer = {}, {}
+    for checkpoint in checkpoints:
+        key = _tokenizer_fingerprint(checkpoint.path)
+        if key not in by_tokenizer:
+            names = tuple(dict.fromkeys(filter(None, (checkpoint.path.name, checkpoint.name, checkpoint.base_model,
+                                                      checkpoint.source.get("repo")))))
+            by_tokenizer[key] = build_suite(load_tokenizer(checkpoint.path), ruler, on_event, names=names)
+        suites[checkpoint.path] = by_tokenizer[key]
+    return suites
+
+
+def _tokenizer_fingerprint(path: Path) -> str:
+    """sha256 over the files a tokenizer (and its chat template) is read from; the path when unreadable."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    prefixes = ("tokenizer", "special_tokens_map", "added_tokens", "vocab", "merges", "chat_template", "spiece")
+    try:
+        for file in sorted(path.iterdir()):
+            if file.is_file() and (file.name.startswith(prefixes) or file.suffix in (".model", ".tiktoken")):
+                digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    except OSError:
+        return str(path)
+    return digest.hexdigest()
+
+
+def _samples_named(report: VerifyReport, companion: Path) -> VerifyReport:
+    """The report as --json prints it once its RULER samples were written to `companion`."""
+    def named(run: ModelRun | None) -> ModelRun | None:
+        if run is None or not run.ruler or "samples" not in run.ruler:
+            return run
+        ruler = {key: value for key, value in run.ruler.items() if key != "samples"}
+        return ModelRun(**{**run.__dict__, "ruler": {**ruler, "samples_file": str(companion),
+                                                     "samples_count": len(run.ruler["samples"])}})
+    return VerifyReport(**{**report.__dict__, "model": named(report.model), "baseline": named(report.baseline)})
+
+
 def _measure(checkpoint: Checkpoint, label: str, lengths: list[int], documents, settings: VerifySettings,
-             on_event: Events) -> ModelRun:
+             on_event: Events, suite=None) -> ModelRun:
     from .modeling import load_model
 
     window = _window(checkpoint.path)
@@ -308,12 +391,18 @@ def _measure(checkpoint: Checkpoint, label: str, lengths: list[int], documents, 
 
             perplexity_report = evaluate_perplexity(loaded, documents, lengths, stride=settings.stride,
                                                     selection=settings.selection(), on_event=on_event).to_dict()
+        ruler_report = None
+        if suite is not None:
+            from .ruler import run_suite
+
+            ruler_report = run_suite(loaded, suite, batch_size=settings.batch_size, on_event=on_event,
+                                     window=window).to_dict()
     finally:
         del loaded
         gc.collect()
         _empty_cuda_cache()
-    return ModelRun(model=label, path=str(checkpoint.path), window=window,
-                    passkey=passkey_report, perplexity=perplexity_report, source=checkpoint.source)
+    return ModelRun(model=label, path=str(checkpoint.path), window=window, passkey=passkey_report,
+                    perplexity=perplexity_report, source=checkpoint.source, ruler=ruler_report)
 
 
 def _empty_cuda_cache() -> None:

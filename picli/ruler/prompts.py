@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import asdict, dataclass, field
 
 from ..errors import PicliError
@@ -129,12 +130,42 @@ class Prompter:
         return len(self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
 
 
-def chat_template_use(tokenizer, requested: str) -> dict:
-    """Whether prompts go through the tokenizer's chat template, and which one (for the report)."""
+# End-of-sequence tokens that end a chat turn (ChatML, Llama 3, Gemma, Phi-3): a tokenizer whose
+# eos is one of them belongs to a model trained to answer in turns. (Chat tokens in the vocabulary
+# prove nothing: Llama 3 and SmolLM2 base models carry them too.)
+CHAT_ENDS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+_CHAT_NAME = re.compile(r"instruct|chat|(?:^|[-_.])it(?:$|[-_.])", re.IGNORECASE)
+
+
+def chat_model_evidence(tokenizer, names: tuple[str, ...] = ()) -> str | None:
+    """Why a model looks like a chat model (its end-of-sequence token ends a chat turn, or its
+    name says instruct/chat/it), or None.
+
+    Under --chat-template auto such a model without a chat template would silently get RULER's
+    plain template, which is not how it was trained to be asked: picli stops instead."""
+    eos = getattr(tokenizer, "eos_token", None)
+    if eos in CHAT_ENDS:
+        return f"its end-of-sequence token is {eos}, a chat turn's end"
+    for name in names:
+        if name and _CHAT_NAME.search(name):
+            return f"its name {name} says so"
+    return None
+
+
+def chat_template_use(tokenizer, requested: str, names: tuple[str, ...] = ()) -> dict:
+    """Whether prompts go through the tokenizer's chat template, and which one (for the report).
+    `names`: what the model is called (directory, Hub id, base model), for `chat_model_evidence`."""
     template = getattr(tokenizer, "chat_template", None)
     if requested == "chat" and not template:
         raise PicliError("the tokenizer has no chat template, so --chat-template chat cannot use one",
                          hint="use --chat-template none for RULER's plain template (what base models get)")
+    if requested == "auto" and not template:
+        evidence = chat_model_evidence(tokenizer, names)
+        if evidence:
+            raise PicliError(f"{names[0] if names else 'the model'} looks like a chat model ({evidence}) but its "
+                             "tokenizer has no chat template, so --chat-template auto cannot ask it as one",
+                             hint="add the chat template to tokenizer_config.json or chat_template.jinja, or pass "
+                                  "--chat-template none for RULER's plain template")
     used = "chat" if template and requested in ("auto", "chat") else "plain"
     record = {"requested": requested, "used": used}
     if used == "chat":
@@ -148,10 +179,11 @@ def sample_rng(seed: int, task: str, length: int, index: int | str) -> random.Ra
     return random.Random(f"ruler|{seed}|{task}|{length}|{index}")
 
 
-def build_suite(tokenizer, settings: RulerSettings, on_event: Events = None) -> Suite:
-    """Every sample of every task and length, or the first reason it cannot be built (a PicliError)."""
+def build_suite(tokenizer, settings: RulerSettings, on_event: Events = None, names: tuple[str, ...] = ()) -> Suite:
+    """Every sample of every task and length, or the first reason it cannot be built (a PicliError).
+    `names`: what the model is called, to tell a chat model without a chat template (chat_template_use)."""
     tasks = settings.check()
-    template = chat_template_use(tokenizer, settings.chat_template)
+    template = chat_template_use(tokenizer, settings.chat_template, names)
     prompter = Prompter(tokenizer, template["used"] == "chat")
     needs_essay = any(TASKS[name].args.get("type_haystack") == "essay" for name in tasks)
     haystack = load_haystack(settings.haystack) if needs_essay else None

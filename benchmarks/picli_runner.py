@@ -1,4 +1,5 @@
-"""picli as a user runs it, for the benchmark scripts (miniature_pi.py, real_loop.py).
+"""picli as a user runs it, for the benchmark scripts (miniature_pi.py, real_loop.py,
+recovery.py, ruler.py), and the machine and versions every result records.
 
 Each command is its own `python -m picli ... --json` process in the experiment's work
 directory, with one torch thread count for every process, offline, and this checkout's picli
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -62,3 +64,27 @@ class PicliRunner:
         if self.verbose:
             self.say(f"picli {' '.join(args)}  ({seconds:.0f} s)")
         return result, seconds
+
+
+def environment() -> dict:
+    """Versions and machine: timings and per-step numbers reproduce on one machine and library version only."""
+    import torch
+    import transformers
+
+    import picli
+
+    found = {"picli": picli.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+             "python": platform.python_version(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+             "system": f"{platform.system()} {platform.release()}"}
+    if torch.cuda.is_available():
+        found["gpu"] = torch.cuda.get_device_name(0)
+    return found
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()

@@ -53,15 +53,13 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import platform
 import shutil
 import sys
 import time
 from functools import reduce
 from pathlib import Path
 
-from picli_runner import PicliRunner, work_directory  # benchmarks/, the script's own folder
+from picli_runner import PicliRunner, environment, work_directory  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks" / "data"))
@@ -186,27 +184,6 @@ def write_texts(workdir: Path, quick: bool, train_chars: int | None) -> dict:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def environment() -> dict:
-    """Versions and machine: per-step numbers reproduce on one machine and library version only."""
-    import torch
-    import transformers
-
-    import picli
-
-    return {"picli": picli.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-            "system": f"{platform.system()} {platform.release()}"}
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def run(args) -> dict:

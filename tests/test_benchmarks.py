@@ -80,3 +80,72 @@ def test_methods_tail_perplexities_subtract_single_windows():
     assert math.isclose(tails[0]["nll"], sum(losses[3:7]) / 4)
     assert math.isclose(tails[1]["nll"], sum(losses[7:11]) / 4)
     assert math.isclose(tails[1]["perplexity"], math.exp(sum(losses[7:11]) / 4))
+
+
+@pytest.mark.slow
+def test_ruler_quick(tmp_path, smollm2):
+    """benchmarks/ruler.py --quick through every step: extend x3, the timing, the pilot, picli verify --ruler
+    on four models, the merged samples file, and the table from the JSON."""
+    env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    samples_out = tmp_path / "samples.jsonl.gz"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ruler.py"), "--quick", "--json", "--threads", "1",
+                           "--keep", str(tmp_path / "work"), "--samples-out", str(samples_out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["quick"] and list(result["results"]) == ["base", "linear", "yarn", "ntk"]
+    assert result["extended"]["linear"]["rope_scaling"] == {"type": "linear", "factor": 2.0}
+    assert math.isclose(result["extended"]["ntk"]["rope_theta"], 1e5 * 2 ** (64 / 62), rel_tol=1e-9)
+    assert result["samples"] == 1 and result["pilot"]["samples"] >= 1 and result["pilot"]["seconds_per_sample"] > 0
+    for name, row in result["results"].items():
+        assert row["window"] == (8192 if name == "base" else 16384)
+        assert row["protocol"]["tasks"] == ["niah_single_1", "fwe"] and row["protocol"]["lengths"] == [512, 768]
+        assert row["protocol"]["template"]["used"] == "chat"  # SmolLM2-Instruct's own chat template
+        assert set(row["scores"]) == {"niah_single_1", "fwe"} and set(row["averages"]) == {"512", "768"}
+        for length, average in row["averages"].items():
+            assert average == pytest.approx(sum(row["scores"][task][length] for task in row["scores"]) / 2)
+    # Every model read the same four inputs: one line each, with four models' predictions, re-scorable.
+    import gzip
+    import hashlib
+
+    from picli.ruler import scoring
+
+    assert result["samples_file"]["sha256"] == hashlib.sha256(samples_out.read_bytes()).hexdigest()
+    lines = [json.loads(line) for line in gzip.decompress(samples_out.read_bytes()).decode().splitlines()]
+    assert [(line["task"], line["length"]) for line in lines] == [("niah_single_1", 512), ("fwe", 512),
+                                                                  ("niah_single_1", 768), ("fwe", 768)]
+    for line in lines:
+        assert set(line["models"]) == {"base", "linear", "yarn", "ntk"}
+        for name, measured in line["models"].items():
+            assert measured["score"] == scoring.sample_score("string_match_all", measured["prediction"],
+                                                             line["references"])
+            assert result["results"][name]["scores"][line["task"]][str(line["length"])] == measured["score"]
+    timing = result["timing"]
+    assert timing["all_identical"] and timing["predictions"] == 1 and timing["speedup"] > 0
+    assert timing["picli"]["peak_rss_bytes"] >= timing["picli"]["loaded_rss_bytes"] > 0
+    assert {"torch", "transformers", "cpu", "picli"} <= set(result["environment"])
+    (tmp_path / "r.json").write_text(done.stdout)
+    table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ruler.py"), "--table", str(tmp_path / "r.json")],
+                           capture_output=True, text=True, env=env)
+    assert table.returncode == 0 and "--quick: mechanics only" in table.stdout
+    assert "plain generate / picli" in table.stdout and "identical predictions 1/1" in table.stdout
+
+
+def test_ruler_pilot_sizes_the_run_to_the_budget():
+    """N = (budget left / 4 models - the per-call overhead) / (seconds per sample x the margin)."""
+    ruler = load_benchmark("ruler")
+
+    class Stub:
+        def ruler(self, model, name, lengths, tasks, samples):
+            assert (model, samples) == ("smollm2-135m", 1)
+            scores = [{"seconds": 30.0}, {"seconds": 20.0}]
+            return {"model": {"ruler": {"scores": scores, "averages": [{"length": 1024, "average": 50.0}]}}}, 60.0
+
+        def say(self, text):
+            pass
+
+    pilot = ruler.size_by_pilot(Stub(), {"lengths": [1024], "tasks": "all"}, budget=7200, spent=140)
+    # 7000 s left: 1750 s a model, 10 s of it the call's overhead, then 65 s a sample -> 26
+    assert pilot["samples"] == int((7000 / 4 - 10) / (50 * 1.3)) == 26
+    assert pilot["overhead_seconds"] == 10 and pilot["seconds_per_sample"] == 50
+    assert ruler.size_by_pilot(Stub(), {"lengths": [1024], "tasks": "all"}, budget=100, spent=90)["samples"] == 1

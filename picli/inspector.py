@@ -16,7 +16,7 @@ from .checkpoint import (Checkpoint, TensorSummary, length_setting, read_config,
                          tensor_summary)
 from .errors import CannotExtend
 from .events import Events
-from .modeling import kv_cache_bytes
+from .kv_cache import kv_cache_bytes, layer_pattern
 from .provenance import RecordError, read_record, recorded_window
 
 KV_MULTIPLES = (1, 2, 4, 8)
@@ -41,6 +41,8 @@ class Inspection:
     can_extend: bool
     cannot_extend_reason: str | None
     kv_cache_bytes: dict[int, int]
+    # Which layers the KV cache grows in: counts per kind (global, sliding, chunked, none), window, chunk.
+    kv_layers: dict[str, Any] | None
     runtimes: dict[str, dict]
     provenance: dict | None
     warnings: list[str] = field(default_factory=list)
@@ -91,6 +93,7 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
     rope_view: dict[str, Any] = {}
     runtimes: dict[str, dict] = {}
     kv: dict[int, int] = {}
+    kv_layers = None
     check = {"ok": True, "disagreements": []}
     if state:
         recorded = recorded_window(record)
@@ -117,9 +120,13 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
             warnings.append(f"config.json has no max_position_embeddings; using the family default {state.window}")
         if max_length and int(max_length) < state.window:
             warnings.append(f"tokenizer model_max_length {int(max_length)} is below the window {state.window}")
-        kv = {state.window * multiple: kv_cache_bytes(rope.language_config(config), state.window * multiple,
-                                                      KV_BYTES_PER_VALUE)
+        kv = {state.window * multiple: kv_cache_bytes(config, state.window * multiple, KV_BYTES_PER_VALUE)
               for multiple in KV_MULTIPLES}
+        pattern = layer_pattern(config)
+        kv_layers = pattern.summary()
+        if pattern.unknown:
+            warnings.append(f"layer type(s) {', '.join(pattern.unknown)} unknown to picli: counted as global "
+                            "attention in the KV-cache estimate (an upper bound)")
         runtimes = rope.predict_all(config, recorded)
         check = rope.check(runtimes, state.disagreement)
     return Inspection(
@@ -129,7 +136,8 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
         size_bytes=summary.total_bytes, rope=rope_view,
         tokenizer_max_length=max_length,
         can_extend=reason is None, cannot_extend_reason=reason.message if reason else None,
-        kv_cache_bytes=kv, runtimes=runtimes, provenance=_provenance(record), warnings=warnings, check=check,
+        kv_cache_bytes=kv, kv_layers=kv_layers, runtimes=runtimes, provenance=_provenance(record),
+        warnings=warnings, check=check,
     )
 
 
@@ -225,7 +233,7 @@ def _inspect_gguf(model: str, checkpoint: Checkpoint) -> Inspection:
         architecture=arch, model_type=arch, parameters=info.parameter_count, dtypes=info.tensor_types,
         files=[checkpoint.path.name], shards=1, size_bytes=info.file_size, rope=rope_view,
         tokenizer_max_length=None, can_extend=reason is None, cannot_extend_reason=reason, kv_cache_bytes=kv,
-        runtimes=runtimes, provenance=_provenance(record), warnings=warnings, check=check,
+        kv_layers=None, runtimes=runtimes, provenance=_provenance(record), warnings=warnings, check=check,
     )
 
 

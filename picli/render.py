@@ -209,6 +209,8 @@ def inspection(report: dict, check: bool = False) -> None:
     if report["kv_cache_bytes"]:
         _kv(verdict, "KV cache / seq", "   ".join(f"{int(window) // 1024}k: {human_bytes(size)}"
                                                  for window, size in report["kv_cache_bytes"].items()) + "  (fp16)")
+    if report.get("kv_layers"):
+        _kv(verdict, "KV layers", kv_layers_line(report["kv_layers"]))
     console.print(verdict)
 
     if report["runtimes"]:
@@ -230,6 +232,18 @@ def inspection(report: dict, check: bool = False) -> None:
         warning(text)
     if check:
         check_summary(report)
+
+
+def kv_layers_line(layers: dict) -> str:
+    """'10 global, 52 sliding (window 1024)': which layers the KV cache grows in, and where that was read."""
+    parts = [f"{layers['global']} global"]
+    if layers["sliding"]:
+        parts.append(f"{layers['sliding']} sliding (window {layers['sliding_window']})")
+    if layers["chunked"]:
+        parts.append(f"{layers['chunked']} chunked (chunk {layers['chunk']})")
+    if layers["none"]:
+        parts.append(f"{layers['none']} without KV cache (linear attention, SSM or MLP)")
+    return ", ".join(parts) + f"  ({layers['source']})"
 
 
 def _runtime_row(name: str, view: dict) -> tuple[str, str, str]:

@@ -179,9 +179,14 @@ def inspection(report: dict, check: bool = False) -> None:
     _kv(summary, "architecture", f"{report['architecture']}  (model_type {report['model_type']})")
     _kv(summary, "parameters", human_count(report["parameters"]))
     _kv(summary, "dtype", ", ".join(f"{dtype} x{count}" for dtype, count in report["dtypes"].items()) or "-")
-    _kv(summary, "files", f"{len(report['files'])} weight file(s), {report['shards']} safetensors shard(s), "
-        f"{human_bytes(report['size_bytes'])}" if report["format"] == "transformers"
-        else human_bytes(report["size_bytes"]))
+    if report["format"] == "transformers":
+        files = (f"{len(report['files'])} weight file(s), {report['shards']} safetensors shard(s), "
+                 f"{human_bytes(report['size_bytes'])}")
+    elif report["shards"] > 1:  # a split GGUF: what was found of it
+        files = f"{len(report['files'])} of {report['shards']} GGUF shards, {human_bytes(report['size_bytes'])}"
+    else:
+        files = human_bytes(report["size_bytes"])
+    _kv(summary, "files", files)
     console.print(summary)
 
     if rope:

@@ -124,3 +124,19 @@ def test_inspect_says_which_layers_grow(tmp_path):
     assert "128k: 11.2 GB" in text.stdout
     assert "10 global, 52 sliding (window 1024)" in text.stdout
 
+
+def test_gguf_with_sliding_layers_says_its_estimate_is_an_upper_bound(tmp_path):
+    """llama.cpp fixes which layers slide in its code per architecture: picli counts every layer
+    and says so rather than claim they are all global."""
+    from tests.helpers import make_gguf
+
+    shape = {"llama.block_count": ("add_uint32", 2), "llama.embedding_length": ("add_uint32", 64),
+             "llama.attention.head_count": ("add_uint32", 4), "llama.attention.head_count_kv": ("add_uint32", 2)}
+    make_gguf(tmp_path / "plain.gguf", kv=shape)
+    make_gguf(tmp_path / "swa.gguf", kv={**shape, "llama.attention.sliding_window": ("add_uint32", 16)})
+    plain, swa = (json.loads(runner.invoke(app, ["inspect", str(tmp_path / name), "--json"]).stdout)
+                  for name in ("plain.gguf", "swa.gguf"))
+    # 2 layers x 2 kv heads x 16 dims x (k, v) x 2 bytes x 2048 positions, in both.
+    assert plain["kv_cache_bytes"]["2048"] == swa["kv_cache_bytes"]["2048"] == 2 * 2 * 16 * 2 * 2 * 2048
+    assert plain["kv_layers"]["source"] == "every layer global"
+    assert "upper bound" in swa["kv_layers"]["source"]

@@ -21,8 +21,8 @@ from .checkpoint import (Checkpoint, length_setting, outside_links, read_config,
                          resolve)
 from .errors import CannotExtend, NotACheckpoint, OutputError, SelfCheckFailed
 from .events import Events
-from .files import (atomic_write_json, check_writable_parent, copy_file, staged_directory, staged_file,
-                    target_lock)
+from .files import (atomic_write_json, check_output, check_writable_parent, copy_file, staged_directory,
+                    staged_file, target_lock)
 from .provenance import (RECORD, check_state_dir, extension_record, is_record_file, read_record, recorded_window,
                          record_path, remember_last, sidecar_path, write_record)
 from .self_check import self_check
@@ -125,21 +125,10 @@ def plan_extend(
 
 
 def _check_output(checkpoint: Checkpoint, output: Path, force: bool) -> None:
-    source = checkpoint.path.resolve()
-    if output == source:
-        raise OutputError("the output is the source checkpoint itself", hint="choose another -o/--output")
-    if output.is_relative_to(source):
-        raise OutputError(f"the output {output} is inside the source checkpoint {source}",
-                          hint="choose an -o/--output outside the source")
-    if source.is_relative_to(output):
-        # --force would replace the output directory, and the source with it.
-        raise OutputError(f"the source {source} is inside the output {output}",
-                          hint="choose an -o/--output that does not contain the source")
     if checkpoint.kind == "gguf" and output.is_dir():
         raise OutputError(f"output {output} is a directory; a GGUF is extended into a .gguf file",
                           hint="name a .gguf file with -o/--output")
-    if (output.exists() or output.is_symlink()) and not force:
-        raise OutputError(f"output {output} already exists", hint="pass --force to replace it, or choose -o/--output")
+    check_output(output, force=force, sources=[checkpoint.path])
     check_writable_parent(output)
 
 

@@ -293,3 +293,66 @@ def tree_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+# ---------------------------------------------------------------------------------------
+# Where an output may go: the one rule every command that writes an output follows.
+
+# The folders a mistyped -o would take with it. Refused as outputs whatever the flags: no
+# record can make replacing them safe.
+
+
+def _protected_places() -> list[tuple[Path, str]]:
+    places = [(Path("/"), "the filesystem root")]
+    with contextlib.suppress(RuntimeError, KeyError):  # no HOME and no passwd entry
+        places.append((Path.home().resolve(), "your home directory"))
+    try:
+        # The working directory may itself be gone (deleted by another program): nothing to protect then.
+        places.append((Path(os.getcwd()).resolve(), "the current directory"))
+    except OSError:
+        pass
+    return places
+
+
+def check_output(output: Path, *, force: bool = False, sources: tuple[Path, ...] | list[Path] = (),
+                 ours: Any = None, empty_ok: bool = False, option: str = "-o/--output") -> None:
+    """May picli write `output` (a folder or a file it builds whole, then renames into place)?
+
+    Refused, whatever `force` says: `/`, the home directory, the current directory and any
+    folder containing one of them; a source (`sources`: the checkpoints read), anything
+    inside a source, or a folder containing one. An existing output is replaced only with
+    `force`, and only when picli wrote it: `ours(path)` (default: picli's record is there,
+    picli.json inside a folder or NAME.picli.json beside a file). An empty folder holds
+    nothing to lose. `empty_ok`: an existing empty folder needs no --force (finetune).
+    """
+    from .provenance import RECORD, is_picli_output
+
+    output = Path(output)
+    resolved = output.resolve()
+    for source in sources:
+        source = Path(source).resolve()
+        if resolved == source:
+            raise OutputError(f"the output {output} is the source checkpoint itself",
+                              hint=f"choose another {option}")
+        if resolved.is_relative_to(source):
+            raise OutputError(f"the output {output} is inside the source checkpoint {source}",
+                              hint=f"choose an {option} outside the source")
+        if source.is_relative_to(resolved):
+            raise OutputError(f"the source {source} is inside the output {output}",
+                              hint=f"choose an {option} that does not contain the source")
+    for place, what in _protected_places():
+        if resolved == place or place.is_relative_to(resolved):
+            where = what if resolved == place else f"a folder containing {what} ({place})"
+            raise OutputError(f"the output {output} is {where}; picli never writes over it, --force included",
+                              hint=f"name a new folder with {option}, e.g. {option.split('/')[0]} ./model-out")
+    if not (output.exists() or output.is_symlink()):
+        return
+    empty = output.is_dir() and not output.is_symlink() and not any(output.iterdir())
+    if empty and empty_ok:
+        return
+    if not force:
+        raise OutputError(f"output {output} already exists", hint=f"pass --force to replace it, or choose {option}")
+    if empty or (ours or is_picli_output)(output):
+        return
+    raise OutputError(f"output {output} exists and picli did not write it (no {RECORD}); --force replaces only "
+                      "outputs picli wrote", hint=f"choose another {option}, or move it away yourself")

@@ -458,3 +458,95 @@ def test_lock_is_exclusive_between_processes_and_reentrant_within_one(tmp_path):
                 pass
     finally:
         release(holder)
+
+
+# ---------------------------------------------------------------------------------------
+# Replacing an output (issue 19): --force replaces only what picli wrote, never a home,
+# the working directory, a source or a folder that holds one.
+
+
+def home_like(path: Path) -> Path:
+    """A folder as a user's home looks: a private key, a shell profile."""
+    (path / ".ssh").mkdir(parents=True)
+    (path / ".ssh" / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (path / ".bashrc").write_text("export PATH\n")
+    return path
+
+
+def test_force_never_replaces_a_folder_picli_did_not_write(checkpoint, workdir):
+    home = home_like(workdir / "someone")
+    before = tree_hash(home)
+    result = run("extend", checkpoint, "--to", 4096, "-o", home, "--force")
+    assert_clean_error(result, "picli did not write it")
+    assert tree_hash(home) == before and not list(workdir.glob(".someone*"))
+
+
+def test_force_never_replaces_the_home_directory(checkpoint, workdir, monkeypatch):
+    home = home_like(workdir.parent / "home")
+    (home / "picli.json").write_text("{}")  # even a record there does not make a home picli's
+    monkeypatch.setenv("HOME", str(home))
+    before = tree_hash(home)
+    assert_clean_error(run("extend", checkpoint, "--to", 4096, "-o", "~", "--force"), "your home directory")
+    assert tree_hash(home) == before
+
+
+@pytest.mark.parametrize("where", [".", "..", "/"])
+def test_force_never_replaces_the_working_directory_or_above(checkpoint, workdir, where, monkeypatch):
+    here = workdir / "projects" / "mine"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    for folder in (here, here.parent):
+        (folder / "notes.txt").write_text("mine")
+        (folder / "picli.json").write_text("{}")  # a record does not make them picli's to replace
+    result = run("extend", checkpoint, "--to", 4096, "-o", where, "--force")
+    # `/` also holds the source, which is said first.
+    assert_clean_error(result, "is inside the output /" if where == "/" else "picli never writes over it")
+    assert (here / "notes.txt").read_text() == "mine" and (here.parent / "notes.txt").read_text() == "mine"
+    assert os.getcwd() == str(here)
+
+
+@pytest.mark.parametrize("target", ["source", "parent"])
+def test_force_never_replaces_the_source_or_a_folder_holding_it(checkpoint, workdir, target):
+    output = checkpoint if target == "source" else checkpoint.parent
+    (checkpoint / "picli.json").write_text("{}")
+    before = tree_hash(checkpoint)
+    result = run("extend", checkpoint, "--to", 4096, "-o", output, "--force")
+    assert_clean_error(result, "the source checkpoint itself" if target == "source" else "is inside the output")
+    assert tree_hash(checkpoint) == before
+
+
+def test_force_replaces_an_output_picli_wrote(checkpoint, workdir):
+    output = workdir / "out"
+    assert run("extend", checkpoint, "--to", 4096, "-o", output).exit_code == 0
+    (output / "leftover.txt").write_text("old")
+    assert run("extend", checkpoint, "--to", 8192, "-o", output, "--force").exit_code == 0
+    assert not (output / "leftover.txt").exists()
+    assert json.loads((output / "picli.json").read_text())["rope"]["target_window"] == 8192
+
+
+def test_force_never_replaces_a_gguf_picli_did_not_write(gguf_source, workdir):
+    mine = workdir / "mine.gguf"
+    mine.write_bytes(b"my own file")
+    result = run("extend", gguf_source, "--to", 8192, "-o", mine, "--force")
+    assert_clean_error(result, "picli did not write it")
+    assert mine.read_bytes() == b"my own file"
+
+
+def test_finetune_force_never_trains_into_a_folder_picli_did_not_write(tiny_model_dir, workdir):
+    home = home_like(workdir / "someone")
+    before = tree_hash(home)
+    result = run("finetune", tiny_model_dir, "-o", home, "--force", "--data", workdir / "none.txt", "--steps", 1)
+    assert_clean_error(result, "picli did not write it")
+    assert tree_hash(home) == before
+    assert_clean_error(run("finetune", tiny_model_dir, "-o", ".", "--data", "x.txt"), "the current directory")
+
+
+@pytest.mark.parametrize("target", ["inside", "foreign"])
+def test_verify_output_never_overwrites_a_model_file_or_a_foreign_file(tiny_model_dir, workdir, target):
+    path = tiny_model_dir / "config.json" if target == "inside" else workdir / "notes.json"
+    if target == "foreign":
+        path.write_text('{"mine": true}')
+    before = path.read_bytes()
+    result = run("verify", tiny_model_dir, "--passkey", "--length", 64, "-o", path)
+    assert_clean_error(result, "inside the source checkpoint" if target == "inside" else "picli did not write it")
+    assert path.read_bytes() == before

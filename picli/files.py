@@ -356,3 +356,76 @@ def check_output(output: Path, *, force: bool = False, sources: tuple[Path, ...]
         return
     raise OutputError(f"output {output} exists and picli did not write it (no {RECORD}); --force replaces only "
                       "outputs picli wrote", hint=f"choose another {option}, or move it away yourself")
+
+
+# ---------------------------------------------------------------------------------------
+# What is part of a model: the one rule extend (copy) and push (upload, plan) share.
+
+# The one dotfile a Hub repo expects: it says which files are stored with LFS/Xet. Every
+# other hidden file (.env, .netrc, .ssh/, .DS_Store, .git/) is a machine's, not a model's.
+HUB_DOTFILES = {".gitattributes"}
+_KEY_NAMES = re.compile(r"^id_(rsa|dsa|ecdsa|ed25519)(\.pub)?$|\.(pem|key|p12|pfx|ppk|keystore|jks)$")
+# `token`, `hf_token`, `access-token.txt`, `secrets.json`, `credentials`, `netrc`: not tokenizer*.json.
+_SECRET_NAMES = re.compile(r"^(?:.*[_-])?(token|secrets?|credentials?|passwords?|passwd|api[_-]?key|netrc)$")
+# A Hugging Face access token as the Hub issues them (hf_ and 34 letters and digits; 30+ here).
+HF_TOKEN = re.compile(rb"hf_[A-Za-z0-9]{30,}")
+_SCANNED_BYTES = 1 << 20  # text files worth reading for a token; weights and vocabularies are larger
+
+
+def not_model_reason(relative: str, path: Path | None = None) -> str | None:
+    """Why `relative` (a path inside a checkpoint) is not part of the model, or None if it is.
+
+    `path`: the file on disk, read (up to 1 MiB) for a Hugging Face token. Weight files are
+    not read: a token cannot hide in them unnoticed by the runtimes that load them.
+    """
+    parts = relative.split("/")
+    hidden = next((part for part in parts if part.startswith(".")), None)
+    if hidden and relative not in HUB_DOTFILES:
+        return "hidden file" if hidden == parts[-1] else f"in hidden folder {hidden}/"
+    name = parts[-1].lower()
+    if _KEY_NAMES.search(name):
+        return "a private key"
+    if _SECRET_NAMES.match(name.split(".")[0]):
+        return "named like a secret (token, credentials, password)"
+    if path is not None and holds_hf_token(path):
+        return "holds a Hugging Face token (hf_...)"
+    return None
+
+
+def holds_hf_token(path: Path) -> bool:
+    try:
+        if path.stat().st_size > _SCANNED_BYTES or path.name.endswith((".safetensors", ".bin", ".gguf", ".pt")):
+            return False
+        return HF_TOKEN.search(path.read_bytes()) is not None
+    except OSError:
+        return False
+
+
+def model_files(root: Path, skip_dirs: set[str] = frozenset()) -> tuple[list[Path], list[dict]]:
+    """(files of the model under `root`, [{path, reason}] left out) for extend to copy.
+
+    A hidden folder is left out whole and named once (`.git/`), not file by file; `skip_dirs`
+    are picli's own folders (training state), left out without a word.
+    """
+    root = Path(root)
+    kept: list[Path] = []
+    left_out: list[dict] = []
+    for directory, dirnames, filenames in os.walk(root):  # never enters a linked folder, as rglob
+        base = Path(directory)
+        for name in sorted(dirnames):
+            relative = (base / name).relative_to(root).as_posix()
+            if name in skip_dirs or name.startswith("."):
+                dirnames.remove(name)
+                if name not in skip_dirs:
+                    left_out.append({"path": relative + "/", "reason": "hidden folder"})
+        for name in sorted(filenames):
+            path = base / name
+            if not path.is_file():
+                continue
+            relative = path.relative_to(root).as_posix()
+            reason = not_model_reason(relative, path)
+            if reason:
+                left_out.append({"path": relative, "reason": reason})
+            else:
+                kept.append(path)
+    return sorted(kept), left_out

@@ -301,6 +301,14 @@ def extend_plan(plan: dict, dry_run: bool) -> None:
             files.add_row(escape(action["path"]), human_bytes(action["size"]) if action["size"] else "",
                           action["action"])
         console.print(files)
+    left_out(plan.get("left_out") or [], "not part of a model, not copied")
+
+
+def left_out(entries: list[dict], why: str) -> None:
+    """Files picli would not copy or upload (files.not_model_reason), each with its reason."""
+    if entries:
+        out().print(f"[yellow]Left out[/] ({why}): "
+                    + escape("; ".join(f"{entry['path']} ({entry['reason']})" for entry in entries)))
 
 
 def _method(plan: dict):
@@ -353,6 +361,9 @@ def push_plan(plan: dict) -> None:
     lines += [f"  {entry['path']:<{width}}  {human_bytes(entry['size']):>9}" for entry in plan["files"]]
     if plan["ignored"]:
         lines.append(f"Left out ({len(plan['ignored'])}): " + ", ".join(plan["ignored"]))
+    if plan.get("withheld"):
+        lines.append("Not part of a model, never uploaded: "
+                     + "; ".join(f"{entry['path']} ({entry['reason']})" for entry in plan["withheld"]))
     lines += ["", "----- README.md -----", plan["card"].rstrip(), "----- end of README.md -----"]
     out().print("\n".join(lines), markup=False)
 

@@ -37,7 +37,7 @@ from .checkpoint import index_shards, outside_links, read_config, resolve, safet
 from .errors import NotACheckpoint, PicliError
 from .files import holds_hf_token, not_model_reason
 from .events import Events
-from .hub_errors import PUSH_RETRY, HubCall, is_branch_name, is_repo_id, translate
+from .hub_errors import PUSH_RETRY, HubCall, check_repo_id, is_branch_name, is_repo_id, translate
 from .provenance import RecordError, is_picli_output
 
 # Never published: training state, picli's own bookkeeping and half-written files. The
@@ -258,9 +258,7 @@ def plan_push(
     _refuse_swapped(repo_id, model)
     checkpoint_dir = resolve(None, on_event=on_event).path if model is None else Path(model)
     checkpoint_dir = checkpoint_dir.expanduser().resolve()
-    if not is_repo_id(repo_id):
-        raise PicliError(f"REPO must be a Hub repo id like your-name/model-16k, got {repo_id!r}",
-                         hint="picli push NAMESPACE/NAME [MODEL] (NAMESPACE: your user name or an organization)")
+    check_repo_id(repo_id)
     revision = None if revision in (None, "", "main") else revision
     if revision and not is_branch_name(revision):
         raise PicliError(f"--revision must be a branch name git accepts, got {revision!r}",

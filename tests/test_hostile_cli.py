@@ -412,3 +412,51 @@ def test_a_file_named_dot_picli_refuses_extend_before_writing(llama, tmp_path, m
     result = runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")])
     one_line_error(result, ".picli is not a directory")
     assert not (tmp_path / "out").exists() and (work / ".picli").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------------------
+# 7. Issue 19: the card never loses the user's text, never takes in a file from elsewhere,
+# never writes an unchecked repo id; broken links and PICLI_HOME in one line.
+
+
+@pytest.mark.parametrize("text", [
+    "# mine\n\n<!-- picli:begin -->\nI removed the end marker, this is my text\n\n## My own section\nkeep me\n",
+    "# mine\n<!-- picli:begin -->\nold\n<!-- picli:begin -->\nnew\n<!-- picli:end -->\nkeep me\n",
+])
+def test_card_never_loses_text_after_an_unclosed_begin_marker(llama, text):
+    (llama / "tokenizer.json").write_text("{}")  # push's other checks pass: the marker is the problem
+    (llama / "README.md").write_text(text)
+    for _ in range(2):  # the second run is where text used to vanish
+        one_line_error(runner.invoke(app, ["card", str(llama)]), "<!-- picli:begin -->")
+        one_line_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "<!-- picli:begin -->")
+        assert (llama / "README.md").read_text() == text
+
+
+def test_card_with_an_end_marker_alone_appends_and_refreshes_keeping_every_byte(llama):
+    text = "# mine\n<!-- picli:end --> is how picli closes its section\nkeep me\n"
+    (llama / "README.md").write_text(text)
+    for _ in range(2):
+        result = runner.invoke(app, ["card", str(llama)])
+        assert result.exit_code == 0, result.stderr
+        card = (llama / "README.md").read_text()
+        assert text.rstrip() in card and card.count("<!-- picli:begin -->") == 1
+
+
+def test_card_refuses_a_readme_link_leading_outside(llama, tmp_path):
+    outside = tmp_path / "elsewhere.md"
+    outside.write_text("private notes\n")
+    (llama / "README.md").unlink()
+    (llama / "README.md").symlink_to(outside)
+    error = one_line_error(runner.invoke(app, ["card", str(llama)]), "README.md is a link to")
+    assert "outside the checkpoint" in error
+    assert (llama / "README.md").is_symlink() and outside.read_text() == "private notes\n"
+    one_line_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "README.md is a link to")
+
+
+@pytest.mark.parametrize("repo", ["x", "org/name\nError: forged", 'org/a"); import os; os.system("id', "a/b/c",
+                                  "org/..name", "org/" + "n" * 97])
+def test_card_repo_is_validated_as_push_validates_it(llama, repo):
+    before = (llama / "README.md").read_bytes()
+    one_line_error(runner.invoke(app, ["card", str(llama), "--repo", repo]), "--repo must be a Hub repo id")
+    assert (llama / "README.md").read_bytes() == before
+    assert runner.invoke(app, ["card", str(llama), "--repo", "org/model-4k", "--dry-run"]).exit_code == 0

@@ -460,3 +460,48 @@ def test_card_repo_is_validated_as_push_validates_it(llama, repo):
     one_line_error(runner.invoke(app, ["card", str(llama), "--repo", repo]), "--repo must be a Hub repo id")
     assert (llama / "README.md").read_bytes() == before
     assert runner.invoke(app, ["card", str(llama), "--repo", "org/model-4k", "--dry-run"]).exit_code == 0
+
+
+# ---------------------------------------------------------------------------------------
+# 8. Issue 19: strings from files reach the terminal escaped (control characters, bidi
+# overrides, rich markup); --json keeps them exact.
+
+FORGED = "[bold]Evil[/bold] :warning: \x1b[2J\x1b]0;title\x07\rError: forged\nError: forged too\u202eevil\x9b"
+
+
+def assert_nothing_raw(text: str) -> None:
+    assert not any(char in text for char in "\x1b\x07\r\u202e\x9b"), repr(text)
+    assert not [line for line in text.splitlines() if line.startswith("Error: forged")], text
+
+
+def test_config_strings_reach_the_terminal_escaped(tmp_path):
+    config = {**FAMILY_CONFIGS["llama_v4"], "architectures": [FORGED]}
+    model = write_checkpoint(tmp_path / "[red]m[/red]", config)
+    result = runner.invoke(app, ["inspect", str(model)])
+    assert result.exit_code == 0, result.stderr
+    assert_nothing_raw(result.stdout + result.stderr)
+    assert "[bold]Evil[/bold] :warning: \\x1b[2J" in result.stdout and "[red]m[/red]" in result.stdout
+    exact = json.loads(runner.invoke(app, ["inspect", str(model), "--json"]).stdout)
+    assert exact["architecture"] == FORGED  # json escapes it; the value stays exact
+
+
+def test_extend_plan_escapes_file_names_and_values(tmp_path):
+    model = write_checkpoint(tmp_path / "m", FAMILY_CONFIGS["llama_v4"])
+    (model / "notes\x1b[31m\u202e.md").write_text("x")
+    result = runner.invoke(app, ["extend", str(model), "--to", "8192", "-o", str(tmp_path / "out"), "--dry-run"])
+    assert result.exit_code == 0, result.stderr
+    assert_nothing_raw(result.stdout + result.stderr)
+    assert "notes\\x1b[31m\\u202e.md" in result.stdout
+
+
+def test_errors_and_messages_escape_what_they_carry(capsys):
+    from picli import render
+    from picli.errors import PicliError
+
+    render.error(PicliError(f"config.json: bad {FORGED}", hint=f"fix {FORGED}"))
+    render.warning(FORGED)
+    render.message(FORGED)
+    stderr = capsys.readouterr().err
+    assert_nothing_raw(stderr)
+    assert len([line for line in stderr.splitlines() if line.startswith("Error:")]) == 1
+    assert stderr.count("[bold]Evil[/bold]") == 4  # markup shown as text, not applied

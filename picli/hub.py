@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 from . import card as card_module
 from . import rope
-from .checkpoint import index_shards, outside_links, read_config, resolve, safetensors_header
+from .checkpoint import broken_weight_links, index_shards, outside_links, read_config, resolve, safetensors_header
 from .errors import NotACheckpoint, PicliError
 from .files import holds_hf_token, not_model_reason
 from .events import Events
@@ -177,9 +177,9 @@ def preflight(checkpoint_dir: Path) -> tuple[list[str], list[str]]:
 
 
 def _weight_problems(checkpoint_dir: Path, files: list[str]) -> list[str]:
-    problems = []
+    problems = broken_weight_links(checkpoint_dir)
     weights = [name for name in files if name.endswith((".safetensors", ".bin", ".pt", ".pth"))]
-    if not weights:
+    if not weights and not problems:
         problems.append("no weight files (*.safetensors or *.bin)")
     for index_name in [name for name in files if name.endswith(".safetensors.index.json")]:
         try:

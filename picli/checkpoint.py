@@ -22,6 +22,7 @@ from typing import Any, Callable
 from . import provenance, rope
 from .errors import ModelNotFound, NotACheckpoint, PicliError
 from .events import Events
+from .files import WEIGHT_SUFFIXES, refuse_broken_links
 from .hub_errors import is_repo_id
 
 EMBEDDED = "smollm2-135m"
@@ -47,7 +48,6 @@ ALIASES: dict[str, str] = {
     "smollm2-1.7b": "HuggingFaceTB/SmolLM2-1.7B",
 }
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 # Small files enough to describe a Hub checkpoint without its weights.
 METADATA_PATTERNS = ["*.json", "*.md", "*.txt", "*.model", "*.jinja", "LICENSE*"]
 _REVISION = re.compile(r"[\w./-]+")  # after @ in MODEL: a branch, tag or commit
@@ -428,27 +428,6 @@ def outside_links(root: Path, skip: Callable[[str, bool], bool] | None = None) -
                 continue
             problems.append(f"{relative} is a link to {target}, outside the checkpoint")
     return problems
-
-
-def broken_weight_links(path: Path) -> list[str]:
-    """One line per weight file that is a link to nothing (`--weights symlink` outputs link into
-    their source; moving or deleting the source breaks them). Without this, a broken link is
-    simply not a file, and the checkpoint would be said to have no weights at all."""
-    path = Path(path)
-    if not path.is_dir():
-        return []
-    return [f"{link.relative_to(path)} is a link to {os.readlink(link)}, which does not exist (the link is broken)"
-            for link in sorted(path.rglob("*"))
-            if link.name.endswith(WEIGHT_SUFFIXES) and link.is_symlink() and not link.exists()
-            and ".picli" not in link.parts]
-
-
-def refuse_broken_links(path: Path) -> None:
-    broken = broken_weight_links(path)
-    if broken:
-        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
-        raise NotACheckpoint(f"{broken[0]}{more}", hint="the checkpoint it links into (picli extend --weights symlink) "
-                             "moved or was deleted: put it back, or extend that source again with --weights copy")
 
 
 def weight_files(path: Path) -> list[Path]:

@@ -23,8 +23,8 @@ from .errors import CannotExtend, NotACheckpoint, OutputError, SelfCheckFailed
 from .events import Events
 from .files import (atomic_write_json, check_output, check_writable_parent, copy_file, model_files,
                     staged_directory, staged_file, target_lock)
-from .provenance import (RECORD, check_state_dir, extension_record, is_record_file, read_record, recorded_window,
-                         record_path, remember_last, sidecar_path, write_record)
+from .provenance import (RECORD, check_state_dir, extension_record, is_picli_output, is_record_file, read_record,
+                         recorded_window, record_path, remember_last, sidecar_path, write_record)
 from .self_check import self_check
 
 # picli finetune's resumable training state (optimizer included) is not part of a model.
@@ -133,7 +133,8 @@ def _check_output(checkpoint: Checkpoint, output: Path, force: bool) -> None:
     if checkpoint.kind == "gguf" and output.is_dir():
         raise OutputError(f"output {output} is a directory; a GGUF is extended into a .gguf file",
                           hint="name a .gguf file with -o/--output")
-    check_output(output, force=force, sources=[checkpoint.path])
+    check_output(output, force=force, sources=[checkpoint.path], ours=is_picli_output,
+                 mark=f"NAME.gguf.{RECORD} beside it" if checkpoint.kind == "gguf" else RECORD)
     check_writable_parent(output)
 
 

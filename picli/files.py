@@ -20,15 +20,16 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError
+from .errors import NotACheckpoint, OutputError
 
 # Linux ioctl that makes dst share src's blocks (copy-on-write) on btrfs/xfs/overlay-on-those.
 _FICLONE = 0x40049409
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 STAGING_MARK = ".picli-tmp-"
 LOCK_SUFFIX = ".picli-lock"
 # Errors that mean "the output cannot take these bytes": the message names the output file.
@@ -314,19 +315,17 @@ def _protected_places() -> list[tuple[Path, str]]:
     return places
 
 
-def check_output(output: Path, *, force: bool = False, sources: tuple[Path, ...] | list[Path] = (),
-                 ours: Any = None, empty_ok: bool = False, option: str = "-o/--output") -> None:
+def check_output(output: Path, *, ours: Callable[[Path], bool], mark: str, force: bool = False,
+                 sources: tuple[Path, ...] | list[Path] = (), empty_ok: bool = False, option: str = "-o/--output") -> None:
     """May picli write `output` (a folder or a file it builds whole, then renames into place)?
 
     Refused, whatever `force` says: `/`, the home directory, the current directory and any
     folder containing one of them; a source (`sources`: the checkpoints read), anything
     inside a source, or a folder containing one. An existing output is replaced only with
-    `force`, and only when picli wrote it: `ours(path)` (default: picli's record is there,
-    picli.json inside a folder or NAME.picli.json beside a file). An empty folder holds
-    nothing to lose. `empty_ok`: an existing empty folder needs no --force (finetune).
+    `force`, and only when picli wrote it: `ours(path)` says so (picli's record is there:
+    `mark`, named in the refusal). An empty folder holds nothing to lose. `empty_ok`: an
+    existing empty folder needs no --force (finetune).
     """
-    from .provenance import RECORD, is_picli_output
-
     output = Path(output)
     resolved = output.resolve()
     for source in sources:
@@ -352,9 +351,9 @@ def check_output(output: Path, *, force: bool = False, sources: tuple[Path, ...]
         return
     if not force:
         raise OutputError(f"output {output} already exists", hint=f"pass --force to replace it, or choose {option}")
-    if empty or (ours or is_picli_output)(output):
+    if empty or ours(output):
         return
-    raise OutputError(f"output {output} exists and picli did not write it (no {RECORD}); --force replaces only "
+    raise OutputError(f"output {output} exists and picli did not write it (no {mark}); --force replaces only "
                       "outputs picli wrote", hint=f"choose another {option}, or move it away yourself")
 
 
@@ -429,3 +428,24 @@ def model_files(root: Path, skip_dirs: set[str] = frozenset()) -> tuple[list[Pat
             else:
                 kept.append(path)
     return sorted(kept), left_out
+
+
+def broken_weight_links(path: Path) -> list[str]:
+    """One line per weight file that is a link to nothing (`--weights symlink` outputs link into
+    their source; moving or deleting the source breaks them). Without this, a broken link is
+    simply not a file, and the checkpoint would be said to have no weights at all."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return [f"{link.relative_to(path)} is a link to {os.readlink(link)}, which does not exist (the link is broken)"
+            for link in sorted(path.rglob("*"))
+            if link.name.endswith(WEIGHT_SUFFIXES) and link.is_symlink() and not link.exists()
+            and ".picli" not in link.parts]
+
+
+def refuse_broken_links(path: Path) -> None:
+    broken = broken_weight_links(path)
+    if broken:
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise NotACheckpoint(f"{broken[0]}{more}", hint="the checkpoint it links into (picli extend --weights symlink) "
+                             "moved or was deleted: put it back, or extend that source again with --weights copy")

@@ -386,7 +386,8 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
     # A run's own folder (its picli.json, or the checkpoints an interrupted run left) may be
     # trained into again; anything else that is not empty is not picli's to write over.
     check_output(output, force=force or resume or plan_only, sources=[checkpoint.path], empty_ok=True,
-                 ours=lambda path: is_picli_output(path) or latest_checkpoint(path) is not None)
+                 ours=lambda path: is_picli_output(path) or latest_checkpoint(path) is not None,
+                 mark="picli.json or checkpoints/ of a picli run")
     config = read_config(checkpoint.path)
     parameters = tensor_summary(checkpoint.path).parameter_count or 0
     seq_len = settings.seq_len or effective_window(checkpoint.path)

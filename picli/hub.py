@@ -33,9 +33,9 @@ from typing import Any, Callable, Iterator
 
 from . import card as card_module
 from . import rope
-from .checkpoint import broken_weight_links, index_shards, outside_links, read_config, resolve, safetensors_header
+from .checkpoint import index_shards, outside_links, read_config, resolve, safetensors_header
 from .errors import NotACheckpoint, PicliError
-from .files import holds_hf_token, not_model_reason
+from .files import broken_weight_links, holds_hf_token, not_model_reason
 from .events import Events
 from .hub_errors import PUSH_RETRY, HubCall, check_repo_id, is_branch_name, is_repo_id, translate
 from .provenance import RecordError, is_picli_output

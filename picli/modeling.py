@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PicliError
+from .files import refuse_broken_links
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -76,8 +77,6 @@ def check_loadable(path: Path) -> None:
     same) and fail with an UnpicklingError traceback on a hostile file; without a tokenizer it
     fails only after the weights are loaded. Both are said here, in one line, first.
     """
-    from .checkpoint import refuse_broken_links
-
     path = Path(path)
     refuse_broken_links(path)
     names = {child.name for child in path.iterdir()} if path.is_dir() else set()

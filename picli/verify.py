@@ -193,7 +193,7 @@ def _run(models: list[str | None], settings: VerifySettings, *, save: bool | Non
         # Rewritten on every run (no --force): only a record picli verify wrote, never a model's file.
         measured = checkpoints + ([baseline_checkpoint] if baseline_checkpoint else [])
         check_output(save_to, force=True, sources=[checkpoint.path for checkpoint in measured],
-                     ours=provenance.is_verify_record, option="-o")
+                     ours=provenance.is_verify_record, mark="picli verify record in it", option="-o")
         check_writable_parent(save_to)
     into_models = [_saves_into_model(checkpoint, save, save_to, on_event) for checkpoint in checkpoints]
     windows = [_window(checkpoint.path) for checkpoint in checkpoints]

@@ -246,7 +246,8 @@ def extend(
         "interpolated frequencies, attention x(0.1 ln s + 1)) or ntk (static NTK-aware: a larger rope_theta). "
         "See docs/concepts.md.")] = "linear",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and config diff; write nothing.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output; allow replacing another "
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output picli wrote (it holds picli.json; "
+                                        "nothing else is ever replaced); allow replacing another "
                                         "scheme (llama3/yarn/dynamic, or linear/ntk for another method) with "
                                         "this method, from the pretraining window (with a warning).")] = False,
     json_output: JsonOpt = False,
@@ -329,7 +330,8 @@ def verify(
         "Default: only into a checkpoint picli wrote (it has picli.json).", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the full record "
                                                    "(picli-verify.json's content) to this file; with several MODELs, "
-                                                   "one file holding every model's report.")] = None,
+                                                   "one file holding every model's report. Never a file inside a measured model, nor an existing "
+                                                   "file that is not a picli verify record.")] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Prove the extended window works: passkey k_max and long-context perplexity.
@@ -441,7 +443,8 @@ def finetune(
                                        "float32.")] = "auto",
     attn: AttnOpt = "sdpa",
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even when a GPU is visible.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Train into an existing output directory.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Train into an existing output directory "
+                                        "picli wrote (picli.json or checkpoints/ there).")] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """The PI paper's short fine-tune at the new window.

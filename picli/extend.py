@@ -21,14 +21,17 @@ from .checkpoint import (Checkpoint, length_setting, outside_links, read_config,
                          resolve)
 from .errors import CannotExtend, NotACheckpoint, OutputError, SelfCheckFailed
 from .events import Events
-from .files import (atomic_write_json, check_writable_parent, copy_file, staged_directory, staged_file,
-                    target_lock)
-from .provenance import (RECORD, check_state_dir, extension_record, is_record_file, read_record, recorded_window,
-                         record_path, remember_last, sidecar_path, write_record)
+from .files import (atomic_write_json, check_output, check_writable_parent, copy_file, model_files,
+                    staged_directory, staged_file, target_lock)
+from .provenance import (RECORD, check_state_dir, extension_record, is_picli_output, is_record_file, read_record,
+                         recorded_window, record_path, remember_last, sidecar_path, write_record)
 from .self_check import self_check
 
 # picli finetune's resumable training state (optimizer included) is not part of a model.
 SKIPPED_DIRS = {".picli", ".git", ".cache", "__pycache__", "checkpoints"}
+# Left out of the copy without a word: picli's own state and Python's cache. Everything else
+# that is not part of a model (files.not_model_reason: hidden files, keys, tokens) is named.
+SILENT_DIRS = {".picli", "__pycache__", "checkpoints"}
 WEIGHT_MODES = ("copy", "hardlink", "symlink")
 
 
@@ -61,6 +64,7 @@ class ExtendPlan:
     warnings: list[str] = field(default_factory=list)
     method: str = "linear"
     parameters: dict = field(default_factory=dict)  # the method's numbers (rope.plan_config)
+    left_out: list[dict] = field(default_factory=list)  # [{path, reason}]: not part of a model, not copied
 
     def to_dict(self) -> dict:
         """The plan as --dry-run and --json show it; the new files' full content is left out."""
@@ -73,6 +77,7 @@ class ExtendPlan:
                         for name, diffs in self.changes.items()},
             "files": [asdict(action) for action in self.files],
             "warnings": self.warnings, "method": self.method, "parameters": self.parameters,
+            "left_out": self.left_out,
         }
 
 
@@ -125,21 +130,11 @@ def plan_extend(
 
 
 def _check_output(checkpoint: Checkpoint, output: Path, force: bool) -> None:
-    source = checkpoint.path.resolve()
-    if output == source:
-        raise OutputError("the output is the source checkpoint itself", hint="choose another -o/--output")
-    if output.is_relative_to(source):
-        raise OutputError(f"the output {output} is inside the source checkpoint {source}",
-                          hint="choose an -o/--output outside the source")
-    if source.is_relative_to(output):
-        # --force would replace the output directory, and the source with it.
-        raise OutputError(f"the source {source} is inside the output {output}",
-                          hint="choose an -o/--output that does not contain the source")
     if checkpoint.kind == "gguf" and output.is_dir():
         raise OutputError(f"output {output} is a directory; a GGUF is extended into a .gguf file",
                           hint="name a .gguf file with -o/--output")
-    if (output.exists() or output.is_symlink()) and not force:
-        raise OutputError(f"output {output} already exists", hint="pass --force to replace it, or choose -o/--output")
+    check_output(output, force=force, sources=[checkpoint.path], ours=is_picli_output,
+                 mark=f"NAME.gguf.{RECORD} beside it" if checkpoint.kind == "gguf" else RECORD)
     check_writable_parent(output)
 
 
@@ -156,12 +151,16 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
                                    recorded_window=recorded, recorded_rope=record.get("rope"))
     changes = {"config.json": config_plan.changes}
     new_files = {"config.json": config_plan.config}
+    source_files, left_out = model_files(source, skip_dirs=SILENT_DIRS)
+    withheld = {entry["path"] for entry in left_out}
     # Tokenizers truncate (or warn) at model_max_length and generate() stops at max_length:
     # raise them when they stood at the old window, leave deliberate other values alone.
     # Multimodal processors may carry the tokenizer's limit in their own files.
     for name, key in (("tokenizer_config.json", "model_max_length"), ("generation_config.json", "max_length"),
                       ("processor_config.json", "model_max_length"), ("processor_config.json", "max_length"),
                       ("preprocessor_config.json", "model_max_length"), ("preprocessor_config.json", "max_length")):
+        if name in withheld:  # a side file holding a token is not rewritten into the output either
+            continue
         side = new_files.get(name) or read_json_file(source / name)
         try:
             length_setting((side or {}).get(key))
@@ -174,7 +173,7 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
             new_files[name] = updated
             changes.setdefault(name, []).append((key, config_plan.current_window, target_window))
     files = []
-    for path in _source_files(source):
+    for path in source_files:
         relative = str(path.relative_to(source))
         # The source's records are false for the output: its picli.json is rewritten below,
         # its verification is redone on the output.
@@ -191,7 +190,7 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
         previous_type=config_plan.previous_type, theta=config_plan.theta,
         weights=weights, replace=force, max_position=max_position, changes=changes, files=files,
         new_files=new_files, warnings=config_plan.warnings, method=config_plan.method,
-        parameters=config_plan.parameters,
+        parameters=config_plan.parameters, left_out=left_out,
     )
 
 
@@ -202,11 +201,6 @@ def _refuse_outside_links(source: Path) -> None:
         more = f" (and {len(links) - 1} more)" if len(links) > 1 else ""
         raise NotACheckpoint(f"{links[0]}{more}; picli copies only the checkpoint's own files",
                              hint="replace the link with the file itself, or remove it from the checkpoint")
-
-
-def _source_files(source: Path) -> list[Path]:
-    return sorted(p for p in source.rglob("*")
-                  if p.is_file() and not SKIPPED_DIRS.intersection(p.relative_to(source).parts))
 
 
 def _plan_gguf(checkpoint, target_window, output, from_window, max_position, force, method) -> ExtendPlan:

@@ -367,8 +367,9 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
                      plan_only: bool = False, force: bool = False, command: str = "picli finetune",
                      on_event: Events = None, given: set[str] = frozenset()) -> dict:
     from .checkpoint import effective_window, read_config, resolve, tensor_summary
+    from .files import check_output
     from .modeling import check_loadable
-    from .provenance import check_state_dir, read_record, remember_last
+    from .provenance import check_state_dir, is_picli_output, read_record, remember_last
 
     settings.validate()
     checkpoint = resolve(model, on_event=on_event)
@@ -382,8 +383,11 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
     if output.exists() and not output.is_dir():
         raise PicliError(f"the output {output} is a file, not a directory",
                          hint="choose a directory for the fine-tuned model with -o/--output")
-    if output == checkpoint.path or output.is_relative_to(checkpoint.path) or checkpoint.path.is_relative_to(output):
-        raise PicliError("the output overlaps the source checkpoint", hint="choose another -o/--output")
+    # A run's own folder (its picli.json, or the checkpoints an interrupted run left) may be
+    # trained into again; anything else that is not empty is not picli's to write over.
+    check_output(output, force=force or resume or plan_only, sources=[checkpoint.path], empty_ok=True,
+                 ours=lambda path: is_picli_output(path) or latest_checkpoint(path) is not None,
+                 mark="picli.json or checkpoints/ of a picli run")
     config = read_config(checkpoint.path)
     parameters = tensor_summary(checkpoint.path).parameter_count or 0
     seq_len = settings.seq_len or effective_window(checkpoint.path)
@@ -394,12 +398,8 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
 
         return plan(checkpoint.path, config, parameters, seq_len, settings, on_event)
     check_state_dir()  # the output is remembered there after training: refused now, not then
-    if not resume:
-        if not settings.data:
-            raise PicliError("no training data given", hint="pass --data FILE|DIR|JSONL|hf:NAME")
-        if output.exists() and any(output.iterdir()) and not force:
-            raise PicliError(f"output {output} already exists",
-                             hint="pass --resume to continue it, --force to train into it, or choose -o")
+    if not resume and not settings.data:
+        raise PicliError("no training data given", hint="pass --data FILE|DIR|JSONL|hf:NAME")
     created = not output.exists()
     try:
         result = run_finetune(checkpoint.path, output, settings, resume=resume, command=command, on_event=on_event,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PicliError
+from .files import refuse_broken_links
 from .kv_cache import kv_cache_bytes
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -78,6 +79,7 @@ def check_loadable(path: Path) -> None:
     fails only after the weights are loaded. Both are said here, in one line, first.
     """
     path = Path(path)
+    refuse_broken_links(path)
     names = {child.name for child in path.iterdir()} if path.is_dir() else set()
     if not any(name.endswith(".safetensors") for name in names):
         pickled = sorted(name for name in names if name.endswith(PICKLE_SUFFIXES) and name != "training_args.bin")

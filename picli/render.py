@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,14 +25,55 @@ from .errors import PicliError
 
 def out() -> Console:
     # Built per call so tests (CliRunner swaps sys.stdout) and pipes get the right stream.
-    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    # emoji=False: a `:name:` in a file's string stays text.
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True, emoji=False)
 
 
 def err() -> Console:
-    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True, emoji=False)
+
+
+# What a string from a file (config.json, GGUF metadata, README, a server) may not send to a
+# terminal: C0 controls (ESC starts ANSI sequences; CR and LF forge lines), DEL, C1 controls,
+# and the bidirectional overrides and isolates that reorder what is shown (Trojan Source).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: Any, keep_newlines: bool = False) -> str:
+    """`text` with every control character shown as an escape (`\\x1b`, `\\n`, `\\u202e`).
+
+    The one escaping function: applied to everything picli prints that came from outside
+    (emit's data, messages, warnings, errors). Rich markup is escaped separately, where a
+    string meets a markup template (rich's `escape`). keep_newlines: a document (the model
+    card) keeps its lines and tabs; everything else stays on the line it was printed on.
+    """
+    def shown(match: re.Match) -> str:
+        char = match.group()
+        if keep_newlines and char in "\n\t":
+            return char
+        return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+    return _UNPRINTABLE.sub(shown, str(text))
+
+
+# Result fields that are documents, printed as they are written (their lines kept).
+_DOCUMENTS = {"card"}
+
+
+def _printable_data(value: Any, key: str | None = None) -> Any:
+    if isinstance(value, str):
+        return printable(value, keep_newlines=key in _DOCUMENTS)
+    if isinstance(value, dict):
+        return {printable(name) if isinstance(name, str) else name: _printable_data(item, name)
+                for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable_data(item) for item in value]
+    return value
 
 
 def print_json(data: Any) -> None:
+    # json escapes every control character (and ensure_ascii every non-ASCII one): exact and safe.
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
@@ -39,29 +81,30 @@ def emit(data: dict, *, json_output: bool, human: Callable[[dict], None], dry_ru
          plan: Callable[[dict], None] | None = None) -> None:
     """How every command shows its result, the one place that chooses: `data` as JSON on stdout
     with --json (the same dict the renderers read, so the two never disagree); otherwise the
-    plan (`plan`) when the command only planned (--dry-run, --plan); otherwise `human`."""
+    plan (`plan`) when the command only planned (--dry-run, --plan); otherwise `human`, both
+    given the data with control characters escaped (`printable`)."""
     if json_output:
         print_json(data)
     elif dry_run and plan is not None:
-        plan(data)
+        plan(_printable_data(data))
     else:
-        human(data)
+        human(_printable_data(data))
 
 
 def message(text: str) -> None:
-    err().print(escape(text))
+    err().print(escape(printable(text)))
 
 
 def warning(text: str) -> None:
-    err().print(f"[yellow]Warning:[/] {escape(text)}")
+    err().print(f"[yellow]Warning:[/] {escape(printable(text))}")
 
 
 def error(exc: PicliError) -> None:
     """`Error:` and `Hint:`, one line each, whatever text (a server's, a file's) they carry."""
     console = err()
-    console.print(f"[red]Error:[/] {escape(one_line(exc.message))}", soft_wrap=True)
+    console.print(f"[red]Error:[/] {escape(printable(one_line(exc.message)))}", soft_wrap=True)
     if exc.hint:
-        console.print(f"[dim]Hint:[/] {escape(one_line(exc.hint))}", soft_wrap=True)
+        console.print(f"[dim]Hint:[/] {escape(printable(one_line(exc.hint)))}", soft_wrap=True)
 
 
 def one_line(text: str) -> str:
@@ -101,13 +144,13 @@ def progress(bars: bool = True) -> Iterator[Any]:
 
     def on_event(event: dict) -> None:
         if event.get("kind") == "message":
-            bar.console.print(escape(event["text"]), style="dim")
+            bar.console.print(escape(printable(event["text"])), style="dim")
             return
         if event.get("kind") == "warning":
-            bar.console.print(f"[yellow]Warning:[/] {escape(event['text'])}")
+            bar.console.print(f"[yellow]Warning:[/] {escape(printable(event['text']))}")
             return
         if event.get("kind") == "settings":
-            training_settings(event)
+            training_settings(_printable_data(event))
             return
         if event.get("kind") == "step":
             if not bars or not bar.console.is_terminal:
@@ -172,7 +215,7 @@ def inspection(report: dict, check: bool = False) -> None:
     """`picli inspect`'s tables; with check (--check), the verdict line on stderr after them."""
     console = out()
     rope = report["rope"]
-    summary = _section(f"{report['model']}  ({report['format']})")
+    summary = _section(escape(f"{report['model']}  ({report['format']})"))
     _kv(summary, "path", report["path"])
     if report.get("resolved_from"):
         _kv(summary, "resolved", report["resolved_from"])
@@ -257,8 +300,8 @@ def _runtime_row(name: str, view: dict) -> tuple[str, str, str]:
     differs = [f"[bold red]differs:[/] {escape(text)}" for text in view.get("differs") or []]
     if name.startswith("transformers"):
         label = {"transformers5": "transformers 5.x", "transformers4": "transformers 4.x"}[name]
-        reads = f"theta {view['theta']:g}, " + ("no scaling" if view["rope_type"] == "default"
-                                                 else f"{view['rope_type']} x{view['factor']:g}")
+        reads = escape(f"theta {view['theta']:g}, " + ("no scaling" if view["rope_type"] == "default"
+                                                        else f"{view['rope_type']} x{view['factor']:g}"))
         notes = list(view.get("notes") or [])
         if view.get("min_version") and view["rope_type"] != "default":
             notes.insert(0, f"needs >= {view['min_version']} for this family")
@@ -270,11 +313,11 @@ def _runtime_row(name: str, view: dict) -> tuple[str, str, str]:
         notes += view.get("notes") or []
         return "vLLM", f"max model len {view['derived_max_model_len']}", "\n".join([escape("; ".join(notes))] + differs)
     if name == "llama_cpp":
-        reads = f"context {view['context_length']}, " + ("no scaling" if view["rope_scaling"] in ("default", "none")
-                                                          else f"{view['rope_scaling']} x{view['factor']:g}")
+        reads = escape(f"context {view['context_length']}, " + (
+            "no scaling" if view["rope_scaling"] in ("default", "none") else f"{view['rope_scaling']} x{view['factor']:g}"))
         notes = [view["flags"], *(view.get("notes") or [])]
         return "llama.cpp", reads, "\n".join([escape("; ".join(notes))] + differs)
-    return name, json.dumps(view), ""
+    return escape(name), escape(json.dumps(view)), ""
 
 
 def check_summary(report: dict) -> None:
@@ -304,12 +347,13 @@ def extend_plan(plan: dict, dry_run: bool) -> None:
     for name, diffs in plan["changes"].items():
         if not diffs:
             continue
-        diff = Table(title=name, title_justify="left", title_style="bold")
+        diff = Table(title=escape(name), title_justify="left", title_style="bold")
         diff.add_column("key", style="cyan")
         diff.add_column("before", style="red")
         diff.add_column("after", style="green")
         for change in diffs:
-            diff.add_row(change["key"], escape(json.dumps(change["before"])), escape(json.dumps(change["after"])))
+            diff.add_row(escape(change["key"]), escape(json.dumps(change["before"])),
+                         escape(json.dumps(change["after"])))
         console.print(diff)
     if dry_run:
         files = Table(title="Files", title_justify="left", title_style="bold")
@@ -320,6 +364,14 @@ def extend_plan(plan: dict, dry_run: bool) -> None:
             files.add_row(escape(action["path"]), human_bytes(action["size"]) if action["size"] else "",
                           action["action"])
         console.print(files)
+    left_out(plan.get("left_out") or [], "not part of a model, not copied")
+
+
+def left_out(entries: list[dict], why: str) -> None:
+    """Files picli would not copy or upload (files.not_model_reason), each with its reason."""
+    if entries:
+        out().print(f"[yellow]Left out[/] ({why}): "
+                    + escape("; ".join(f"{entry['path']} ({entry['reason']})" for entry in entries)))
 
 
 def _method(plan: dict):
@@ -372,6 +424,9 @@ def push_plan(plan: dict) -> None:
     lines += [f"  {entry['path']:<{width}}  {human_bytes(entry['size']):>9}" for entry in plan["files"]]
     if plan["ignored"]:
         lines.append(f"Left out ({len(plan['ignored'])}): " + ", ".join(plan["ignored"]))
+    if plan.get("withheld"):
+        lines.append("Not part of a model, never uploaded: "
+                     + "; ".join(f"{entry['path']} ({entry['reason']})" for entry in plan["withheld"]))
     lines += ["", "----- README.md -----", plan["card"].rstrip(), "----- end of README.md -----"]
     out().print("\n".join(lines), markup=False)
 
@@ -553,7 +608,7 @@ def training_settings(event: dict) -> None:
     console = err()
     console.print("[bold]Fine-tune settings[/] (paper defaults unless set):")
     shown = {key: value for key, value in settings.items() if value is not None}
-    console.print("  " + ", ".join(f"{key}={value}" for key, value in shown.items()), highlight=False)
+    console.print("  " + escape(", ".join(f"{key}={value}" for key, value in shown.items())), highlight=False)
     console.print(f"  processes={event['processes']} accumulation={event['accumulation']} "
                   f"gradient_checkpointing={event['gradient_checkpointing']} train_sequences={event['sequences']} "
                   f"held_out={event['held_out']} parameters={event['parameters']:,}")

@@ -102,6 +102,8 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
             "rope_parameters": state.rope_parameters, "disagreement": state.disagreement,
             # A multimodal wrapper: the RoPE shown is its language model's (text_config).
             "language_model": f"text_config ({state.model_type})" if state.wrapper else None,
+            # Keys the file leaves out, as transformers fills them (the class's defaults).
+            "defaults": state.defaults,
         }
         if state.wrapper:
             warnings.append(f"{state.wrapper} is multimodal: the RoPE shown is its language model's (text_config, "
@@ -117,7 +119,8 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
             warnings.append(f"config.json has no max_position_embeddings; using the family default {state.window}")
         if max_length and int(max_length) < state.window:
             warnings.append(f"tokenizer model_max_length {int(max_length)} is below the window {state.window}")
-        kv = {state.window * multiple: kv_cache_bytes(rope.language_config(config), state.window * multiple,
+        shape, _ = rope.fill_defaults(rope.language_config(config))
+        kv = {state.window * multiple: kv_cache_bytes(shape, state.window * multiple,
                                                       KV_BYTES_PER_VALUE)
               for multiple in KV_MULTIPLES}
         runtimes = rope.predict_all(config, recorded)

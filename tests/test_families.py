@@ -496,7 +496,7 @@ BAD_CONFIGS = {
         "model_type": "opt", "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 2048}},
         "opt has no RoPE"),
     "text_config_unknown_type": ({"model_type": "llava", "vision_config": {}, "text_config": {
-        "model_type": "mystery_lm", **TINY, "rope_theta": 10000.0}}, "mystery_lm, which is not in picli's family"),
+        "model_type": "mystery_lm", **TINY, "rope_theta": 10000.0}}, "mystery_lm, which is neither in picli's family"),
     "text_config_no_model_type": ({"model_type": "unknown_wrapper", "text_config": {**TINY, "rope_theta": 1e4}},
                                   "text_config names no model_type"),
     "vision_only": ({"model_type": "siglip_vision_model", "hidden_size": 64, "num_attention_heads": 4,

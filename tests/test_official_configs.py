@@ -261,3 +261,23 @@ def test_official_shapes_plan(name, theta, window):
     plan = rope.plan_config(config, 2 * window)
     text = rope.language_config(plan.config)
     assert plan.factor == 2.0 and text["rope_theta"] == theta and text["max_position_embeddings"] == 2 * window
+
+
+# --- what picli writes reads back right in the old transformers releases ---------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, target, method, version, expected", [
+    ("llava-1.5-7b-hf", 8192, "linear", "4.44.2", {"theta": 10000.0, "type": "linear", "factor": 2.0}),
+    ("llava-1.5-7b-hf", 8192, "linear", "4.57.1", {"theta": 10000.0, "type": "linear", "factor": 2.0}),
+    ("gemma-3-4b-pt", 262144, "linear", "4.57.1", {"theta": 1e6, "type": "linear", "factor": 16.0,
+                                                   "local_theta": 10000.0}),
+    ("gpt-oss-20b", 262144, "yarn", "4.57.1", {"theta": 150000.0, "type": "yarn", "factor": 64.0}),
+    ("olmo-3-7b", 131072, "yarn", "4.57.1", {"theta": 500000.0, "type": "yarn", "factor": 16.0}),
+])
+def test_old_transformers_read_outputs_of_official_shapes(name, target, method, version, expected, tmp_path, workdir):
+    from tests.test_families import read_in
+
+    result = run("extend", source(tmp_path, name), "--to", target, "--method", method, "-o", workdir / "out")
+    assert result.exit_code == 0, result.stderr
+    read = read_in(version, workdir / "out")
+    assert read["window"] == target and {key: read[key] for key in expected} == expected, read

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from picli import rope
 from picli.cli import app
 from tests.conftest import tree_hash, write_checkpoint
+from tests.helpers import read_in
 
 DATA = Path(__file__).resolve().parent / "data" / "official"
 runner = CliRunner()
@@ -275,8 +276,6 @@ def test_official_shapes_plan(name, theta, window):
     ("olmo-3-7b", 131072, "yarn", "4.57.1", {"theta": 500000.0, "type": "yarn", "factor": 16.0}),
 ])
 def test_old_transformers_read_outputs_of_official_shapes(name, target, method, version, expected, tmp_path, workdir):
-    from tests.test_families import read_in
-
     result = run("extend", source(tmp_path, name), "--to", target, "--method", method, "-o", workdir / "out")
     assert result.exit_code == 0, result.stderr
     read = read_in(version, workdir / "out")

@@ -55,6 +55,12 @@ What the verbs share:
   provenance.py        picli's records (picli.json, picli-verify.json, .picli/last.json): the only owner
   hub_errors.py        talking to the Hub: the one error table and repo-id rule, for downloads and push
   files.py             atomic writes and staged directories: nothing is ever half-written
+  class_defaults.py    what the installed transformers' config class fills in for keys a config leaves out
 """
 
 __version__ = "0.1.0"
+
+# Configs are read as the installed transformers reads them: the keys a file leaves out come
+# from its config class (registered here, so every caller of picli.rope gets it; transformers
+# itself is imported only when a key is missing).
+from . import class_defaults as _class_defaults  # noqa: E402,F401

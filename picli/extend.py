@@ -141,6 +141,11 @@ def _check_output(checkpoint: Checkpoint, output: Path, force: bool) -> None:
 def _plan_hf(checkpoint, target_window, output, from_window, weights, max_position, force, method) -> ExtendPlan:
     source = checkpoint.path
     config = read_config(source)
+    # What depends on the architecture first: a user who downloaded only config.json learns
+    # the real reason (Llama 4, M-RoPE, no RoPE), not "no weight files".
+    reason = rope.refusal(config)
+    if reason:
+        raise reason
     require_shards(source)
     _refuse_outside_links(source)
     record = read_record(source)

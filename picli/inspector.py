@@ -105,6 +105,8 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
             "rope_parameters": state.rope_parameters, "disagreement": state.disagreement,
             # A multimodal wrapper: the RoPE shown is its language model's (text_config).
             "language_model": f"text_config ({state.model_type})" if state.wrapper else None,
+            # Keys the file leaves out, as transformers fills them (the class's defaults).
+            "defaults": state.defaults,
         }
         if state.wrapper:
             warnings.append(f"{state.wrapper} is multimodal: the RoPE shown is its language model's (text_config, "

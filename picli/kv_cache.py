@@ -186,8 +186,9 @@ def layer_pattern(config: dict) -> LayerPattern:
 
 def kv_cache_bytes(config: dict, tokens: int, bytes_per_value: int = 2) -> int:
     """Keys and values of one sequence of `tokens`: 2 (K and V) x kv_heads x head_dim values
-    per position kept, summed over the layers as layer_pattern says."""
-    text = rope.language_config(config)
+    per position kept, summed over the layers as layer_pattern says. Keys the file leaves out
+    are read as transformers reads them (the config class's defaults: rope.fill_defaults)."""
+    text, _ = rope.fill_defaults(rope.language_config(config))
     heads = _count(text, "num_key_value_heads", "num_attention_heads")
     # The whole head_dim, even under partial rotary: the cache holds every key channel.
     head_dim = _count(text, "head_dim")

@@ -249,6 +249,15 @@ def inspection(report: dict, check: bool = False) -> None:
         if report["format"] == "transformers":
             _kv(table, "rope_scaling", json.dumps(rope.get("rope_scaling")))
             _kv(table, "rope_parameters", json.dumps(rope.get("rope_parameters")))
+        if rope.get("defaults"):
+            # Grouped by source: the file left these out and transformers fills them in.
+            by_source: dict[str, list[str]] = {}
+            for key, filled in rope["defaults"].items():
+                by_source.setdefault(filled["source"], []).append(f"{key} {filled['value']:g}"
+                                                                  if isinstance(filled["value"], float)
+                                                                  else f"{key} {filled['value']}")
+            _kv(table, "class defaults", "; ".join(f"{', '.join(keys)} ({source})" for source, keys in by_source.items())
+                + "  (not in config.json)")
         _kv(table, "tokenizer max", report.get("tokenizer_max_length") or "not set")
         console.print(table)
 

@@ -6,6 +6,7 @@ conftest, never from another test file, so each test file can be read, moved or 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,42 @@ ROOT = Path(__file__).resolve().parent.parent
 # A Hub commit sha, as a cached snapshot directory is named.
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 GGUF_TOKENS = [f"tok{i}" for i in range(300)]  # over the summary threshold
+
+
+# --- reading a written config in a transformers 4.x side environment ---------------------------
+
+# What a config class of the side environment's transformers makes of a written config.json.
+READER = """
+import json, sys
+from transformers import AutoConfig
+config = AutoConfig.from_pretrained(sys.argv[1])
+config = getattr(config, "text_config", None) or config
+scaling = getattr(config, "rope_scaling", None) or {}
+neox = config.model_type == "gpt_neox"
+print(json.dumps({
+    "theta": float(config.rotary_emb_base if neox else config.rope_theta),
+    "partial": float(config.rotary_pct if neox else getattr(config, "partial_rotary_factor", 1.0) or 1.0),
+    "type": scaling.get("rope_type", scaling.get("type")),
+    "factor": scaling.get("factor"),
+    "window": config.max_position_embeddings,
+    "local_theta": getattr(config, "rope_local_base_freq", None),
+}))
+"""
+
+
+def side_python(version: str) -> Path:
+    """The python of a transformers 4.x side environment (.venv-tf<version>); skip when not built."""
+    python = ROOT / f".venv-tf{version}" / "bin" / "python"
+    if not python.exists():
+        pytest.skip(f"side environment for transformers {version} not built (run `make test`)")
+    return python
+
+
+def read_in(version: str, directory: Path) -> dict:
+    result = subprocess.run([str(side_python(version)), "-c", READER, str(directory)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 # --- running picli and judging its errors ---------------------------------------------------

@@ -455,8 +455,8 @@ def finetune(
     stop_when_verified: Annotated[bool, typer.Option("--stop-when-verified", help="Stop once the passkey retrieves "
                                                      "at every depth tested by the quick protocol (4 depths x 2 "
                                                      "keys; needs --eval-every, default 50).")] = False,
-    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps (default: 100; "
-                                                      "0: only the final model).")] = None,
+    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0: only the final "
+                                            "model).")] = 100,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in the output directory exactly.")] = False,
     plan: Annotated[bool, typer.Option("--plan", help="Estimate memory and time per step; train nothing.")] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 autocast on GPUs that have it), bfloat16, float16, "
@@ -503,8 +503,8 @@ def finetune(
         data=data, text_field=text_field, steps=steps, seq_len=parse_window(seq_len, "--seq-len") if seq_len else None,
         lr=lr, warmup_steps=warmup_steps, batch_size=batch_size, micro_batch_size=micro_batch_size, seed=seed,
         lora=lora, lora_rank=lora_rank, keep_adapter=keep_adapter, gradient_checkpointing=gradient_checkpointing,
-        eval_every=eval_every if eval_every is not None else (50 if stop_when_verified else None), stop_when_verified=stop_when_verified,
-        save_every=save_every if save_every is not None else 100, dtype=dtype, attention=attn, cpu=cpu,
+        eval_every=eval_every, stop_when_verified=stop_when_verified, save_every=save_every, dtype=dtype,
+        attention=attn, cpu=cpu,
     )
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
         # On --resume the interrupted run's settings win, except a micro-batch given here: it

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from .files import atomic_write_json, staged_directory
@@ -20,12 +20,29 @@ from .training import TrainSettings
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
+STATE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a resume continues from, and its trainer_state.json (read once)."""
+    folder: Path
+    state: dict
+
+    @property
+    def step(self) -> int:
+        return self.state["step"]
 
 
 def latest_checkpoint(output: Path) -> Path | None:
     folder = output / CHECKPOINTS
     candidates = sorted(folder.glob("step-*")) if folder.is_dir() else []
     return candidates[-1] if candidates else None
+
+
+def find_resume_point(output: Path) -> ResumePoint | None:
+    folder = latest_checkpoint(output)
+    return ResumePoint(folder, json.loads((folder / STATE).read_text())) if folder else None
 
 
 def save_checkpoint(accelerator, output: Path, step: int, tokens: int, settings: TrainSettings) -> None:
@@ -42,10 +59,7 @@ def save_checkpoint(accelerator, output: Path, step: int, tokens: int, settings:
     # Pickled state: tied weights (embeddings = head) survive it, safetensors would drop one.
     accelerator.save_state(str(staging), safe_serialization=False)
     if accelerator.is_main_process:
-        atomic_write_json(staging / "trainer_state.json", {"step": step, "tokens": tokens, "settings": {
-            key: value for key, value in asdict(settings).items()
-            if key in ("seed", "batch_size", "micro_batch_size", "seq_len", "lr", "warmup_steps", "warmup_start",
-                       "lora", "lora_rank", "lora_alpha", "data", "text_field", "eval_fraction")}})
+        atomic_write_json(staging / STATE, {"step": step, "tokens": tokens, "settings": settings.recorded()})
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

@@ -1,5 +1,6 @@
-"""`picli finetune` on a tiny Llama: data packing, the recipe's schedule, exact resume, the
-PI config surviving training, LoRA merge, 2 processes == 1 process, and clean errors."""
+"""`picli finetune` on a tiny Llama: data packing, the recipe's schedule, the loop's seams (settings
+resolved once, setup, one step), exact resume, the PI config surviving training, LoRA merge,
+2 processes == 1 process, and clean errors."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from picli import finetune, textdata, training
+from picli import finetune, finetune_steps, textdata, training
 from picli.cli import app
 from picli.passkey import FILLER, KEY_LINE, QUESTION, TASK
 from tests.conftest import tree_hash
+from tests.helpers import ROOT
 
 runner = CliRunner()
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = ROOT / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -30,22 +32,53 @@ def corpus(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def extended(tiny_model_dir, tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("ext") / "tiny-1k"
-    result = runner.invoke(app, ["extend", str(tiny_model_dir), "--to", "1024", "-o", str(output)])
+def extend(model: Path, window: int, output: Path) -> Path:
+    result = runner.invoke(app, ["extend", str(model), "--to", str(window), "-o", str(output)])
     assert result.exit_code == 0, result.stderr
     return output
 
 
+@pytest.fixture(scope="module")
+def extended(tiny_model_dir, tmp_path_factory) -> Path:
+    return extend(tiny_model_dir, 1024, tmp_path_factory.mktemp("ext") / "tiny-1k")
+
+
+RECIPE = ["--seq-len", "128", "--batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-3", "--cpu", "--json"]
+
+
 def train(model: Path, output: Path, *extra: str):
-    return runner.invoke(app, ["finetune", str(model), "--data", str(Path(extra[0])), "-o", str(output), "--seq-len",
-                               "128", "--batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-3", "--cpu",
-                               "--json", *extra[1:]])
+    return runner.invoke(app, ["finetune", str(model), "--data", str(Path(extra[0])), "-o", str(output), *RECIPE,
+                               *extra[1:]])
+
+
+def metrics(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
 
 
 def losses(output: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (output / "metrics.jsonl").read_text().splitlines()]
+    return [metric["loss"] for metric in metrics(output)]
+
+
+def settings_for(corpus: Path, **changes) -> training.TrainSettings:
+    return training.TrainSettings(**{"data": str(corpus), "seq_len": 128, "batch_size": 4, "micro_batch_size": 2,
+                                     "lr": 1e-3, "cpu": True, **changes})
+
+
+def stop_at(step: int, how):
+    """An on_event that interrupts the run as the given step's report arrives: the seam a test
+    uses where a user presses Ctrl-C (no monkeypatching of the loop)."""
+    def on_event(event):
+        if event.get("kind") == "step" and event["step"] == step:
+            how()
+    return on_event
+
+
+def raise_interrupt():
+    raise KeyboardInterrupt
+
+
+# ---------------------------------------------------------------------------------------
+# Data, schedule, settings
 
 
 def test_pack_sequences_joins_documents_with_eos():
@@ -63,10 +96,64 @@ def test_batches_are_a_function_of_the_step():
 
 
 def test_paper_warmup_schedule():
-    assert finetune.warmup_multiplier(0, 20, 0.1) == pytest.approx(0.1)
-    assert finetune.warmup_multiplier(10, 20, 0.1) == pytest.approx(0.55)
-    assert finetune.warmup_multiplier(20, 20, 0.1) == 1.0 and finetune.warmup_multiplier(999, 20, 0.1) == 1.0
-    assert finetune.default_lr(7_000_000_000) == 2e-5 and finetune.default_lr(65_000_000_000) == 1e-5
+    assert training.warmup_multiplier(0, 20, 0.1) == pytest.approx(0.1)
+    assert training.warmup_multiplier(10, 20, 0.1) == pytest.approx(0.55)
+    assert training.warmup_multiplier(20, 20, 0.1) == 1.0 and training.warmup_multiplier(999, 20, 0.1) == 1.0
+    assert training.default_lr(7_000_000_000) == 2e-5 and training.default_lr(65_000_000_000) == 1e-5
+
+
+def test_settings_resolve_once_and_the_library_default_is_the_cli_default():
+    import typer
+
+    resolved = training.TrainSettings(stop_when_verified=True).resolve(window=8192, parameters=7_000_000_000)
+    assert (resolved.seq_len, resolved.batch_size, resolved.lr, resolved.eval_every) == (8192, 64, 2e-5, 50)
+    assert resolved.resolve(window=8192, parameters=7_000_000_000) == resolved  # resolving twice changes nothing
+    command = typer.main.get_command(app).commands["finetune"]
+    cli_defaults = {param.name: param.default for param in command.params}
+    assert training.TrainSettings().save_every == cli_defaults["save_every"] == 100  # a library caller gets checkpoints
+    assert training.TrainSettings().warmup_steps == cli_defaults["warmup_steps"] == 20
+
+
+def test_resume_keeps_the_recorded_settings_except_the_micro_batch():
+    recorded = training.TrainSettings(steps=10, seq_len=128, batch_size=4, lr=1e-3, warmup_steps=1,
+                                      data="data/").recorded()
+    asked = training.TrainSettings(steps=20, seq_len=256, lr=5.0, micro_batch_size=1)
+    resumed = asked.resolve(window=1024, parameters=1, recorded=recorded, given={"micro_batch_size"})
+    assert (resumed.steps, resumed.micro_batch_size) == (20, 1)
+    assert (resumed.seq_len, resumed.lr, resumed.warmup_steps, resumed.data) == (128, 1e-3, 1, "data/")
+    assert asked.resolve(window=1024, parameters=1, recorded=recorded).micro_batch_size == 1  # not given: the run's
+
+
+def test_default_global_batch_follows_the_papers_target_window():
+    """PI paper section 3.1: 64 for 7B/13B/33B extended to 8192, 128 in all other cases."""
+    assert training.default_batch_size(8192, 7_000_000_000) == 64
+    assert training.default_batch_size(8192, 32_500_000_000) == 64  # LLaMA "33B"
+    assert training.default_batch_size(8192, 65_200_000_000) == 128  # the 65B at 8192: "all other cases"
+    for window in (2048, 4096, 16384, 32768):
+        assert training.default_batch_size(window, 7_000_000_000) == 128
+
+
+def test_data_reuse_counts_unique_tokens_and_epochs():
+    assert textdata.data_reuse(10, steps=3, batch_size=4, seq_len=128) == {
+        "train_sequences": 10, "unique_tokens": 10 * 128, "epochs": 1.2}
+    assert textdata.data_reuse(100, steps=3, batch_size=4, seq_len=128)["unique_tokens"] == 12 * 128
+
+
+def test_sharding_rules_and_accumulation_hold_before_anything_loads():
+    settings = training.TrainSettings(batch_size=8, micro_batch_size=2)
+    assert finetune_steps.accumulation_steps(settings, 1) == 4 and finetune_steps.accumulation_steps(settings, 2) == 2
+    with pytest.raises(finetune.PicliError, match="not a multiple of --micro-batch-size x processes"):
+        finetune_steps.accumulation_steps(settings, 3)
+    finetune_steps.check_sharding(training.TrainSettings(lora=True, eval_every=5), sharded=False)  # DDP: fine
+    with pytest.raises(finetune.PicliError, match="cannot merge the adapter under FSDP"):
+        finetune_steps.check_sharding(training.TrainSettings(lora=True), sharded=True)
+    finetune_steps.check_sharding(training.TrainSettings(lora=True, keep_adapter=True), sharded=True)
+    with pytest.raises(finetune.PicliError, match="FSDP's sharded weights"):
+        finetune_steps.check_sharding(training.TrainSettings(eval_every=1), sharded=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The loss and the loop's seams
 
 
 def test_chunked_loss_equals_transformers_loss(extended, monkeypatch):
@@ -81,20 +168,6 @@ def test_chunked_loss_equals_transformers_loss(extended, monkeypatch):
     ours = training.build_loss_module(model)(ids)
     reference = model(ids, labels=ids).loss
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
-
-
-def test_log_output_has_step_lines_and_no_third_party_bars(extended, corpus, tmp_path):
-    """In a log file (no terminal) each step is one line, and transformers' weight-loading and
-    shard-writing bars stay out of it."""
-    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_DISABLE_PROGRESS_BARS",
-                                                                           "TQDM_DISABLE")}
-    run = subprocess.run([sys.executable, "-m", "picli", "finetune", str(extended), "--data", str(corpus), "-o",
-                          str(tmp_path / "out"), "--seq-len", "128", "--batch-size", "2", "--steps", "2", "--cpu"],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr
-    assert "step 1/2  loss " in run.stderr and "step 2/2  loss " in run.stderr
-    assert "Loading weights" not in run.stderr and "Writing model shards" not in run.stderr
-    assert "Fine-tuned 2 steps" in run.stdout
 
 
 @pytest.mark.parametrize("family, extra", [
@@ -129,27 +202,22 @@ def test_head_chunk_scales_with_vocabulary():
     assert head_chunk(49_152, batch=4) == 170 and head_chunk(10 ** 9) == 64
 
 
-def test_training_runs_in_train_mode_with_checkpointing(extended, corpus, workdir, monkeypatch):
-    # from_pretrained returns eval mode, in which transformers silently skips gradient checkpointing.
+def test_setup_and_one_step_train_in_train_mode_with_checkpointing(extended, corpus):
+    """from_pretrained returns eval mode, in which transformers silently skips gradient
+    checkpointing: setup's module trains with it, and one step moves the weights."""
+    import torch
+
+    settings = finetune.resolve_settings(extended, settings_for(corpus, gradient_checkpointing="on", warmup_steps=4))
+    run = finetune_steps.setup(extended, settings)
+    layer = run.loss_module.language_model.model.layers[0]
     seen = []
-    build = finetune.build_loss_module
-
-    def spy(model):
-        module = build(model)
-        layer = module.language_model.model.layers[0]
-        module.register_forward_pre_hook(lambda m, args: seen.append(
-            (m.training, layer.training, layer.gradient_checkpointing, torch_grad_enabled())))
-        return module
-
-    def torch_grad_enabled():
-        import torch
-        return torch.is_grad_enabled()
-
-    monkeypatch.setattr(finetune, "build_loss_module", spy)
-    result = train(extended, workdir / "gc", str(corpus), "--steps", "2", "--gradient-checkpointing", "on")
-    assert result.exit_code == 0, result.stderr
-    training_calls = [call for call in seen if call[3]]  # the held-out loss runs without grad, in eval mode
-    assert training_calls and all(call[:3] == (True, True, True) for call in training_calls)
+    run.loss_module.register_forward_pre_hook(lambda module, args: seen.append(
+        (module.training, layer.training, layer.gradient_checkpointing, torch.is_grad_enabled())))
+    before = [parameter.detach().clone() for parameter in run.trainable]
+    loss = finetune_steps.train_step(run, 2)
+    assert seen == [(True, True, True, True)] * run.accumulation and loss > 0
+    assert all(not torch.equal(old, new) for old, new in zip(before, run.trainable))
+    assert finetune_steps.eval_loss(run) > 0 and seen[-1][:2] == (False, False)  # held-out loss: eval mode, no grad
 
 
 def test_finetune_keeps_pi_config_and_records_training(extended, corpus, workdir):
@@ -161,14 +229,14 @@ def test_finetune_keeps_pi_config_and_records_training(extended, corpus, workdir
     assert report["steps_done"] == 3 and report["interrupted"] is False
     config = json.loads((output / "config.json").read_text())
     assert config == json.loads((extended / "config.json").read_text())  # both schemas, untouched
-    metrics = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [1, 2, 3]
-    assert [m["lr"] for m in metrics] == pytest.approx([1e-4, 5.5e-4, 1e-3])  # warmup from 10%
-    assert all(m["tokens_per_second"] > 0 for m in metrics)
+    steps = metrics(output)
+    assert [m["step"] for m in steps] == [1, 2, 3]
+    assert [m["lr"] for m in steps] == pytest.approx([1e-4, 5.5e-4, 1e-3])  # warmup from 10%
+    assert all(m["tokens_per_second"] > 0 for m in steps)
     record = json.loads((output / "picli.json").read_text())
     assert record["rope"]["factor"] == 2.0 and record["finetune"]["steps"] == 3
     assert record["finetune"]["tokens"] == 3 * 4 * 128
-    assert record["finetune"]["final_loss"] == pytest.approx(metrics[-1]["loss"])
+    assert record["finetune"]["final_loss"] == pytest.approx(steps[-1]["loss"])
     # 12 sequences read from a corpus of more: no repeats, so every token trained is unique.
     train_sequences = record["finetune"]["train_sequences"]
     assert train_sequences > 12 and record["finetune"]["unique_tokens"] == 3 * 4 * 128
@@ -182,32 +250,6 @@ def test_finetune_keeps_pi_config_and_records_training(extended, corpus, workdir
     reloaded = AutoConfig.from_pretrained(output)
     assert reloaded.rope_parameters["rope_type"] == "linear" and reloaded.rope_parameters["factor"] == 2.0
     AutoModelForCausalLM.from_pretrained(output)  # weights load
-
-
-def test_default_global_batch_follows_the_papers_target_window():
-    """PI paper section 3.1: 64 for 7B/13B/33B extended to 8192, 128 in all other cases."""
-    assert training.default_batch_size(8192, 7_000_000_000) == 64
-    assert training.default_batch_size(8192, 32_500_000_000) == 64  # LLaMA "33B"
-    assert training.default_batch_size(8192, 65_200_000_000) == 128  # the 65B at 8192: "all other cases"
-    for window in (2048, 4096, 16384, 32768):
-        assert training.default_batch_size(window, 7_000_000_000) == 128
-
-
-@pytest.mark.parametrize("seq_len, extra, expected", [("8192", [], 64), ("16384", [], 128), ("32k", [], 128),
-                                                      ("8192", ["--batch-size", "8"], 8)])
-def test_finetune_default_batch_by_sequence_length(extended, workdir, seq_len, extra, expected):
-    result = runner.invoke(app, ["finetune", str(extended), "--plan", "--seq-len", seq_len, "--cpu", "--json", *extra])
-    assert result.exit_code == 0, result.stderr
-    plan = json.loads(result.stdout)
-    assert plan["batch_size"] == expected
-    assert plan["estimated_seconds_per_step"] == pytest.approx(
-        plan["probe"]["seconds"] * plan["seq_len"] / 512 * expected)
-
-
-def test_data_reuse_counts_unique_tokens_and_epochs():
-    assert textdata.data_reuse(10, steps=3, batch_size=4, seq_len=128) == {
-        "train_sequences": 10, "unique_tokens": 10 * 128, "epochs": 1.2}
-    assert textdata.data_reuse(100, steps=3, batch_size=4, seq_len=128)["unique_tokens"] == 12 * 128
 
 
 def test_a_small_corpus_is_cycled_with_one_warning_and_recorded(extended, tmp_path, workdir):
@@ -230,54 +272,6 @@ def test_a_small_corpus_is_cycled_with_one_warning_and_recorded(extended, tmp_pa
     assert (f"| tokens trained | 1,536, of which {train_sequences * 128:,} unique (the data was repeated) |"
             in card.stdout)
     assert f"| epochs over the data | {12 / train_sequences:.2f} ({train_sequences} training sequences) |" in card.stdout
-
-
-@pytest.mark.parametrize("resume_args", [[], ["--micro-batch-size", "1"]])
-def test_resume_equals_uninterrupted(extended, corpus, workdir, monkeypatch, resume_args):
-    straight = workdir / "straight"
-    assert train(extended, straight, str(corpus), "--steps", "5").exit_code == 0
-
-    real = finetune.batch_indices
-
-    def interrupt_at_step_3(train_ids, step, batch_size):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(train_ids, step, batch_size)
-
-    monkeypatch.setattr(finetune, "batch_indices", interrupt_at_step_3)
-    resumed = workdir / "resumed"
-    result = train(extended, resumed, str(corpus), "--steps", "5")
-    assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["interrupted"] is True
-    assert (resumed / "checkpoints" / "step-0000003").is_dir() and not (resumed / "model.safetensors").exists()
-    monkeypatch.setattr(finetune, "batch_indices", real)
-    result = runner.invoke(app, ["finetune", str(extended), "-o", str(resumed), "--resume", "--steps", "5", "--cpu",
-                                 "--json", *resume_args])
-    assert result.exit_code == 0, result.stderr
-    micro = json.loads((resumed / "training_args.json").read_text())["micro_batch_size"]
-    if not resume_args:
-        assert micro == 2  # the interrupted run's settings, not the CLI default of 1
-        assert losses(resumed) == losses(straight)  # model, optimizer, scheduler and data position restored
-    else:
-        # A smaller micro-batch (the way past an OOM) splits the same batch differently:
-        # the same data and math, summed in another order.
-        assert micro == 1
-        assert losses(resumed) == pytest.approx(losses(straight), rel=1e-5)
-
-
-@pytest.mark.parametrize("args, needle", [
-    (["--lora"], "cannot merge the adapter under FSDP"),
-    (["--eval-every", "1"], "FSDP's sharded weights"),
-])
-def test_fsdp_refuses_what_sharded_weights_cannot_do(extended, corpus, workdir, monkeypatch, args, needle):
-    # accelerate enables FSDP only on accelerators, so on CPU the check is driven by a stand-in.
-    import accelerate
-    from accelerate.utils import DistributedType
-
-    monkeypatch.setattr(accelerate.Accelerator, "distributed_type", property(lambda self: DistributedType.FSDP))
-    result = train(extended, workdir / "fsdp", str(corpus), "--steps", "1", *args)
-    assert result.exit_code == 1 and needle in result.stderr
-    assert not (workdir / "fsdp" / "model.safetensors").exists()
 
 
 def test_export_writes_a_gathered_state_dict(extended, workdir):
@@ -315,6 +309,84 @@ def test_lora_merges_into_a_full_checkpoint(extended, corpus, workdir):
     assert record["lora"] == {"rank": 4, "alpha": 32, "merged": True}
 
 
+def test_eval_every_and_stop_when_verified(extended, corpus, workdir, monkeypatch, capsys):
+    import picli.passkey
+
+    real = picli.passkey.evaluate_passkey
+    calls = []
+
+    def passes_from_second_eval(loaded, lengths, protocol, **kwargs):
+        report = real(loaded, lengths, protocol, **kwargs)
+        calls.append(lengths)
+        if len(calls) < 2:
+            return report
+        result = report.results[0]
+        verified = type(result)(**{**result.__dict__, "k_max": result.ks[-1]})
+        return type(report)(protocol=report.protocol, window=report.window, results=[verified])
+
+    monkeypatch.setattr(picli.passkey, "evaluate_passkey", passes_from_second_eval)
+    output = workdir / "verified"
+    result = train(extended, output, str(corpus), "--steps", "10", "--eval-every", "2", "--stop-when-verified")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["steps_done"] == 4 and report["stopped_early_at"] == 4
+    assert calls == [[128], [128]]  # a quick passkey at the training length, every 2 steps
+    steps = metrics(output)
+    assert [m["step"] for m in steps if "eval_loss" in m] == [2, 4]
+    assert steps[-1]["passkey_k_max"] == steps[-1]["passkey_target"]
+    record = json.loads((output / "picli.json").read_text())["finetune"]
+    assert record["stopped_when_verified_at"] == 4 and len(record["eval_history"]) == 2
+    # What a person reads: the quick protocol's depths, never "reached the window" (k_max
+    # cannot equal the length, and 4 depths x 2 keys is not the paper's protocol).
+    from picli import render
+
+    render.finetune_result(report)
+    said = capsys.readouterr().out
+    assert "every depth tested by the quick protocol (4 depths x 2 keys" in said and "window" not in said
+
+
+# ---------------------------------------------------------------------------------------
+# Interruption and resume
+
+
+@pytest.mark.parametrize("resume_args", [[], ["--micro-batch-size", "1"]])
+def test_resume_equals_uninterrupted(extended, corpus, workdir, resume_args):
+    straight = workdir / "straight"
+    assert train(extended, straight, str(corpus), "--steps", "5").exit_code == 0
+    resumed = workdir / "resumed"
+    result = finetune.finetune_command(str(extended), resumed, settings_for(corpus, steps=5),
+                                       on_event=stop_at(3, raise_interrupt))
+    assert result["interrupted"] is True and result["steps_done"] == 3
+    assert (resumed / "checkpoints" / "step-0000003").is_dir() and not (resumed / "model.safetensors").exists()
+    result = runner.invoke(app, ["finetune", str(extended), "-o", str(resumed), "--resume", "--steps", "5", "--cpu",
+                                 "--json", *resume_args])
+    assert result.exit_code == 0, result.stderr
+    micro = json.loads((resumed / "training_args.json").read_text())["micro_batch_size"]
+    if not resume_args:
+        assert micro == 2  # the interrupted run's settings, not the CLI default of 1
+        assert losses(resumed) == losses(straight)  # model, optimizer, scheduler and data position restored
+    else:
+        # A smaller micro-batch (the way past an OOM) splits the same batch differently:
+        # the same data and math, summed in another order.
+        assert micro == 1
+        assert losses(resumed) == pytest.approx(losses(straight), rel=1e-5)
+
+
+def test_out_of_memory_gives_the_estimate_and_leaves_nothing(extended, corpus, workdir):
+    import torch
+
+    def out_of_memory():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(finetune.PicliError) as caught:
+        finetune.finetune_command(str(extended), workdir / "oom", settings_for(corpus, steps=3),
+                                  on_event=stop_at(1, out_of_memory))
+    message = str(caught.value.message)
+    assert "out of memory at step 2: this run needs about" in message  # step 1 was done; step 2 was under way
+    assert "--gradient-checkpointing on" in caught.value.hint and "--micro-batch-size 1" in caught.value.hint
+    assert not (workdir / "oom").exists()  # nothing half-written: the retry needs no --force
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--data", "/no/such/data"], "no such"),
     ([], "no training data"),
@@ -330,26 +402,52 @@ def test_errors(extended, corpus, workdir, args, needle):
     assert needle in result.stderr.lower() and "Traceback" not in result.stderr
 
 
-def test_out_of_memory_gives_the_estimate_and_leaves_nothing(extended, corpus, workdir, monkeypatch):
-    import torch
-
-    def oom(*args):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-    monkeypatch.setattr(finetune, "batch_indices", oom)
-    result = train(extended, workdir / "oom", str(corpus), "--steps", "2")
-    assert result.exit_code == 1
-    assert "out of memory at step 1: this run needs about" in result.stderr
-    assert "--gradient-checkpointing on" in result.stderr and "--micro-batch-size 1" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (workdir / "oom").exists()  # nothing half-written: the retry needs no --force
-
-
 def test_unknown_text_field(extended, tmp_path, workdir):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"content": "hello"}) + "\n")
     result = runner.invoke(app, ["finetune", str(extended), "--data", str(data), "--text-field", "text", "--cpu"])
     assert result.exit_code == 1 and "content" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# The plan
+
+
+@pytest.mark.parametrize("seq_len, extra, expected", [("8192", [], 64), ("16384", [], 128), ("32k", [], 128),
+                                                      ("8192", ["--batch-size", "8"], 8)])
+def test_finetune_default_batch_by_sequence_length(extended, workdir, seq_len, extra, expected):
+    result = runner.invoke(app, ["finetune", str(extended), "--plan", "--seq-len", seq_len, "--cpu", "--json", *extra])
+    assert result.exit_code == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["batch_size"] == expected
+    assert plan["estimated_seconds_per_step"] == pytest.approx(
+        plan["probe"]["seconds"] * plan["seq_len"] / 512 * expected)
+
+
+def test_plan_estimates_without_training(extended, workdir):
+    result = runner.invoke(app, ["finetune", str(extended), "--plan", "--seq-len", "256", "--cpu", "--json"])
+    assert result.exit_code == 0, result.stderr
+    plan = json.loads(result.stdout)
+    rows = {(row["mode"], row["gradient_checkpointing"]): row["bytes"] for row in plan["memory"]}
+    assert rows[("lora", True)] < rows[("full", True)] < rows[("full", False)]
+    assert plan["probe"]["seconds"] > 0 and plan["estimated_seconds_per_step"] > plan["probe"]["seconds"]
+    assert list(workdir.iterdir()) == []  # nothing written
+
+
+def test_plan_memory_model_matches_the_measured_benchmark():
+    """benchmarks/finetune.py measured SmolLM2 at 2048 tokens, fp32 on CPU: 7.0 GB peak without
+    gradient checkpointing, 4.2 GB with it (docs/benchmarks.md). The estimate stays within 25%."""
+    from picli.finetune_plan import estimate_memory
+
+    without = estimate_memory(134_515_008, 30, 576, 2048, 1, lora=False, checkpointing=False, bytes_per_value=4)
+    with_checkpointing = estimate_memory(134_515_008, 30, 576, 2048, 1, lora=False, checkpointing=True,
+                                         bytes_per_value=4)
+    assert without["total"] == pytest.approx(7.0e9, rel=0.25)
+    assert with_checkpointing["total"] == pytest.approx(4.2e9, rel=0.25)
+
+
+# ---------------------------------------------------------------------------------------
+# Several processes (subprocesses on this machine's CPU cores, over gloo): slow
 
 
 @pytest.fixture(scope="module")
@@ -389,64 +487,6 @@ def test_two_processes_equal_one(extended, corpus, one_process_losses, tmp_path,
     assert two == pytest.approx(one, rel=2e-3)
 
 
-def test_plan_estimates_without_training(extended, workdir):
-    result = runner.invoke(app, ["finetune", str(extended), "--plan", "--seq-len", "256", "--cpu", "--json"])
-    assert result.exit_code == 0, result.stderr
-    plan = json.loads(result.stdout)
-    rows = {(row["mode"], row["gradient_checkpointing"]): row["bytes"] for row in plan["memory"]}
-    assert rows[("lora", True)] < rows[("full", True)] < rows[("full", False)]
-    assert plan["probe"]["seconds"] > 0 and plan["estimated_seconds_per_step"] > plan["probe"]["seconds"]
-    assert list(workdir.iterdir()) == []  # nothing written
-
-
-def test_plan_memory_model_matches_the_measured_benchmark():
-    """benchmarks/finetune.py measured SmolLM2 at 2048 tokens, fp32 on CPU: 7.0 GB peak without
-    gradient checkpointing, 4.2 GB with it (docs/benchmarks.md). The estimate stays within 25%."""
-    from picli.finetune_plan import estimate_memory
-
-    without = estimate_memory(134_515_008, 30, 576, 2048, 1, lora=False, checkpointing=False, bytes_per_value=4)
-    with_checkpointing = estimate_memory(134_515_008, 30, 576, 2048, 1, lora=False, checkpointing=True,
-                                         bytes_per_value=4)
-    assert without["total"] == pytest.approx(7.0e9, rel=0.25)
-    assert with_checkpointing["total"] == pytest.approx(4.2e9, rel=0.25)
-
-
-def test_eval_every_and_stop_when_verified(extended, corpus, workdir, monkeypatch, capsys):
-    import picli.passkey
-
-    real = picli.passkey.evaluate_passkey
-    calls = []
-
-    def passes_from_second_eval(loaded, lengths, protocol, **kwargs):
-        report = real(loaded, lengths, protocol, **kwargs)
-        calls.append(lengths)
-        if len(calls) < 2:
-            return report
-        result = report.results[0]
-        verified = type(result)(**{**result.__dict__, "k_max": result.ks[-1]})
-        return type(report)(protocol=report.protocol, window=report.window, results=[verified])
-
-    monkeypatch.setattr(picli.passkey, "evaluate_passkey", passes_from_second_eval)
-    output = workdir / "verified"
-    result = train(extended, output, str(corpus), "--steps", "10", "--eval-every", "2", "--stop-when-verified")
-    assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["steps_done"] == 4 and report["stopped_early_at"] == 4
-    assert calls == [[128], [128]]  # a quick passkey at the training length, every 2 steps
-    metrics = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics if "eval_loss" in m] == [2, 4]
-    assert metrics[-1]["passkey_k_max"] == metrics[-1]["passkey_target"]
-    record = json.loads((output / "picli.json").read_text())["finetune"]
-    assert record["stopped_when_verified_at"] == 4 and len(record["eval_history"]) == 2
-    # What a person reads: the quick protocol's depths, never "reached the window" (k_max
-    # cannot equal the length, and 4 depths x 2 keys is not the paper's protocol).
-    from picli import render
-
-    render.finetune_result(report)
-    said = capsys.readouterr().out
-    assert "every depth tested by the quick protocol (4 depths x 2 keys" in said and "window" not in said
-
-
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_then_resume_finishes(extended, corpus, tmp_path):
     import signal
@@ -472,3 +512,16 @@ def test_sigterm_saves_a_checkpoint_then_resume_finishes(extended, corpus, tmp_p
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(resumed.stdout)["steps_done"] == report["steps_done"] + 1
     assert (output / "model.safetensors").exists()
+@pytest.mark.slow
+def test_log_output_has_step_lines_and_no_third_party_bars(extended, corpus, tmp_path):
+    """In a log file (no terminal) each step is one line, and transformers' weight-loading and
+    shard-writing bars stay out of it."""
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_DISABLE_PROGRESS_BARS",
+                                                                           "TQDM_DISABLE")}
+    run = subprocess.run([sys.executable, "-m", "picli", "finetune", str(extended), "--data", str(corpus), "-o",
+                          str(tmp_path / "out"), "--seq-len", "128", "--batch-size", "2", "--steps", "2", "--cpu"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "step 1/2  loss " in run.stderr and "step 2/2  loss " in run.stderr
+    assert "Loading weights" not in run.stderr and "Writing model shards" not in run.stderr
+    assert "Fine-tuned 2 steps" in run.stdout

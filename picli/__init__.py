@@ -17,8 +17,8 @@ One module per verb:
   verify.py            `picli verify`: passkey k_max and perplexity, for a model and optionally a baseline
   finetune.py          `picli finetune`: the PI paper's short fine-tune at the new window
   finetune_steps.py    its pieces: setup, one optimizer step, evaluation, checkpoint, export
-  finetune_plan.py     `picli finetune --plan`: memory per device and time per step before a run
-  finetune_output.py   what finetune writes: resumable checkpoints during the run, and the final model
+  finetune_plan.py     `picli finetune --plan`: memory per device (1..64 devices) from config.json alone, time where probed
+  finetune_output.py   what finetune writes: pickle-free resumable checkpoints, and the final model
   hub.py               `picli push`: publish a checkpoint to the Hub, after checking it
   card.py              the model card (README.md) that `picli push` publishes and `picli card` writes
 
@@ -35,7 +35,7 @@ What the verbs share:
   passkey.py           passkey retrieval as the PI paper measures it (prompts, scoring, k_max)
   perplexity.py        sliding-window perplexity, as the PI paper and YaRN measure it
   textdata.py          text to evaluate or train on: files, folders, JSON Lines, a Hub dataset
-  training.py          what a fine-tune trains: settings resolved once, the loss module, LoRA, precision
+  training.py          what a fine-tune trains: settings resolved once, the LR schedule, the loss module, LoRA
   provenance.py        picli's records (picli.json, picli-verify.json, .picli/last.json): the only owner
   hub_errors.py        talking to the Hub: the one error table and repo-id rule, for downloads and push
   files.py             atomic writes and staged directories: nothing is ever half-written

@@ -437,7 +437,10 @@ def finetune(
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps (paper: 1000; ~200 already reach the window).")] = 1000,
     seq_len: Annotated[Optional[str], typer.Option("--seq-len", help="Tokens per sequence. Default: the model's window.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate. Default: 2e-5, or 1e-5 above 30B parameters.")] = None,
-    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warmup from 10% of the LR (paper: 20).")] = 20,
+    warmup_steps: Annotated[Optional[int], typer.Option(
+        "--warmup-steps", help="Linear warmup from 10% of the LR. Default: the paper's 20, capped at a tenth of "
+        "--steps (5 of 50; none below 10 steps); fixed when the run starts, so --resume keeps it.",
+        show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", help="Global batch in sequences, reached by gradient accumulation. Default: the paper's "
         "(section 3.1): 64 when the sequence length is 8192 and the model has at most 40B parameters (its "
@@ -458,7 +461,9 @@ def finetune(
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0: only the final "
                                             "model).")] = 100,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in the output directory exactly.")] = False,
-    plan: Annotated[bool, typer.Option("--plan", help="Estimate memory and time per step; train nothing.")] = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Estimate memory per device (full and LoRA, 1 to 64 devices, "
+                                       "DDP and FSDP) from config.json alone, and the schedule; time one step "
+                                       "when the weights are here and fit. Trains nothing.")] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 autocast on GPUs that have it), bfloat16, float16, "
                                        "float32.")] = "auto",
     attn: AttnOpt = "sdpa",
@@ -475,12 +480,15 @@ def finetune(
     otherwise. Data smaller than steps x batch x seq-len is cycled, with a warning; the
     record counts unique tokens and epochs. picli ships no training data: the paper used
     the Pile (docs/finetune.md shows how to point --data at it).
-    Runs unchanged under `accelerate launch` or `torchrun` (DDP, FSDP). Checkpoints are
-    atomic; Ctrl-C saves one; --resume continues exactly. The output keeps the PI config.
+    Runs unchanged under `accelerate launch` or `torchrun` (DDP, FSDP); --batch-size is
+    global and the LR a function of the optimizer step, whatever the number of processes.
+    Checkpoints are atomic; Ctrl-C saves one; --resume continues exactly, on any number of
+    processes. The output keeps the PI config.
 
-    Weights load from safetensors only: picli never unpickles a file, so a checkpoint with
-    only pytorch_model.bin is refused with the command that converts it (docs/safety.md).
-    Every option is checked before the model loads.
+    Weights load from safetensors only, and resume state is picli's own safetensors and
+    JSON: picli never unpickles a file, so a checkpoint with only pytorch_model.bin is
+    refused with the command that converts it (docs/safety.md). Every option is checked
+    before the model loads.
 
     Examples:
 

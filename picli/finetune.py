@@ -10,11 +10,13 @@ with interruption, metrics and resume around them; `finetune_command` resolves M
 output, then plans or trains.
 
 Defaults are the paper's: AdamW (0.9, 0.95), no weight decay, LR 2e-5 (1e-5 above 30B
-parameters), linear warmup from 10% of the LR over 20 steps, global batch 64 sequences at 8192 tokens and 128 otherwise (section
+parameters), linear warmup from 10% of the LR over 20 steps (at most a tenth of a short run:
+training.default_warmup), global batch 64 sequences at 8192 tokens and 128 otherwise (section
 3.1), 1000 steps, sequence length = the model's (extended) window. A corpus smaller than
 steps x batch x seq-len is cycled; the record says how often. The loop runs through
 accelerate, so the same code runs on one CPU, one GPU, or many under `accelerate launch` /
-`torchrun` (DDP or FSDP); the batch is global, whatever the number of processes. The loss never materialises full-vocabulary logits for a
+`torchrun` (DDP or FSDP); the batch is global and the LR a function of the optimizer step,
+whatever the number of processes. The loss never materialises full-vocabulary logits for a
 whole sequence: the head runs on chunks of ~128 MiB of float32 logits (682 positions at a 49k
 vocabulary), each recomputed in backward (activation checkpointing).
 
@@ -40,7 +42,7 @@ from .finetune_output import METRICS, ResumePoint, find_resume_point, latest_che
 from .finetune_steps import Run, eval_loss, evaluate, export, save, setup, train_step
 from .provenance import now
 from .textdata import data_reuse
-from .training import TrainSettings
+from .training import TrainSettings, learning_rate
 
 
 @dataclass(frozen=True)
@@ -93,10 +95,10 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, point:
     with _stop_signals() as stop:
         try:
             for step in range(start_step, settings.steps):
-                step_started, step_lr = time.perf_counter(), run.scheduler.get_last_lr()[0]  # the rate this step uses
+                step_started = time.perf_counter()
                 last_loss = train_step(run, step)
                 tokens += settings.batch_size * settings.seq_len
-                metric = _step_metric(run, step, step_lr, last_loss, tokens, time.perf_counter() - step_started)
+                metric = _step_metric(run, step, last_loss, tokens, time.perf_counter() - step_started)
                 if settings.eval_every and (step + 1) % settings.eval_every == 0:
                     metric.update(evaluate(run))
                     held_out = metric["eval_loss"]
@@ -146,16 +148,17 @@ def _start_output(run: Run, output: Path, start_step: int, events: Events) -> No
         return
     output.mkdir(parents=True, exist_ok=True)
     trim_metrics(output / METRICS, start_step)
-    facts = {"processes": run.world, "accumulation": run.accumulation, "gradient_checkpointing": run.checkpointing}
+    facts = {"processes": run.world, "distributed": run.accelerator.distributed_type.name,
+             "accumulation": run.accumulation, "gradient_checkpointing": run.checkpointing}
     atomic_write_json(output / "training_args.json", {**asdict(run.settings), "parameters": run.parameters, **facts})
     if events:
         events({"kind": "settings", "settings": asdict(run.settings), **facts, "sequences": len(run.train_ids),
                 "held_out": len(run.eval_ids), "parameters": run.parameters})
 
 
-def _step_metric(run: Run, step: int, lr: float, loss: float, tokens: int, seconds: float) -> dict:
+def _step_metric(run: Run, step: int, loss: float, tokens: int, seconds: float) -> dict:
     settings = run.settings
-    return {"step": step + 1, "loss": loss, "lr": lr, "tokens": tokens,
+    return {"step": step + 1, "loss": loss, "lr": learning_rate(settings, step), "tokens": tokens,
             "tokens_per_second": settings.batch_size * settings.seq_len / seconds, "seconds": seconds,
             "memory_bytes": _memory_bytes(run.accelerator.device)}
 
@@ -198,7 +201,8 @@ def _record(run: Run, steps: int, tokens: int, reuse: dict, last_loss, held_out,
     return {
         "data": settings.data, "text_field": settings.text_field, "steps": steps, "planned_steps": settings.steps,
         "tokens": tokens, **reuse, "seq_len": settings.seq_len, "batch_size": settings.batch_size,
-        "micro_batch_size": settings.micro_batch_size, "processes": run.world, "lr": settings.lr,
+        "micro_batch_size": settings.micro_batch_size, "processes": run.world,
+        "distributed": run.accelerator.distributed_type.name, "lr": settings.lr,
         "warmup_steps": settings.warmup_steps, "optimizer": "AdamW(0.9, 0.95), weight decay 0",
         "lora": {"rank": settings.lora_rank, "alpha": settings.lora_alpha, "merged": not settings.keep_adapter}
         if settings.lora else None,
@@ -212,13 +216,11 @@ def _out_of_memory(run: Run, step: int):
     """The OOM as the issue wants it: this run's estimate, and the settings that would shrink it."""
     import torch
 
-    from .checkpoint import read_config
     from .finetune_plan import run_memory
     from .modeling import OutOfMemory
 
     settings, device = run.settings, run.accelerator.device
-    needed = run_memory(read_config(run.model_path), run.parameters, settings.seq_len, settings, settings.lora,
-                        run.checkpointing)["total"]
+    needed = run_memory(run.model_path, run.parameters, settings, run.checkpointing, run.world, run.sharded)["total"]
     total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     have = f"; the GPU has {total / 2**30:.1f} GiB" if total else ""
     tries = [flag for flag, useful in (("--gradient-checkpointing on", not run.checkpointing),
@@ -261,17 +263,21 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
     """`given`: the settings named on the command line (default: those that differ from
     TrainSettings' defaults); on --resume those of them that may change without changing the
     run (training.RESUME_MAY_CHANGE: the micro-batch) win over the checkpoint's."""
-    from .checkpoint import read_config, resolve, tensor_summary
+    from .checkpoint import resolve
     from .modeling import check_loadable
     from .provenance import check_state_dir, read_record, remember_last
 
     settings.validate()
     if given is None:
         given = {key for key, value in asdict(settings).items() if value != asdict(TrainSettings())[key]}
-    checkpoint = resolve(model, on_event=on_event)
+    checkpoint = resolve(model, need_weights=not plan_only, on_event=on_event)
     if checkpoint.kind == "gguf":
         raise PicliError("finetune trains transformers checkpoints, not GGUF files",
                          hint="fine-tune the safetensors checkpoint the GGUF was made from")
+    if plan_only:
+        from .finetune_plan import plan
+
+        return plan(checkpoint.path, settings, on_event)  # config.json is enough
     check_loadable(checkpoint.path)  # safetensors (never a pickle) and a tokenizer, before any loading
     read_record(checkpoint.path)  # a broken record fails here, not at export after the training
     output = Path(output) if output else Path.cwd() / f"{checkpoint.name}-ft"
@@ -281,12 +287,6 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
                          hint="choose a directory for the fine-tuned model with -o/--output")
     if output == checkpoint.path or output.is_relative_to(checkpoint.path) or checkpoint.path.is_relative_to(output):
         raise PicliError("the output overlaps the source checkpoint", hint="choose another -o/--output")
-    if plan_only:
-        from .finetune_plan import plan
-
-        resolved = resolve_settings(checkpoint.path, settings)
-        return plan(checkpoint.path, read_config(checkpoint.path), tensor_summary(checkpoint.path).parameter_count or 0,
-                    resolved.seq_len, resolved, on_event)
     check_state_dir()  # the output is remembered there after training: refused now, not then
     point = find_resume_point(output) if resume else None
     if resume and point is None:

@@ -1,9 +1,16 @@
 """What `picli finetune` writes: resumable checkpoints during the run, and the final model.
 
-A checkpoint (`OUTPUT/checkpoints/step-NNNNNNN`) is accelerate's full state (model, optimizer,
-scheduler, RNG) plus `trainer_state.json` with the step, which fixes the data position
-because batch order is a pure function of (seed, step). Both it and the export are built in
-a staging directory and renamed, so an interruption never leaves half of one behind.
+A checkpoint (`OUTPUT/checkpoints/step-NNNNNNN/`) is picli's own, with no pickle anywhere:
+
+    trainable.safetensors    the trainable weights, full (gathered from every process)
+    optimizer.safetensors    AdamW's state per weight: `NAME:exp_avg`, `NAME:exp_avg_sq`, `NAME:step`
+    rng-R.safetensors        torch's RNG states of process R (`cpu`, `cuda:I`)
+    trainer_state.json       the step, the tokens, the settings that fix the run, each file's size
+
+The LR schedule has no state: it is a function of the step (training.learning_rate), as is
+the batch order (textdata.batch_indices), so the step fixes both. States are kept full, not
+sharded, so a run saved on N processes resumes on any number. Checkpoints and the export are
+built in a staging directory and renamed, so an interruption never leaves half of one behind.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import PicliError
 from .files import atomic_write_json, staged_directory
 from .provenance import finetune_record, read_record, write_record
 from .training import TrainSettings
@@ -21,6 +29,12 @@ from .training import TrainSettings
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 STATE = "trainer_state.json"
+TRAINABLE = "trainable.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+FORMAT = "picli-checkpoint/1"
+KEPT = 2  # newest checkpoints kept
+# Optimizer state names are weight names (dots, no colon) joined to the state's name by ':'.
+SEPARATOR = ":"
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,109 @@ class ResumePoint:
         return self.state["step"]
 
 
+# ---------------------------------------------------------------------------------------
+# Saving and finding checkpoints
+
+
+def save_checkpoint(accelerator, loss_module, optimizer, output: Path, step: int, tokens: int,
+                    settings: TrainSettings) -> None:
+    """Atomic: built in a staging directory and renamed; older checkpoints are pruned after.
+
+    Every process takes part (gathering sharded weights and optimizer state is a collective);
+    the main process writes the weights and the optimizer state, each process its RNG state.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    folder = output / CHECKPOINTS
+    target = folder / f"step-{step:07d}"
+    staging = folder / f".{target.name}.picli-tmp"
+    main = accelerator.is_main_process
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+    accelerator.wait_for_everyone()
+    weights, moments = _full_states(accelerator, loss_module, optimizer)
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda:{index}": state for index, state in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, str(staging / f"rng-{accelerator.process_index}.safetensors"))
+    if main:
+        save_file(weights, str(staging / TRAINABLE))
+        save_file(moments, str(staging / OPTIMIZER))
+    accelerator.wait_for_everyone()
+    if main:
+        files = {path.name: path.stat().st_size for path in staging.iterdir()}
+        atomic_write_json(staging / STATE, {"format": FORMAT, "step": step, "tokens": tokens,
+                                            "processes": accelerator.num_processes, "settings": settings.recorded(),
+                                            "files": files})
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+        for old in sorted(folder.glob("step-*"))[:-KEPT]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _full_states(accelerator, loss_module, optimizer) -> tuple[dict, dict]:
+    """The trainable weights and AdamW's state, full and on the CPU (gathered from FSDP shards;
+    empty on processes other than the main one when several run)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=accelerator.num_processes > 1)
+    module = accelerator.unwrap_model(loss_module)
+    weights = get_model_state_dict(module, options=options)
+    moments = get_optimizer_state_dict(module, _plain(optimizer), options=options)
+    # named_parameters lists a tied weight (embeddings = head) once: safetensors refuses shared memory.
+    trainable = {name for name, parameter in module.named_parameters() if parameter.requires_grad}
+    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in weights.items() if name in trainable}
+    flat = {f"{name}{SEPARATOR}{key}": value.detach().cpu().contiguous()
+            for name, state in moments.get("state", {}).items() for key, value in state.items()}
+    return weights, flat
+
+
+def _plain(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer
+
+
+def load_checkpoint(accelerator, loss_module, optimizer, point: ResumePoint) -> None:
+    """Weights, AdamW's state and (where this process saved one) the RNG state, into a run
+    that setup built as for a fresh start. safetensors and JSON only: nothing is unpickled."""
+    import torch
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+
+    module = accelerator.unwrap_model(loss_module)
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    weights = load_file(str(point.folder / TRAINABLE))
+    # Not strict (frozen weights come from the source), so a name that matches nothing is looked for here.
+    unexpected = set(weights) - set(module.state_dict())
+    if unexpected:
+        raise PicliError(f"{point.folder.name} holds weights this model does not have ({sorted(unexpected)[0]}, ...)",
+                         hint="resume with the settings the run started with (--lora as it was), or start again")
+    set_model_state_dict(module, weights, options=options)
+    # The fresh optimizer's groups (the same recipe, recorded) with the saved per-weight state.
+    fresh = get_optimizer_state_dict(module, _plain(optimizer), options=StateDictOptions(full_state_dict=True))
+    state: dict[str, dict] = {}
+    for key, value in load_file(str(point.folder / OPTIMIZER)).items():
+        name, _, what = key.rpartition(SEPARATOR)
+        state.setdefault(name, {})[what] = value
+    set_optimizer_state_dict(module, _plain(optimizer), {"state": state, "param_groups": fresh["param_groups"]},
+                             options=options)
+    rng_file = point.folder / f"rng-{accelerator.process_index}.safetensors"
+    if rng_file.exists():  # a process that did not exist when the run saved keeps its seeded state
+        rng = load_file(str(rng_file))
+        torch.set_rng_state(rng["cpu"])
+        if torch.cuda.is_available():
+            for index in range(torch.cuda.device_count()):
+                if f"cuda:{index}" in rng:
+                    torch.cuda.set_rng_state(rng[f"cuda:{index}"], index)
+
+
 def latest_checkpoint(output: Path) -> Path | None:
     folder = output / CHECKPOINTS
     candidates = sorted(folder.glob("step-*")) if folder.is_dir() else []
@@ -45,35 +162,16 @@ def find_resume_point(output: Path) -> ResumePoint | None:
     return ResumePoint(folder, json.loads((folder / STATE).read_text())) if folder else None
 
 
-def save_checkpoint(accelerator, output: Path, step: int, tokens: int, settings: TrainSettings) -> None:
-    """Atomic: built in a staging directory and renamed; older checkpoints are pruned after."""
-    folder = output / CHECKPOINTS
-    target = folder / f"step-{step:07d}"
-    if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    staging = folder / f".{target.name}.picli-tmp"
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
-    accelerator.wait_for_everyone()
-    # Pickled state: tied weights (embeddings = head) survive it, safetensors would drop one.
-    accelerator.save_state(str(staging), safe_serialization=False)
-    if accelerator.is_main_process:
-        atomic_write_json(staging / STATE, {"step": step, "tokens": tokens, "settings": settings.recorded()})
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-        for old in sorted(folder.glob("step-*"))[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
 def trim_metrics(path: Path, step: int) -> None:
     """On resume, drop metrics of steps the checkpoint does not contain."""
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+# ---------------------------------------------------------------------------------------
+# The final model
 
 
 def export_model(accelerator, loss_module, model_path: Path, output: Path, settings: TrainSettings, record: dict,
@@ -84,6 +182,8 @@ def export_model(accelerator, loss_module, model_path: Path, output: Path, setti
     source's dual-schema config.json (written by `picli extend`) is carried verbatim.
     """
     language_model = accelerator.unwrap_model(loss_module).language_model
+    if state_dict is not None:  # gathered from FSDP shards; keys carry the loss module's prefix
+        state_dict = {key.removeprefix("language_model."): value for key, value in state_dict.items()}
     if settings.lora and not settings.keep_adapter:
         language_model = language_model.merge_and_unload()
     staging_parent = output / ".final"
@@ -91,8 +191,6 @@ def export_model(accelerator, loss_module, model_path: Path, output: Path, setti
         shutil.rmtree(staging_parent)
     staging_parent.mkdir()
     with staged_directory(staging_parent / "model") as staging:
-        if state_dict is not None:  # gathered from FSDP shards; keys carry the loss module's prefix
-            state_dict = {key.removeprefix("language_model."): value for key, value in state_dict.items()}
         language_model.save_pretrained(staging, safe_serialization=True, state_dict=state_dict)
         if not (settings.lora and settings.keep_adapter):
             shutil.copyfile(model_path / "config.json", staging / "config.json")
@@ -107,3 +205,4 @@ def export_model(accelerator, loss_module, model_path: Path, output: Path, setti
     for name in os.listdir(staging_parent / "model"):
         os.replace(staging_parent / "model" / name, output / name)
     shutil.rmtree(staging_parent, ignore_errors=True)
+

@@ -1,7 +1,7 @@
 """The pieces of a fine-tune run, each usable and testable alone (finetune.py runs them in a loop):
 
     run = setup(model_path, settings)        # accelerator, data, model (full or LoRA), optimizer
-    loss = train_step(run, step)             # one optimizer step of the step's global batch
+    loss = train_step(run, step)             # one optimizer step of the step's global batch, at its LR
     evaluate(run)                            # held-out loss and a quick passkey
     save(run, output, step, tokens)          # a resumable checkpoint (finetune_output.py)
     export(run, output, record, command)     # the final model and its picli.json
@@ -19,9 +19,9 @@ from typing import Any
 
 from .errors import PicliError
 from .events import Events
-from .finetune_output import ResumePoint, export_model, save_checkpoint
+from .finetune_output import ResumePoint, export_model, load_checkpoint, save_checkpoint
 from .textdata import batch_indices, data_reuse, load_sequences, split_and_order
-from .training import TrainSettings, apply_lora, build_loss_module, mixed_precision, warmup_multiplier
+from .training import TrainSettings, apply_lora, build_loss_module, learning_rate, mixed_precision
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,6 @@ class Run:
     accelerator: Any
     loss_module: Any  # prepared by accelerate (DDP / FSDP wrapped where launched so)
     optimizer: Any
-    scheduler: Any  # the warmup, prepared by accelerate
     trainable: list  # the parameters the optimizer holds, as prepared (FSDP swaps them for shards)
     tokenizer: Any
     sequences: list[list[int]]
@@ -93,14 +92,13 @@ def setup(model_path: Path, settings: TrainSettings, point: ResumePoint | None =
     accumulation = accumulation_steps(settings, accelerator.num_processes)
     events = on_event if accelerator.is_main_process else None
     tokenizer, sequences, train_ids, eval_ids = _load_data(model_path, settings, events)
-    loss_module, optimizer, scheduler, parameters, settings, checkpointing = _load_model(model_path, settings,
-                                                                                         accelerator)
+    loss_module, optimizer, parameters, settings, checkpointing = _load_model(model_path, settings, accelerator)
     # FSDP swaps parameters for sharded ones in prepare; clip what the optimizer now holds.
     trainable = [parameter for parameter in loss_module.parameters() if parameter.requires_grad]
-    run = Run(accelerator, loss_module, optimizer, scheduler, trainable, tokenizer, sequences, train_ids, eval_ids,
-              settings, accumulation, checkpointing, parameters, model_path)
+    run = Run(accelerator, loss_module, optimizer, trainable, tokenizer, sequences, train_ids, eval_ids, settings,
+              accumulation, checkpointing, parameters, model_path)
     if point:
-        accelerator.load_state(str(point.folder))
+        load_checkpoint(accelerator, loss_module, optimizer, point)
         if events:
             events({"kind": "message", "text": f"Resuming from {point.folder.name} (step {point.step})"})
     return run
@@ -149,15 +147,15 @@ def _load_model(model_path: Path, settings: TrainSettings, accelerator):
     cpu_fused = accelerator.device.type == "cpu" and tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0,
                                   **({"fused": True} if cpu_fused else {}))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_multiplier(step, settings.warmup_steps, settings.warmup_start))
-    loss_module, optimizer, scheduler = accelerator.prepare(loss_module, optimizer, scheduler)
-    return loss_module, optimizer, scheduler, parameters, replace(settings, attention=attention), checkpointing
+    # No LR scheduler is prepared: accelerate's wrapper would step it once per process for every
+    # optimizer step (split_batches=False), ending a 20-step warmup after 3 steps on 8 processes.
+    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    return loss_module, optimizer, parameters, replace(settings, attention=attention), checkpointing
 
 
 def train_step(run: Run, step: int) -> float:
     """One optimizer step (0-based `step`): the step's global batch over every process and
-    micro-batch. Returns the batch's mean loss, the same on every process."""
+    micro-batch, at the step's LR. Returns the batch's mean loss, the same on every process."""
     import torch
 
     accelerator, settings = run.accelerator, run.settings
@@ -174,8 +172,9 @@ def train_step(run: Run, step: int) -> float:
         loss_sum += loss.detach()
     if settings.max_grad_norm:
         accelerator.clip_grad_norm_(run.trainable, settings.max_grad_norm)
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(settings, step)
     run.optimizer.step()
-    run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     return accelerator.reduce(loss_sum, reduction="mean").item()
 
@@ -220,7 +219,7 @@ def evaluate(run: Run) -> dict:
 
 
 def save(run: Run, output: Path, step: int, tokens: int) -> None:
-    save_checkpoint(run.accelerator, output, step, tokens, run.settings)
+    save_checkpoint(run.accelerator, run.loss_module, run.optimizer, output, step, tokens, run.settings)
 
 
 def export(run: Run, output: Path, record: dict, command: str) -> None:

@@ -460,7 +460,8 @@ def finetune(
                                                      "keys; needs --eval-every, default 50).")] = False,
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0: only the final "
                                             "model).")] = 100,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in the output directory exactly.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the output directory exactly, from "
+                                         "its own source and data (MODEL, if given, must be that checkpoint).")] = False,
     plan: Annotated[bool, typer.Option("--plan", help="Estimate memory per device (full and LoRA, 1 to 64 devices, "
                                        "DDP and FSDP) from config.json alone, and the schedule; time one step "
                                        "when the weights are here and fit. Trains nothing.")] = False,
@@ -482,8 +483,9 @@ def finetune(
     the Pile (docs/finetune.md shows how to point --data at it).
     Runs unchanged under `accelerate launch` or `torchrun` (DDP, FSDP); --batch-size is
     global and the LR a function of the optimizer step, whatever the number of processes.
-    Checkpoints are atomic; Ctrl-C saves one; --resume continues exactly, on any number of
-    processes. The output keeps the PI config.
+    Checkpoints are atomic; Ctrl-C or SIGTERM saves one after the step under way and exits
+    130 or 143; --resume continues exactly, on any number of processes.
+    The output keeps the PI config.
 
     Weights load from safetensors only, and resume state is picli's own safetensors and
     JSON: picli never unpickles a file, so a checkpoint with only pytorch_model.bin is
@@ -504,7 +506,7 @@ def finetune(
 
       accelerate launch --config_file fsdp.yaml -m picli finetune ./m --data ./books
     """
-    from .finetune import finetune_command
+    from .finetune import SIGNAL_EXIT, finetune_command
     from .training import TrainSettings
 
     settings = TrainSettings(
@@ -515,21 +517,22 @@ def finetune(
         attention=attn, cpu=cpu,
     )
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
-        # On --resume the interrupted run's settings win, except a micro-batch given here: it
-        # changes neither the data nor the step's math, and lowering it is how one gets past an OOM.
-        # (Compared by name: typer vendors its own click, whose enum is not click's.)
-        source = getattr(ctx.get_parameter_source("micro_batch_size"), "name", None)
-        given = {"micro_batch_size"} if source == "COMMANDLINE" else set()
+        # On --resume the run's settings win, except the steps and micro-batch given here
+        # (training.RESUME_MAY_CHANGE). Compared by name: typer vendors its own click.
+        given = {name for name in ("steps", "micro_batch_size")
+                 if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
         result = finetune_command(model, output, settings, resume=resume, plan_only=plan, force=force,
                                   command=" ".join(["picli", *sys.argv[1:]]), on_event=on_event, given=given)
-    if os.environ.get("RANK", "0") != "0":
-        return  # under torchrun / accelerate launch, one report: the main process's
-    if json_output:
-        render.print_json(result)
-    elif plan:
-        render.finetune_plan(result)
-    else:
-        render.finetune_result(result)
+    interrupted = SIGNAL_EXIT.get(result.get("signal"), 0)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch, one report: the main process's
+        if json_output:
+            render.print_json(result)
+        elif plan:
+            render.finetune_plan(result)
+        else:
+            render.finetune_result(result)
+    if interrupted:
+        raise typer.Exit(interrupted)  # 130 / 143: scripts see the interruption; the checkpoint is saved
 
 
 @app.command()

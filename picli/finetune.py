@@ -6,8 +6,8 @@ Read top to bottom, as litgpt's and torchtune's recipes read:
     result = run_finetune(model_path, output, settings)                     # the loop
 
 `run_finetune` runs the pieces of finetune_steps.py (setup, one step, evaluate, save, export)
-with interruption, metrics and resume around them; `finetune_command` resolves MODEL and the
-output, then plans or trains.
+with interruption, metrics and resume around them; `finetune_command` resolves MODEL, the
+output (locked, as extend locks its own) and, for --resume, the run's own source and data.
 
 Defaults are the paper's: AdamW (0.9, 0.95), no weight decay, LR 2e-5 (1e-5 above 30B
 parameters), linear warmup from 10% of the LR over 20 steps (at most a tenth of a short run:
@@ -20,8 +20,8 @@ whatever the number of processes. The loss never materialises full-vocabulary lo
 whole sequence: the head runs on chunks of ~128 MiB of float32 logits (682 positions at a 49k
 vocabulary), each recomputed in backward (activation checkpointing).
 
-Every `save_every` steps (and on Ctrl-C / SIGTERM) a checkpoint is written atomically;
-`--resume` continues exactly.
+Every `save_every` steps (and on Ctrl-C / SIGTERM, after the step under way) a checkpoint is
+written atomically; `--resume` continues exactly, from the run's own source and data.
 """
 
 from __future__ import annotations
@@ -32,17 +32,22 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import PicliError
 from .events import Events
 from .files import atomic_write_json
-from .finetune_output import METRICS, ResumePoint, find_resume_point, latest_checkpoint, trim_metrics
+from .finetune_output import (METRICS, ResumePoint, data_location, find_resume_point, has_checkpoint,
+                              source_fingerprint, trim_metrics)
 from .finetune_steps import Run, eval_loss, evaluate, export, save, setup, train_step
 from .provenance import now
 from .textdata import data_reuse
 from .training import TrainSettings, learning_rate
+
+# The exit status a shell gives a process killed by the signal (128 + its number), which picli
+# returns after saving the checkpoint: scripts see the interruption, and can --resume.
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class TrainResult:
     record: dict = field(default_factory=dict)
     unique_tokens: int | None = None  # distinct training tokens among `tokens`
     epochs: float | None = None  # passes over the training sequences
+    signal: str | None = None  # SIGINT or SIGTERM when interrupted
 
 
 # ---------------------------------------------------------------------------------------
@@ -67,13 +73,15 @@ class TrainResult:
 def resolve_settings(model_path: Path, settings: TrainSettings, point: ResumePoint | None = None,
                      given: frozenset[str] | set[str] = frozenset()) -> TrainSettings:
     """The run's settings, every default filled in: the one resolution both the run and
-    training_args.json see. A resume continues its checkpoint's settings."""
+    training_args.json see. A resume continues its checkpoint's settings and data."""
     from .checkpoint import effective_window, tensor_summary
 
     resolved = settings.resolve(window=settings.seq_len or effective_window(model_path),
                                 parameters=tensor_summary(model_path).parameter_count or 0,
                                 recorded=point.state["settings"] if point else None, given=given)
-    return resolved
+    if point:
+        return replace(resolved, data=point.state["data"]["path"])
+    return replace(resolved, data=data_location(resolved.data)) if resolved.data else resolved
 
 
 # ---------------------------------------------------------------------------------------
@@ -118,7 +126,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, point:
                     saved = completed
                 if verified_at or _agreed_stop(run, stop):
                     break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second Ctrl-C, or one before the handlers were in place
             stop["signal"] = "SIGINT"
         except torch.cuda.OutOfMemoryError as exc:
             raise _out_of_memory(run, completed + 1) from exc
@@ -132,7 +140,7 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, point:
         run.accelerator.wait_for_everyone()
         return TrainResult(str(output), completed, None, True, last_loss, held_out, tokens,
                            time.perf_counter() - started, unique_tokens=reuse["unique_tokens"],
-                           epochs=reuse["epochs"])
+                           epochs=reuse["epochs"], signal=stop["signal"])
     if settings.eval_every is None:
         held_out = eval_loss(run)
     seconds = time.perf_counter() - started
@@ -165,18 +173,25 @@ def _step_metric(run: Run, step: int, loss: float, tokens: int, seconds: float) 
 
 @contextlib.contextmanager
 def _stop_signals():
-    """SIGTERM asks the loop to stop after the step under way (so that several processes stop
-    at the same step); Ctrl-C stops at once, as KeyboardInterrupt."""
+    """SIGTERM and Ctrl-C ask the loop to stop after the step under way (so that several
+    processes stop at the same step); a second Ctrl-C stops at once, as KeyboardInterrupt."""
     stop: dict[str, str | None] = {"signal": None}
 
     def on_term(*_):
         stop["signal"] = stop["signal"] or "SIGTERM"
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    def on_interrupt(*_):
+        if stop["signal"] == "SIGINT":
+            raise KeyboardInterrupt
+        stop["signal"] = "SIGINT"
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term),
+                signal.SIGINT: signal.signal(signal.SIGINT, on_interrupt)}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _agreed_stop(run: Run, stop: dict) -> bool:
@@ -262,52 +277,107 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
                      on_event: Events = None, given: frozenset[str] | set[str] | None = None) -> dict:
     """`given`: the settings named on the command line (default: those that differ from
     TrainSettings' defaults); on --resume those of them that may change without changing the
-    run (training.RESUME_MAY_CHANGE: the micro-batch) win over the checkpoint's."""
-    from .checkpoint import resolve
+    run (training.RESUME_MAY_CHANGE: the steps, the micro-batch) win over the checkpoint's."""
     from .modeling import check_loadable
     from .provenance import check_state_dir, read_record, remember_last
 
     settings.validate()
     if given is None:
         given = {key for key, value in asdict(settings).items() if value != asdict(TrainSettings())[key]}
-    checkpoint = resolve(model, need_weights=not plan_only, on_event=on_event)
-    if checkpoint.kind == "gguf":
-        raise PicliError("finetune trains transformers checkpoints, not GGUF files",
-                         hint="fine-tune the safetensors checkpoint the GGUF was made from")
     if plan_only:
         from .finetune_plan import plan
 
-        return plan(checkpoint.path, settings, on_event)  # config.json is enough
-    check_loadable(checkpoint.path)  # safetensors (never a pickle) and a tokenizer, before any loading
-    read_record(checkpoint.path)  # a broken record fails here, not at export after the training
-    output = Path(output) if output else Path.cwd() / f"{checkpoint.name}-ft"
-    output = output.resolve()
+        return plan(_checkpoint(model, on_event, need_weights=False).path, settings, on_event)
+    check_state_dir()  # the output is remembered there after training: refused now, not then
+    checkpoint = None if resume and model is None and output else _checkpoint(model, on_event)
+    output = Path(output or Path.cwd() / f"{checkpoint.name}-ft").resolve()
     if output.exists() and not output.is_dir():
         raise PicliError(f"the output {output} is a file, not a directory",
                          hint="choose a directory for the fine-tuned model with -o/--output")
-    if output == checkpoint.path or output.is_relative_to(checkpoint.path) or checkpoint.path.is_relative_to(output):
-        raise PicliError("the output overlaps the source checkpoint", hint="choose another -o/--output")
-    check_state_dir()  # the output is remembered there after training: refused now, not then
-    point = find_resume_point(output) if resume else None
-    if resume and point is None:
-        raise PicliError(f"nothing to resume: {output / 'checkpoints'} holds no checkpoint",
-                         hint="start without --resume, or point -o at the interrupted run's output")
-    if not resume:
-        if not settings.data:
-            raise PicliError("no training data given", hint="pass --data FILE|DIR|JSONL|hf:NAME")
-        if output.exists() and any(output.iterdir()) and not force:
-            raise PicliError(f"output {output} already exists",
-                             hint="pass --resume to continue it, --force to train into it, or choose -o")
-    settings = resolve_settings(checkpoint.path, settings, point, given)
-    created = not output.exists()
-    try:
-        result = run_finetune(checkpoint.path, output, settings, point, command=command, on_event=on_event)
-    except BaseException:
-        # A run that fails before its first checkpoint leaves nothing worth keeping (and would
-        # make the retry ask for --force); one with a checkpoint is kept for --resume.
-        if created and latest_checkpoint(output) is None and os.environ.get("RANK", "0") == "0":
-            shutil.rmtree(output, ignore_errors=True)
-        raise
+    with _output_lock(output):
+        point = _resume_point(output, on_event) if resume else None
+        # Without MODEL a resume trains from the run's own source, never from .picli/last.json's.
+        model_path = _resume_source(point, checkpoint if model is not None else None, settings, on_event) \
+            if point else checkpoint.path
+        if model_path == output or output.is_relative_to(model_path) or model_path.is_relative_to(output):
+            raise PicliError("the output overlaps the source checkpoint", hint="choose another -o/--output")
+        check_loadable(model_path)  # safetensors (never a pickle) and a tokenizer, before any loading
+        read_record(model_path)  # a broken record fails here, not at export after the training
+        if not point:
+            if not settings.data:
+                raise PicliError("no training data given", hint="pass --data FILE|DIR|JSONL|hf:NAME")
+            if output.exists() and any(output.iterdir()) and not force:
+                raise PicliError(f"output {output} already exists",
+                                 hint="pass --resume to continue it, --force to train into it, or choose -o")
+        settings = resolve_settings(model_path, settings, point, given)
+        created = not output.exists()
+        try:
+            result = run_finetune(model_path, output, settings, point, command=command, on_event=on_event)
+        except BaseException:
+            # A run that fails before its first checkpoint leaves nothing worth keeping (and would
+            # make the retry ask for --force); one with a checkpoint is kept for --resume.
+            if created and not has_checkpoint(output) and os.environ.get("RANK", "0") == "0":
+                shutil.rmtree(output, ignore_errors=True)
+            raise
     if not result.interrupted:
         remember_last(output, "finetune")
     return asdict(result)
+
+
+def _checkpoint(model: str | None, on_event: Events, need_weights: bool = True):
+    from .checkpoint import resolve
+
+    checkpoint = resolve(model, need_weights=need_weights, on_event=on_event)
+    if checkpoint.kind == "gguf":
+        raise PicliError("finetune trains transformers checkpoints, not GGUF files",
+                         hint="fine-tune the safetensors checkpoint the GGUF was made from")
+    return checkpoint
+
+
+@contextlib.contextmanager
+def _output_lock(output: Path):
+    """One run writes an output at a time (metrics.jsonl of two would interleave). Only the main
+    process locks: under torchrun the others share its output, and die with it if it fails."""
+    from .files import target_lock
+
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with target_lock(output):
+        yield
+
+
+def _resume_point(output: Path, on_event: Events) -> ResumePoint:
+    point = find_resume_point(output)
+    if point is None:
+        raise PicliError(f"nothing to resume: {output / 'checkpoints'} holds no checkpoint",
+                         hint="start without --resume, or point -o at the interrupted run's output")
+    if on_event and os.environ.get("RANK", "0") == "0":
+        for skipped in point.skipped:
+            on_event({"kind": "warning", "text": f"checkpoint {skipped} is damaged: resuming from {point.folder.name}"})
+    return point
+
+
+def _resume_source(point: ResumePoint, checkpoint, settings: TrainSettings, on_event: Events) -> Path:
+    """The checkpoint the run trained from (its record's), or MODEL when MODEL is that same
+    checkpoint (moved or copied); anything else is refused, in one line, with the difference."""
+    recorded = point.state["source"]
+    recorded_path = Path(recorded["path"])
+    if settings.data and data_location(settings.data) != point.state["data"]["path"]:
+        raise PicliError(f"--resume continues the run on its own data ({point.state['data']['path']}); "
+                         f"--data {settings.data} names another", hint="drop --data, or start a new run with --force")
+    path = checkpoint.path if checkpoint else recorded_path
+    if not (path / "config.json").is_file():
+        raise PicliError(f"the run's source {recorded_path} no longer exists",
+                         hint="if it moved, pass it as MODEL (it must be the same checkpoint)")
+    if source_fingerprint(path) != recorded["fingerprint"]:
+        if path == recorded_path:
+            raise PicliError(f"the run's source {path} changed since the run started (config.json or weights differ)",
+                             hint="restore it, or start a new run (-o elsewhere, or --force)")
+        raise PicliError(f"the run in this output was trained from {recorded_path}, not {path} (config.json or "
+                         "weights differ)", hint="omit MODEL to resume from the run's own source")
+    if path != recorded_path and on_event:
+        on_event({"kind": "message",
+                  "text": f"{path} is the run's source (same config and weights as {recorded_path})"})
+    return path

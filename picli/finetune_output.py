@@ -5,20 +5,25 @@ A checkpoint (`OUTPUT/checkpoints/step-NNNNNNN/`) is picli's own, with no pickle
     trainable.safetensors    the trainable weights, full (gathered from every process)
     optimizer.safetensors    AdamW's state per weight: `NAME:exp_avg`, `NAME:exp_avg_sq`, `NAME:step`
     rng-R.safetensors        torch's RNG states of process R (`cpu`, `cuda:I`)
-    trainer_state.json       the step, the tokens, the settings that fix the run, each file's size
+    trainer_state.json       the step, the tokens, the settings that fix the run, where its
+                             source and data came from (absolute paths, fingerprints), each
+                             file's size
 
 The LR schedule has no state: it is a function of the step (training.learning_rate), as is
 the batch order (textdata.batch_indices), so the step fixes both. States are kept full, not
 sharded, so a run saved on N processes resumes on any number. Checkpoints and the export are
-built in a staging directory and renamed, so an interruption never leaves half of one behind.
+built in a staging directory and renamed, so an interruption never leaves half of one behind;
+a checkpoint that is damaged anyway (a disk filled, a file deleted) is skipped for the one
+before it, saying so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PicliError
@@ -32,16 +37,17 @@ STATE = "trainer_state.json"
 TRAINABLE = "trainable.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 FORMAT = "picli-checkpoint/1"
-KEPT = 2  # newest checkpoints kept
+KEPT = 2  # newest checkpoints kept: the one before the newest is the fallback when the newest is damaged
 # Optimizer state names are weight names (dots, no colon) joined to the state's name by ':'.
 SEPARATOR = ":"
 
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """The checkpoint a resume continues from, and its trainer_state.json (read once)."""
+    """The checkpoint a resume continues from, and the newer ones it had to pass over."""
     folder: Path
     state: dict
+    skipped: list[str] = field(default_factory=list)  # "step-N (why)", newest first
 
     @property
     def step(self) -> int:
@@ -49,11 +55,52 @@ class ResumePoint:
 
 
 # ---------------------------------------------------------------------------------------
+# What a run was trained from: the source and the data, recorded so that a resume can check them
+
+
+def source_fingerprint(model_path: Path) -> str:
+    """config.json and every weight file's name, size and safetensors header: what makes the
+    checkpoint this model (a re-extended copy differs in config.json, a re-trained one in its
+    headers or sizes), read in milliseconds where hashing the weights would take minutes."""
+    from .checkpoint import safetensors_header, weight_files
+
+    digest = hashlib.sha256((model_path / "config.json").read_bytes())
+    for weight_file in weight_files(model_path):
+        digest.update(f"\0{weight_file.relative_to(model_path)}\0{weight_file.stat().st_size}\0".encode())
+        if weight_file.suffix == ".safetensors":
+            digest.update(json.dumps(safetensors_header(weight_file), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def data_location(spec: str) -> str:
+    """The data as a resume must find it: a local path made absolute (a relative one would name
+    another file from another folder), a Hub dataset as given."""
+    return spec if spec.startswith("hf:") else str(Path(spec).expanduser().resolve())
+
+
+def run_identity(model_path: Path, data: str, sequences_fingerprint: str, sequence_count: int) -> dict:
+    return {"source": {"path": str(model_path.resolve()), "fingerprint": source_fingerprint(model_path)},
+            "data": {"path": data_location(data), "fingerprint": sequences_fingerprint, "sequences": sequence_count}}
+
+
+def check_same_data(point: ResumePoint, identity: dict) -> None:
+    """A resume trains on the sequences the run started with, or stops: a file changed or
+    swapped under the same name would otherwise pass for an exact continuation."""
+    recorded, now_data = point.state["data"], identity["data"]
+    if recorded.get("fingerprint") != now_data["fingerprint"]:
+        counts = f"{recorded.get('sequences')} sequences then, {now_data['sequences']} now"
+        raise PicliError(f"the run's data {recorded.get('path')} no longer gives the sequences it trained on "
+                         f"({counts}): it changed since the run started",
+                         hint="restore the data, or start a new run (-o elsewhere, or --force)")
+
+
+
+# ---------------------------------------------------------------------------------------
 # Saving and finding checkpoints
 
 
 def save_checkpoint(accelerator, loss_module, optimizer, output: Path, step: int, tokens: int,
-                    settings: TrainSettings) -> None:
+                    settings: TrainSettings, identity: dict) -> None:
     """Atomic: built in a staging directory and renamed; older checkpoints are pruned after.
 
     Every process takes part (gathering sharded weights and optimizer state is a collective);
@@ -85,7 +132,7 @@ def save_checkpoint(accelerator, loss_module, optimizer, output: Path, step: int
         files = {path.name: path.stat().st_size for path in staging.iterdir()}
         atomic_write_json(staging / STATE, {"format": FORMAT, "step": step, "tokens": tokens,
                                             "processes": accelerator.num_processes, "settings": settings.recorded(),
-                                            "files": files})
+                                            **identity, "files": files})
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -151,15 +198,62 @@ def load_checkpoint(accelerator, loss_module, optimizer, point: ResumePoint) -> 
                     torch.cuda.set_rng_state(rng[f"cuda:{index}"], index)
 
 
-def latest_checkpoint(output: Path) -> Path | None:
+def has_checkpoint(output: Path) -> bool:
     folder = output / CHECKPOINTS
-    candidates = sorted(folder.glob("step-*")) if folder.is_dir() else []
-    return candidates[-1] if candidates else None
+    return folder.is_dir() and any(folder.glob("step-*"))
 
 
 def find_resume_point(output: Path) -> ResumePoint | None:
-    folder = latest_checkpoint(output)
-    return ResumePoint(folder, json.loads((folder / STATE).read_text())) if folder else None
+    """The newest intact checkpoint; damaged newer ones are passed over and named."""
+    folder = output / CHECKPOINTS
+    candidates = sorted(folder.glob("step-*"), reverse=True) if folder.is_dir() else []
+    skipped = []
+    for candidate in candidates:
+        state, damage = read_checkpoint(candidate)
+        if state is not None:
+            return ResumePoint(candidate, state, skipped)
+        skipped.append(f"{candidate.name} ({damage})")
+    if skipped:
+        raise PicliError(f"no intact checkpoint to resume in {folder}: {'; '.join(skipped)}",
+                         hint="start the run again with --force, or restore the checkpoint files")
+    return None
+
+
+def read_checkpoint(folder: Path) -> tuple[dict | None, str]:
+    """(trainer_state.json, "") for an intact checkpoint, else (None, what is wrong with it)."""
+    from .checkpoint import safetensors_header
+    from .errors import NotACheckpoint
+
+    if (folder / "pytorch_model.bin").exists() or (folder / "optimizer.bin").exists():
+        return None, ("written by an earlier picli in accelerate's pickled format, which picli no longer loads "
+                      "(it never unpickles a file)")
+    try:
+        state = json.loads((folder / STATE).read_text())
+    except FileNotFoundError:
+        return None, f"no {STATE}"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
+        return None, f"{STATE} is unreadable: {' '.join(str(exc).split())[:100]}"
+    fields = {"format": str, "step": int, "tokens": int, "settings": dict, "source": dict, "data": dict,
+              "files": dict}
+    wrong = [name for name, kind in fields.items() if not isinstance(state.get(name) if isinstance(state, dict)
+                                                                      else None, kind)]
+    if wrong:
+        return None, f"{STATE} lacks {', '.join(wrong)}"
+    if state["format"] != FORMAT:
+        return None, f"{STATE} has format {state['format']!r}, not {FORMAT!r}"
+    for name, size in state["files"].items():
+        path = folder / str(name)
+        if not path.is_file():
+            return None, f"{name} is missing"
+        if path.stat().st_size != size:
+            return None, f"{name} has {path.stat().st_size} bytes where {size} were written"
+        try:
+            safetensors_header(path)
+        except NotACheckpoint as exc:
+            return None, exc.message
+    if TRAINABLE not in state["files"] or OPTIMIZER not in state["files"]:
+        return None, f"{STATE} lists no {TRAINABLE} or {OPTIMIZER}"
+    return state, ""
 
 
 def trim_metrics(path: Path, step: int) -> None:

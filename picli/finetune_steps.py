@@ -19,8 +19,9 @@ from typing import Any
 
 from .errors import PicliError
 from .events import Events
-from .finetune_output import ResumePoint, export_model, load_checkpoint, save_checkpoint
-from .textdata import batch_indices, data_reuse, load_sequences, split_and_order
+from .finetune_output import (ResumePoint, check_same_data, export_model, load_checkpoint, run_identity,
+                              save_checkpoint)
+from .textdata import batch_indices, data_reuse, load_sequences, sequences_fingerprint, split_and_order
 from .training import TrainSettings, apply_lora, build_loss_module, learning_rate, mixed_precision
 
 
@@ -39,6 +40,7 @@ class Run:
     accumulation: int
     checkpointing: bool
     parameters: int
+    identity: dict  # the source and data, as checkpoints record them
     model_path: Path
 
     @property
@@ -91,12 +93,12 @@ def setup(model_path: Path, settings: TrainSettings, point: ResumePoint | None =
     check_sharding(settings, accelerator.distributed_type.name == "FSDP")
     accumulation = accumulation_steps(settings, accelerator.num_processes)
     events = on_event if accelerator.is_main_process else None
-    tokenizer, sequences, train_ids, eval_ids = _load_data(model_path, settings, events)
+    tokenizer, sequences, train_ids, eval_ids, identity = _load_data(model_path, settings, point, events)
     loss_module, optimizer, parameters, settings, checkpointing = _load_model(model_path, settings, accelerator)
     # FSDP swaps parameters for sharded ones in prepare; clip what the optimizer now holds.
     trainable = [parameter for parameter in loss_module.parameters() if parameter.requires_grad]
     run = Run(accelerator, loss_module, optimizer, trainable, tokenizer, sequences, train_ids, eval_ids, settings,
-              accumulation, checkpointing, parameters, model_path)
+              accumulation, checkpointing, parameters, identity, model_path)
     if point:
         load_checkpoint(accelerator, loss_module, optimizer, point)
         if events:
@@ -104,11 +106,14 @@ def setup(model_path: Path, settings: TrainSettings, point: ResumePoint | None =
     return run
 
 
-def _load_data(model_path: Path, settings: TrainSettings, events: Events):
+def _load_data(model_path: Path, settings: TrainSettings, point: ResumePoint | None, events: Events):
     from .modeling import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     sequences = load_sequences(tokenizer, settings.data, settings.text_field, settings.seq_len, events)
+    identity = run_identity(model_path, settings.data, sequences_fingerprint(sequences), len(sequences))
+    if point:
+        check_same_data(point, identity)
     train_ids, eval_ids = split_and_order(len(sequences), settings.seed, settings.eval_fraction)
     planned = data_reuse(len(train_ids), settings.steps, settings.batch_size, settings.seq_len)
     if events and planned["epochs"] > 1:
@@ -117,7 +122,7 @@ def _load_data(model_path: Path, settings: TrainSettings, events: Events):
                 f"{settings.seq_len} tokens ({planned['unique_tokens']:,} tokens); {settings.steps} steps x batch "
                 f"{settings.batch_size} need {settings.steps * settings.batch_size}, so picli cycles through it "
                 f"{planned['epochs']:.2f} times. Repeats are not new data: the record counts unique tokens and epochs"})
-    return tokenizer, sequences, train_ids, eval_ids
+    return tokenizer, sequences, train_ids, eval_ids, identity
 
 
 def _load_model(model_path: Path, settings: TrainSettings, accelerator):
@@ -219,7 +224,7 @@ def evaluate(run: Run) -> dict:
 
 
 def save(run: Run, output: Path, step: int, tokens: int) -> None:
-    save_checkpoint(run.accelerator, run.loss_module, run.optimizer, output, step, tokens, run.settings)
+    save_checkpoint(run.accelerator, run.loss_module, run.optimizer, output, step, tokens, run.settings, run.identity)
 
 
 def export(run: Run, output: Path, record: dict, command: str) -> None:

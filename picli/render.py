@@ -551,9 +551,10 @@ def finetune_plan(plan: dict) -> None:
 def finetune_result(result: dict) -> None:
     console = out()
     if result["interrupted"]:
-        console.print(f"[yellow]Interrupted[/] after step {result['steps_done']}; checkpoint saved in "
-                      f"{escape(result['output'])}/checkpoints. Continue with: picli finetune --resume -o "
-                      f"{escape(result['output'])}")
+        by = f" by {result['signal']}" if result.get("signal") else ""
+        console.print(f"[yellow]Interrupted[/]{by} after step {result['steps_done']}; checkpoint saved in "
+                      f"{escape(result['output'])}/checkpoints. Continue with: picli finetune -o "
+                      f"{escape(result['output'])} --resume")
         return
     eval_text = f", eval loss {result['eval_loss']:.4f}" if result.get("eval_loss") is not None else ""
     early = (f"; stopped at step {result['stopped_early_at']}: passkey retrieved at every depth tested by the "

@@ -112,11 +112,13 @@ class TrainSettings:
 
 DEFAULT_EVAL_EVERY = 50  # with --stop-when-verified and no --eval-every
 # What fixes a run's data, order and arithmetic: a resume takes these from the checkpoint.
-RECORDED = ("seed", "batch_size", "micro_batch_size", "seq_len", "lr", "warmup_steps", "warmup_start", "lora",
-            "lora_rank", "lora_alpha", "data", "text_field", "eval_fraction")
-# Given on a resume's command line, these win: a smaller micro-batch changes neither the data
-# nor the step's math (it is how one gets past an out-of-memory stop).
-RESUME_MAY_CHANGE = ("micro_batch_size",)
+RECORDED = ("steps", "seed", "batch_size", "micro_batch_size", "seq_len", "lr", "warmup_steps", "warmup_start", "lora",
+            "lora_rank", "lora_alpha", "keep_adapter", "data", "text_field", "eval_fraction", "dtype",
+            "max_grad_norm")
+# Given on a resume's command line, these win: more steps continue the same run (batch order
+# and LR are functions of the step), and a smaller micro-batch changes neither the data nor the
+# step's math (it is how one gets past an out-of-memory stop).
+RESUME_MAY_CHANGE = ("steps", "micro_batch_size")
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,13 +1,15 @@
 """`picli finetune` on a tiny Llama: data packing, the recipe's schedule, the loop's seams (setup,
-one step), exact resume from picli's own pickle-free checkpoints, the PI config surviving
-training, LoRA merge, the plan from config.json alone, 2 processes == 1 process (DDP and FSDP
-on CPU), and clean errors."""
+one step), exact resume from picli's own pickle-free checkpoints and the run's own source and
+data, the PI config surviving training, LoRA merge, the plan from config.json alone, 2
+processes == 1 process (DDP and FSDP on CPU), interruption, and clean errors."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ from picli import finetune, finetune_plan, finetune_steps, textdata, training
 from picli.cli import app
 from picli.passkey import FILLER, KEY_LINE, QUESTION, TASK
 from tests.conftest import tree_hash
-from tests.helpers import ROOT, load_benchmark
+from tests.helpers import ROOT, assert_clean_error, load_benchmark
 
 runner = CliRunner()
 EXAMPLES = ROOT / "examples"
@@ -46,6 +48,12 @@ def extended(tiny_model_dir, tmp_path_factory) -> Path:
     return extend(tiny_model_dir, 1024, tmp_path_factory.mktemp("ext") / "tiny-1k")
 
 
+@pytest.fixture(scope="module")
+def other_model(tiny_model_dir, tmp_path_factory) -> Path:
+    """Another checkpoint of the same weights with other RoPE: what must never be mistaken for `extended`."""
+    return extend(tiny_model_dir, 2048, tmp_path_factory.mktemp("ext2") / "tiny-2k")
+
+
 RECIPE = ["--seq-len", "128", "--batch-size", "4", "--micro-batch-size", "2", "--lr", "1e-3", "--cpu", "--json"]
 
 
@@ -54,8 +62,8 @@ def train(model: Path, output: Path, *extra: str):
                                *extra[1:]])
 
 
-def resume(model: Path, output: Path, *extra: str):
-    return runner.invoke(app, ["finetune", str(model), "-o", str(output), "--resume", "--cpu", "--json", *extra])
+def resume(output: Path, *extra: str):
+    return runner.invoke(app, ["finetune", "-o", str(output), "--resume", "--cpu", "--json", *extra])
 
 
 def metrics(output: Path) -> list[dict]:
@@ -102,6 +110,12 @@ def test_batches_are_a_function_of_the_step():
     assert textdata.batch_indices(train_ids, 2, 8) == [train_ids[(16 + i) % 95] for i in range(8)]
 
 
+def test_sequences_fingerprint_changes_with_any_token():
+    assert textdata.sequences_fingerprint([[1, 2], [3, 4]]) == textdata.sequences_fingerprint([[1, 2], [3, 4]])
+    assert textdata.sequences_fingerprint([[1, 2], [3, 4]]) != textdata.sequences_fingerprint([[1, 2], [3, 5]])
+    assert textdata.sequences_fingerprint([[1, 2], [3, 4]]) != textdata.sequences_fingerprint([[1, 2, 3, 4]])
+
+
 def test_paper_warmup_schedule():
     assert training.warmup_multiplier(0, 20, 0.1) == pytest.approx(0.1)
     assert training.warmup_multiplier(10, 20, 0.1) == pytest.approx(0.55)
@@ -134,14 +148,14 @@ def test_settings_resolve_once_and_the_library_default_is_the_cli_default():
     assert cli_defaults["warmup_steps"] is None and training.TrainSettings().warmup_steps is None
 
 
-def test_resume_keeps_the_recorded_settings_except_the_micro_batch():
+def test_resume_keeps_the_recorded_settings_except_steps_and_micro_batch():
     recorded = training.TrainSettings(steps=10, seq_len=128, batch_size=4, lr=1e-3, warmup_steps=1,
-                                      data="data/").recorded()
+                                      data="/abs/data").recorded()
     asked = training.TrainSettings(steps=20, seq_len=256, lr=5.0, micro_batch_size=1)
-    resumed = asked.resolve(window=1024, parameters=1, recorded=recorded, given={"micro_batch_size"})
+    resumed = asked.resolve(window=1024, parameters=1, recorded=recorded, given={"steps", "micro_batch_size"})
     assert (resumed.steps, resumed.micro_batch_size) == (20, 1)
-    assert (resumed.seq_len, resumed.lr, resumed.warmup_steps, resumed.data) == (128, 1e-3, 1, "data/")
-    assert asked.resolve(window=1024, parameters=1, recorded=recorded).micro_batch_size == 1  # not given: the run's
+    assert (resumed.seq_len, resumed.lr, resumed.warmup_steps, resumed.data) == (128, 1e-3, 1, "/abs/data")
+    assert asked.resolve(window=1024, parameters=1, recorded=recorded).steps == 10  # not given: the run's own
 
 
 def test_default_global_batch_follows_the_papers_target_window():
@@ -247,7 +261,7 @@ def test_finetune_keeps_pi_config_and_records_training(extended, corpus, workdir
     result = train(extended, output, str(corpus), "--steps", "3", "--warmup-steps", "2")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["steps_done"] == 3 and report["interrupted"] is False
+    assert report["steps_done"] == 3 and report["interrupted"] is False and report["signal"] is None
     config = json.loads((output / "config.json").read_text())
     assert config == json.loads((extended / "config.json").read_text())  # both schemas, untouched
     steps = metrics(output)
@@ -258,6 +272,7 @@ def test_finetune_keeps_pi_config_and_records_training(extended, corpus, workdir
     assert record["rope"]["factor"] == 2.0 and record["finetune"]["steps"] == 3
     assert record["finetune"]["tokens"] == 3 * 4 * 128 and record["finetune"]["distributed"] == "NO"
     assert record["finetune"]["final_loss"] == pytest.approx(steps[-1]["loss"])
+    assert record["finetune"]["data"] == str(corpus.resolve())  # absolute: a resume elsewhere finds the same data
     # 12 sequences read from a corpus of more: no repeats, so every token trained is unique.
     train_sequences = record["finetune"]["train_sequences"]
     assert train_sequences > 12 and record["finetune"]["unique_tokens"] == 3 * 4 * 128
@@ -377,10 +392,12 @@ def test_resume_equals_uninterrupted(extended, corpus, workdir, resume_args):
     resumed = workdir / "resumed"
     result = finetune.finetune_command(str(extended), resumed, settings_for(corpus, steps=5),
                                        on_event=stop_at(3, raise_interrupt))
-    assert result["interrupted"] is True and result["steps_done"] == 3
+    assert result["interrupted"] is True and result["signal"] == "SIGINT" and result["steps_done"] == 3
     assert (resumed / "checkpoints" / "step-0000003").is_dir() and not (resumed / "model.safetensors").exists()
-    result = resume(extended, resumed, "--steps", "5", *resume_args)
+    result = runner.invoke(app, ["finetune", str(extended), "-o", str(resumed), "--resume", "--cpu", "--json",
+                                 *resume_args])
     assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["steps_done"] == 5  # the run's own 5 steps: --steps was not given
     micro = json.loads((resumed / "training_args.json").read_text())["micro_batch_size"]
     if not resume_args:
         assert micro == 2  # the interrupted run's settings, not the CLI default of 1
@@ -390,6 +407,26 @@ def test_resume_equals_uninterrupted(extended, corpus, workdir, resume_args):
         # the same data and math, summed in another order.
         assert micro == 1
         assert losses(resumed) == pytest.approx(losses(straight), rel=1e-5)
+
+
+@pytest.mark.parametrize("signal_number, name", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")])
+def test_a_signal_stops_after_the_step_under_way_and_saves_it(extended, corpus, workdir, signal_number, name,
+                                                             capsys):
+    """The signal arrives during step 2 (as its report is made): step 2 completes and is saved,
+    nothing after it runs, and the result names the signal (the CLI exits 130 / 143 with it)."""
+    from picli import render
+
+    output = workdir / "signalled"
+    result = finetune.finetune_command(str(extended), output, settings_for(corpus, steps=6),
+                                       on_event=stop_at(2, lambda: os.kill(os.getpid(), signal_number)))
+    assert result["interrupted"] is True and result["signal"] == name and result["steps_done"] == 2
+    assert [metric["step"] for metric in metrics(output)] == [1, 2]
+    assert (output / "checkpoints" / "step-0000002").is_dir()
+    assert finetune.SIGNAL_EXIT[name] == {"SIGINT": 130, "SIGTERM": 143}[name]
+    render.finetune_result(result)
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"Interrupted by {name} after step 2" in said
+    assert f"Continue with: picli finetune -o {output} --resume" in said
 
 
 def test_lora_resume_equals_uninterrupted(extended, corpus, workdir):
@@ -405,7 +442,7 @@ def test_lora_resume_equals_uninterrupted(extended, corpus, workdir):
         saved = set(handle.keys())
     assert any("lora_A" in name for name in saved) and not any(name.endswith("q_proj.base_layer.weight")
                                                                for name in saved)
-    result = resume(extended, output, "--steps", "3")
+    result = resume(output, "--steps", "3")
     assert result.exit_code == 0, result.stderr
     assert losses(output) == losses(straight)
 
@@ -427,22 +464,137 @@ def test_checkpoints_are_safetensors_and_json_and_resume_never_unpickles(extende
     monkeypatch.setattr(torch, "load", refuse)
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
-    result = resume(extended, output, "--steps", "3")
+    result = resume(output, "--steps", "3")
     assert result.exit_code == 0, result.stderr
     assert [metric["step"] for metric in metrics(output)] == [1, 2, 3]
 
 
 def test_rounds_keep_the_first_runs_schedule(extended, corpus, workdir):
-    """--steps 10 resolves a warmup of 1; --resume --steps 20 continues it (a fresh 20-step run would warm up over 2)."""
+    """--steps 10 resolves a warmup of 1; --resume --steps 20 keeps it (--steps 20 from the start would give 2)."""
     output = workdir / "rounds"
     common = ["--seq-len", "64", "--batch-size", "2", "--micro-batch-size", "2", "--lr", "1e-3", "--cpu", "--json"]
     first = runner.invoke(app, ["finetune", str(extended), "--data", str(corpus), "-o", str(output), "--steps", "10",
                                 "--save-every", "10", *common])
     assert first.exit_code == 0, first.stderr
-    second = resume(extended, output, "--steps", "12")
+    second = resume(output, "--steps", "20")
     assert second.exit_code == 0, second.stderr
-    assert [metric["lr"] for metric in metrics(output)] == pytest.approx([1e-4] + [1e-3] * 11)
+    assert [metric["lr"] for metric in metrics(output)] == pytest.approx([1e-4] + [1e-3] * 19)
     assert json.loads((output / "picli.json").read_text())["finetune"]["warmup_steps"] == 1
+
+
+def test_resume_without_model_trains_from_the_runs_own_source(extended, other_model, corpus, workdir):
+    """Not from .picli/last.json, which another command may have pointed elsewhere since."""
+    output = workdir / "own-source"
+    assert train(extended, output, str(corpus), "--steps", "2", "--save-every", "2").exit_code == 0
+    extend(other_model, 4096, workdir / "elsewhere")
+    assert json.loads((workdir / ".picli" / "last.json").read_text())["path"] == str(workdir / "elsewhere")
+    result = resume(output, "--steps", "3")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((output / "config.json").read_text()) == json.loads((extended / "config.json").read_text())
+
+
+def test_resume_refuses_another_model_and_accepts_a_moved_copy(extended, other_model, corpus, workdir):
+    output = workdir / "checked-source"
+    assert train(extended, output, str(corpus), "--steps", "2", "--save-every", "2").exit_code == 0
+    result = runner.invoke(app, ["finetune", str(other_model), "-o", str(output), "--resume", "--steps", "3",
+                                 "--cpu"])
+    assert_clean_error(result, f"was trained from {extended}, not {other_model}")
+    assert [metric["step"] for metric in metrics(output)] == [1, 2]  # nothing trained
+    copy = Path(shutil.copytree(extended, workdir / "moved-copy"))
+    result = runner.invoke(app, ["finetune", str(copy), "-o", str(output), "--resume", "--steps", "3", "--cpu",
+                                 "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert "is the run's source" in result.stderr
+
+
+def test_resume_from_another_folder_trains_on_the_runs_data(extended, corpus, tmp_path, workdir, monkeypatch):
+    """The data path is recorded absolute: a relative --data resumed elsewhere must not name another file."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    for folder in (here, elsewhere):
+        folder.mkdir()
+    shutil.copytree(corpus, here / "data")
+    (elsewhere / "data").mkdir()
+    (elsewhere / "data" / "other.txt").write_text(" ".join(["the quick brown fox"] * 400))
+    monkeypatch.chdir(here)
+    output = tmp_path / "run"
+    assert train(extended, output, "data", "--steps", "2", "--save-every", "2").exit_code == 0
+    straight = tmp_path / "straight"
+    assert train(extended, straight, str(corpus), "--steps", "3").exit_code == 0
+    monkeypatch.chdir(elsewhere)
+    result = resume(output, "--steps", "3")
+    assert result.exit_code == 0, result.stderr
+    assert losses(output) == losses(straight)  # the run's own data, not ./data of this folder
+    assert json.loads((output / "training_args.json").read_text())["data"] == str(here / "data")
+
+
+def test_resume_refuses_changed_data_and_another_data_option(extended, corpus, tmp_path, workdir):
+    data = Path(shutil.copytree(corpus, tmp_path / "data"))
+    output = workdir / "changing"
+    assert train(extended, output, str(data), "--steps", "2", "--save-every", "2").exit_code == 0
+    result = resume(output, "--steps", "3", "--data", str(corpus))
+    assert_clean_error(result, f"--resume continues the run on its own data ({data})")
+    (data / "doc0.txt").write_text((data / "doc0.txt").read_text() + " " + FILLER * 20)
+    result = resume(output, "--steps", "3")
+    # Known only once the data is tokenized (the "Tokenizing" line comes first), before any weight loads.
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and f"the run's data {data} no longer gives the sequences it trained on" in " ".join(
+        result.stderr.split())
+    assert [metric["step"] for metric in metrics(output)] == [1, 2]  # nothing trained
+
+
+def test_two_runs_into_one_output_are_refused(extended, corpus, workdir):
+    """A second finetune into an output a live run is writing would interleave its metrics."""
+    output = workdir / "locked"
+    lock_path = workdir / f".{output.name}.picli-lock"
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running picli holds
+        result = train(extended, output, str(corpus), "--steps", "1")
+        assert_clean_error(result, f"another picli run is writing {output}")
+        result = resume(output)
+        assert_clean_error(result, f"another picli run is writing {output}")
+    finally:
+        os.close(descriptor)
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("damage, said", [
+    ("truncate", "trainable.safetensors has"),
+    ("delete", "optimizer.safetensors is missing"),
+    ("corrupt", "trainer_state.json is unreadable"),
+])
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(extended, corpus, workdir, damage, said):
+    output = workdir / f"damaged-{damage}"
+    straight = workdir / f"straight-{damage}"
+    assert train(extended, straight, str(corpus), "--steps", "5").exit_code == 0
+    assert train(extended, output, str(corpus), "--steps", "4", "--save-every", "2").exit_code == 0
+    newest = output / "checkpoints" / "step-0000004"
+    if damage == "truncate":
+        path = newest / "trainable.safetensors"
+        path.write_bytes(path.read_bytes()[:-100])
+    elif damage == "delete":
+        (newest / "optimizer.safetensors").unlink()
+    else:
+        (newest / "trainer_state.json").write_text('{"step": 4, "tok')
+    result = resume(output, "--steps", "5")
+    assert result.exit_code == 0, result.stderr
+    assert "checkpoint step-0000004" in result.stderr and said in result.stderr
+    assert "resuming from step-0000002" in " ".join(result.stderr.split())
+    assert losses(output) == losses(straight)  # steps 3 and 4 trained again from step 2's state
+
+
+def test_no_intact_checkpoint_and_the_old_pickled_format_are_one_line(extended, corpus, workdir):
+    output = workdir / "all-damaged"
+    assert train(extended, output, str(corpus), "--steps", "2", "--save-every", "2").exit_code == 0
+    (output / "checkpoints" / "step-0000002" / "trainer_state.json").write_text("not json")
+    assert_clean_error(resume(output, "--steps", "3"), "no intact checkpoint to resume")
+    old = output / "checkpoints" / "step-0000002"
+    shutil.rmtree(old)
+    old.mkdir()
+    (old / "pytorch_model.bin").write_bytes(b"\x80\x04 pickled by accelerate")
+    (old / "trainer_state.json").write_text(json.dumps({"step": 2, "tokens": 1024, "settings": {}}))
+    assert_clean_error(resume(output, "--steps", "3"), "accelerate's pickled format")
 
 
 def test_out_of_memory_gives_the_estimate_and_leaves_nothing(extended, corpus, workdir):
@@ -572,8 +724,9 @@ DISTRIBUTED = ["--seq-len", "64", "--batch-size", "4", "--micro-batch-size", "1"
 SINGLE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def launch(prefix: list[str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, *args], capture_output=True, text=True, env=SINGLE_THREAD, timeout=600)
+def launch(prefix: list[str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """In `cwd`, so that the .picli/last.json a finished run leaves is not written into the checkout."""
+    return subprocess.run([*prefix, *args], capture_output=True, text=True, env=SINGLE_THREAD, timeout=600, cwd=cwd)
 
 
 def picli_module() -> list[str]:
@@ -590,7 +743,7 @@ def one_process(extended, corpus, tmp_path_factory) -> Path:
     """The reference: 5 steps (3 of warmup) on one process."""
     output = tmp_path_factory.mktemp("one") / "out"
     single = launch(picli_module(), "finetune", str(extended), "--data", str(corpus), *DISTRIBUTED, "--steps", "5",
-                    "-o", str(output))
+                    "-o", str(output), cwd=output.parent)
     assert single.returncode == 0, single.stderr
     return output
 
@@ -620,7 +773,7 @@ def test_two_processes_equal_one(extended, corpus, one_process, tmp_path, launch
         # and picli's --cpu makes them train on CPU over gloo.
         prefix = accelerate("ddp.yaml", 29534, ["-m", "picli"])
     double = launch(prefix, "finetune", str(extended), "--data", str(corpus), *DISTRIBUTED, "--steps", "5",
-                    "--save-every", "3", "-o", str(tmp_path / "two"))
+                    "--save-every", "3", "-o", str(tmp_path / "two"), cwd=tmp_path)
     assert double.returncode == 0, double.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())[
         "processes"] == 2
@@ -638,12 +791,11 @@ def test_fsdp_on_two_cpu_processes_equals_one_and_resumes_on_two_or_one(extended
     sharded = accelerate("fsdp.yaml", 29535, [str(ROOT / "tests" / "fsdp_on_cpu.py")])
     first = tmp_path / "fsdp"
     started = launch(sharded, "finetune", str(extended), "--data", str(corpus), *DISTRIBUTED, "--steps", "3",
-                     "--save-every", "3", "-o", str(first))
+                     "--save-every", "3", "-o", str(first), cwd=tmp_path)
     assert started.returncode == 0, started.stderr[-3000:]
     assert json.loads((first / "training_args.json").read_text())["distributed"] == "FSDP"
     alone = Path(shutil.copytree(first, tmp_path / "fsdp-then-one"))
-    resumed = launch(sharded, "finetune", str(extended), "-o", str(first), "--resume", "--steps", "5", "--cpu",
-                     "--json")
+    resumed = launch(sharded, "finetune", "-o", str(first), "--resume", "--steps", "5", "--cpu", "--json", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((first / "picli.json").read_text())["finetune"]["distributed"] == "FSDP"
     assert_same_run(first, one_process)
@@ -651,35 +803,37 @@ def test_fsdp_on_two_cpu_processes_equals_one_and_resumes_on_two_or_one(extended
 
     exported = load_file(str(first / "model.safetensors"))
     assert "model.layers.1.mlp.down_proj.weight" in exported  # the gathered weights, full names
-    single = launch(picli_module(), "finetune", str(extended), "-o", str(alone), "--resume", "--steps", "5", "--cpu",
-                    "--json")
+    single = launch(picli_module(), "finetune", "-o", str(alone), "--resume", "--steps", "5", "--cpu", "--json",
+                    cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
     assert json.loads((alone / "picli.json").read_text())["finetune"]["processes"] == 1
     assert_same_run(alone, one_process)
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_then_resume_finishes(extended, corpus, tmp_path):
-    import signal
+@pytest.mark.parametrize("signal_number, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_exits_nonzero_after_saving_and_resume_finishes(extended, corpus, tmp_path, signal_number, status):
     import time
 
     output = tmp_path / "term"
-    command = [sys.executable, "-m", "picli", "finetune", str(extended), "--data", str(corpus), "--seq-len", "128",
+    command = [*picli_module(), "finetune", str(extended), "--data", str(corpus), "--seq-len", "128",
                "--batch-size", "4", "--steps", "500", "--cpu", "--json", "-o", str(output)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     deadline = time.time() + 240
     while time.time() < deadline and not ((output / "metrics.jsonl").exists()
                                           and (output / "metrics.jsonl").read_text().count("\n") >= 2):
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal_number)
     stdout, stderr = process.communicate(timeout=240)
-    assert process.returncode == 0, stderr[-2000:]
+    assert process.returncode == status, stderr[-2000:]  # scripts see the interruption
     report = json.loads(stdout)
     assert report["interrupted"] is True and 2 <= report["steps_done"] < 500
     assert (output / "checkpoints" / f"step-{report['steps_done']:07d}").is_dir()
-    resumed = subprocess.run([sys.executable, "-m", "picli", "finetune", str(extended), "-o", str(output), "--resume",
-                              "--steps", str(report["steps_done"] + 1), "--cpu", "--json"],
-                             capture_output=True, text=True, timeout=240)
+    if signal_number == signal.SIGINT:
+        return  # resuming is the same after either signal
+    resumed = subprocess.run([*picli_module(), "finetune", "-o", str(output), "--resume", "--steps",
+                              str(report["steps_done"] + 1), "--cpu", "--json"],
+                             capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(resumed.stdout)["steps_done"] == report["steps_done"] + 1
     assert (output / "model.safetensors").exists()
@@ -693,7 +847,7 @@ def test_log_output_has_step_lines_and_no_third_party_bars(extended, corpus, tmp
                                                                            "TQDM_DISABLE")}
     run = subprocess.run([*picli_module(), "finetune", str(extended), "--data", str(corpus), "-o",
                           str(tmp_path / "out"), "--seq-len", "128", "--batch-size", "2", "--steps", "2", "--cpu"],
-                         capture_output=True, text=True, env=env, timeout=600)
+                         capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "step 1/2  loss " in run.stderr and "step 2/2  loss " in run.stderr
     assert "Loading weights" not in run.stderr and "Writing model shards" not in run.stderr

@@ -241,8 +241,14 @@ def read_checkpoint(folder: Path) -> tuple[dict | None, str]:
         return None, f"{STATE} lacks {', '.join(wrong)}"
     if state["format"] != FORMAT:
         return None, f"{STATE} has format {state['format']!r}, not {FORMAT!r}"
+    # A resume reads these paths and names: an edited record must fail here, in one line.
+    if not all(isinstance(state[part].get("path"), str) for part in ("source", "data")) or \
+            not isinstance(state["source"].get("fingerprint"), str):
+        return None, f"{STATE} lacks the source's or the data's path or fingerprint"
     for name, size in state["files"].items():
-        path = folder / str(name)
+        if Path(name).name != name or not isinstance(size, int):
+            return None, f"{STATE} lists {name!r}, which is not a file picli writes into a checkpoint"
+        path = folder / name
         if not path.is_file():
             return None, f"{name} is missing"
         if path.stat().st_size != size:

@@ -597,6 +597,26 @@ def test_no_intact_checkpoint_and_the_old_pickled_format_are_one_line(extended, 
     assert_clean_error(resume(output, "--steps", "3"), "accelerate's pickled format")
 
 
+@pytest.mark.parametrize("edit, said", [
+    (lambda state: [state], "lacks format, step"),
+    (lambda state: {**state, "step": "2"}, "lacks step"),
+    (lambda state: {**state, "source": {"fingerprint": "x"}}, "lacks the source's or the data's path"),
+    (lambda state: {**state, "data": {"path": 5}}, "lacks the source's or the data's path"),
+    (lambda state: {**state, "files": {"../../etc/passwd": 1}}, "not a file picli writes"),
+    (lambda state: {**state, "files": {"trainable.safetensors": "big"}}, "not a file picli writes"),
+    (lambda state: {**state, "format": "picli-checkpoint/0"}, "has format"),
+])
+def test_an_edited_trainer_state_is_a_reason_not_a_traceback(tmp_path, edit, said):
+    """What read_checkpoint says of each kind of damage: the reason the resume prints."""
+    from picli.finetune_output import FORMAT, read_checkpoint
+
+    state = {"format": FORMAT, "step": 2, "tokens": 512, "settings": {}, "files": {},
+             "source": {"path": "/m", "fingerprint": "f"}, "data": {"path": "/d", "fingerprint": "g"}}
+    (tmp_path / "trainer_state.json").write_text(json.dumps(edit(state)))
+    found, reason = read_checkpoint(tmp_path)
+    assert found is None and said in reason
+
+
 def test_out_of_memory_gives_the_estimate_and_leaves_nothing(extended, corpus, workdir):
     import torch
 

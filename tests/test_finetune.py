@@ -429,6 +429,29 @@ def test_a_signal_stops_after_the_step_under_way_and_saves_it(extended, corpus, 
     assert f"Continue with: picli finetune -o {output} --resume" in said
 
 
+@pytest.mark.parametrize("signal_number, name, status", [(signal.SIGTERM, "SIGTERM", 143),
+                                                         (signal.SIGINT, "SIGINT", 130)])
+def test_the_command_exits_130_or_143_after_saving(extended, corpus, workdir, monkeypatch, signal_number, name,
+                                                   status):
+    """Scripts see the interruption: `picli finetune` saves the checkpoint, reports, and exits with
+    the shell's 128 + signal (it exited 0). The signal arrives through the CLI's own event seam."""
+    import contextlib
+
+    from picli import render
+
+    @contextlib.contextmanager
+    def progress(bars=True):
+        yield stop_at(2, lambda: os.kill(os.getpid(), signal_number))
+
+    monkeypatch.setattr(render, "progress", progress)
+    output = workdir / f"cli-{name}"
+    result = train(extended, output, str(corpus), "--steps", "6")
+    assert result.exit_code == status, result.stderr
+    report = json.loads(result.stdout)
+    assert report["interrupted"] is True and report["signal"] == name and report["steps_done"] == 2
+    assert (output / "checkpoints" / "step-0000002").is_dir()
+
+
 def test_lora_resume_equals_uninterrupted(extended, corpus, workdir):
     """Only the trainable part is saved (adapters, embeddings, norms); the frozen weights come from the source."""
     lora = ["--lora", "--lora-rank", "4"]
@@ -505,6 +528,19 @@ def test_resume_refuses_another_model_and_accepts_a_moved_copy(extended, other_m
                                  "--json"])
     assert result.exit_code == 0, result.stderr
     assert "is the run's source" in result.stderr
+
+
+def test_resume_refuses_a_source_that_moved_or_changed(extended, corpus, tmp_path, workdir):
+    """Without MODEL the recorded source is used; gone or edited since, one line says which."""
+    source = Path(shutil.copytree(extended, tmp_path / "source"))
+    output = workdir / "vanishing-source"
+    assert train(source, output, str(corpus), "--steps", "2", "--save-every", "2").exit_code == 0
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps({**config, "rope_theta": config["rope_theta"] * 2}))
+    assert_clean_error(resume(output, "--steps", "3"), f"the run's source {source} changed since the run started")
+    source.rename(tmp_path / "moved")
+    assert_clean_error(resume(output, "--steps", "3"), f"the run's source {source} no longer exists")
+    assert [metric["step"] for metric in metrics(output)] == [1, 2]  # nothing trained
 
 
 def test_resume_from_another_folder_trains_on_the_runs_data(extended, corpus, tmp_path, workdir, monkeypatch):

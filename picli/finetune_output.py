@@ -40,6 +40,10 @@ FORMAT = "picli-checkpoint/1"
 KEPT = 2  # newest checkpoints kept: the one before the newest is the fallback when the newest is damaged
 # Optimizer state names are weight names (dots, no colon) joined to the state's name by ':'.
 SEPARATOR = ":"
+# The source's fingerprint reads this many chunks of this many bytes, evenly spaced, from each
+# weight file (256 KiB a file: a file smaller than that is read whole, in overlapping chunks).
+SAMPLES = 64
+SAMPLE_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -59,16 +63,23 @@ class ResumePoint:
 
 
 def source_fingerprint(model_path: Path) -> str:
-    """config.json and every weight file's name, size and safetensors header: what makes the
-    checkpoint this model (a re-extended copy differs in config.json, a re-trained one in its
-    headers or sizes), read in milliseconds where hashing the weights would take minutes."""
+    """config.json and every weight file's name, size, safetensors header and a sample of its
+    bytes: what makes the checkpoint this model. A re-extended copy differs in config.json; a
+    fine-tune of it keeps config.json and every header (finetune writes both as they were), so
+    only the weights' bytes tell it apart. Sampled, not hashed whole: milliseconds where
+    hashing 100 GB of weights would take minutes, and training changes nearly every chunk."""
     from .checkpoint import safetensors_header, weight_files
 
     digest = hashlib.sha256((model_path / "config.json").read_bytes())
     for weight_file in weight_files(model_path):
-        digest.update(f"\0{weight_file.relative_to(model_path)}\0{weight_file.stat().st_size}\0".encode())
+        size = weight_file.stat().st_size
+        digest.update(f"\0{weight_file.relative_to(model_path)}\0{size}\0".encode())
         if weight_file.suffix == ".safetensors":
             digest.update(json.dumps(safetensors_header(weight_file), sort_keys=True).encode())
+        with open(weight_file, "rb") as handle:
+            for index in range(SAMPLES):
+                handle.seek(index * max(0, size - SAMPLE_BYTES) // (SAMPLES - 1))
+                digest.update(handle.read(SAMPLE_BYTES))
     return digest.hexdigest()
 
 

@@ -522,6 +522,12 @@ def test_resume_refuses_another_model_and_accepts_a_moved_copy(extended, other_m
     result = runner.invoke(app, ["finetune", str(other_model), "-o", str(output), "--resume", "--steps", "3",
                                  "--cpu"])
     assert_clean_error(result, f"was trained from {extended}, not {other_model}")
+    # A fine-tune of the source keeps its config.json and every safetensors header: only the bytes differ.
+    tuned = workdir / "tuned-source"
+    assert train(extended, tuned, str(corpus), "--steps", "1").exit_code == 0
+    assert (tuned / "config.json").read_bytes() == (extended / "config.json").read_bytes()
+    result = runner.invoke(app, ["finetune", str(tuned), "-o", str(output), "--resume", "--steps", "3", "--cpu"])
+    assert_clean_error(result, f"was trained from {extended}, not {tuned}")
     assert [metric["step"] for metric in metrics(output)] == [1, 2]  # nothing trained
     copy = Path(shutil.copytree(extended, workdir / "moved-copy"))
     result = runner.invoke(app, ["finetune", str(copy), "-o", str(output), "--resume", "--steps", "3", "--cpu",

@@ -70,6 +70,26 @@ def is_picli_output(path: Path) -> bool:
     return record_path(path).is_file()
 
 
+def is_verify_record(path: Path) -> bool:
+    """Is this file a record `picli verify -o` wrote (which the next run may rewrite)?"""
+    path = Path(path)
+    # A record is a few kilobytes: a large file is something else, and is not read whole.
+    record = read_json_quiet(path) if path.is_file() and path.stat().st_size < 2**26 else {}
+    return str(record.get("command", "")).startswith("picli") and isinstance(record.get("versions"), dict)
+
+
+def is_ruler_samples(path: Path) -> bool:
+    """Is this file RULER samples picli verify wrote beside a record (which the next run may rewrite)?"""
+    import gzip
+
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            first = json.loads(handle.readline(2**24))
+    except (OSError, EOFError, ValueError):
+        return False
+    return isinstance(first, dict) and {"run", "task", "length", "input", "prediction"} <= set(first)
+
+
 def is_record_file(relative: str) -> bool:
     """Records that describe one checkpoint and are rewritten (or dropped) for a new one."""
     return relative in (RECORD, VERIFY_RECORD, RULER_SAMPLES)
@@ -309,9 +329,9 @@ def add_verification(checkpoint_dir: Path, record: dict) -> tuple[Path, Path | N
     picli_record = read_record(checkpoint_dir)
     path = verify_record_path(checkpoint_dir)
     companion = save_verify_record(path, record, checkpoint_dir / RULER_SAMPLES)
-    if companion is None:
+    if companion is None and is_ruler_samples(checkpoint_dir / RULER_SAMPLES):
         # A verification without RULER: an earlier run's samples would now describe nothing here.
-        (checkpoint_dir / RULER_SAMPLES).unlink(missing_ok=True)
+        (checkpoint_dir / RULER_SAMPLES).unlink()
     picli_record["verification"] = verification_summary(record, path)
     write_record(checkpoint_dir, picli_record)
     return path, companion

@@ -36,7 +36,7 @@ from . import provenance
 from .checkpoint import Checkpoint, effective_window, read_config, resolve
 from .errors import PicliError
 from .events import Events
-from .files import atomic_write_json, check_writable_parent
+from .files import atomic_write_json, check_output, check_writable_parent
 from .ruler import RulerSettings
 
 
@@ -219,6 +219,14 @@ def _run(models: list[str | None], settings: VerifySettings, *, save: bool | Non
         save_to = Path(save_to).expanduser().resolve()
         if save_to.is_dir():
             raise PicliError(f"-o {save_to} is a directory", hint="name a file, e.g. -o verify.json")
+        # Rewritten on every run (no --force): only a record picli verify wrote, never a model's file.
+        measured = checkpoints + ([baseline_checkpoint] if baseline_checkpoint else [])
+        check_output(save_to, force=True, sources=[checkpoint.path for checkpoint in measured],
+                     ours=provenance.is_verify_record, mark="picli verify record in it", option="-o")
+        if settings.ruler:  # the samples file beside it, by the same rule
+            check_output(provenance.ruler_samples_path(save_to), force=True,
+                         sources=[checkpoint.path for checkpoint in measured], ours=provenance.is_ruler_samples,
+                         mark="picli RULER samples in it", option="-o")
         check_writable_parent(save_to)
     windows = [_window(checkpoint.path) for checkpoint in checkpoints]
     # One length list for all (see the module docstring): one MODEL keeps its own window.

@@ -6,6 +6,7 @@ conftest, never from another test file, so each test file can be read, moved or 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,42 @@ ROOT = Path(__file__).resolve().parent.parent
 # A Hub commit sha, as a cached snapshot directory is named.
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 GGUF_TOKENS = [f"tok{i}" for i in range(300)]  # over the summary threshold
+
+
+# --- reading a written config in a transformers 4.x side environment ---------------------------
+
+# What a config class of the side environment's transformers makes of a written config.json.
+READER = """
+import json, sys
+from transformers import AutoConfig
+config = AutoConfig.from_pretrained(sys.argv[1])
+config = getattr(config, "text_config", None) or config
+scaling = getattr(config, "rope_scaling", None) or {}
+neox = config.model_type == "gpt_neox"
+print(json.dumps({
+    "theta": float(config.rotary_emb_base if neox else config.rope_theta),
+    "partial": float(config.rotary_pct if neox else getattr(config, "partial_rotary_factor", 1.0) or 1.0),
+    "type": scaling.get("rope_type", scaling.get("type")),
+    "factor": scaling.get("factor"),
+    "window": config.max_position_embeddings,
+    "local_theta": getattr(config, "rope_local_base_freq", None),
+}))
+"""
+
+
+def side_python(version: str) -> Path:
+    """The python of a transformers 4.x side environment (.venv-tf<version>); skip when not built."""
+    python = ROOT / f".venv-tf{version}" / "bin" / "python"
+    if not python.exists():
+        pytest.skip(f"side environment for transformers {version} not built (run `make test`)")
+    return python
+
+
+def read_in(version: str, directory: Path) -> dict:
+    result = subprocess.run([str(side_python(version)), "-c", READER, str(directory)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 # --- running picli and judging its errors ---------------------------------------------------
@@ -66,7 +103,12 @@ def side_python(version: str) -> Path:
 # --- a tiny GGUF file -----------------------------------------------------------------------
 
 
-def make_gguf(path: Path, alignment: int | None = None) -> dict[str, np.ndarray]:
+def make_gguf(path: Path, alignment: int | None = None, kv: dict | None = None,
+              split_max_tensors: int = 0) -> dict[str, np.ndarray]:
+    """A tiny llama GGUF (context 2048, theta 10000, three tensors). kv maps a metadata key to
+    (GGUFWriter adder, value), replacing the default, or to None to leave it out.
+    split_max_tensors > 0 writes gguf-py's split shards instead (PATH-00001-of-0000N.gguf, ...:
+    split.* keys in every shard, the model's metadata in the first only, as llama.cpp splits)."""
     import gguf
 
     rng = np.random.default_rng(0)
@@ -76,11 +118,14 @@ def make_gguf(path: Path, alignment: int | None = None) -> dict[str, np.ndarray]
         "blk.0.attn_norm.weight": rng.standard_normal(7).astype(np.float16),
         "output.weight": rng.standard_normal((3, 5)).astype(np.float32),
     }
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
     if alignment is not None:
         writer.add_custom_alignment(alignment)
-    writer.add_context_length(2048)
-    writer.add_rope_freq_base(10000.0)
+    metadata = {"llama.context_length": ("add_uint32", 2048), "llama.rope.freq_base": ("add_float32", 10000.0),
+                **(kv or {})}
+    for key, entry in metadata.items():
+        if entry is not None:
+            getattr(writer, entry[0])(key, entry[1])
     writer.add_string("general.name", "tiny test model")
     writer.add_array("general.tags", ["a", "bc", "déf"])
     writer.add_array("tokenizer.ggml.tokens", GGUF_TOKENS)

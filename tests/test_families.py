@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from picli import rope
 from picli.cli import app
 from tests.conftest import TINY, rotary_class_inv_freqs, tree_hash, write_checkpoint
+from tests.helpers import read_in, side_python as _python
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -252,38 +253,6 @@ def test_theta_left_to_a_class_default_that_4x_and_5x_disagree_on_is_written_and
     assert any("transformers 5 reads 500000, 4.x reads 10000" in warning for warning in plan.warnings)
 
 
-READER = """
-import json, sys
-from transformers import AutoConfig
-config = AutoConfig.from_pretrained(sys.argv[1])
-config = getattr(config, "text_config", None) or config
-scaling = getattr(config, "rope_scaling", None) or {}
-neox = config.model_type == "gpt_neox"
-print(json.dumps({
-    "theta": float(config.rotary_emb_base if neox else config.rope_theta),
-    "partial": float(config.rotary_pct if neox else getattr(config, "partial_rotary_factor", 1.0) or 1.0),
-    "type": scaling.get("rope_type", scaling.get("type")),
-    "factor": scaling.get("factor"),
-    "window": config.max_position_embeddings,
-    "local_theta": getattr(config, "rope_local_base_freq", None),
-}))
-"""
-
-
-def _python(version: str) -> Path:
-    python = ROOT / f".venv-tf{version}" / "bin" / "python"
-    if not python.exists():
-        pytest.skip(f"side environment for transformers {version} not built (run `make test`)")
-    return python
-
-
-def read_in(version: str, directory: Path) -> dict:
-    result = subprocess.run([str(_python(version)), "-c", READER, str(directory)], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("version", COMPAT_VERSIONS)
 def test_transformers4_reads_outputs_of_transformers5_saved_sources(version, extended):
@@ -496,7 +465,7 @@ BAD_CONFIGS = {
         "model_type": "opt", "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 2048}},
         "opt has no RoPE"),
     "text_config_unknown_type": ({"model_type": "llava", "vision_config": {}, "text_config": {
-        "model_type": "mystery_lm", **TINY, "rope_theta": 10000.0}}, "mystery_lm, which is not in picli's family"),
+        "model_type": "mystery_lm", **TINY, "rope_theta": 10000.0}}, "mystery_lm, which is neither in picli's family"),
     "text_config_no_model_type": ({"model_type": "unknown_wrapper", "text_config": {**TINY, "rope_theta": 1e4}},
                                   "text_config names no model_type"),
     "vision_only": ({"model_type": "siglip_vision_model", "hidden_size": 64, "num_attention_heads": 4,

@@ -151,6 +151,12 @@ def test_o_file_keeps_the_samples_beside_it(tiny_model_dir, workdir):
     lines = _lines(workdir / "v.ruler-samples.jsonl.gz")
     assert len(lines) == 1 and lines[0]["task"] == "fwe" and lines[0]["run"] == "model"
     assert json.loads(result.stdout)["model"]["ruler"]["samples_file"] == str(workdir / "v.ruler-samples.jsonl.gz")
+    # The next run rewrites both (picli wrote them); a file of the user's under the samples' name is refused.
+    args = ["verify", str(tiny_model_dir), "--ruler", "--tasks", "fwe", "--samples", "1", "--length", "512",
+            "--device", "cpu", "-o", "w.json"]
+    (workdir / "w.ruler-samples.jsonl.gz").write_text("mine")
+    assert_clean_error(runner.invoke(app, args), "w.ruler-samples.jsonl.gz exists and picli did not write it")
+    assert (workdir / "w.ruler-samples.jsonl.gz").read_text() == "mine" and not (workdir / "w.json").exists()
 
 
 # --- bad input: one line, nothing measured, nothing written -------------------------------------

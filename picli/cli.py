@@ -391,6 +391,8 @@ def verify(
     )
     if heatmap and not settings.passkey:
         raise PicliError("--heatmap draws the passkey grid", hint="add --passkey")
+    if heatmap:
+        render.check_heatmap(heatmap)
     side_by_side = bool(models) and len(models) > 1
     run = run_side_by_side if side_by_side else run_verify
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:

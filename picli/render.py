@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -493,6 +494,21 @@ def _verify_tables(groups: list[tuple[str, str, dict]], report: dict, delta: boo
         console.print(table)
     for note in report.get("notes") or []:
         console.print(f"[yellow]Note:[/] {escape(note)}")
+
+
+def check_heatmap(path: Path) -> None:
+    """--heatmap before anything loads: matplotlib there and the PNG writable, not a finding
+    after the whole measurement."""
+    import importlib.util
+
+    from .files import check_writable_parent
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise PicliError("--heatmap needs matplotlib", hint="pip install matplotlib (or picli[plot])")
+    target = Path(path).expanduser().absolute()
+    if target.is_dir():
+        raise PicliError(f"--heatmap {path} is a directory", hint="name a file, e.g. --heatmap passkey.png")
+    check_writable_parent(target)
 
 
 def passkey_heatmap_png(report: dict, path: str) -> None:

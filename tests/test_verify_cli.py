@@ -83,8 +83,9 @@ def test_passkey_is_the_default_measure_decided_in_one_place(workdir):
 def test_verify_perplexity_cli_side_by_side(tiny_model_dir, tmp_path, workdir):
     text = tmp_path / "book.txt"
     text.write_text(" ".join([FILLER, TASK, QUESTION] * 40))
+    same_weights = shutil.copytree(tiny_model_dir, tmp_path / "copy")  # the model itself as --baseline is refused
     result = runner.invoke(app, ["verify", str(tiny_model_dir), "--perplexity", "--data", str(text), "--length", "128",
-                                 "--length", "256", "--stride", "64", "--baseline", str(tiny_model_dir), "--no-save",
+                                 "--length", "256", "--stride", "64", "--baseline", str(same_weights), "--no-save",
                                  "--json"])
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
@@ -131,3 +132,36 @@ def test_cuda_oom_is_caught_at_the_boundary(tiny_model_dir, workdir, monkeypatch
 def test_document_options_are_checked_before_loading(tiny_model_dir, workdir, args, needle):
     result = runner.invoke(app, ["verify", str(tiny_model_dir), "--no-save", *args])
     assert result.exit_code == 1 and result.stderr.splitlines()[0] == needle
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--perplexity", "--data", "book.txt", "--length", "1"], "Error: --length must be at least 2 tokens for perplexity"),
+    (["--perplexity", "--data", "book.txt", "--length", "128", "--stride", "256"],
+     "Error: --stride 256 is larger than --length 128"),
+    (["--passkey", "--length", "8", "--quick"], "Error: --length 8 is too short for a passkey prompt"),
+    (["--passkey", "--quick", "--heatmap", "."], "Error: --heatmap . is a directory"),
+    (["--passkey", "--quick", "--heatmap", "no-such-dir/grid.png"], "does not exist"),
+])
+def test_options_are_checked_before_the_model_loads(tiny_model_dir, workdir, args, needle, monkeypatch):
+    import picli.modeling
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(picli.modeling, "load_model", never)
+    (workdir / "book.txt").write_text(" ".join([FILLER, TASK] * 20))
+    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--no-save", *args])
+    assert result.exit_code == 1 and needle in result.stderr.splitlines()[0], result.stderr
+
+
+def test_heatmap_without_matplotlib_stops_before_loading(tiny_model_dir, workdir, monkeypatch):
+    import importlib.util
+
+    import picli.modeling
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setattr(picli.modeling, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--no-save", "--quick", "--heatmap", "grid.png"])
+    assert result.exit_code == 1 and result.stderr.splitlines()[0] == "Error: --heatmap needs matplotlib"
+    assert not (workdir / "grid.png").exists()

@@ -99,6 +99,7 @@ def progress(bars: bool = True) -> Iterator[Any]:
                    TimeRemainingColumn(), console=err(), transient=True)
     tasks: dict[str, Any] = {}
     started: dict[str, float] = {}
+    logged: dict[str, _ProgressLog] = {}
 
     def on_event(event: dict) -> None:
         if event.get("kind") == "message":
@@ -118,9 +119,15 @@ def progress(bars: bool = True) -> Iterator[Any]:
             event = {"kind": "progress", "task": "training", "done": event["step"], "total": event["total_steps"],
                      "unit": "steps", "extra": f"loss {event['loss']:.4f}  {event['tokens_per_second']:,.0f} tok/s  "
                      f"mem {human_bytes(event['memory_bytes'])}"}
-        if event.get("kind") != "progress" or not bars:
+        if event.get("kind") != "progress":
             return
         name = event.get("task", "writing")
+        if not bars or not bar.console.is_terminal:
+            # No live bar: measurements (trials, tokens) that run for minutes log a line now and
+            # then instead, as training logs its steps; a file copy's bytes stay quiet.
+            if event.get("unit", "bytes") != "bytes":
+                logged.setdefault(name, _ProgressLog(name)).update(event)
+            return
         if not tasks:
             bar.start()
         if name not in tasks:
@@ -141,6 +148,36 @@ def progress(bars: bool = True) -> Iterator[Any]:
     finally:
         if tasks:
             bar.stop()
+
+
+PROGRESS_LOG_SECONDS = 30.0  # the most a log stays silent while a task runs (no live bar)
+
+
+class _ProgressLog:
+    """One task's log lines where no bar can be drawn: its first event, then at most one line
+    per PROGRESS_LOG_SECONDS, and its last (done == total)."""
+
+    def __init__(self, name: str):
+        self.name, self.started, self.last = name, time.perf_counter(), None
+
+    def update(self, event: dict) -> None:
+        now = time.perf_counter()
+        done, total, unit = event.get("done", 0), event.get("total"), event["unit"]
+        finished = total is not None and done >= total
+        if self.last is not None and not finished and now - self.last < PROGRESS_LOG_SECONDS:
+            return
+        self.last = now
+        elapsed = now - self.started
+        line = f"{self.name}: {done:,}" + (f" / {total:,}" if total is not None else "") + f" {unit}"
+        line += f"  {_clock(elapsed)} elapsed"
+        if total and 0 < done < total and elapsed > 0:
+            line += f"  eta {_clock(elapsed * (total - done) / done)}"
+        print(line, file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def step_line(event: dict) -> None:

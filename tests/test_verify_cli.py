@@ -5,6 +5,7 @@ MODEL, side by side with a baseline, and the errors that stop a run before or wh
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -165,3 +166,22 @@ def test_heatmap_without_matplotlib_stops_before_loading(tiny_model_dir, workdir
     result = runner.invoke(app, ["verify", str(tiny_model_dir), "--no-save", "--quick", "--heatmap", "grid.png"])
     assert result.exit_code == 1 and result.stderr.splitlines()[0] == "Error: --heatmap needs matplotlib"
     assert not (workdir / "grid.png").exists()
+
+
+def test_progress_is_logged_outside_a_terminal(tiny_model_dir, workdir, monkeypatch):
+    """No live bar (CliRunner, a log file, a batch job): per length and phase a first and a last
+    line, and between them at most one line per PROGRESS_LOG_SECONDS, as finetune logs its steps."""
+    import picli.render
+
+    monkeypatch.setattr(picli.render, "PROGRESS_LOG_SECONDS", 1e9)
+    (workdir / "book.txt").write_text(" ".join([FILLER, TASK, QUESTION] * 40))
+    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--no-save", "--quick", "--passkey", "--perplexity",
+                                 "--data", "book.txt", "--length", "256", "--length", "384", "--stride", "64"])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.splitlines()
+    for task, unit in (("passkey 256", "trials"), ("passkey 384", "trials"), ("perplexity 256", "tokens")):
+        logged = [line for line in lines if line.startswith(f"{task}: ")]
+        assert 1 <= len(logged) <= 2, lines
+        assert re.fullmatch(rf"{task}: ([\d,]+) / \1 {unit}  \d+:\d\d:\d\d elapsed", logged[-1]), logged
+    assert lines.index(next(line for line in lines if line.startswith("passkey 256: "))) > \
+        lines.index(next(line for line in lines if line.startswith("Loading model")))

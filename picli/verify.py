@@ -346,6 +346,9 @@ def _saves_into_model(checkpoint: Checkpoint, save: bool | None, save_to: Path |
                       f"{provenance.VERIFY_RECORD} and {provenance.RECORD} into it, -o FILE writes the record to FILE"})
         return False
     provenance.read_record(checkpoint.path)
+    # The earlier runs the new one joins: a broken picli-verify.json fails now, not after measuring.
+    path = provenance.verify_record_path(checkpoint.path)
+    provenance.shown_summary(provenance.verify_runs(provenance.read_verify_record(checkpoint.path), path), path)
     return True
 
 

@@ -72,7 +72,7 @@ def test_side_by_side_equals_single_runs(models, tiny_model_dir):
     assert baseline == perplexities[1]
     # Records: ext is picli's output and gets its own picli-verify.json (its report, the shared
     # baseline beside it); own is the user's and is only read; the source is untouched.
-    saved = json.loads((ext / "picli-verify.json").read_text())
+    saved = json.loads((ext / "picli-verify.json").read_text())["runs"][0]
     assert without_timings({key: saved[key] for key in SINGLE_KEYS - {"saved_to"}}) == \
         without_timings({key: both["reports"][0][key] for key in SINGLE_KEYS - {"saved_to"}})
     assert both["reports"][0]["saved_to"] == str(ext / "picli-verify.json") and both["reports"][1]["saved_to"] is None

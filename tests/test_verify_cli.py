@@ -42,7 +42,7 @@ def test_verify_cli_on_tiny_model(tiny_model_dir, tmp_path, workdir):
     # How the model ran, as the report has always recorded it (VerifySettings.runtime).
     assert report["settings"] == {"device": "cpu", "dtype": "auto", "attention": "sdpa", "device_map": None,
                                   "batch_size": None}
-    saved = json.loads((model / "picli-verify.json").read_text())
+    saved = json.loads((model / "picli-verify.json").read_text())["runs"][0]
     assert saved["model"]["passkey"]["results"][0]["ks"] == results[0]["ks"]
     summary = json.loads((model / "picli.json").read_text())["verification"]
     assert summary["model"]["passkey_k_max"] == {"256": results[0]["k_max"], "384": results[1]["k_max"]}
@@ -55,7 +55,7 @@ def test_verify_without_model_uses_last_extended(tiny_model_dir, workdir):
     assert f"MODEL: {workdir / 'ext'}" in result.stderr
     header = [line for line in result.stdout.splitlines() if "baseline" in line and "delta" in line]
     assert header and "deepest" in header[0] and "…" not in result.stdout  # every header fits in 80 columns
-    deepest = json.loads((workdir / "ext" / "picli-verify.json").read_text())["model"]["passkey"]["results"][0]["k_largest"]
+    deepest = json.loads((workdir / "ext" / "picli-verify.json").read_text())["runs"][0]["model"]["passkey"]["results"][0]["k_largest"]
     assert "k tested" in result.stdout and f" of deepest {deepest}" in result.stdout
     summary = json.loads((workdir / "ext" / "picli.json").read_text())
     assert summary["rope"]["factor"] == 2.0 and summary["verification"]["baseline"]["passkey_k_max"]
@@ -185,3 +185,32 @@ def test_progress_is_logged_outside_a_terminal(tiny_model_dir, workdir, monkeypa
         assert re.fullmatch(rf"{task}: ([\d,]+) / \1 {unit}  \d+:\d\d:\d\d elapsed", logged[-1]), logged
     assert lines.index(next(line for line in lines if line.startswith("passkey 256: "))) > \
         lines.index(next(line for line in lines if line.startswith("Loading model")))
+
+
+def test_a_second_verify_keeps_the_first_runs_measurements(tiny_model_dir, workdir):
+    """Every run is kept, newest first; the card still shows the first run's perplexity and
+    baseline after a passkey-only run, and says when each row was measured. A single-run file
+    written before picli kept the history is read as one run and kept."""
+    from picli.provenance import verify_runs
+
+    assert runner.invoke(app, ["extend", str(tiny_model_dir), "--to", "1024", "-o", "ext"]).exit_code == 0
+    (workdir / "book.txt").write_text(" ".join([FILLER, TASK, QUESTION] * 40))
+    baseline = shutil.copytree(tiny_model_dir, workdir / "base")
+    first = runner.invoke(app, ["verify", "ext", "--perplexity", "--data", "book.txt", "--length", "128",
+                                "--stride", "64", "--baseline", str(baseline)])
+    assert first.exit_code == 0, first.stderr
+    old_format = json.loads((workdir / "ext" / "picli-verify.json").read_text())["runs"][0]
+    (workdir / "ext" / "picli-verify.json").write_text(json.dumps(old_format))  # as picli wrote it before
+    second = runner.invoke(app, ["verify", "ext", "--quick", "--length", "256"])
+    assert second.exit_code == 0, second.stderr
+    saved = json.loads((workdir / "ext" / "picli-verify.json").read_text())
+    runs = verify_runs(saved)
+    assert saved["format"] == 2 and len(runs) == 2 and runs[1] == old_format
+    assert runs[0]["model"]["passkey"] and runs[0]["model"]["perplexity"] is None and runs[0]["created"] >= runs[1]["created"]
+    summary = json.loads((workdir / "ext" / "picli.json").read_text())["verification"]
+    assert summary["model"]["perplexity"] and summary["baseline"]["perplexity"] and summary["model"]["passkey_k_max"]
+    assert set(summary["measured"]) == {"passkey", "perplexity"}
+    card = runner.invoke(app, ["card", "ext", "--dry-run"])
+    assert card.exit_code == 0, card.stderr
+    assert "### Perplexity" in card.stdout and "### Passkey retrieval" in card.stdout
+    assert f"| {old_format['created'][:10]} |" in card.stdout and "measured |" in card.stdout

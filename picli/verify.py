@@ -115,6 +115,7 @@ class ModelRun:
     passkey: dict | None
     perplexity: dict | None
     source: dict | None = None  # checkpoint.source: lets the card tell the recorded source from another baseline
+    loaded_as: str | None = None  # how it was run when that is not its own weights as stored (a GGUF)
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,10 @@ def resolve_model(model: str | None, on_event: Events) -> Checkpoint:
 
     checkpoint = resolve(model, on_event=on_event)
     if checkpoint.kind == "gguf":
-        raise PicliError(f"{checkpoint.path.name} is a GGUF file; verify runs transformers checkpoints",
-                         hint="verify the safetensors checkpoint the GGUF was made from")
+        from .gguf_io import transformers_rope
+
+        transformers_rope(checkpoint.path)  # whole, and a RoPE scaling transformers can be given
+        return checkpoint
     check_loadable(checkpoint.path)  # safetensors and a tokenizer, before minutes of anything
     _check_weights(checkpoint.path)
     return checkpoint
@@ -221,6 +224,9 @@ def _run(models: list[str | None], settings: VerifySettings, *, save: bool | Non
                                  else "a model compared with itself measures nothing: drop --baseline, or name "
                                  "the model it was made from")
     measured = checkpoints + ([baseline_checkpoint] if baseline_checkpoint else [])
+    if settings.device_map and any(checkpoint.kind == "gguf" for checkpoint in measured):
+        raise PicliError("--device-map does not apply to a GGUF file: it is loaded whole onto one device",
+                         hint="omit --device-map, or verify the safetensors checkpoint the GGUF was made from")
     if save_to is not None:
         save_to = _check_save_to(Path(save_to), measured)
     into_models = [_saves_into_model(checkpoint, save, save_to, on_event) for checkpoint in checkpoints]
@@ -333,6 +339,11 @@ def _saves_into_model(checkpoint: Checkpoint, save: bool | None, save_to: Path |
     if save is False:
         return False
     elsewhere = "" if save_to is None else f"; the record goes to {save_to}"
+    if checkpoint.kind == "gguf":
+        if on_event:
+            on_event({"kind": "message", "text": f"Not saving into {checkpoint.path.name}: a GGUF file keeps no "
+                      f"{provenance.VERIFY_RECORD}" + (elsewhere or " (-o FILE keeps the record)")})
+        return False
     if checkpoint.source.get("repo") or checkpoint.source.get("embedded"):
         # A cache is not the user's checkpoint: the report is printed (and written to -o FILE).
         if on_event:
@@ -353,6 +364,10 @@ def _saves_into_model(checkpoint: Checkpoint, save: bool | None, save_to: Path |
 
 
 def _window(path: Path) -> int:
+    if path.suffix == ".gguf" and path.is_file():
+        from .gguf_io import read_gguf, rope_settings
+
+        return rope_settings(read_gguf(path)).context_length or 0
     try:
         return effective_window(path)
     except provenance.RecordError:
@@ -368,8 +383,24 @@ def _measure(checkpoint: Checkpoint, label: str, lengths: list[int], documents, 
     from .modeling import load_model
 
     window = _window(checkpoint.path)
-    loaded = load_model(checkpoint.path, device=settings.device, dtype=settings.dtype,
-                        attention=settings.attention, device_map=settings.device_map)
+    loaded_as = None
+    if checkpoint.kind == "gguf":
+        from .gguf_io import transformers_rope
+        from .modeling import load_gguf_model
+
+        if on_event:
+            on_event({"kind": "message", "text": f"{checkpoint.path.name} is a GGUF: loading it as picli loads the "
+                      "embedded model, through transformers' GGUF import, dequantized"})
+        loaded = load_gguf_model(checkpoint.path, device=settings.device, dtype=settings.dtype,
+                                 attention=settings.attention)
+        scaling = transformers_rope(checkpoint.path)
+        loaded_as = (f"GGUF {checkpoint.path.name} through transformers' GGUF import, dequantized to "
+                     f"{str(loaded.dtype).removeprefix('torch.')}"
+                     + (f", RoPE {scaling['rope_type']} x{scaling['factor']:g} from its metadata" if scaling else "")
+                     + " (llama.cpp runs the quantized weights themselves)")
+    else:
+        loaded = load_model(checkpoint.path, device=settings.device, dtype=settings.dtype,
+                            attention=settings.attention, device_map=settings.device_map)
     try:
         passkey_report = passkey_module.evaluate_passkey(
             loaded, lengths, settings.protocol, batch_size=settings.batch_size,
@@ -385,7 +416,8 @@ def _measure(checkpoint: Checkpoint, label: str, lengths: list[int], documents, 
         gc.collect()
         _empty_cuda_cache()
     return ModelRun(model=label, path=str(checkpoint.path), window=window,
-                    passkey=passkey_report, perplexity=perplexity_report, source=checkpoint.source)
+                    passkey=passkey_report, perplexity=perplexity_report, source=checkpoint.source,
+                    loaded_as=loaded_as)
 
 
 def _empty_cuda_cache() -> None:
@@ -398,7 +430,7 @@ def _empty_cuda_cache() -> None:
 def _notes(runs: list[ModelRun], lengths: list[int], labels: list[str] | None = None) -> list[str]:
     """Notes naming each run by `labels` (default: its role, "model" or "baseline")."""
     labels = labels or [run.model for run in runs]
-    notes = []
+    notes = [f"{label}: {run.loaded_as}" for label, run in zip(labels, runs) if run.loaded_as]
     for label, run in zip(labels, runs):
         beyond = [length for length in lengths if length > run.window]
         if beyond:

@@ -146,7 +146,7 @@ def test_heatmap_has_a_panel_per_model(models, tiny_model_dir):
     (["ext", "./ext/"], "ext and ./ext/ are the same model"),
     (["ext", "ext"], "ext is given twice"),
     (["ext", "missing-dir/"], "missing-dir/: no such file or directory"),
-    (["ext", "model.gguf"], "model.gguf is a GGUF file"),
+    (["ext", "model.gguf"], "model.gguf is not a valid GGUF file"),  # a GGUF is verified, when it is whole
     (["ext", "own", "--baseline", "own"], "own is both a MODEL and the --baseline"),
 ])
 def test_bad_models_stop_before_anything_loads(models, arguments, message, monkeypatch):

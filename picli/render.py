@@ -217,9 +217,14 @@ def inspection(report: dict, check: bool = False) -> None:
     _kv(summary, "architecture", f"{report['architecture']}  (model_type {report['model_type']})")
     _kv(summary, "parameters", human_count(report["parameters"]))
     _kv(summary, "dtype", ", ".join(f"{dtype} x{count}" for dtype, count in report["dtypes"].items()) or "-")
-    _kv(summary, "files", f"{len(report['files'])} weight file(s), {report['shards']} safetensors shard(s), "
-        f"{human_bytes(report['size_bytes'])}" if report["format"] == "transformers"
-        else human_bytes(report["size_bytes"]))
+    if report["format"] == "transformers":
+        files = (f"{len(report['files'])} weight file(s), {report['shards']} safetensors shard(s), "
+                 f"{human_bytes(report['size_bytes'])}")
+    elif report["shards"] > 1:  # a split GGUF: what was found of it
+        files = f"{len(report['files'])} of {report['shards']} GGUF shards, {human_bytes(report['size_bytes'])}"
+    else:
+        files = human_bytes(report["size_bytes"])
+    _kv(summary, "files", files)
     console.print(summary)
 
     if rope:
@@ -247,6 +252,8 @@ def inspection(report: dict, check: bool = False) -> None:
     if report["kv_cache_bytes"]:
         _kv(verdict, "KV cache / seq", "   ".join(f"{int(window) // 1024}k: {human_bytes(size)}"
                                                  for window, size in report["kv_cache_bytes"].items()) + "  (fp16)")
+    if report.get("kv_layers"):
+        _kv(verdict, "KV layers", kv_layers_line(report["kv_layers"]))
     console.print(verdict)
 
     if report["runtimes"]:
@@ -268,6 +275,18 @@ def inspection(report: dict, check: bool = False) -> None:
         warning(text)
     if check:
         check_summary(report)
+
+
+def kv_layers_line(layers: dict) -> str:
+    """'10 global, 52 sliding (window 1024)': which layers the KV cache grows in, and where that was read."""
+    parts = [f"{layers['global']} global"]
+    if layers["sliding"]:
+        parts.append(f"{layers['sliding']} sliding (window {layers['sliding_window']})")
+    if layers["chunked"]:
+        parts.append(f"{layers['chunked']} chunked (chunk {layers['chunk']})")
+    if layers["none"]:
+        parts.append(f"{layers['none']} without KV cache (linear attention, SSM or MLP)")
+    return ", ".join(parts) + f"  ({layers['source']})"
 
 
 def _runtime_row(name: str, view: dict) -> tuple[str, str, str]:

@@ -66,7 +66,12 @@ def side_python(version: str) -> Path:
 # --- a tiny GGUF file -----------------------------------------------------------------------
 
 
-def make_gguf(path: Path, alignment: int | None = None) -> dict[str, np.ndarray]:
+def make_gguf(path: Path, alignment: int | None = None, kv: dict | None = None,
+              split_max_tensors: int = 0) -> dict[str, np.ndarray]:
+    """A tiny llama GGUF (context 2048, theta 10000, three tensors). kv maps a metadata key to
+    (GGUFWriter adder, value), replacing the default, or to None to leave it out.
+    split_max_tensors > 0 writes gguf-py's split shards instead (PATH-00001-of-0000N.gguf, ...:
+    split.* keys in every shard, the model's metadata in the first only, as llama.cpp splits)."""
     import gguf
 
     rng = np.random.default_rng(0)
@@ -76,11 +81,14 @@ def make_gguf(path: Path, alignment: int | None = None) -> dict[str, np.ndarray]
         "blk.0.attn_norm.weight": rng.standard_normal(7).astype(np.float16),
         "output.weight": rng.standard_normal((3, 5)).astype(np.float32),
     }
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
     if alignment is not None:
         writer.add_custom_alignment(alignment)
-    writer.add_context_length(2048)
-    writer.add_rope_freq_base(10000.0)
+    metadata = {"llama.context_length": ("add_uint32", 2048), "llama.rope.freq_base": ("add_float32", 10000.0),
+                **(kv or {})}
+    for key, entry in metadata.items():
+        if entry is not None:
+            getattr(writer, entry[0])(key, entry[1])
     writer.add_string("general.name", "tiny test model")
     writer.add_array("general.tags", ["a", "bc", "déf"])
     writer.add_array("tokenizer.ggml.tokens", GGUF_TOKENS)

@@ -183,14 +183,13 @@ def load_model(path: Path, device: str = "auto", dtype: str = "auto", attention:
     return LoadedModel(model, tokenizer, input_device, torch_dtype, attention, Path(path))
 
 
-def load_gguf_model(path: Path, device: str = "auto", dtype: str = "auto", attention: str = "sdpa") -> LoadedModel:
+def load_gguf_model(path: Path, device: str = "auto", dtype: str = "auto", attention: str = "sdpa",
+                    scaling: dict | None = None) -> LoadedModel:
     """A GGUF as the embedded model is loaded (gguf_io.import_gguf): transformers' GGUF import,
-    dequantized to `dtype`, in memory; with the RoPE scaling its metadata asks for, which the
-    import itself ignores for llama-family files (gguf_io.transformers_rope)."""
+    dequantized to `dtype`, in memory; with `scaling`, the RoPE scaling its metadata asks for
+    (gguf_io.transformers_rope), which the import itself ignores for llama-family files."""
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from .gguf_io import transformers_rope
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -200,7 +199,6 @@ def load_gguf_model(path: Path, device: str = "auto", dtype: str = "auto", atten
     chosen_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, chosen_device)
     config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    scaling = transformers_rope(path)
     if scaling:
         if hasattr(config, "rope_parameters"):  # transformers 5
             theta = (config.rope_parameters or {}).get("rope_theta", getattr(config, "rope_theta", None))

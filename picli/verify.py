@@ -391,9 +391,9 @@ def _measure(checkpoint: Checkpoint, label: str, lengths: list[int], documents, 
         if on_event:
             on_event({"kind": "message", "text": f"{checkpoint.path.name} is a GGUF: loading it as picli loads the "
                       "embedded model, through transformers' GGUF import, dequantized"})
-        loaded = load_gguf_model(checkpoint.path, device=settings.device, dtype=settings.dtype,
-                                 attention=settings.attention)
         scaling = transformers_rope(checkpoint.path)
+        loaded = load_gguf_model(checkpoint.path, device=settings.device, dtype=settings.dtype,
+                                 attention=settings.attention, scaling=scaling)
         loaded_as = (f"GGUF {checkpoint.path.name} through transformers' GGUF import, dequantized to "
                      f"{str(loaded.dtype).removeprefix('torch.')}"
                      + (f", RoPE {scaling['rope_type']} x{scaling['factor']:g} from its metadata" if scaling else "")

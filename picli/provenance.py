@@ -36,8 +36,9 @@ from .files import atomic_write_bytes, atomic_write_json
 
 RECORD = "picli.json"
 VERIFY_RECORD = "picli-verify.json"
-# Every RULER sample of the verification (input, prediction, references, score), beside the record.
-RULER_SAMPLES = "picli-ruler-samples.jsonl.gz"
+# Every RULER sample of a verification (input, prediction, references, score), beside the record:
+# picli-ruler-samples-<the file's sha256, 12 digits>.jsonl.gz, one file per run that ran RULER.
+RULER_SAMPLES = "picli-ruler-samples"
 STATE_DIR = ".picli"
 LAST = Path(STATE_DIR) / "last.json"
 
@@ -92,7 +93,8 @@ def is_ruler_samples(path: Path) -> bool:
 
 def is_record_file(relative: str) -> bool:
     """Records that describe one checkpoint and are rewritten (or dropped) for a new one."""
-    return relative in (RECORD, VERIFY_RECORD, RULER_SAMPLES)
+    return relative in (RECORD, VERIFY_RECORD) or (relative.startswith(RULER_SAMPLES + "-")
+                                                   and relative.endswith(".jsonl.gz") and "/" not in relative)
 
 
 def now() -> str:
@@ -158,6 +160,24 @@ def read_record(source: Path) -> dict:
 def read_verify_record(checkpoint_dir: Path) -> dict | None:
     """picli-verify.json of a checkpoint, None when there is none; checked by `verification_summary`."""
     return _read_object(verify_record_path(checkpoint_dir))
+
+
+def verify_runs(verify_file: dict | None, path: Path | None = None) -> list[dict]:
+    """Every `picli verify` run a picli-verify.json keeps, newest first ([] for None).
+
+    The file is {"format": 2, "runs": [record, ...]}; a file written before it kept one run
+    (the record itself, "model" at the top) and is read as that one run.
+    """
+    if not verify_file:
+        return []
+    if "runs" not in verify_file:
+        return [verify_file]
+    runs = verify_file["runs"]
+    path = Path(path or VERIFY_RECORD)
+    if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
+        raise RecordError(f"{path}: \"runs\" is not the list of verify records picli writes",
+                          hint=f"restore {path.name} or delete it (the checkpoint then has no verification)")
+    return runs
 
 
 def recorded_window(record: dict) -> int | None:
@@ -238,7 +258,7 @@ def _check_record(record: dict, path: Path) -> None:
 
 
 _SUMMARY_FIELDS = {"created": _TEXT, "passkey_protocol": _OBJECT, "perplexity_data": _TEXT, "model": _OBJECT,
-                   "baseline": _OBJECT, "notes": _LIST}
+                   "baseline": _OBJECT, "notes": _LIST, "measured": _OBJECT, "ruler": _OBJECT}
 _RUN_FIELDS = {"path": _TEXT, "source": _OBJECT, "window": _COUNT, "passkey_k_max": _OBJECT,
                "passkey_k_largest": _OBJECT, "passkey_lowest_success": _OBJECT, "passkey_success": _OBJECT,
                "perplexity": _OBJECT, "stride": _COUNT, "ruler": _OBJECT}
@@ -322,17 +342,25 @@ def verify_record(report: dict, *, command: str, data: str | None) -> dict:
     return {"created": now(), "command": command, "data": data, "versions": versions(), **report}
 
 
+VERIFY_FORMAT = 2  # picli-verify.json as {"format", "runs"}; before it, the file was one run
+
+
 def add_verification(checkpoint_dir: Path, record: dict) -> tuple[Path, Path | None]:
-    """picli-verify.json into the checkpoint, and its summary into the checkpoint's picli.json;
-    (the record's path, the RULER samples file written beside it or None)."""
+    """`record` added to picli-verify.json's runs (newest first: an earlier run's measurements
+    stay), and the summary of what the card shows into the checkpoint's picli.json; (the
+    record's path, the file its RULER samples went to, or None).
+
+    Each RULER run's samples get their own file, named by its content's sha256, so that every
+    run the record keeps still names its own samples."""
     checkpoint_dir = Path(checkpoint_dir)
     picli_record = read_record(checkpoint_dir)
     path = verify_record_path(checkpoint_dir)
-    companion = save_verify_record(path, record, checkpoint_dir / RULER_SAMPLES)
-    if companion is None and is_ruler_samples(checkpoint_dir / RULER_SAMPLES):
-        # A verification without RULER: an earlier run's samples would now describe nothing here.
-        (checkpoint_dir / RULER_SAMPLES).unlink()
-    picli_record["verification"] = verification_summary(record, path)
+    runs = [record, *verify_runs(_read_object(path), path)]
+    summary = shown_summary(runs, path)  # checked before anything is written
+    record, companion = write_ruler_samples(
+        record, lambda digest: checkpoint_dir / f"{RULER_SAMPLES}-{digest[:12]}.jsonl.gz")
+    atomic_write_json(path, {"format": VERIFY_FORMAT, "runs": [record, *runs[1:]]})
+    picli_record["verification"] = summary
     write_record(checkpoint_dir, picli_record)
     return path, companion
 
@@ -359,18 +387,25 @@ def _ruler_runs(record: dict) -> list[tuple[str, dict]]:
 
 
 def save_verify_record(path: Path, record: dict, companion: Path) -> Path | None:
-    """Write a verify record; RULER's samples go to `companion` (gzipped JSONL, one sample a line
-    with its run's label) and the record names that file, its sha256 and count instead.
-    Returns the companion's path, or None when the record holds no RULER samples.
+    """Write a verify record to `path` (-o FILE), its RULER samples to `companion`; the samples
+    file, or None when the record holds no RULER samples."""
+    record, written = write_ruler_samples(record, lambda digest: companion)
+    atomic_write_json(path, record)
+    return written
 
-    The companion is written first: a record never names a file that is not there. gzip's
-    header carries no name or time, so the same samples give the same bytes (and sha256)."""
+
+def write_ruler_samples(record: dict, where) -> tuple[dict, Path | None]:
+    """RULER's samples out of a verify record into a gzipped JSONL file (one sample a line, with
+    its run's label), at `where(sha256 of the file)`; the record then names that file, its sha256
+    and count instead. (record, the file) or, with no samples in it, (record, None).
+
+    Written before the record that names it, so a record never names a missing file. gzip's
+    header carries no name or time: the same samples give the same bytes (and sha256)."""
     import gzip
 
     runs = _ruler_runs(record)
     if not runs:
-        atomic_write_json(path, record)
-        return None
+        return record, None
     lines, counts, labels = [], [], set()
     for label, run in runs:
         counts.append(len(run["ruler"]["samples"]))
@@ -378,13 +413,13 @@ def save_verify_record(path: Path, record: dict, companion: Path) -> Path | None
             labels.add(label)
             lines += [json.dumps({"run": label, **sample}, ensure_ascii=False) for sample in run["ruler"]["samples"]]
     data = gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), mtime=0)
-    atomic_write_bytes(companion, data)
     digest = hashlib.sha256(data).hexdigest()
+    companion = Path(where(digest))
+    atomic_write_bytes(companion, data)
     replaced = {id(run): {key: value for key, value in run["ruler"].items() if key != "samples"}
                 | {"samples_file": companion.name, "samples_sha256": digest, "samples_count": count}
                 for (_, run), count in zip(runs, counts)}
-    atomic_write_json(path, _replace_ruler(record, replaced))
-    return companion
+    return _replace_ruler(record, replaced), companion
 
 
 def _replace_ruler(value: Any, replaced: dict[int, dict]) -> Any:
@@ -396,6 +431,74 @@ def _replace_ruler(value: Any, replaced: dict[int, dict]) -> Any:
     if isinstance(value, list):
         return [_replace_ruler(item, replaced) for item in value]
     return value
+
+
+# The summary tables each protocol fills (verification_summary), by the name of its report in a
+# run ("passkey": run["model"]["passkey"]). A protocol verify gains adds its line here, and its
+# measurements are then kept and shown per length like these.
+PROTOCOL_TABLES = {
+    "passkey": ("passkey_k_max", "passkey_k_largest", "passkey_lowest_success", "passkey_success"),
+    "perplexity": ("perplexity",),
+}
+
+
+_TABLES = {key for tables in PROTOCOL_TABLES.values() for key in tables}
+
+
+def shown_summary(runs: list[dict], path: Path | None = None) -> dict:
+    """What the card shows from several runs (newest first): per protocol and length the newest
+    run's numbers (model and its baseline), in `verification_summary`'s shape, plus "measured":
+    {protocol: {length: when, by which command, with which settings}}."""
+    summaries = [verification_summary(run, path) for run in runs]
+    if not summaries:
+        return {}
+    shown = {**summaries[0], "model": dict(summaries[0]["model"] or {}), "measured": {}}
+    baseline_shown = None
+    notes: list[str] = []
+    for name, tables in PROTOCOL_TABLES.items():
+        for key in tables:
+            shown["model"].pop(key, None)
+        for run, summary in zip(runs, summaries):
+            model, baseline = summary["model"] or {}, summary["baseline"] or {}
+            for length in model.get(tables[0]) or {}:
+                if length in shown["measured"].get(name, {}):
+                    continue  # a newer run measured this length
+                for key in tables:
+                    if length in (model.get(key) or {}):
+                        shown["model"].setdefault(key, {})[length] = model[key][length]
+                    if length in (baseline.get(key) or {}):
+                        baseline_shown = baseline_shown or {k: v for k, v in baseline.items() if k not in _TABLES}
+                        baseline_shown.setdefault(key, {})[length] = baseline[key][length]
+                report = (run.get("model") or {}).get(name) or {}
+                shown["measured"].setdefault(name, {})[length] = {
+                    "created": run.get("created"), "command": run.get("command"), "data": run.get("data"),
+                    "settings": {k: v for k, v in report.items() if k != "results"}, "runtime": run.get("settings"),
+                    "baseline": {k: baseline.get(k) for k in ("path", "source", "window")} if baseline else None}
+                notes += [note for note in summary["notes"] if note not in notes]
+    shown["baseline"] = baseline_shown
+    shown["notes"] = notes
+    # RULER is shown whole, from the newest run that ran it: its averages and effective lengths
+    # are read along that run's lengths, so lengths of different runs are not mixed.
+    shown["model"].pop("ruler", None)
+    if baseline_shown:
+        baseline_shown.pop("ruler", None)
+    for run, summary in zip(runs, summaries):
+        if (summary["model"] or {}).get("ruler"):
+            baseline = summary["baseline"] or {}
+            shown["ruler"] = {"created": run.get("created"), "command": run.get("command"),
+                              "model": summary["model"]["ruler"], "baseline": baseline.get("ruler"),
+                              "baseline_run": {key: baseline.get(key) for key in ("path", "source", "window")}
+                              if baseline.get("ruler") else None}
+            break
+    for name in PROTOCOL_TABLES:  # lengths in order, as one run lists them
+        for key in PROTOCOL_TABLES[name]:
+            if key in shown["model"]:
+                shown["model"][key] = dict(sorted(shown["model"][key].items(), key=lambda item: int(item[0])))
+            if baseline_shown and key in baseline_shown:
+                baseline_shown[key] = dict(sorted(baseline_shown[key].items(), key=lambda item: int(item[0])))
+        if name in shown["measured"]:
+            shown["measured"][name] = dict(sorted(shown["measured"][name].items(), key=lambda item: int(item[0])))
+    return shown
 
 
 def verification_summary(record: dict, path: Path | None = None) -> dict:

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -142,6 +143,7 @@ def progress(bars: bool = True) -> Iterator[Any]:
                    TimeRemainingColumn(), console=err(), transient=True)
     tasks: dict[str, Any] = {}
     started: dict[str, float] = {}
+    logged: dict[str, _ProgressLog] = {}
 
     def on_event(event: dict) -> None:
         if event.get("kind") == "message":
@@ -161,9 +163,15 @@ def progress(bars: bool = True) -> Iterator[Any]:
             event = {"kind": "progress", "task": "training", "done": event["step"], "total": event["total_steps"],
                      "unit": "steps", "extra": f"loss {event['loss']:.4f}  {event['tokens_per_second']:,.0f} tok/s  "
                      f"mem {human_bytes(event['memory_bytes'])}"}
-        if event.get("kind") != "progress" or not bars:
+        if event.get("kind") != "progress":
             return
         name = event.get("task", "writing")
+        if not bars or not bar.console.is_terminal:
+            # No live bar: measurements (trials, tokens) that run for minutes log a line now and
+            # then instead, as training logs its steps; a file copy's bytes stay quiet.
+            if event.get("unit", "bytes") != "bytes":
+                logged.setdefault(name, _ProgressLog(name)).update(event)
+            return
         if not tasks:
             bar.start()
         if name not in tasks:
@@ -184,6 +192,36 @@ def progress(bars: bool = True) -> Iterator[Any]:
     finally:
         if tasks:
             bar.stop()
+
+
+PROGRESS_LOG_SECONDS = 30.0  # the most a log stays silent while a task runs (no live bar)
+
+
+class _ProgressLog:
+    """One task's log lines where no bar can be drawn: its first event, then at most one line
+    per PROGRESS_LOG_SECONDS, and its last (done == total)."""
+
+    def __init__(self, name: str):
+        self.name, self.started, self.last = name, time.perf_counter(), None
+
+    def update(self, event: dict) -> None:
+        now = time.perf_counter()
+        done, total, unit = event.get("done", 0), event.get("total"), event["unit"]
+        finished = total is not None and done >= total
+        if self.last is not None and not finished and now - self.last < PROGRESS_LOG_SECONDS:
+            return
+        self.last = now
+        elapsed = now - self.started
+        line = f"{self.name}: {done:,}" + (f" / {total:,}" if total is not None else "") + f" {unit}"
+        line += f"  {_clock(elapsed)} elapsed"
+        if total and 0 < done < total and elapsed > 0:
+            line += f"  eta {_clock(elapsed * (total - done) / done)}"
+        print(line, file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def step_line(event: dict) -> None:
@@ -658,10 +696,14 @@ def _ruler_grid(ruler: dict) -> dict[str, dict[int, float]]:
 
 def require_matplotlib(option: str) -> None:
     """Before any measurement: a figure asked for without matplotlib fails first, not after an hour."""
+    import importlib.util
+
     try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise PicliError(f"{option} needs matplotlib", hint="pip install matplotlib (or picli[plot])") from None
+        found = importlib.util.find_spec("matplotlib") is not None
+    except ValueError:  # sys.modules["matplotlib"] is None: importing it raises ImportError
+        found = False
+    if not found:
+        raise PicliError(f"{option} needs matplotlib", hint="pip install matplotlib (or picli[plot])")
 
 
 def _panels(report: dict, measure: str) -> list[tuple[str, dict]]:
@@ -710,6 +752,16 @@ def ruler_heatmap_png(report: dict, path: str) -> None:
     figure.suptitle(f"RULER score (0-100), {panels[0][1]['ruler']['protocol']['samples']} samples per cell", fontsize=9)
     figure.savefig(path, dpi=120)
     plt.close(figure)
+def check_heatmap(path: Path, option: str = "--heatmap", example: str = "passkey.png") -> None:
+    """--heatmap (or --plot) before anything loads: matplotlib there and the PNG writable, not a
+    finding after the whole measurement."""
+    from .files import check_writable_parent
+
+    require_matplotlib(option)
+    target = Path(path).expanduser().absolute()
+    if target.is_dir():
+        raise PicliError(f"{option} {path} is a directory", hint=f"name a file, e.g. {option} {example}")
+    check_writable_parent(target)
 
 
 def passkey_heatmap_png(report: dict, path: str) -> None:

@@ -58,17 +58,19 @@ def test_ruler_json_shape_and_records(ruler_run):
     assert [a["beyond_window"] for a in report["baseline"]["ruler"]["averages"]] == [False, True]
     assert [e["rule"] for e in ruler["effective"]] == ["ruler", "relative"]
     # Saved into picli's own output: the samples went to the file the record names, not into --json.
-    companion = ext / "picli-ruler-samples.jsonl.gz"
+    [companion] = ext.glob("picli-ruler-samples-*.jsonl.gz")
+    digest = hashlib.sha256(companion.read_bytes()).hexdigest()
+    assert companion.name == f"picli-ruler-samples-{digest[:12]}.jsonl.gz"  # one file per run, by content
     assert "samples" not in ruler and ruler["samples_file"] == str(companion) and ruler["samples_count"] == 8
-    record = json.loads((ext / "picli-verify.json").read_text())
+    record = json.loads((ext / "picli-verify.json").read_text())["runs"][0]
     saved = record["model"]["ruler"]
-    assert saved["samples_file"] == "picli-ruler-samples.jsonl.gz" and saved["samples_count"] == 8
-    assert saved["samples_sha256"] == hashlib.sha256(companion.read_bytes()).hexdigest()
+    assert saved["samples_file"] == companion.name and saved["samples_count"] == 8
+    assert saved["samples_sha256"] == digest
     assert saved["scores"] == ruler["scores"]
-    summary = json.loads((ext / "picli.json").read_text())["verification"]
-    assert summary["model"]["ruler"]["averages"] == {str(a["length"]): a["average"] for a in ruler["averages"]}
-    assert summary["model"]["ruler"]["scores"]["fwe"]["768"] == ruler["scores"][3]["score"]
-    assert summary["baseline"]["ruler"]["template"] == "plain"
+    summary = json.loads((ext / "picli.json").read_text())["verification"]["ruler"]
+    assert summary["model"]["averages"] == {str(a["length"]): a["average"] for a in ruler["averages"]}
+    assert summary["model"]["scores"]["fwe"]["768"] == ruler["scores"][3]["score"]
+    assert summary["baseline"]["template"] == "plain" and summary["baseline_run"]["window"] == 512
 
 
 def test_every_sample_is_kept_and_reproducible_with_plain_transformers(ruler_run, tiny_model_dir):
@@ -78,7 +80,8 @@ def test_every_sample_is_kept_and_reproducible_with_plain_transformers(ruler_run
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    lines = _lines(ruler_run["ext"] / "picli-ruler-samples.jsonl.gz")
+    [companion] = ruler_run["ext"].glob("picli-ruler-samples-*.jsonl.gz")
+    lines = _lines(companion)
     assert [line["run"] for line in lines] == ["model"] * 8 + ["baseline"] * 8
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     for line in lines:
@@ -119,6 +122,18 @@ def test_table_card_and_plot(ruler_run, tmp_path):
     assert f"| fwe | {ruler['scores'][1]['score']:.1f} | {ruler['scores'][3]['score']:.1f} |" in section
     assert "This model's effective length:" in section and "by the relative rule" in section
     assert "above 85.6" in section
+    # A later verification without RULER: the record keeps both runs, the card still shows RULER's
+    # newest run whole, and its samples file stays named.
+    later = tmp_path / "later"
+    shutil.copytree(ruler_run["ext"], later)
+    result = runner.invoke(app, ["verify", str(later), "--passkey", "--quick", "--length", "256", "--device", "cpu"])
+    assert result.exit_code == 0, result.stderr
+    runs = json.loads((later / "picli-verify.json").read_text())["runs"]
+    assert runs[0]["model"]["ruler"] is None and runs[1]["model"]["ruler"]["samples_file"]
+    assert (later / runs[1]["model"]["ruler"]["samples_file"]).is_file()
+    result = runner.invoke(app, ["card", str(later), "--dry-run", "--json"])
+    card = json.loads(result.stdout)["card"]
+    assert "### Passkey retrieval" in card and card[card.index("### RULER"):].startswith(section[:400])
     # The human table: averages side by side, then each model's task x length grid.
     shutil.copytree(ruler_run["ext"], tmp_path / "again")
     result = runner.invoke(app, ["verify", str(tmp_path / "again"), "--ruler", "--tasks", "fwe", "--samples", "1",
@@ -139,7 +154,7 @@ def test_without_saving_the_samples_are_in_the_json(tiny_model_dir, workdir):
     assert "samples_file" not in ruler and len(ruler["samples"]) == 1
     assert ruler["samples"][0]["input"].startswith("Read the following coded text")
     assert list(workdir.iterdir()) == []  # the user's own checkpoint: nothing written anywhere
-    assert not (tiny_model_dir / "picli-ruler-samples.jsonl.gz").exists()
+    assert not list(tiny_model_dir.glob("*ruler-samples*"))
 
 
 def test_o_file_keeps_the_samples_beside_it(tiny_model_dir, workdir):

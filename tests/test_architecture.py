@@ -140,3 +140,26 @@ def test_no_test_file_imports_another():
                 names = [f"tests.{node.module or ''}"] + [f"tests.{alias.name}" for alias in node.names]
             offenders += [f"{path.name}: {name}" for name in names if name.startswith("tests.test_")]
     assert offenders == []
+
+
+def test_conftest_holds_fixtures_only():
+    """conftest.py holds the fixtures and the session's offline setup; what they build from (the
+    family configs, write_checkpoint, the tokens...) lives in tests/helpers.py, which is where a
+    test file imports it from: one home for each helper."""
+    tests = Path(__file__).parent
+    tree = ast.parse((tests / "conftest.py").read_text())
+    public = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            if not node.name.startswith("_") and not any("fixture" in ast.unparse(d) for d in node.decorator_list):
+                public.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            public += [target.id for target in targets if isinstance(target, ast.Name) and not target.id.startswith("_")]
+        elif isinstance(node, ast.ClassDef):
+            public.append(node.name)
+    assert public == [], "move these to tests/helpers.py"
+    importers = [path.name for path in sorted(tests.glob("*.py")) if path.name != "conftest.py"
+                 and any(isinstance(node, ast.ImportFrom) and (node.module or "").endswith("conftest")
+                         for node in ast.walk(ast.parse(path.read_text())))]
+    assert importers == [], "import from tests.helpers, not from conftest"

@@ -18,8 +18,7 @@ from picli import rope
 from picli.card import BEGIN, END, TAGS, CardError, render_card, verification_summary
 from picli.cli import app
 from picli.provenance import verification_summary as summarise
-from tests.conftest import FAMILY_CONFIGS, write_checkpoint
-from tests.helpers import verify_file, verify_report
+from tests.helpers import FAMILY_CONFIGS, verify_file, verify_report, write_checkpoint
 
 runner = CliRunner()
 BASE = "huggyllama/llama-7b"

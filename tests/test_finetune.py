@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from picli import finetune, textdata, training
 from picli.cli import app
 from picli.passkey import FILLER, KEY_LINE, QUESTION, TASK
-from tests.conftest import tree_hash
+from tests.helpers import tree_hash
 
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

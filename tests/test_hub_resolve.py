@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAMILY_CONFIGS, write_checkpoint
-from tests.helpers import REVISION, picli
+from tests.helpers import FAMILY_CONFIGS, REVISION, picli, write_checkpoint
 
 
 def fill_cache(hf_home: Path, repo_id: str) -> Path:

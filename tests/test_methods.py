@@ -8,25 +8,17 @@ import copy
 import json
 import math
 
-import gguf
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from picli import rope
-from picli.cli import app
 from picli.gguf_io import read_gguf
-from tests.conftest import FAMILY_CONFIGS, TINY, family_rotary, tree_hash, write_checkpoint
-from tests.helpers import assert_clean_error
+from tests.helpers import (FAMILY_CONFIGS, TINY, assert_clean_error, family_rotary, make_gguf, run, tree_hash,
+                           write_checkpoint)
 
-runner = CliRunner()
 # Every family fixture without a scaling of its own.
 UNSCALED = sorted(name for name, config in FAMILY_CONFIGS.items() if not config.get("rope_scaling"))
-
-
-def run(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
 
 
 def rotary_truth(checkpoint_dir) -> dict[str, tuple[torch.Tensor, float]]:
@@ -261,25 +253,12 @@ def test_plan_config_purity_unchanged_for_linear():
 # GGUF in, GGUF out.
 
 
-def make_gguf(path, scaling: str | None = None):
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_context_length(2048)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_rope_dimension_count(64)
-    if scaling:
-        writer.add_rope_scaling_type(gguf.RopeScalingType(scaling))
-        writer.add_rope_scaling_factor(2.0)
-        writer.add_rope_scaling_orig_ctx_len(1024)
-    writer.add_tensor("token_embd.weight", np.arange(12, dtype=np.float32).reshape(3, 4))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+# A rotary dimension of 64: ntk's theta depends on it.
+ROTARY_64 = {"llama.rope.dimension_count": ("add_uint32", 64)}
 
 
 def test_gguf_yarn(tmp_path, workdir):
-    source = make_gguf(tmp_path / "m.gguf")
+    source = make_gguf(tmp_path / "m.gguf", ROTARY_64)
     result = run("extend", source, "--to", 8192, "-o", "y.gguf", "--method", "yarn")
     assert result.exit_code == 0, result.stderr
     meta = read_gguf(workdir / "y.gguf").metadata
@@ -296,7 +275,7 @@ def test_gguf_yarn(tmp_path, workdir):
 
 
 def test_gguf_ntk(tmp_path, workdir):
-    source = make_gguf(tmp_path / "m.gguf")
+    source = make_gguf(tmp_path / "m.gguf", ROTARY_64)
     result = run("extend", source, "--to", 8192, "-o", "n.gguf", "--method", "ntk")
     assert result.exit_code == 0, result.stderr
     meta = read_gguf(workdir / "n.gguf").metadata

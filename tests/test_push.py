@@ -27,9 +27,9 @@ from picli.cli import app
 from picli.hub import PushPlan, plan_push, preflight
 from picli.hub_errors import HubCall, translate
 from picli.provenance import remember_last
-from tests.conftest import JUNK, READ_TOKEN, REPO, STRANGER_TOKEN, TOKEN, TOKENS
+from tests.helpers import JUNK, READ_TOKEN, REPO, STRANGER_TOKEN, TOKEN, TOKENS, assert_clean_error, picli
 from tests.hub_server import FakeHub
-from tests.helpers import assert_clean_failure, picli
+
 
 def network_log(env: dict) -> list[str]:
     path = Path(env["PICLI_NETGUARD_LOG"])
@@ -103,7 +103,7 @@ def test_existing_repo_is_refused_unless_exist_ok(model, hub, env, tmp_path):
     assert picli("push", str(model), REPO, env=env, cwd=tmp_path).returncode == 0
     commits = len(hub.load(REPO)["commits"])
     refused = picli("push", str(model), REPO, env=env, cwd=tmp_path)
-    assert_clean_failure(refused, "already exists")
+    assert_clean_error(refused, "already exists")
     assert "--exist-ok" in refused.stderr and len(hub.load(REPO)["commits"]) == commits
 
     # New measurements: --exist-ok adds a commit whose card carries them.
@@ -130,13 +130,13 @@ def test_new_revision_is_created_from_main(model, hub, env, tmp_path):
     assert hub.head_message(REPO, "pi-8k") == "PI x4, 200 steps"
     assert "notes.txt" in hub.files(REPO, "pi-8k") and "notes.txt" not in hub.files(REPO, "main")
     # The branch now has a commit of its own: pushing to it again needs --exist-ok.
-    assert_clean_failure(picli("push", str(model), REPO, "--revision", "pi-8k", env=env, cwd=tmp_path),
-                         "already exists and has commits")
+    assert_clean_error(picli("push", str(model), REPO, "--revision", "pi-8k", env=env, cwd=tmp_path),
+                       "already exists and has commits")
 
 
 def test_create_pr_leaves_main_alone(model, hub, env, tmp_path):
     missing = picli("push", str(model), REPO, "--create-pr", env=env, cwd=tmp_path)
-    assert_clean_failure(missing, "does not exist")
+    assert_clean_error(missing, "does not exist")
     assert picli("push", str(model), REPO, env=env, cwd=tmp_path).returncode == 0
     main_head = hub.load(REPO)["refs"]["main"]
     (model / "notes.txt").write_text("proposed\n")
@@ -151,15 +151,15 @@ def test_create_pr_leaves_main_alone(model, hub, env, tmp_path):
 def test_wrong_missing_and_read_only_tokens_are_clean_errors(model, hub, env, tmp_path):
     wrong_token = "hf_" + secrets.token_hex(16)
     wrong = picli("push", str(model), REPO, "--token", wrong_token, env=env, cwd=tmp_path)
-    assert_clean_failure(wrong, "rejected the token")
+    assert_clean_error(wrong, "rejected the token")
     assert wrong_token not in wrong.stderr + wrong.stdout
     assert [path for _, path in hub.requests if path != "/api/agent-harnesses"] == ["/api/whoami-v2"]
 
     no_login = {key: value for key, value in env.items() if key != "HF_TOKEN"}
-    assert_clean_failure(picli("push", str(model), REPO, env=no_login, cwd=tmp_path), "not logged in")
-    assert_clean_failure(picli("push", str(model), REPO, "--token", READ_TOKEN, env=env, cwd=tmp_path), "read-only")
+    assert_clean_error(picli("push", str(model), REPO, env=no_login, cwd=tmp_path), "not logged in")
+    assert_clean_error(picli("push", str(model), REPO, "--token", READ_TOKEN, env=env, cwd=tmp_path), "read-only")
     forbidden = picli("push", str(model), REPO, "--token", STRANGER_TOKEN, env=env, cwd=tmp_path)
-    assert_clean_failure(forbidden, "forbidden")
+    assert_clean_error(forbidden, "forbidden")
     assert hub.load(REPO) is None
     assert_no_token_anywhere(env, [wrong.stderr, forbidden.stderr], model)
 
@@ -167,7 +167,7 @@ def test_wrong_missing_and_read_only_tokens_are_clean_errors(model, hub, env, tm
 def test_rerun_after_an_interrupted_upload_completes_it(model, hub, env, tmp_path):
     hub.fail_commits = 1  # the weights go up, then the commit fails
     first = picli("push", str(model), REPO, env=env, cwd=tmp_path)
-    assert_clean_failure(first, "failed with 500")
+    assert_clean_error(first, "failed with 500")
     assert "run the same command again" in first.stderr
     assert set(hub.files(REPO)) == {".gitattributes"}
     weights_oid = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
@@ -204,14 +204,14 @@ def test_dry_run_makes_no_network_call(model, hub, env, tmp_path):
 
 def test_offline_and_unreachable_hub(model, hub, env, tmp_path):
     offline = picli("push", str(model), REPO, env={**env, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
-    assert_clean_failure(offline, "offline mode is on")
+    assert_clean_error(offline, "offline mode is on")
     assert hub.requests == [] and network_log(env) == []
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
     unreachable = picli("push", str(model), REPO, env={**env, "HF_ENDPOINT": f"http://127.0.0.1:{closed}"},
                         cwd=tmp_path)
-    assert_clean_failure(unreachable, "could not reach")
+    assert_clean_error(unreachable, "could not reach")
 
 
 def test_subprocess_guard_refuses_other_hosts(env, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from picli import rope
 from picli.errors import CannotExtend, NotACheckpoint
-from tests.conftest import FAMILY_CONFIGS, REFUSED_CONFIGS
+from tests.helpers import FAMILY_CONFIGS, REFUSED_CONFIGS
 
 
 def plan(name: str, target: int, **options) -> rope.ConfigPlan:

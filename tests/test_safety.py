@@ -18,17 +18,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from picli.cli import app
-from tests.conftest import FAMILY_CONFIGS, tree_hash, write_checkpoint
-from tests.helpers import REVISION, assert_clean_error, make_gguf, picli
+from tests.helpers import (FAMILY_CONFIGS, REVISION, assert_clean_error, make_gguf, picli, run, tree_hash,
+                           write_checkpoint)
 
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
 
 
 def write_safetensors(path: Path, header: object, data: bytes = b"", raw_header: bytes | None = None) -> Path:

@@ -83,6 +83,7 @@ def test_chunked_loss_equals_transformers_loss(extended, monkeypatch):
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_log_output_has_step_lines_and_no_third_party_bars(extended, corpus, tmp_path):
     """In a log file (no terminal) each step is one line, and transformers' weight-loading and
     shard-writing bars stay out of it."""

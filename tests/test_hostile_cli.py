@@ -83,6 +83,7 @@ def test_finetune_refuses_pickle_weights_before_training(tiny_model_dir, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_the_conversion_the_hint_prints_gives_a_loadable_checkpoint(tiny_model_dir, tmp_path):
     """The hint's snippet is runnable as printed and its output is what picli then accepts."""
     from picli.modeling import check_loadable
@@ -258,6 +259,7 @@ def test_usage_error_in_a_real_process():
 # 5. push: a server that is not quite the Hub, and branch names git would refuse.
 
 
+@pytest.mark.slow
 def test_push_to_an_endpoint_answering_200_with_html(model, hub, env, tmp_path):
     hub.canned["/api/whoami-v2"] = (200, b"<html><body>Welcome to the proxy</body></html>", "text/html")
     result = picli("push", str(model), REPO, env=env, cwd=tmp_path)
@@ -265,6 +267,7 @@ def test_push_to_an_endpoint_answering_200_with_html(model, hub, env, tmp_path):
     assert hub.url in result.stderr and "HF_ENDPOINT" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_server_error_text_with_newlines_stays_on_one_line(model, hub, env, tmp_path):
     text = "first line of the problem\nsecond line\r\n\n  third line"
     hub.canned["/api/whoami-v2"] = (400, json.dumps({"error": text}).encode(), "application/json")
@@ -303,6 +306,7 @@ def test_valid_revisions_pass(model):
         assert plan_push(model, REPO, revision=revision).revision == revision
 
 
+@pytest.mark.slow
 def test_revision_with_dots_makes_no_request(model, hub, env, tmp_path):
     result = picli("push", str(model), REPO, "--revision", "../main", env=env, cwd=tmp_path)
     assert_clean_error(result, "--revision")

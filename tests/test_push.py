@@ -54,6 +54,7 @@ def assert_no_token_anywhere(env: dict, outputs: list[str], *roots: Path) -> Non
                 assert not any(token.encode() in data for token in TOKENS), path
 
 
+@pytest.mark.slow
 def test_push_uploads_byte_identical_files_and_an_honest_card(model, hub, env, tmp_path):
     result = picli("push", str(model), REPO, "--json", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -83,6 +84,7 @@ def test_push_uploads_byte_identical_files_and_an_honest_card(model, hub, env, t
     assert_no_token_anywhere(env, [result.stdout, result.stderr], model, hub.root, Path(env["HF_HOME"]))
 
 
+@pytest.mark.slow
 def test_default_model_public_and_stored_login(model, hub, env, tmp_path):
     """`picli push REPO` publishes the last checkpoint picli wrote here; auth falls back to `hf auth login`."""
     workdir = tmp_path / "work"
@@ -99,6 +101,7 @@ def test_default_model_public_and_stored_login(model, hub, env, tmp_path):
     assert_no_token_anywhere(env, [result.stdout, result.stderr], model)
 
 
+@pytest.mark.slow
 def test_existing_repo_is_refused_unless_exist_ok(model, hub, env, tmp_path):
     assert picli("push", str(model), REPO, env=env, cwd=tmp_path).returncode == 0
     commits = len(hub.load(REPO)["commits"])
@@ -117,6 +120,7 @@ def test_existing_repo_is_refused_unless_exist_ok(model, hub, env, tmp_path):
     assert hub.head_message(REPO) == "PI x4: 2048 -> 8192 tokens, not fine-tuned"
 
 
+@pytest.mark.slow
 def test_new_revision_is_created_from_main(model, hub, env, tmp_path):
     assert picli("push", str(model), REPO, env=env, cwd=tmp_path).returncode == 0
     main_head = hub.load(REPO)["refs"]["main"]
@@ -134,6 +138,7 @@ def test_new_revision_is_created_from_main(model, hub, env, tmp_path):
                        "already exists and has commits")
 
 
+@pytest.mark.slow
 def test_create_pr_leaves_main_alone(model, hub, env, tmp_path):
     missing = picli("push", str(model), REPO, "--create-pr", env=env, cwd=tmp_path)
     assert_clean_error(missing, "does not exist")
@@ -148,6 +153,7 @@ def test_create_pr_leaves_main_alone(model, hub, env, tmp_path):
     assert "notes.txt" in hub.files(REPO, "refs/pr/1")
 
 
+@pytest.mark.slow
 def test_wrong_missing_and_read_only_tokens_are_clean_errors(model, hub, env, tmp_path):
     wrong_token = "hf_" + secrets.token_hex(16)
     wrong = picli("push", str(model), REPO, "--token", wrong_token, env=env, cwd=tmp_path)
@@ -164,6 +170,7 @@ def test_wrong_missing_and_read_only_tokens_are_clean_errors(model, hub, env, tm
     assert_no_token_anywhere(env, [wrong.stderr, forbidden.stderr], model)
 
 
+@pytest.mark.slow
 def test_rerun_after_an_interrupted_upload_completes_it(model, hub, env, tmp_path):
     hub.fail_commits = 1  # the weights go up, then the commit fails
     first = picli("push", str(model), REPO, env=env, cwd=tmp_path)
@@ -182,6 +189,7 @@ def test_rerun_after_an_interrupted_upload_completes_it(model, hub, env, tmp_pat
         assert remote[path] == (model / path).read_bytes()
 
 
+@pytest.mark.slow
 def test_dry_run_makes_no_network_call(model, hub, env, tmp_path):
     before = {path: path.read_bytes() for path in model.rglob("*") if path.is_file()}
     strict = {**env, "PICLI_NETGUARD_STRICT": "1"}  # any connection at all would fail
@@ -202,6 +210,7 @@ def test_dry_run_makes_no_network_call(model, hub, env, tmp_path):
     assert_no_token_anywhere(env, [result.stdout, result.stderr, as_json.stdout])
 
 
+@pytest.mark.slow
 def test_offline_and_unreachable_hub(model, hub, env, tmp_path):
     offline = picli("push", str(model), REPO, env={**env, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
     assert_clean_error(offline, "offline mode is on")
@@ -214,6 +223,7 @@ def test_offline_and_unreachable_hub(model, hub, env, tmp_path):
     assert_clean_error(unreachable, "could not reach")
 
 
+@pytest.mark.slow
 def test_subprocess_guard_refuses_other_hosts(env, tmp_path):
     code = ("import socket\n"
             "for attempt in (lambda: socket.socket().connect(('192.0.2.1', 80)),\n"

@@ -132,6 +132,7 @@ def blob_cache(hf_home: Path, repo_id: str, revision: str) -> Path:
     return snapshot
 
 
+@pytest.mark.slow
 def test_hub_cache_snapshot_links_into_its_blobs_are_allowed(tmp_path):
     hf_home = tmp_path / "hf"
     snapshot = blob_cache(hf_home, "huggyllama/llama-7b", REVISION)
@@ -351,6 +352,7 @@ def test_second_hf_run_leaves_the_first_runs_staging(checkpoint, workdir):
     assert staging_names(workdir) == []
 
 
+@pytest.mark.slow
 def test_two_real_extends_to_one_output(checkpoint, workdir):
     """Two processes: exactly one writes; the other fails with one line, no traceback."""
     code = ("import sys\nfrom picli.cli import app\n"

@@ -1,4 +1,4 @@
-"""The package's shape: modules import downward only (STYLE.md), so each can be read and
+"""The package's shape: modules import downward only (CONTRIBUTING.md), so each can be read and
 changed without the ones that use it. Every `from .x import` counts, also those inside
 functions: a late import still ties two modules together."""
 

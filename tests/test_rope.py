@@ -1,4 +1,4 @@
-"""The config rules of DESIGN.md §2, as pure functions, and the runtime predictions held
+"""The config rules of docs/design.md §2, as pure functions, and the runtime predictions held
 against the installed transformers."""
 
 from __future__ import annotations

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import provenance, rope
-from .checkpoint import read_config
-from .errors import PicliError
+from .checkpoint import read_config, resolve
+from .errors import NotACheckpoint, PicliError
+from .events import Events
 from .files import atomic_write_bytes
 from .modeling import kv_cache_bytes
 
@@ -39,14 +41,6 @@ README = "README.md"
 TAGS = ["picli", "position-interpolation", "long-context", "rope-scaling"]
 # Licenses of base models picli knows without reading their card (the embedded model).
 KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
-# What the PI paper reports for a model that was not fine-tuned (a card cites it as the paper's;
-# measurements of the card's own model come only from its picli-verify.json).
-UNTRAINED_PAPER = ("in the PI paper (Chen et al. 2023), its models at step 0, before any fine-tuning, have a "
-                   "worse PG-19 perplexity than after fine-tuning, degraded but not broken (Table 3), and its passkey "
-                   "results (Table 4) start at 200 fine-tuning steps")
-# The paper's Table 5 (LLaMA 7B, original-window benchmarks), as it reports it.
-TABLE5 = ("the PI paper's Table 5 (LLaMA 7B): within about 2% of the original model on most original-window "
-          "benchmarks at 8k, but BoolQ drops 2.9 points at 8k, 6.3 at 16k and 11.4 at 32k")
 _FRONT_MATTER = re.compile(r"\A\s*---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.S)
 
 
@@ -94,6 +88,44 @@ def card_action(existing_readme: str | None, overwrite: bool) -> str:
     if overwrite:
         return "overwrite"
     return "refresh" if BEGIN in existing_readme and END in existing_readme else "append"
+
+
+@dataclass(frozen=True)
+class CardResult:
+    """What `picli card` did: the card's text, how it met the README there, where it went."""
+
+    checkpoint: Path
+    card: str
+    action: str  # create | refresh | append | overwrite
+    path: Path | None  # None: a dry run, nothing written
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The --json shape: {path, action, written, card}."""
+        return {"path": str(self.path) if self.path else None, "action": self.action,
+                "written": self.path is not None, "card": self.card}
+
+
+def write_model_card(model: str | None, repo_id: str | None = None, overwrite: bool = False, dry_run: bool = False,
+                     on_event: Events = None) -> CardResult:
+    """`picli card`: README.md of a local checkpoint directory, built and (unless dry_run) written.
+
+    MODEL is a directory, never resolved as a Hub id or alias: the card is written into it, and
+    a download cache is not a place to write. None: the last checkpoint picli wrote here.
+    """
+    checkpoint_dir = resolve(None, on_event=on_event).path if model is None else Path(model)
+    if not (checkpoint_dir / "config.json").is_file():
+        raise NotACheckpoint(f"{checkpoint_dir} is not a checkpoint directory (no config.json)",
+                             hint="pass the directory picli extend wrote")
+    record, verify_record, existing = load_inputs(checkpoint_dir)
+    warnings = [] if record else ["no picli.json here: the card has no provenance"]
+    if on_event:
+        for text in warnings:
+            on_event({"kind": "warning", "text": text})
+    text = render_card(checkpoint_dir, record, verify_record, existing, repo_id, overwrite)
+    path = None if dry_run else write_card(checkpoint_dir, text)
+    return CardResult(checkpoint=checkpoint_dir, card=text, action=card_action(existing, overwrite), path=path,
+                      warnings=warnings)
 
 
 # ---------------------------------------------------------------------------------------
@@ -197,96 +229,38 @@ def _body(checkpoint_dir: Path, config: dict, record: dict, verify_record: dict 
     base = record.get("base_model")
     title = repo_id.split("/")[-1] if repo_id else checkpoint_dir.name
     parts = [f"# {title}", ""]
-    method = rope_record.get("type", "linear")
+    named = rope_record.get("type", "linear")
+    method = _method_of(record)
     if rope_record:
         origin = f"[{base}](https://huggingface.co/{base})" if base else _source_label(record)
         parts.append(f"{origin} with its context window extended from **{original:,} to {target:,} tokens** by "
-                     f"{METHOD_NAMES.get(method, method)}, factor **{factor:g}**. "
+                     f"{method.title if named in rope.METHODS else named}, factor **{factor:g}**. "
                      f"Made with picli {record.get('picli_version', '')}".rstrip() + ".")
     else:
         parts.append("No picli.json was found beside this checkpoint, so this card has no provenance: what was "
                      f"done to it is not recorded. Its config says RoPE {state.scaling_type}, factor "
                      f"{state.factor:g}, window {state.window:,} tokens.")
     parts += ["", *_what_was_done(config, record, state, original, target, factor)]
-    if method in ("yarn", "ntk"):
-        parts += ["", *_method(rope_record, state, original, target, factor)]
+    method_section = method.card_method(rope_record, state.theta, state.rotary_dim, state.model_type, original,
+                                        target, factor)
+    if method_section:
+        parts += ["", *method_section]
     parts += ["", *_verification(record, verify_record, target)]
     parts += ["", *_how_to_run(config, record, state, name, target, factor)]
-    parts += ["", *_limitations(config, original, target, factor)]
+    parts += ["", *_limitations(config, record, verify_record, original, target, factor)]
     return "\n".join(parts).rstrip() + "\n"
 
 
-METHOD_NAMES = {
-    "linear": "linear Position Interpolation (PI, [Chen et al. 2023](https://arxiv.org/abs/2306.15595))",
-    "yarn": "YaRN ([Peng et al. 2023](https://arxiv.org/abs/2309.00071))",
-    "ntk": "static NTK-aware RoPE scaling (a larger RoPE base; [Peng et al. 2023](https://arxiv.org/abs/2309.00071) "
-           "§3.1)",
-}
-_METHOD_ROWS = {
-    "linear": "linear RoPE scaling (Position Interpolation): position m is read as m / {factor:g}",
-    "yarn": "YaRN: fast RoPE dimensions kept, slow ones interpolated by {factor:g}, a ramp between; attention "
-            "temperature 0.1 ln s + 1 (see Method)",
-    "ntk": "NTK-aware: a larger RoPE theta, no scaling type (see Method)",
-}
+def _method_of(record: dict) -> rope.Method:
+    """The method picli.json names (linear PI when it names none, or one picli does not write)."""
+    return rope.METHODS.get((record.get("rope") or {}).get("type", "linear"), rope.METHODS["linear"])
 
 
 def _self_check_row(record: dict) -> str:
     check = record.get("self_check") or {}
     if not check.get("ok"):
         return "not recorded"
-    method = (record.get("rope") or {}).get("type", "linear")
-    if method == "linear":
-        return "transformers reloaded the config and computed the source's inverse frequencies divided by the factor"
-    return (f"transformers {check.get('transformers', '')} reloaded the config and computed the inverse frequencies "
-            f"and attention scaling picli computes for {method} from the paper's formulas").replace("  ", " ")
-
-
-def _method(rope_record: dict, state, original: int, target: int, factor: float) -> list[str]:
-    """The Method paragraph of a yarn or ntk checkpoint: what it does, how to run it, its limits."""
-    parameters = rope_record.get("parameters") or {}
-    if rope_record.get("type") == "yarn":
-        readers = parameters.get("readers") or {}
-        attention = parameters.get("attention_factor") or rope.yarn_attention_factor(factor)
-        wrong = "; ".join(readers.get("wrong") or [])
-        return [
-            "## Method", "",
-            f"YaRN divides each RoPE frequency by an amount that depends on its wavelength: dimensions whose "
-            f"wavelength fits more than 32 times into the original {original:,}-token window keep their frequency, "
-            f"those that fit less than once are interpolated by {factor:g} (like PI), with a linear ramp between; "
-            f"cos and sin are multiplied by 0.1 ln {factor:g} + 1 = {attention:.4f}. The config says `rope_type: yarn`, "
-            f"`factor` {factor:g}, `original_max_position_embeddings` {original}, `beta_fast` 32, `beta_slow` 1 and no "
-            "custom attention factor (vLLM and llama.cpp would ignore one).", "",
-            f"- **transformers**: read as meant by {', '.join(readers.get('right') or ['transformers 4.56+ and 5.x'])}"
-            + (f". Not by: {wrong}." if wrong else ".") + f" Older releases (before "
-            f"{parameters.get('min_transformers', '4.45.0')}) ignore or reject yarn for this family.",
-            f"- **vLLM** serves `original_max_position_embeddings` x factor = {round(original * factor):,} tokens; "
-            f"`--max-model-len {target}` says it explicitly.",
-            f"- **llama.cpp**: the converter writes `rope.scaling.type yarn`, the factor and the original context "
-            f"into the GGUF; on a GGUF converted from the base model: `llama-cli -m model.gguf -c {target} "
-            f"--rope-scaling yarn --rope-scale {factor:g} --yarn-orig-ctx {original}`.",
-            f"- **Limits**: nothing here is measured beyond what the verification section reports; YaRN is meant for "
-            f"{target:,} tokens and does not extend past them.",
-        ]
-    theta_before = parameters.get("theta_before")
-    dim = parameters.get("rotary_dim", state.rotary_dim)
-    return [
-        "## Method", "",
-        f"NTK-aware scaling (static) raises the RoPE base instead of scaling positions: theta "
-        f"{theta_before:g} -> {state.theta:.6g} = theta x {factor:g}^(d/(d-2)) with d = {dim} rotary dimensions, so the "
-        f"lowest frequency is interpolated by {factor:g} (like PI), the highest is kept, and those between are "
-        "stretched less the faster they turn. The config has no scaling type: every runtime reads it as plain RoPE "
-        "with a larger `rope_theta`." if isinstance(theta_before, (int, float)) else
-        "NTK-aware scaling (static) raises the RoPE base instead of scaling positions; the config has no scaling type.",
-        "",
-        "- **transformers** (every release that reads `rope_theta`"
-        + (", or `rotary_emb_base` for GPT-NeoX in 4.x" if state.model_type == "gpt_neox" else "") + "), "
-        f"**vLLM** (`--max-model-len {target}`; there is no factor to multiply) and **TGI** read the new theta.",
-        f"- **llama.cpp**: the converter writes it as `rope.freq_base`; on a GGUF converted from the base model: "
-        f"`llama-cli -m model.gguf -c {target} --rope-freq-base {state.theta:.6g}`.",
-        "- **Limits**: the dimensions between the fastest and the slowest are extrapolated in part (YaRN paper §3.1), "
-        "and this is the static form: it is not dynamic NTK, which rescales per sequence length in transformers "
-        "but once at load in vLLM and has no GGUF form.",
-    ]
+    return _method_of(record).card_self_check(check)
 
 
 def _source_label(record: dict) -> str:
@@ -317,7 +291,7 @@ def _what_was_done(config: dict, record: dict, state, original: int, target: int
     versions = record.get("versions") or {}
     rows = [
         ("base model", f"`{record['base_model']}`" if record.get("base_model") else _source_label(record)),
-        ("method", _METHOD_ROWS.get(record["rope"].get("type"), _METHOD_ROWS["linear"]).format(factor=factor)),
+        ("method", _method_of(record).summary.format(factor=factor)),
         ("window", f"{original:,} -> {target:,} tokens (factor {factor:g}, RoPE theta {state.theta:g})"),
         ("config", f"`rope_scaling` = `{json.dumps(config.get('rope_scaling'))}` (transformers 4.x, vLLM, TGI, "
                    f"llama.cpp); `rope_parameters` = `{json.dumps(config.get('rope_parameters'))}` (transformers "
@@ -341,11 +315,8 @@ def _what_was_done(config: dict, record: dict, state, original: int, target: int
         lines += ["### Fine-tune", "", "| setting | value |", "|---|---|",
                   *[f"| {key} | {_cell(value)} |" for key, value in _finetune_rows(finetune)]]
     else:
-        lines.append(f"**Not fine-tuned.** This checkpoint has the source's weights; only its RoPE configuration "
-                     "changed. Interpolation keeps attention scores bounded (the PI paper's bound), but the paper "
-                     f"fine-tunes every model it extends (1000 steps): {UNTRAINED_PAPER}. Unless the verification "
-                     "below measured this model at the new window, treat it as the starting point for that "
-                     "fine-tune (`picli finetune`), not as a long-context model.")
+        lines.append("**Not fine-tuned.** This checkpoint has the source's weights; only its RoPE configuration "
+                     f"changed. {_method_of(record).card_untrained()}")
     return lines
 
 
@@ -526,6 +497,7 @@ def _rate(run: dict, length: str) -> str:
 
 
 def _how_to_run(config: dict, record: dict, state, name: str, target: int, factor: float) -> list[str]:
+    method = _method_of(record)
     legacy = rope.predict_transformers4(config)
     local = name if name.startswith(".") else name.split("/")[-1]
     vllm = rope.predict_vllm(config, intended_window=target)
@@ -536,19 +508,17 @@ def _how_to_run(config: dict, record: dict, state, name: str, target: int, facto
              f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
              f'model = AutoModelForCausalLM.from_pretrained("{name}", dtype="auto")  # < 4.56: torch_dtype="auto"',
              "```", "",
-             f"**vLLM**: pass the window explicitly. vLLM multiplies `max_position_embeddings` by the factor "
-             f"(it assumes the field holds the pretraining window), so on its own it would allow "
+             f"**vLLM**: pass the window explicitly. {method.card_vllm()}, so on its own it would allow "
              f"{vllm['derived_max_model_len']:,} tokens" + (", past the interpolated window" if vllm["over_claims"]
                                                             else "") + ":", "",
              "```bash", f"vllm serve {name} {vllm['flag']}", "```", "",
-             "**llama.cpp**: the converter writes the linear factor into the GGUF "
-             "(`rope.scaling.type`, `rope.scaling.factor`); name the context, since builds differ in its default:",
+             f"**llama.cpp**: {method.card_llama_cpp()}; name the context, since builds differ in its default:",
              "", "```bash", *([f"hf download {name} --local-dir {local}"] if "/" in name and not name.startswith(".")
                               else []),
              f"python convert_hf_to_gguf.py {local} --outfile model.gguf",
              f"llama-cli -m model.gguf -c {target}",
              "# a GGUF converted without the scaling keys:",
-             f"llama-cli -m model.gguf {llama['flags'] if state.scaling_type == 'linear' else f'-c {target}'}",
+             f"llama-cli -m model.gguf {llama['flags']}",
              "```", "",
              "**Text Generation Inference** reads `rope_scaling` from config.json but caps the request length "
              "on its own; raise the limits to the window:", "",
@@ -556,22 +526,22 @@ def _how_to_run(config: dict, record: dict, state, name: str, target: int, facto
              "docker run --gpus all -p 8080:80 ghcr.io/huggingface/text-generation-inference \\",
              f"  --model-id {name} \\",
              f"  --max-input-tokens {target - 1} --max-total-tokens {target} --max-batch-prefill-tokens {target}",
-             f"# where TGI does not apply the config's scaling, set it: -e ROPE_SCALING=linear -e ROPE_FACTOR={factor:g}",
+             method.card_tgi(factor),
              "```"]
     return lines
 
 
-def _limitations(config: dict, original: int, target: int, factor: float) -> list[str]:
+def _limitations(config: dict, record: dict, verify_record: dict | None, original: int, target: int,
+                 factor: float) -> list[str]:
+    """What the window does not give: past it and inside the old one (the method's own limits), and the
+    limits every method shares."""
+    method = _method_of(record)
     lines = ["## Limitations", "",
-             f"- **No extrapolation past {target:,} tokens.** PI maps positions 0..{target:,} into the trained "
-             f"range 0..{original:,}; beyond {target:,} the model sees angles it never saw and fails as the "
-             "base model does past its window.",
+             f"- {method.card_past_window(original, target, factor)}",
              "- **A passkey pass is not full long-context understanding.** Retrieving one number shows the "
              "positions are usable, not that the model reasons over the whole window (RULER found 32k PI models "
              "effective at about 4k).",
-             f"- **Short contexts may get worse.** PI compresses every RoPE frequency by {factor:g}, so "
-             f"neighbouring tokens are harder to tell apart. Not measured for this model by picli; from "
-             f"{TABLE5}."]
+             f"- {method.card_short_range(original, factor, _short_range_measured(record, verify_record, original))}"]
     try:
         kv_bytes = kv_cache_bytes(config, target)
     except (KeyError, TypeError, ZeroDivisionError):
@@ -581,3 +551,24 @@ def _limitations(config: dict, original: int, target: int, factor: float) -> lis
         lines.append(f"- **Memory.** The KV cache of one {target:,}-token sequence takes about {size} in "
                      "16-bit precision, on top of the weights.")
     return lines
+
+
+def _short_range_measured(record: dict, verify_record: dict | None, original: int) -> str | None:
+    """What picli-verify.json measured inside the original window (perplexity, passkey), beside
+    the baseline where it has one; None when it measured nothing there."""
+    summary = verification_summary(record, verify_record) or {}
+    model, baseline = summary.get("model") or {}, summary.get("baseline") or {}
+    found = []
+    for table, label, shown in (("perplexity", "perplexity", lambda value: f"{value:.3f}"),
+                                ("passkey_success", "passkey success", lambda value: f"{value:.0%}")):
+        cells = []
+        for length, value in (model.get(table) or {}).items():
+            if int(length) <= original:
+                base = (baseline.get(table) or {}).get(length)
+                cells.append(f"{shown(value)} at {int(length):,} tokens"
+                             + (f" (baseline {shown(base)})" if base is not None else ""))
+        if cells:
+            found.append(f"{label} " + ", ".join(cells))
+    if not found:
+        return None
+    return "Measured for this model by picli (Verification above): " + "; ".join(found)

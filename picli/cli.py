@@ -12,6 +12,7 @@ import errno
 import functools
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -154,6 +155,12 @@ def boundary(command):
     return wrapper
 
 
+def _command_line() -> str:
+    """The command as typed, shell-quoted so it can be run again: the `command` every record
+    (picli.json, picli-verify.json) stores, made here once for every command."""
+    return shlex.join(["picli", *sys.argv[1:]])
+
+
 def parse_window(text: str, option: str = "--to") -> int:
     """'16384', '16k', '16K' -> 16384. A non-number is a user error, not a usage error."""
     match = re.fullmatch(r"\s*(\d+)\s*([kK]?)\s*", text or "")
@@ -214,15 +221,9 @@ def inspect(
 
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
         report = inspect_model(model, on_event=on_event).to_dict()
-    if json_output:
-        render.print_json(report)
-    else:
-        render.inspection(report)
-    if check:
-        if not json_output:
-            render.check_summary(report)
-        if not report["check"]["ok"]:
-            raise typer.Exit(1)
+    render.emit(report, json_output=json_output, human=functools.partial(render.inspection, check=check))
+    if check and not report["check"]["ok"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -270,34 +271,16 @@ def extend(
 
       picli extend Qwen/Qwen2.5-7B-Instruct --to 131072 --method yarn
     """
-    from .extend import apply_extend, plan_extend
-    from .provenance import check_state_dir, remember_last
+    from .extend import extend_command
 
     target_window = parse_window(to)
     current = parse_window(from_window, "--from") if from_window is not None else None
-    if not dry_run:
-        check_state_dir()  # where the output is remembered: refused now, not after writing it
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
-        plan = plan_extend(model, target_window, output=output, from_window=current, weights=weights,
-                           max_position=max_position_embeddings, force=force, on_event=on_event,
-                           method=method)
-        for text in plan.warnings:
-            render.warning(text)
-        if plan.source.resolved_from:
-            render.message(f"MODEL: {plan.source.resolved_from}")
-        if dry_run:
-            payload = {"dry_run": True, "plan": plan.to_dict()}
-        else:
-            result = apply_extend(plan, command=["picli", *sys.argv[1:]], on_event=on_event)
-            remember_last(plan.output, "extend")
-            payload = {"dry_run": False, "plan": plan.to_dict(), "self_check": result.self_check}
-    if json_output:
-        render.print_json(payload)
-    elif dry_run:
-        render.extend_plan(payload["plan"], dry_run=True)
-    else:
-        render.extend_result(payload)
-        render.message(f"Wrote {plan.output}; commands run here without MODEL will use it.")
+        payload = extend_command(model, target_window, dry_run=dry_run, command=_command_line(), on_event=on_event,
+                                 output=output, from_window=current, weights=weights,
+                                 max_position=max_position_embeddings, force=force, method=method)
+    render.emit(payload, json_output=json_output, dry_run=dry_run, plan=render.extend_dry_run,
+                human=render.extend_written)
 
 
 @app.command()
@@ -396,10 +379,8 @@ def verify(
 
     if quick:
         positions, trials = QUICK
-    if heatmap and not (passkey or not perplexity):
-        raise PicliError("--heatmap draws the passkey grid", hint="add --passkey")
     settings = VerifySettings(
-        passkey=passkey or not perplexity, perplexity=perplexity,
+        passkey=passkey or None, perplexity=perplexity,
         lengths=tuple(parse_window(value, "--length") for value in length) if length else None,
         data=data, text_field=text_field, stride=stride, max_tokens=max_tokens,
         doc_tokens=parse_window(doc_tokens, "--doc-tokens") if doc_tokens is not None else None,
@@ -408,22 +389,19 @@ def verify(
         protocol=Protocol(positions=positions, trials=trials, seed=seed), baseline=baseline,
         device=device, dtype=dtype, attention=attn, device_map=device_map, batch_size=batch_size,
     )
+    if heatmap and not settings.passkey:
+        raise PicliError("--heatmap draws the passkey grid", hint="add --passkey")
     side_by_side = bool(models) and len(models) > 1
     run = run_side_by_side if side_by_side else run_verify
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
         report = run(models if side_by_side else (models[0] if models else None), settings, save=save,
-                     save_to=output, command=" ".join(["picli", *sys.argv[1:]]), on_event=on_event).to_dict()
+                     save_to=output, command=_command_line(), on_event=on_event).to_dict()
     if output:
         render.message(f"Wrote {output}")
     if heatmap:
         render.passkey_heatmap_png(report, str(heatmap))
         render.message(f"Wrote {heatmap}")
-    if json_output:
-        render.print_json(report)
-    elif side_by_side:
-        render.verify_side_by_side(report)
-    else:
-        render.verify_report(report)
+    render.emit(report, json_output=json_output, human=render.verification)
 
 
 @app.command()
@@ -513,25 +491,21 @@ def finetune(
         source = getattr(ctx.get_parameter_source("micro_batch_size"), "name", None)
         given = {"micro_batch_size"} if source == "COMMANDLINE" else set()
         result = finetune_command(model, output, settings, resume=resume, plan_only=plan, force=force,
-                                  command=" ".join(["picli", *sys.argv[1:]]), on_event=on_event, given=given)
+                                  command=_command_line(), on_event=on_event, given=given)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun / accelerate launch, one report: the main process's
-    if json_output:
-        render.print_json(result)
-    elif plan:
-        render.finetune_plan(result)
-    else:
-        render.finetune_result(result)
+    render.emit(result, json_output=json_output, dry_run=plan, plan=render.finetune_plan, human=render.finetune_result)
 
 
 @app.command()
 @boundary
 def push(
-    model_or_repo: Annotated[Optional[str], typer.Argument(
-        metavar="MODEL", help="Checkpoint directory to publish. Given only one argument, it is REPO and MODEL is "
-        "the last checkpoint picli wrote in this directory.", show_default=False)] = None,
-    repo: Annotated[Optional[str], typer.Argument(
-        metavar="REPO", help="Hub repo id, namespace/name (required).", show_default=False)] = None,
+    repo: Annotated[str, typer.Argument(
+        metavar="REPO", help="Hub repo id, namespace/name (first, as in `hf upload REPO [PATH]`).",
+        show_default=False)],
+    model: Annotated[Optional[str], typer.Argument(
+        metavar="MODEL", help="Checkpoint directory to publish. Default: the last one picli wrote in this "
+        "directory.", show_default=False)] = None,
     public: Annotated[bool, typer.Option("--public", help="Create the repo public (default: private).")] = False,
     revision: Annotated[Optional[str], typer.Option(
         "--revision", help="Push to this branch; a new branch is created from main.")] = None,
@@ -560,44 +534,28 @@ def push(
     command again after an interruption finishes the upload. Training checkpoints,
     optimizer state and .picli/ are never uploaded.
 
+    REPO comes first and MODEL second, as in `hf upload REPO [PATH]`; the other order (a
+    directory, then a repo id) is refused before anything is read or sent.
+
     Examples:
 
       picli push org/model-16k
 
-      picli push ./llama-7b-16k org/model-16k --public
+      picli push org/model-16k ./llama-7b-16k --public
 
-      picli push ./m org/model-16k --revision pi-16k --commit-message "PI x8, 200 steps"
+      picli push org/model-16k ./m --revision pi-16k --commit-message "PI x8, 200 steps"
 
-      picli push ./m org/model-16k --create-pr
+      picli push org/model-16k ./m --create-pr
 
-      picli push ./m org/model-16k --dry-run
+      picli push org/model-16k ./m --dry-run
     """
-    from .checkpoint import resolve
-    from .hub import plan_push
-    from .hub import push as push_to_hub
+    from .hub import push_command
 
-    if model_or_repo is None:
-        raise typer.BadParameter("missing the Hub repo id (namespace/name)", param_hint="REPO")
-    if repo is None:
-        model_dir = resolve(None, on_event=_say).path
-        repo_id = model_or_repo
-    else:
-        model_dir, repo_id = Path(model_or_repo), repo
     with _quiet_third_party(json_output, hub_bars=True), render.progress(bars=not json_output) as on_event:
-        plan = plan_push(model_dir, repo_id, revision=revision, private=not public, create_pr=create_pr,
-                         exist_ok=exist_ok, commit_message=commit_message, overwrite_card=overwrite_card, token=token)
-        for text in plan.warnings:
-            render.warning(text)
-        if dry_run:
-            payload = {"dry_run": True, "plan": plan.to_dict()}
-        else:
-            payload = {"dry_run": False, **push_to_hub(plan, token=token, on_event=on_event).to_dict()}
-    if json_output:
-        render.print_json(payload)
-    elif dry_run:
-        render.push_plan(payload["plan"])
-    else:
-        render.push_result(payload)
+        payload = push_command(repo, model, dry_run=dry_run, token=token, on_event=on_event, revision=revision,
+                               private=not public, create_pr=create_pr, exist_ok=exist_ok,
+                               commit_message=commit_message, overwrite_card=overwrite_card)
+    render.emit(payload, json_output=json_output, dry_run=dry_run, plan=render.push_dry_run, human=render.push_result)
 
 
 @app.command()
@@ -627,32 +585,12 @@ def card(
 
       picli card --overwrite-card --json
     """
-    from . import card as card_module
-    from .checkpoint import resolve
+    from .card import write_model_card
 
-    model_dir = resolve(None, on_event=_say).path if model is None else Path(model)
-    if not (model_dir / "config.json").is_file():
-        raise PicliError(f"{model_dir} is not a checkpoint directory (no config.json)",
-                         hint="pass the directory picli extend wrote")
-    record, verify_record, existing = card_module.load_inputs(model_dir)
-    if not record:
-        render.warning("no picli.json here: the card has no provenance")
-    text = card_module.render_card(model_dir, record, verify_record, existing, repo, overwrite_card)
-    action = card_module.card_action(existing, overwrite_card)
-    path = None if dry_run else card_module.write_card(model_dir, text)
-    if json_output:
-        render.print_json({"path": str(path) if path else None, "action": action, "written": path is not None,
-                           "card": text})
-    elif dry_run:
-        render.out().print(text, markup=False)
-    else:
-        render.message(f"Wrote {path} ({action})")
-
-
-def _say(event: dict) -> None:
-    """on_event for commands without a progress display: messages only."""
-    if event.get("kind") == "message":
-        render.message(event["text"])
+    with render.progress(bars=False) as on_event:
+        result = write_model_card(model, repo_id=repo, overwrite=overwrite_card, dry_run=dry_run, on_event=on_event)
+    render.emit(result.to_dict(), json_output=json_output, dry_run=dry_run, plan=render.card_preview,
+                human=render.card_written)
 
 
 def main() -> None:

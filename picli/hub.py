@@ -13,6 +13,9 @@ makes no network call at all. `push` then talks to the Hub through huggingface_h
     -> upload_folder (one commit; re-running after an interruption sends only what is missing:
        LFS / Xet objects already stored are skipped)
 
+`push_command` is the whole command: REPO [MODEL] (refused in the old MODEL REPO order),
+the plan, then the push unless --dry-run.
+
 Every huggingface_hub / network error becomes one PicliError line with the next step (the
 table in hub_errors.py, shared with downloads), with the token scrubbed from any text that
 reaches the user. The token is never stored.
@@ -23,13 +26,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from . import card as card_module
 from . import rope
-from .checkpoint import index_shards, outside_links, read_config, safetensors_header
+from .checkpoint import index_shards, outside_links, read_config, resolve, safetensors_header
 from .errors import NotACheckpoint, PicliError
 from .events import Events
 from .hub_errors import PUSH_RETRY, HubCall, is_branch_name, is_repo_id, translate
@@ -148,11 +152,9 @@ def preflight(checkpoint_dir: Path) -> tuple[list[str], list[str]]:
         else:
             if state.disagreement:
                 problems.append(f"config.json: {state.disagreement}")
-            recorded = (record.get("rope") or {}).get("factor")
-            if recorded and (state.scaling_type != "linear" or abs(recorded - state.factor) > 1e-9 * recorded):
-                found = f"factor {state.factor:g}" if state.scaling_type == "linear" else f"{state.scaling_type} RoPE"
-                problems.append(f"config.json says {found} but picli.json recorded linear factor {recorded:g} "
-                                "(config.json was edited after picli wrote it), so the card would be wrong")
+            edited = rope.edited_since_record(state, record.get("rope") or {})
+            if edited:
+                problems.append(f"{edited} (config.json was edited after picli wrote it), so the card would be wrong")
     # A link to a file elsewhere (a token, a key) would be uploaded as that file's contents.
     problems += outside_links(checkpoint_dir, skip=_not_uploaded)
     files = [entry.path for entry in list_files(checkpoint_dir)[0]]
@@ -219,8 +221,8 @@ def list_files(checkpoint_dir: Path) -> tuple[list[FileEntry], list[str]]:
 
 
 def plan_push(
-    checkpoint_dir: Path,
     repo_id: str,
+    model: str | Path | None = None,
     *,
     revision: str | None = None,
     private: bool = True,
@@ -229,14 +231,18 @@ def plan_push(
     commit_message: str | None = None,
     overwrite_card: bool = False,
     token: str | None = None,
+    on_event: Events = None,
 ) -> PushPlan:
-    """What `push` will do. No network: `--dry-run` prints exactly this."""
+    """What `push` will do: REPO, then MODEL (a checkpoint directory; None: the last one picli
+    wrote here, as `hf upload REPO [PATH]` orders them). No network: `--dry-run` prints exactly this."""
     from huggingface_hub import constants
 
-    checkpoint_dir = Path(checkpoint_dir).expanduser().resolve()
+    _refuse_swapped(repo_id, model)
+    checkpoint_dir = resolve(None, on_event=on_event).path if model is None else Path(model)
+    checkpoint_dir = checkpoint_dir.expanduser().resolve()
     if not is_repo_id(repo_id):
         raise PicliError(f"REPO must be a Hub repo id like your-name/model-16k, got {repo_id!r}",
-                         hint="picli push [MODEL] NAMESPACE/NAME (NAMESPACE: your user name or an organization)")
+                         hint="picli push NAMESPACE/NAME [MODEL] (NAMESPACE: your user name or an organization)")
     revision = None if revision in (None, "", "main") else revision
     if revision and not is_branch_name(revision):
         raise PicliError(f"--revision must be a branch name git accepts, got {revision!r}",
@@ -267,6 +273,33 @@ def plan_push(
         card_action=card_module.card_action(existing, overwrite_card), auth=token_source(token),
         warnings=warnings,
     )
+
+
+def _refuse_swapped(repo_id: str, model: str | Path | None) -> None:
+    """`picli push ./model org/name`, the order picli once took: REPO is a directory here and
+    MODEL a repo id that names no directory. Refused, so nothing is read or sent with the two
+    swapped (a repo id never names a directory to publish: MODEL is always local)."""
+    if model is None or not Path(repo_id).expanduser().is_dir():
+        return
+    if Path(model).expanduser().exists() or not is_repo_id(str(model)):
+        return
+    given, meant = shlex.join([repo_id, str(model)]), shlex.join([str(model), repo_id])
+    raise PicliError(f"REPO comes first: `picli push {meant}`, not `picli push {given}`",
+                     hint="picli push takes REPO [MODEL], in the order of `hf upload REPO [PATH]`; nothing was uploaded")
+
+
+def push_command(repo_id: str, model: str | Path | None = None, *, dry_run: bool = False, token: str | None = None,
+                 on_event: Events = None, **plan_options: Any) -> dict:
+    """`picli push`: the plan (plan_options go to plan_push), its warnings through on_event before
+    any network call, then, unless dry_run, the push. Returns what --json prints: {dry_run, plan}
+    for a dry run, {dry_run, **PushResult} after a push."""
+    plan = plan_push(repo_id, model, token=token, on_event=on_event, **plan_options)
+    if on_event:
+        for text in plan.warnings:
+            on_event({"kind": "warning", "text": text})
+    if dry_run:
+        return {"dry_run": True, "plan": plan.to_dict()}
+    return {"dry_run": False, **push(plan, token=token, on_event=on_event).to_dict()}
 
 
 def default_commit_message(record: dict) -> str:

@@ -77,9 +77,10 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
     kind = rope.rope_kind(config, state) if state else None
     if state and kind not in rope.KNOWN_TYPES and kind != "mrope":
         reason = CannotExtend(f"unknown RoPE scaling type {kind!r}")
-    elif state and state.scaling_type in rope.OTHER_SCHEMES:
-        reason = CannotExtend(f"already uses {state.scaling_type} scaling; linear PI on top is a different scheme "
-                              "(--force replaces it)")
+    elif state and kind != "mrope":
+        # What `picli extend` (linear, the default) would say; ntk is known only from picli.json.
+        stacking = rope.stacking_refusal(rope.previous_method(state.scaling_type, record.get("rope")), "linear")
+        reason = CannotExtend(f"{stacking.message} ({stacking.hint})") if stacking else None
     tokenizer = read_json_file(path / "tokenizer_config.json") or {}
     try:
         max_length = length_setting(tokenizer.get("model_max_length"))  # None: absent or "no limit"

@@ -23,6 +23,12 @@ and only the answer positions get logits. All prompts of a length share their be
 (task line + filler, truncated at the key), so prompts are visited from the largest k to
 the smallest while one KV cache of that shared prefix grows; each trial then runs only its
 own ~k tokens, batched across the trials of a k.
+
+The same logits give each trial partial credit, so that a key half remembered does not read
+like one never seen: the argmax tokens at the answer positions (`predicted`, decoded as
+`predicted_text`), the key's digits those tokens reproduce in place (`digits_right`, defined
+by the function of that name), and the log-probability of the whole key given the prompt
+(`key_logprob`: the sum of log-softmax of each key token at its answer position).
 """
 
 from __future__ import annotations
@@ -80,6 +86,15 @@ class LengthResult:
     lowest_success: float | None  # the weakest depth up to k_max (None when k_max is 0)
     beyond_window: bool  # evaluated past the model's max_position_embeddings
     seconds: float
+    # Per k, per trial: partial credit from the same teacher-forced pass (module docstring).
+    predicted: list[list[list[int]]] = field(default_factory=list)  # argmax token at each answer position
+    predicted_text: list[list[str]] = field(default_factory=list)  # those tokens decoded
+    digits_right: list[list[int]] = field(default_factory=list)  # of key_digits, see digits_right()
+    key_logprob: list[list[float]] = field(default_factory=list)  # natural log, the whole key
+    key_digits: int = 5
+    # Over every trial of the length: what a benchmark reads when k_max and success are all 0.
+    mean_digits_right: float | None = None
+    mean_key_logprob: float | None = None
 
     @property
     def passed_all(self) -> bool:
@@ -143,6 +158,26 @@ def k_max(ks: list[int], success: list[float], threshold: float = THRESHOLD) -> 
             break
         best = k
     return best
+
+
+def digits_right(predicted_pieces: list[str], answer_pieces: list[str]) -> int:
+    """The key's digits that the argmax reproduces in place: per answer position, the decoded
+    predicted token and the decoded key token are compared character by character from their
+    start, and each digit of the key token matched by the same character counts.
+
+    Position by position rather than over the joined strings, so one wrong token (a space
+    dropped, two digits merged) costs its own digits only and does not shift the rest. A
+    tokenizer with one token per digit (SmolLM2, Llama) makes this the number of key digits
+    whose token was the argmax given the true digits before it.
+    """
+    right = 0
+    for predicted, expected in zip(predicted_pieces, answer_pieces):
+        right += sum(1 for wanted, got in zip(expected, predicted) if wanted.isdigit() and wanted == got)
+    return right
+
+
+def _pieces(tokenizer, tokens: list[int]) -> list[str]:
+    return [tokenizer.decode([token]) for token in tokens]
 
 
 def lowest_success(ks: list[int], success: list[float], k_max_value: int) -> float | None:
@@ -249,23 +284,43 @@ def evaluate_passkey(loaded, lengths: list[int], protocol: Protocol = Protocol()
         prompts = builder.prompts(length, protocol, rng)
         check_fits(loaded, length, batch=1, what=f"passkey at {length} tokens")
         started = time.perf_counter()
-        predictions = predict_answers(loaded, prompts, batch_size, on_event)
-        outcomes = [[predicted == trial.answer for predicted, trial in zip(row, group)]
-                    for row, group in zip(predictions, prompts.groups)]
+        scores = predict_answers(loaded, prompts, batch_size, on_event)
+        outcomes = [[score.tokens == trial.answer for score, trial in zip(row, group)]
+                    for row, group in zip(scores, prompts.groups)]
         success = [sum(row) / len(row) for row in outcomes]
         found = k_max(prompts.ks, success, protocol.threshold)
+        right = [[digits_right(_pieces(loaded.tokenizer, score.tokens), _pieces(loaded.tokenizer, trial.answer))
+                  for score, trial in zip(row, group)] for row, group in zip(scores, prompts.groups)]
+        # Four decimals of a natural log: differences far below what one trial changes.
+        logprobs = [[round(score.key_logprob, 4) for score in row] for row in scores]
+        trials = sum(len(row) for row in scores)
         results.append(LengthResult(
             length=length, ks=prompts.ks, success=success, outcomes=outcomes,
             keys=[[trial.key for trial in group] for group in prompts.groups],
             k_max=found, k_largest=max(prompts.ks), lowest_success=lowest_success(prompts.ks, success, found),
             beyond_window=bool(window and length > window), seconds=time.perf_counter() - started,
+            predicted=[[score.tokens for score in row] for row in scores],
+            predicted_text=[[loaded.tokenizer.decode(score.tokens) for score in row] for row in scores],
+            digits_right=right, key_logprob=logprobs, key_digits=len(str(prompts.groups[0][0].key)),
+            mean_digits_right=round(sum(map(sum, right)) / trials, 4),
+            mean_key_logprob=round(sum(map(sum, logprobs)) / trials, 4),
         ))
     return PasskeyReport(protocol=protocol.describe(), window=window, results=results)
 
 
+@dataclass(frozen=True)
+class AnswerScore:
+    """One trial's answer positions, teacher-forced: what greedy decoding picks at each, and how
+    likely the model finds the key."""
+
+    tokens: list[int]  # the argmax at each answer position
+    key_logprob: float  # sum over the key's tokens of log-softmax at its answer position
+
+
 def predict_answers(loaded, prompts: LengthPrompts, batch_size: int | None = None,
-                    on_event: Events = None) -> list[list[list[int]]]:
-    """Greedy tokens at every answer position, per k, per trial (teacher-forced).
+                    on_event: Events = None) -> list[list[AnswerScore]]:
+    """Greedy tokens and the key's log-probability at the answer positions, per k, per trial
+    (teacher-forced: one forward pass gives both).
 
     Largest k first: the shared prefix only grows, so its KV cache is extended, never
     recomputed; each group of trials runs on a copy of it.
@@ -276,7 +331,7 @@ def predict_answers(loaded, prompts: LengthPrompts, batch_size: int | None = Non
     model, device = loaded.model, loaded.device
     grouped, length = prompts.groups, prompts.length
     order = sorted(range(len(grouped)), key=lambda index: -grouped[index][0].k)
-    predictions: list[list[list[int]]] = [[] for _ in grouped]
+    predictions: list[list[AnswerScore]] = [[] for _ in grouped]
     cache = DynamicCache(config=model.config)
     # transformers renamed past_key_values to cache (5.2x); pass whichever this release takes.
     cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -301,11 +356,15 @@ def predict_answers(loaded, prompts: LengthPrompts, batch_size: int | None = Non
                 answer_length = len(chunk[0][1].answer)
                 logits = model(input_ids=suffix, **{cache_name: trial_cache}, use_cache=True,
                                logits_to_keep=answer_length).logits
-                for (position, _trial), tokens in zip(chunk, logits.argmax(-1).tolist()):
-                    results[position] = tokens
+                # float32 before the softmax: a bf16 log-probability of a near-certain key rounds to 0.
+                log_probs = torch.log_softmax(logits.float(), dim=-1)
+                answers = torch.tensor([trial.answer for _, trial in chunk], device=log_probs.device)
+                key_logprobs = log_probs.gather(-1, answers.unsqueeze(-1)).squeeze(-1).sum(-1).tolist()
+                for (position, _trial), tokens, key_logprob in zip(chunk, logits.argmax(-1).tolist(), key_logprobs):
+                    results[position] = AnswerScore(tokens, key_logprob)
                 if restore:
                     restore()
-                del trial_cache, logits
+                del trial_cache, logits, log_probs
                 done += len(chunk)
                 if on_event:
                     on_event({"kind": "progress", "task": f"passkey {length}", "done": done, "total": total,

@@ -10,7 +10,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from . import rope
 from .errors import PicliError
 
 
@@ -32,6 +33,19 @@ def err() -> Console:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def emit(data: dict, *, json_output: bool, human: Callable[[dict], None], dry_run: bool = False,
+         plan: Callable[[dict], None] | None = None) -> None:
+    """How every command shows its result, the one place that chooses: `data` as JSON on stdout
+    with --json (the same dict the renderers read, so the two never disagree); otherwise the
+    plan (`plan`) when the command only planned (--dry-run, --plan); otherwise `human`."""
+    if json_output:
+        print_json(data)
+    elif dry_run and plan is not None:
+        plan(data)
+    else:
+        human(data)
 
 
 def message(text: str) -> None:
@@ -154,7 +168,8 @@ def _section(title: str) -> Table:
     return table
 
 
-def inspection(report: dict) -> None:
+def inspection(report: dict, check: bool = False) -> None:
+    """`picli inspect`'s tables; with check (--check), the verdict line on stderr after them."""
     console = out()
     rope = report["rope"]
     summary = _section(f"{report['model']}  ({report['format']})")
@@ -213,6 +228,8 @@ def inspection(report: dict) -> None:
                       f"{rope_record['target_window']} tokens{origin}")
     for text in report["warnings"]:
         warning(text)
+    if check:
+        check_summary(report)
 
 
 def _runtime_row(name: str, view: dict) -> tuple[str, str, str]:
@@ -259,9 +276,9 @@ def extend_plan(plan: dict, dry_run: bool) -> None:
     _kv(table, "source", plan["source"])
     _kv(table, "output", plan["output"])
     _kv(table, "window", f"{plan['current_window']} -> {plan['target_window']} tokens")
-    method = plan.get("method", "linear")
-    if method != "linear":
-        _kv(table, "method", _method_line(method, plan))
+    method_line = _method(plan).plan_line(plan)
+    if method_line:
+        _kv(table, "method", method_line)
     _kv(table, "factor", f"{plan['factor']:g}" + (f"  ({plan['previous_factor']:g} already applied)"
                                                   if plan["previous_factor"] != 1 else ""))
     console.print(table)
@@ -286,42 +303,34 @@ def extend_plan(plan: dict, dry_run: bool) -> None:
         console.print(files)
 
 
-def _method_line(method: str, plan: dict) -> str:
-    parameters = plan.get("parameters") or {}
-    if method == "yarn":
-        readers = parameters.get("readers") or {}
-        return (f"yarn from {parameters.get('original_max_position_embeddings')} tokens, attention x"
-                f"{parameters.get('attention_factor', 1.0):.4g}; read as meant by " + "; ".join(readers.get("right", []))
-                + "".join(f"; NOT by {text}" for text in readers.get("wrong", [])))
-    if method == "ntk":
-        return (f"ntk: rope_theta {parameters.get('theta_before', plan['theta']):g} -> {plan['theta']:.6g} "
-                f"(x s^(d/(d-2)), d = {parameters.get('rotary_dim')}); no scaling type")
-    return method
+def _method(plan: dict):
+    """The method a plan names (picli.rope's registry), which says how to describe itself."""
+    return rope.METHODS.get(plan.get("method", "linear"), rope.METHODS["linear"])
 
 
 def extend_result(result: dict) -> None:
     extend_plan(result["plan"], dry_run=False)
     check = result["self_check"]
     console = out()
-    if check.get("extension_method", "linear") != "linear":
-        legacy = check["transformers4_reads"]
-        console.print(f"[green]Self-check passed[/]: transformers {check.get('transformers')} computes the "
-                      f"{check['extension_method']} inverse frequencies and attention scaling picli computes "
-                      f"(max relative error {check['max_relative_error']:.1e}); 4.x reads theta {legacy['theta']:.6g}, "
-                      f"{legacy['rope_type']} x{legacy['factor']:g}")
-    elif "max_relative_error" in check:
-        console.print(f"[green]Self-check passed[/]: transformers {check.get('transformers')} computes inverse "
-                      f"frequencies = source / {result['plan']['factor'] / result['plan']['previous_factor']:g} "
-                      f"(max relative error {check['max_relative_error']:.1e}); 4.x reads theta "
-                      f"{check['transformers4_reads']['theta']:g}, linear x{check['transformers4_reads']['factor']:g}")
-    else:
-        console.print(f"[green]Self-check passed[/]: {check['method']}")
-    if result["plan"].get("method", "linear") != "linear":
-        console.print("[yellow]Not fine-tuned yet[/]: measure the new window (picli verify --passkey --perplexity) "
-                      "before relying on it (see docs/concepts.md).")
-        return
-    console.print("[yellow]Not fine-tuned yet[/]: PI without fine-tuning keeps attention bounded but models still "
-                  "need a short fine-tune at the new window (see docs/concepts.md).")
+    method = _method(result["plan"])
+    # The GGUF path's check is a read-back, said in its own words.
+    passed = method.self_check_line(check, result["plan"]) if "max_relative_error" in check else check["method"]
+    console.print(f"[green]Self-check passed[/]: {escape(passed)}")
+    console.print(f"[yellow]Not fine-tuned yet[/]: {escape(method.untrained_hint())}")
+
+
+def extend_dry_run(payload: dict) -> None:
+    """`picli extend --dry-run`: the plan, the config diff and the files; nothing was written."""
+    extend_plan(payload["plan"], dry_run=True)
+
+
+def extend_written(payload: dict) -> None:
+    extend_result(payload)
+    message(f"Wrote {payload['plan']['output']}; commands run here without MODEL will use it.")
+
+
+def push_dry_run(payload: dict) -> None:
+    push_plan(payload["plan"])
 
 
 def push_plan(plan: dict) -> None:
@@ -362,6 +371,15 @@ def push_result(result: dict) -> None:
     out().print(result["url"], markup=False)
 
 
+def card_preview(payload: dict) -> None:
+    """`picli card --dry-run`: the card itself on stdout, as it would be written."""
+    out().print(payload["card"], markup=False)
+
+
+def card_written(payload: dict) -> None:
+    message(f"Wrote {payload['path']} ({payload['action']})")
+
+
 def _rate_style(rate: float) -> str:
     if rate >= 1.0:
         return "green"
@@ -370,6 +388,14 @@ def _rate_style(rate: float) -> str:
     if rate >= 0.2:
         return "yellow"
     return "red" if rate == 0 else "dark_orange"
+
+
+def verification(report: dict) -> None:
+    """`picli verify`'s tables, for one model's report or run_side_by_side's dict."""
+    if "reports" in report:
+        verify_side_by_side(report)
+    else:
+        verify_report(report)
 
 
 def verify_report(report: dict) -> None:

@@ -35,7 +35,9 @@ from .files import atomic_write_json, check_writable_parent
 class VerifySettings:
     """What `picli verify` measures, on what, and how the model runs (cli.py builds it)."""
 
-    passkey: bool = True
+    # None: passkey unless perplexity alone was asked for (bare `picli verify` measures passkey);
+    # decided here once, so the CLI and a library caller get the same default.
+    passkey: bool | None = None
     perplexity: bool = False
     lengths: tuple[int, ...] | None = None  # None: the model's window
     data: str | None = None  # perplexity text: file, folder, JSONL or hf:NAME
@@ -54,6 +56,10 @@ class VerifySettings:
     attention: str = "sdpa"
     device_map: str | None = None
     batch_size: int | None = None
+
+    def __post_init__(self):
+        if self.passkey is None:
+            object.__setattr__(self, "passkey", not self.perplexity)
 
     def selection(self):
         from .perplexity import DocumentSelection

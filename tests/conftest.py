@@ -125,7 +125,7 @@ def extended_model(tmp_path_factory) -> Path:
     # As for the embedded SmolLM2: the source's own record names the Hub base model.
     (source / "picli.json").write_text(json.dumps({"base_model": "huggyllama/llama-7b", "history": []}))
     plan = plan_extend(str(source), 8192, output=root / "llama-8k")
-    apply_extend(plan, command=["picli", "extend", "llama-src", "--to", "8192"])
+    apply_extend(plan, command="picli extend llama-src --to 8192")
     model = plan.output
     (model / "picli-verify.json").write_text(json.dumps(verify_file(verify_report())))
     for junk in JUNK:

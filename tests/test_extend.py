@@ -195,15 +195,15 @@ def test_disk_full_leaves_nothing(checkpoint, workdir, monkeypatch):
 
 
 def test_failed_self_check_writes_nothing(checkpoint, workdir, monkeypatch):
-    import picli.extend
+    import picli.self_check
 
-    real = picli.extend.effective_inv_freqs
+    real = picli.self_check.effective_inv_freqs
 
     def off_by_a_bit(path):
         frequencies = real(path)
         return {key: value * 1.01 for key, value in frequencies.items()} if "picli-tmp" in str(path) else frequencies
 
-    monkeypatch.setattr(picli.extend, "effective_inv_freqs", off_by_a_bit)
+    monkeypatch.setattr(picli.self_check, "effective_inv_freqs", off_by_a_bit)
     result = run("extend", checkpoint, "--to", 4096, "-o", workdir / "out")
     assert result.exit_code == 1 and "self-check failed" in result.stderr
     assert list(workdir.iterdir()) == []
@@ -300,7 +300,7 @@ def test_debug_shows_traceback(checkpoint, workdir, monkeypatch):
 def test_self_check_frequencies_equal_the_model_rotary_class(name, family_checkpoints, workdir):
     """picli's self-check reads configs through transformers without importing modeling code;
     here it must agree with each family's own rotary embedding, source and output."""
-    from picli.extend import effective_inv_freqs
+    from picli.self_check import effective_inv_freqs
 
     output = workdir / "out"
     assert run("extend", family_checkpoints[name], "--to", EXTEND_EXPECTED[name][0], "-o", output).exit_code == 0

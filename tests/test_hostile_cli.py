@@ -262,7 +262,7 @@ def test_usage_error_in_a_real_process():
 @pytest.mark.slow
 def test_push_to_an_endpoint_answering_200_with_html(model, hub, env, tmp_path):
     hub.canned["/api/whoami-v2"] = (200, b"<html><body>Welcome to the proxy</body></html>", "text/html")
-    result = picli("push", str(model), REPO, env=env, cwd=tmp_path)
+    result = picli("push", REPO, str(model), env=env, cwd=tmp_path)
     assert_clean_error(result, "not JSON")
     assert hub.url in result.stderr and "HF_ENDPOINT" in result.stderr
 
@@ -271,7 +271,7 @@ def test_push_to_an_endpoint_answering_200_with_html(model, hub, env, tmp_path):
 def test_a_server_error_text_with_newlines_stays_on_one_line(model, hub, env, tmp_path):
     text = "first line of the problem\nsecond line\r\n\n  third line"
     hub.canned["/api/whoami-v2"] = (400, json.dumps({"error": text}).encode(), "application/json")
-    result = picli("push", str(model), REPO, env=env, cwd=tmp_path)
+    result = picli("push", REPO, str(model), env=env, cwd=tmp_path)
     assert_clean_error(result, "first line of the problem second line third line")
     assert len(result.stderr.strip().splitlines()) == 2  # Error: and Hint:, nothing else
 
@@ -295,7 +295,7 @@ def test_invalid_revisions_are_refused_before_any_request(model, revision):
     from picli.hub import plan_push
 
     with pytest.raises(PicliError, match="--revision") as caught:
-        plan_push(model, REPO, revision=revision)
+        plan_push(REPO, model, revision=revision)
     assert "\n" not in caught.value.message
 
 
@@ -303,12 +303,12 @@ def test_valid_revisions_pass(model):
     from picli.hub import plan_push
 
     for revision in ("pi-16k", "release/v1.2", "v1", "a_b.c"):
-        assert plan_push(model, REPO, revision=revision).revision == revision
+        assert plan_push(REPO, model, revision=revision).revision == revision
 
 
 @pytest.mark.slow
 def test_revision_with_dots_makes_no_request(model, hub, env, tmp_path):
-    result = picli("push", str(model), REPO, "--revision", "../main", env=env, cwd=tmp_path)
+    result = picli("push", REPO, str(model), "--revision", "../main", env=env, cwd=tmp_path)
     assert_clean_error(result, "--revision")
     assert hub.requests == []
 
@@ -326,7 +326,7 @@ def test_card_and_push_with_a_readme_that_is_not_utf8(llama, tmp_path):
     (llama / "README.md").write_bytes("# mod\u00e8le\n".encode("latin-1"))
     before = (llama / "README.md").read_bytes()
     assert_clean_error(runner.invoke(app, ["card", str(llama)]), "not UTF-8")
-    assert_clean_error(runner.invoke(app, ["push", str(llama), "org/model", "--dry-run"]), "not UTF-8")
+    assert_clean_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "not UTF-8")
     assert (llama / "README.md").read_bytes() == before  # the user's text is never mangled
 
 

@@ -126,7 +126,7 @@ COMMANDS = {
     "inspect": lambda model, work: ["inspect", model],
     "extend": lambda model, work: ["extend", model, "--to", "16384", "-o", work / "out"],
     "extend --dry-run": lambda model, work: ["extend", model, "--to", "16384", "-o", work / "out", "--dry-run"],
-    "push --dry-run": lambda model, work: ["push", model, "someone/model-16k", "--dry-run"],
+    "push --dry-run": lambda model, work: ["push", "someone/model-16k", model, "--dry-run"],
     "card": lambda model, work: ["card", model],
 }
 
@@ -251,14 +251,14 @@ def test_core_refuses_a_target_past_the_limit():
 def test_self_check_fails_on_nan_frequencies(checkpoint, workdir, monkeypatch):
     import torch
 
-    from picli import extend
+    from picli import extend, self_check
     from picli.errors import SelfCheckFailed
 
     plan = extend.plan_extend(str(checkpoint), 8192, output=workdir / "out")
     written = workdir / "written"
     written.mkdir()
     (written / "config.json").write_text(json.dumps(plan.new_files["config.json"]))
-    real = extend.effective_inv_freqs
+    real = self_check.effective_inv_freqs
 
     def poisoned(directory):
         frequencies = real(directory)
@@ -266,10 +266,10 @@ def test_self_check_fails_on_nan_frequencies(checkpoint, workdir, monkeypatch):
             frequencies = {name: torch.full_like(values, math.nan) for name, values in frequencies.items()}
         return frequencies
 
-    assert extend.self_check(written, checkpoint, plan)["ok"]  # the honest frequencies pass
-    monkeypatch.setattr(extend, "effective_inv_freqs", poisoned)
+    assert self_check.self_check(written, checkpoint, plan)["ok"]  # the honest frequencies pass
+    monkeypatch.setattr(self_check, "effective_inv_freqs", poisoned)
     with pytest.raises(SelfCheckFailed, match=r"output's inverse frequencies .* not finite \(nan\)"):
-        extend.self_check(written, checkpoint, plan)
+        self_check.self_check(written, checkpoint, plan)
     # The same check through the CLI: one line, nothing written.
     result = run("extend", checkpoint, "--to", "8192", "-o", workdir / "out")
     assert_clean_error(result, "not finite (nan)")

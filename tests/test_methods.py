@@ -7,12 +7,16 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from picli import rope
+from picli.errors import CannotExtend
 from picli.gguf_io import read_gguf
 from tests.helpers import (FAMILY_CONFIGS, TINY, assert_clean_error, family_rotary, make_gguf, run, tree_hash,
                            write_checkpoint)
@@ -243,9 +247,10 @@ def test_ntk_factor_below_one_is_refused(family_checkpoints, workdir):
     assert not (workdir / "x").exists()
 
 
-def test_plan_config_purity_unchanged_for_linear():
+def test_plan_config_defaults_to_linear_and_leaves_its_input_alone():
     config = copy.deepcopy(FAMILY_CONFIGS["llama_v4"])
-    assert rope.plan_method_config(config, 8192).config == rope.plan_config(config, 8192).config
+    assert rope.plan_config(config, 8192, "linear").config == rope.plan_config(config, 8192).config
+    assert rope.plan_config(config, 8192).config["rope_scaling"] == {"type": "linear", "factor": 4.0}
     assert config == FAMILY_CONFIGS["llama_v4"]
 
 
@@ -255,6 +260,10 @@ def test_plan_config_purity_unchanged_for_linear():
 
 # A rotary dimension of 64: ntk's theta depends on it.
 ROTARY_64 = {"llama.rope.dimension_count": ("add_uint32", 64)}
+# Already linear x2 from a 1024-token pretraining window.
+LINEAR_X2_FROM_1024 = {"llama.rope.scaling.type": ("add_string", "linear"),
+                       "llama.rope.scaling.factor": ("add_float32", 2.0),
+                       "llama.rope.scaling.original_context_length": ("add_uint32", 1024)}
 
 
 def test_gguf_yarn(tmp_path, workdir):
@@ -333,6 +342,188 @@ def test_finetune_keeps_yarn_in_both_schemas(tiny_model_dir, tmp_path):
     assert truth[1] == pytest.approx(0.1 * math.log(2) + 1)
     torch.testing.assert_close(truth[0], torch.tensor(rope.yarn_inverse_frequencies(10000.0, 8, 2.0, 512),
                                                       dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------------------------------
+# One home per method: the registry, the planner both formats share, each method's words.
+
+
+def test_the_registry_lists_exactly_the_methods_each_in_its_own_file():
+    assert list(rope.METHODS) == ["linear", "yarn", "ntk"]
+    folder = Path(rope.__file__).parent / "methods"
+    for name, method in rope.METHODS.items():
+        assert method.name == name and isinstance(method, rope.Method)
+        assert Path(sys.modules[type(method).__module__].__file__) == folder / f"{name}.py"
+
+
+def test_each_methods_self_check_expectation_is_the_papers_formula():
+    theta, dim, factor, window = 10000.0, 16, 4.0, 2048
+    base = plain(theta, dim)
+
+    def planned(**fields):
+        return SimpleNamespace(**{"theta": theta, "factor": factor, "previous_factor": 1.0, "previous_type": "default",
+                                  "original_window": window, **fields})
+
+    # linear: the source's frequencies divided by this step's factor (PI), composing with an earlier x2 ...
+    frequencies, attention, _ = rope.METHODS["linear"].expected_rope(planned(), dim, base)
+    assert frequencies == pytest.approx([value / 4 for value in base], rel=1e-15) and attention == 1.0
+    frequencies, _, _ = rope.METHODS["linear"].expected_rope(planned(previous_factor=2.0, previous_type="linear"),
+                                                              dim, [value / 2 for value in base])
+    assert frequencies == pytest.approx([value / 4 for value in base], rel=1e-15)
+    # ... or, replacing another scheme (--force), plain RoPE divided by the factor whatever the source says.
+    frequencies, _, _ = rope.METHODS["linear"].expected_rope(planned(previous_type="llama3"), dim, [1.0] * 8)
+    assert frequencies == pytest.approx([value / 4 for value in base], rel=1e-15)
+
+    # yarn: kept below the boundary dimension of 32 turns, divided by s past the one of 1 turn, a ramp between.
+    low = max(math.floor(dim * math.log(window / (32 * 2 * math.pi)) / (2 * math.log(theta))), 0)
+    high = min(math.ceil(dim * math.log(window / (1 * 2 * math.pi)) / (2 * math.log(theta))), dim - 1)
+    assert (low, high) == (2, 6)
+    expected = [value * (1 - min(max((j - low) / (high - low), 0.0), 1.0))
+                + value / factor * min(max((j - low) / (high - low), 0.0), 1.0) for j, value in enumerate(base)]
+    frequencies, attention, _ = rope.METHODS["yarn"].expected_rope(planned(), dim, base)
+    assert frequencies == pytest.approx(expected, rel=1e-12)
+    assert attention == pytest.approx(0.1 * math.log(4) + 1, rel=1e-15)
+
+    # ntk: plain RoPE at theta x s^(d/(d-2)), attention untouched.
+    theta_ntk = theta * 4 ** (16 / 14)
+    frequencies, attention, _ = rope.METHODS["ntk"].expected_rope(planned(theta=theta_ntk), dim, base)
+    assert frequencies == pytest.approx(plain(theta_ntk, dim), rel=1e-12) and attention == 1.0
+
+
+def test_config_json_and_gguf_plan_through_the_same_planner(tmp_path):
+    """The same RoPE in both formats (linear x2 from 1024 tokens) gives the same extension."""
+    from picli.gguf_io import rope_settings
+
+    config = {"model_type": "llama", **TINY, "head_dim": 64, "max_position_embeddings": 2048, "rope_theta": 10000.0,
+              "rope_scaling": {"type": "linear", "factor": 2.0, "original_max_position_embeddings": 1024}}
+    info = read_gguf(make_gguf(tmp_path / "m.gguf", {**ROTARY_64, **LINEAR_X2_FROM_1024}))
+    from_config = rope.current_of(config, rope.read_state(config))
+    from_gguf = rope.gguf.current_of("llama", info.metadata, rope_settings(info), None)
+    for method in ("linear", "yarn", "ntk"):
+        for force in (False, True):
+            request = rope.Request(8192, force=force)
+            outcomes = []
+            for current in (from_config, from_gguf):
+                try:
+                    outcomes.append(rope.plan(current, method, request))
+                except CannotExtend as exc:
+                    outcomes.append(exc.message.replace("GGUF", "checkpoint"))
+            assert outcomes[0] == outcomes[1] if isinstance(outcomes[0], str) else \
+                {key: value for key, value in vars(outcomes[0]).items() if key != "warnings"} == \
+                {key: value for key, value in vars(outcomes[1]).items() if key != "warnings"}, (method, force)
+            if method == "linear":
+                assert outcomes[0].factor == 8.0 and outcomes[0].current_window == 2048  # 2 x 8192 / 2048
+            else:
+                assert isinstance(outcomes[0], str) != force  # refused unless --force replaces linear
+                if not force:
+                    assert "this checkpoint already uses linear RoPE scaling" in outcomes[0]
+
+
+@pytest.mark.parametrize("method", ["linear", "yarn", "ntk"])
+def test_card_limitations_follow_the_method(method, family_checkpoints, workdir):
+    from picli import provenance
+    from picli.perplexity import PerplexityReport, PerplexityResult
+    from picli.verify import ModelRun, VerifyReport
+
+    output = workdir / method
+    assert run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", output, "--method", method).exit_code == 0
+    limitations = run("card", output, "--dry-run").stdout.split("## Limitations")[1]
+    assert ("PI compresses every RoPE frequency" in limitations) == (method == "linear")
+    assert "Not measured for this model by picli" in limitations
+
+    def measured(length, value):
+        return PerplexityReport(256, [PerplexityResult(length, value, math.log(value), 4095, 1, 1, 1.0, 100.0)]).to_dict()
+
+    # Perplexity at 1024 tokens, inside the original 2048: a measurement of short contexts.
+    report = VerifyReport(ModelRun("model", str(output), 8192, None, measured(1024, 19.3)),
+                          ModelRun("baseline", "/base", 2048, None, measured(1024, 18.9)), [], [1024], {})
+    (output / "picli-verify.json").write_text(json.dumps(provenance.verify_record(report.to_dict(), command="picli "
+                                                                                  "verify", data="/data/book.txt")))
+    limitations = run("card", output, "--dry-run").stdout.split("## Limitations")[1]
+    assert "Not measured for this model" not in limitations
+    assert "Measured for this model by picli (Verification above): perplexity 19.300 at 1,024 tokens (baseline " \
+           "18.900)." in limitations
+
+
+def test_extend_hint_quotes_what_picli_measured_on_smollm2():
+    """The closing hint of `picli extend` cites docs/science.md's methods run: its numbers are the JSON's."""
+    from tests.helpers import ROOT
+
+    results = json.loads((ROOT / "docs" / "results" / "methods.json").read_text())["results"]
+
+    def perplexity(model, length):
+        return results[model]["perplexity"][str(length)]["perplexity"]
+
+    def keys(model, length):
+        passkey = results[model]["passkey"][str(length)]
+        return f"{passkey['retrieved']}/{passkey['trials']}"
+
+    def rise(model):  # inside the old window: 1024, 4096, 8192 tokens and tokens 4096-8191
+        ratios = [perplexity(model, length) / perplexity("base", length) - 1 for length in (1024, 4096, 8192)]
+        ratios.append(results[model]["tails"][0]["perplexity"] / results["base"]["tails"][0]["perplexity"] - 1)
+        return f"{100 * min(ratios):.1f}-{100 * max(ratios):.1f}%"
+
+    hints = {name: method.untrained_hint() for name, method in rope.METHODS.items()}
+    for hint in hints.values():
+        assert "SmolLM2-135M-Instruct (dequantized from Q4_1, 8192 -> 16384 tokens)" in hint
+    assert f"perplexity {perplexity('base', 1024):.2f} -> {perplexity('linear', 1024):.2f} at 1024" in hints["linear"]
+    assert f"{keys('linear', 2048)} passkeys at 2048" in hints["linear"] and f"retrieved {keys('base', 2048)}" in \
+        hints["linear"]
+    assert f"use --method yarn ({rise('yarn')} above" in hints["linear"]
+    assert f"at {rise('yarn')} above" in hints["yarn"] and f"at {rise('ntk')} above" in hints["ntk"]
+    assert f"{keys('yarn', 2048)} passkeys at 2048 and at 12288" in hints["yarn"] and keys("yarn", 12288) == "6/8"
+    assert f"{keys('ntk', 2048)} passkeys at 2048 and {keys('ntk', 12288)} at 12288" in hints["ntk"]
+
+
+def test_extend_ends_with_the_methods_own_hint(family_checkpoints, workdir):
+    for method in ("linear", "yarn"):
+        result = run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", workdir / method, "--method", method)
+        assert result.exit_code == 0, result.stderr
+        closing = " ".join(result.stdout.split()).split("Not fine-tuned yet: ")[1]
+        assert closing == " ".join(rope.METHODS[method].untrained_hint().split())
+    assert "--method yarn" in rope.METHODS["linear"].untrained_hint()
+
+
+def test_push_holds_config_json_to_the_recorded_method(family_checkpoints, workdir):
+    from picli.hub import preflight
+
+    for method in ("yarn", "ntk"):
+        output = workdir / method
+        assert run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", output, "--method",
+                   method).exit_code == 0
+        (output / "tokenizer.json").write_text("{}")
+        assert preflight(output)[0] == [], method  # what the method writes is what picli.json records
+    config = json.loads((workdir / "ntk" / "config.json").read_text())
+    config["rope_theta"] = config["rope_parameters"]["rope_theta"] = 5.0
+    (workdir / "ntk" / "config.json").write_text(json.dumps(config))
+    problems, _ = preflight(workdir / "ntk")
+    assert any(f"config.json says theta 5 but picli.json recorded ntk theta {10000 * 4 ** (16 / 14):g}" in problem
+               for problem in problems), problems
+
+
+def test_a_new_method_is_one_file_and_a_registry_line(family_checkpoints, workdir, monkeypatch):
+    """docs/concepts.md's llama3 example, as written there, registered by one line: extend writes it and
+    the self-check holds it against transformers' own llama3; a GGUF is refused in one line."""
+    from tests.helpers import ROOT
+
+    text = (ROOT / "docs" / "concepts.md").read_text()
+    source = text.split("### Adding a method")[1].split("```python\n")[1].split("```")[0]
+    namespace: dict = {}
+    exec(compile(source.replace("from .base import", "from picli.rope.methods.base import"), "llama3.py", "exec"),
+         namespace)
+    monkeypatch.setitem(rope.METHODS, "llama3", namespace["Llama3"]())
+    result = run("extend", family_checkpoints["llama_v4"], "--to", 8192, "-o", workdir / "l3", "--method", "llama3",
+                 "--json")
+    assert result.exit_code == 0, result.stderr
+    check = json.loads(result.stdout)["self_check"]
+    assert check["ok"] and check["max_relative_error"] < 1e-5 and check["transformers4_reads"]["rope_type"] == "llama3"
+    written = json.loads((workdir / "l3" / "config.json").read_text())
+    assert written["rope_scaling"] == {"type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                       "original_max_position_embeddings": 2048}
+    card = run("card", workdir / "l3", "--dry-run").stdout
+    assert "by Llama 3.1 RoPE scaling, factor **4**" in card and "compresses every" not in card
+    assert_clean_error(run("extend", make_gguf(workdir / "m.gguf"), "--to", 8192, "-o", workdir / "l3.gguf",
+                           "--method", "llama3"), "no GGUF metadata form")
 
 
 # ---------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def test_shared_prefix_cache_equals_full_prompts(tiny_model_dir, monkeypatch):
                 sequence = prompts.full_prompt(trial) + trial.answer[:-1]
                 with torch.no_grad():
                     logits = loaded.model(torch.tensor([sequence])).logits[0, -len(trial.answer):]
-                assert predicted == logits.argmax(-1).tolist()
+                assert predicted.tokens == logits.argmax(-1).tolist()
 
 
 def test_sliding_window_family_without_sdpa(tokenizer, tmp_path):
@@ -216,7 +216,57 @@ def test_sliding_window_family_without_sdpa(tokenizer, tmp_path):
         for predicted, trial in zip(row, group):
             with torch.no_grad():
                 logits = loaded.model(torch.tensor([prompts.full_prompt(trial) + trial.answer[:-1]])).logits
-            assert predicted == logits[0, -len(trial.answer):].argmax(-1).tolist()
+            assert predicted.tokens == logits[0, -len(trial.answer):].argmax(-1).tolist()
+
+
+def test_partial_credit_equals_a_plain_full_forward(tiny_model_dir):
+    """Each trial's predicted tokens, digits right and key log-probability, from the cached and
+    batched pass, against a plain reference: the whole prompt + key through the model once,
+    log_softmax, the key tokens' log-probabilities summed."""
+    from picli.modeling import load_model
+
+    loaded = load_model(tiny_model_dir, device="cpu")
+    protocol = Protocol(positions=4, trials=3, seed=5)
+    result = passkey.evaluate_passkey(loaded, [300], protocol).results[0]
+    prompts = PromptBuilder(loaded.tokenizer).prompts(300, protocol, random.Random(5))
+    reference_logprobs, reference_right = [], []
+    for k_index, group in enumerate(prompts.groups):
+        for trial_index, trial in enumerate(group):
+            sequence = prompts.full_prompt(trial) + trial.answer[:-1]
+            with torch.no_grad():
+                logits = loaded.model(torch.tensor([sequence])).logits[0, -len(trial.answer):].double()
+            log_probs = torch.log_softmax(logits, dim=-1)
+            expected = sum(log_probs[position, token].item() for position, token in enumerate(trial.answer))
+            argmax = logits.argmax(-1).tolist()
+            # The word tokenizer gives one token per digit: digits right = key tokens matched in place.
+            right = sum(predicted == wanted for predicted, wanted in zip(argmax, trial.answer))
+            assert result.predicted[k_index][trial_index] == argmax
+            assert result.predicted_text[k_index][trial_index] == loaded.tokenizer.decode(argmax)
+            assert result.digits_right[k_index][trial_index] == right
+            assert result.key_logprob[k_index][trial_index] == pytest.approx(expected, abs=2e-4)
+            assert result.outcomes[k_index][trial_index] == (argmax == trial.answer)
+            reference_logprobs.append(expected)
+            reference_right.append(right)
+    assert result.key_digits == 5
+    assert result.mean_key_logprob == pytest.approx(sum(reference_logprobs) / 12, abs=2e-4)
+    assert result.mean_digits_right == pytest.approx(sum(reference_right) / 12, abs=1e-4)
+    # A random model is far from certain of any key: the log-probability is a real sum, not 0.
+    assert max(reference_logprobs) < -1.0
+
+
+@pytest.mark.parametrize("predicted, answer, right", [
+    # SmolLM2's key tokens (a space, then one token per digit): the space is no digit.
+    ([" ", "6", "8", "4", "2", "1"], [" ", "6", "8", "4", "2", "1"], 5),
+    ([" ", "6", "4", "4", "1", "."], [" ", "6", "8", "4", "2", "1"], 2),  # 6 and the 4 in third place
+    (["\n", "6", "8", "4", "2", "1"], [" ", "6", "8", "4", "2", "1"], 5),  # a wrong space costs no digit
+    ([" 6", "8", "4", "2", "1"], [" 6", "8", "4", "2", "1"], 5),  # space and digit in one token
+    (["6", "8", "4", "2", "1"], [" 6", "8", "4", "2", "1"], 4),  # "6" sits where the space goes: misses
+    (["684", "22"], ["684", "21"], 4),  # multi-digit tokens: compared character by character
+    (["68", "421"], ["684", "21"], 2),  # a split that differs costs only its own token's digits
+    (["", "", ""], [" 1", "2", "3"], 0),
+])
+def test_digits_right_counts_key_digits_matched_in_place(predicted, answer, right):
+    assert passkey.digits_right(predicted, answer) == right
 
 
 def test_auto_batch_counts_the_attention_mask(monkeypatch):

@@ -23,6 +23,23 @@ runner = CliRunner()
 
 # --- one owner ------------------------------------------------------------------------
 
+def test_every_command_records_the_command_line_the_same_way(tiny_model_dir, workdir, monkeypatch):
+    """extend's picli.json and verify's picli-verify.json store the same thing: the command as
+    typed, shell-quoted (a path with a space stays one argument when the line is run again)."""
+    output = workdir / "my model"
+    typed = {"extend": ["picli", "extend", str(tiny_model_dir), "--to", "1k", "-o", str(output)],
+             "verify": ["picli", "verify", str(output), "--quick", "--length", "256", "--device", "cpu"]}
+    for argv in typed.values():
+        monkeypatch.setattr("sys.argv", argv)
+        result = runner.invoke(app, argv[1:])
+        assert result.exit_code == 0, result.stderr
+    extended = json.loads((output / provenance.RECORD).read_text())
+    verified = json.loads((output / provenance.VERIFY_RECORD).read_text())
+    quoted = f"'{output}'"
+    assert extended["command"] == f"picli extend {tiny_model_dir} --to 1k -o {quoted}"
+    assert verified["command"] == f"picli verify {quoted} --quick --length 256 --device cpu"
+
+
 def test_only_provenance_spells_the_record_names():
     """No string in code outside provenance.py is a record's file name (help text may mention it)."""
     names = {"picli.json", ".picli.json", "picli-verify.json", "last.json"}
@@ -112,7 +129,7 @@ def picli_output(tmp_path_factory) -> Path:
     source = write_checkpoint(root / "src", FAMILY_CONFIGS["llama_v4"], tokenizer_max=2048)
     (source / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {}}}))
     plan = plan_extend(str(source), 8192, output=root / "out")
-    apply_extend(plan, command=["picli", "extend", "src", "--to", "8192"])
+    apply_extend(plan, command="picli extend src --to 8192")
     return plan.output
 
 
@@ -149,7 +166,7 @@ def test_broken_record_stops_card_and_push(broken, workdir):
     model, message = broken
     before = tree_hash(model)
     assert_clean_error(runner.invoke(app, ["card", str(model)]), str(model / provenance.RECORD), message)
-    assert_clean_error(runner.invoke(app, ["push", str(model), "org/m", "--dry-run"]), "not ready to publish",
+    assert_clean_error(runner.invoke(app, ["push", "org/m", str(model), "--dry-run"]), "not ready to publish",
                        str(model / provenance.RECORD), message)
     assert tree_hash(model) == before  # no README written
 

@@ -56,7 +56,7 @@ def assert_no_token_anywhere(env: dict, outputs: list[str], *roots: Path) -> Non
 
 @pytest.mark.slow
 def test_push_uploads_byte_identical_files_and_an_honest_card(model, hub, env, tmp_path):
-    result = picli("push", str(model), REPO, "--json", env=env, cwd=tmp_path)
+    result = picli("push", REPO, str(model), "--json", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["url"] == f"{hub.url}/{REPO}" and payload["created"] and payload["changed"]
@@ -103,9 +103,9 @@ def test_default_model_public_and_stored_login(model, hub, env, tmp_path):
 
 @pytest.mark.slow
 def test_existing_repo_is_refused_unless_exist_ok(model, hub, env, tmp_path):
-    assert picli("push", str(model), REPO, env=env, cwd=tmp_path).returncode == 0
+    assert picli("push", REPO, str(model), env=env, cwd=tmp_path).returncode == 0
     commits = len(hub.load(REPO)["commits"])
-    refused = picli("push", str(model), REPO, env=env, cwd=tmp_path)
+    refused = picli("push", REPO, str(model), env=env, cwd=tmp_path)
     assert_clean_error(refused, "already exists")
     assert "--exist-ok" in refused.stderr and len(hub.load(REPO)["commits"]) == commits
 
@@ -113,7 +113,7 @@ def test_existing_repo_is_refused_unless_exist_ok(model, hub, env, tmp_path):
     record = json.loads((model / "picli-verify.json").read_text())
     record["model"]["passkey"]["results"][1]["k_max"] = 8192
     (model / "picli-verify.json").write_text(json.dumps(record))
-    result = picli("push", str(model), REPO, "--exist-ok", "--json", env=env, cwd=tmp_path)
+    result = picli("push", REPO, str(model), "--exist-ok", "--json", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["changed"] and len(hub.load(REPO)["commits"]) == commits + 1
     assert "| 8,192 | 8,192 | 8,152 |" in hub.files(REPO)["README.md"].decode()  # k_max beside the deepest k
@@ -122,10 +122,10 @@ def test_existing_repo_is_refused_unless_exist_ok(model, hub, env, tmp_path):
 
 @pytest.mark.slow
 def test_new_revision_is_created_from_main(model, hub, env, tmp_path):
-    assert picli("push", str(model), REPO, env=env, cwd=tmp_path).returncode == 0
+    assert picli("push", REPO, str(model), env=env, cwd=tmp_path).returncode == 0
     main_head = hub.load(REPO)["refs"]["main"]
     (model / "notes.txt").write_text("200 steps at 8k\n")
-    result = picli("push", str(model), REPO, "--revision", "pi-8k", "--commit-message", "PI x4, 200 steps",
+    result = picli("push", REPO, str(model), "--revision", "pi-8k", "--commit-message", "PI x4, 200 steps",
                    env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{hub.url}/{REPO}/tree/pi-8k"
@@ -134,18 +134,18 @@ def test_new_revision_is_created_from_main(model, hub, env, tmp_path):
     assert hub.head_message(REPO, "pi-8k") == "PI x4, 200 steps"
     assert "notes.txt" in hub.files(REPO, "pi-8k") and "notes.txt" not in hub.files(REPO, "main")
     # The branch now has a commit of its own: pushing to it again needs --exist-ok.
-    assert_clean_error(picli("push", str(model), REPO, "--revision", "pi-8k", env=env, cwd=tmp_path),
+    assert_clean_error(picli("push", REPO, str(model), "--revision", "pi-8k", env=env, cwd=tmp_path),
                        "already exists and has commits")
 
 
 @pytest.mark.slow
 def test_create_pr_leaves_main_alone(model, hub, env, tmp_path):
-    missing = picli("push", str(model), REPO, "--create-pr", env=env, cwd=tmp_path)
+    missing = picli("push", REPO, str(model), "--create-pr", env=env, cwd=tmp_path)
     assert_clean_error(missing, "does not exist")
-    assert picli("push", str(model), REPO, env=env, cwd=tmp_path).returncode == 0
+    assert picli("push", REPO, str(model), env=env, cwd=tmp_path).returncode == 0
     main_head = hub.load(REPO)["refs"]["main"]
     (model / "notes.txt").write_text("proposed\n")
-    result = picli("push", str(model), REPO, "--create-pr", "--json", env=env, cwd=tmp_path)
+    result = picli("push", REPO, str(model), "--create-pr", "--json", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["pr_url"] == f"{hub.url}/{REPO}/discussions/1" == payload["url"]
@@ -156,15 +156,15 @@ def test_create_pr_leaves_main_alone(model, hub, env, tmp_path):
 @pytest.mark.slow
 def test_wrong_missing_and_read_only_tokens_are_clean_errors(model, hub, env, tmp_path):
     wrong_token = "hf_" + secrets.token_hex(16)
-    wrong = picli("push", str(model), REPO, "--token", wrong_token, env=env, cwd=tmp_path)
+    wrong = picli("push", REPO, str(model), "--token", wrong_token, env=env, cwd=tmp_path)
     assert_clean_error(wrong, "rejected the token")
     assert wrong_token not in wrong.stderr + wrong.stdout
     assert [path for _, path in hub.requests if path != "/api/agent-harnesses"] == ["/api/whoami-v2"]
 
     no_login = {key: value for key, value in env.items() if key != "HF_TOKEN"}
-    assert_clean_error(picli("push", str(model), REPO, env=no_login, cwd=tmp_path), "not logged in")
-    assert_clean_error(picli("push", str(model), REPO, "--token", READ_TOKEN, env=env, cwd=tmp_path), "read-only")
-    forbidden = picli("push", str(model), REPO, "--token", STRANGER_TOKEN, env=env, cwd=tmp_path)
+    assert_clean_error(picli("push", REPO, str(model), env=no_login, cwd=tmp_path), "not logged in")
+    assert_clean_error(picli("push", REPO, str(model), "--token", READ_TOKEN, env=env, cwd=tmp_path), "read-only")
+    forbidden = picli("push", REPO, str(model), "--token", STRANGER_TOKEN, env=env, cwd=tmp_path)
     assert_clean_error(forbidden, "forbidden")
     assert hub.load(REPO) is None
     assert_no_token_anywhere(env, [wrong.stderr, forbidden.stderr], model)
@@ -173,14 +173,14 @@ def test_wrong_missing_and_read_only_tokens_are_clean_errors(model, hub, env, tm
 @pytest.mark.slow
 def test_rerun_after_an_interrupted_upload_completes_it(model, hub, env, tmp_path):
     hub.fail_commits = 1  # the weights go up, then the commit fails
-    first = picli("push", str(model), REPO, env=env, cwd=tmp_path)
+    first = picli("push", REPO, str(model), env=env, cwd=tmp_path)
     assert_clean_error(first, "failed with 500")
     assert "run the same command again" in first.stderr
     assert set(hub.files(REPO)) == {".gitattributes"}
     weights_oid = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
     assert hub.lfs_puts == [weights_oid]
 
-    second = picli("push", str(model), REPO, env=env, cwd=tmp_path)  # the same command, no --exist-ok
+    second = picli("push", REPO, str(model), env=env, cwd=tmp_path)  # the same command, no --exist-ok
     assert second.returncode == 0, second.stderr
     assert "resuming" in second.stderr
     assert hub.lfs_puts == [weights_oid]  # already stored: not sent again
@@ -193,13 +193,13 @@ def test_rerun_after_an_interrupted_upload_completes_it(model, hub, env, tmp_pat
 def test_dry_run_makes_no_network_call(model, hub, env, tmp_path):
     before = {path: path.read_bytes() for path in model.rglob("*") if path.is_file()}
     strict = {**env, "PICLI_NETGUARD_STRICT": "1"}  # any connection at all would fail
-    result = picli("push", str(model), REPO, "--dry-run", env=strict, cwd=tmp_path)
+    result = picli("push", REPO, str(model), "--dry-run", env=strict, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "model.safetensors" in result.stdout and "config.json" in result.stdout
     assert "----- README.md -----" in result.stdout and "<!-- picli:begin -->" in result.stdout
     assert "optimizer.pt" not in result.stdout.split("Left out")[0]
     assert "auth        HF_TOKEN" in result.stdout
-    as_json = picli("push", str(model), REPO, "--dry-run", "--json", "--public", "--revision", "pi-8k", env=strict,
+    as_json = picli("push", REPO, str(model), "--dry-run", "--json", "--public", "--revision", "pi-8k", env=strict,
                     cwd=tmp_path)
     plan = json.loads(as_json.stdout)["plan"]
     assert plan["revision"] == "pi-8k" and plan["private"] is False
@@ -212,15 +212,27 @@ def test_dry_run_makes_no_network_call(model, hub, env, tmp_path):
 
 @pytest.mark.slow
 def test_offline_and_unreachable_hub(model, hub, env, tmp_path):
-    offline = picli("push", str(model), REPO, env={**env, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    offline = picli("push", REPO, str(model), env={**env, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
     assert_clean_error(offline, "offline mode is on")
     assert hub.requests == [] and network_log(env) == []
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
-    unreachable = picli("push", str(model), REPO, env={**env, "HF_ENDPOINT": f"http://127.0.0.1:{closed}"},
+    unreachable = picli("push", REPO, str(model), env={**env, "HF_ENDPOINT": f"http://127.0.0.1:{closed}"},
                         cwd=tmp_path)
     assert_clean_error(unreachable, "could not reach")
+
+
+@pytest.mark.slow
+def test_old_argument_order_is_refused_before_anything_is_sent(model, hub, env, tmp_path):
+    """`picli push ./model org/name`, the order picli once took: one line that shows the new
+    order, exit 1, not one connection, and nothing written into the model (not even the card)."""
+    before = {path: path.read_bytes() for path in model.rglob("*") if path.is_file()}
+    result = picli("push", str(model), REPO, env=env, cwd=tmp_path)
+    assert_clean_error(result, f"`picli push {REPO} {model}`")
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 2  # Error: and Hint:
+    assert hub.requests == [] and network_log(env) == []
+    assert {path: path.read_bytes() for path in model.rglob("*") if path.is_file()} == before
 
 
 @pytest.mark.slow
@@ -256,7 +268,7 @@ def test_preflight_lists_every_problem_at_once(model):
     assert "model-00001-of-00002.safetensors is" in joined and "header implies" in joined
     assert "disagree" in joined and "no tokenizer" in joined
     assert "config.json says factor 2 but picli.json recorded linear factor 4" in joined  # the card would state the wrong factor
-    result = CliRunner().invoke(app, ["push", str(model), REPO, "--dry-run"])
+    result = CliRunner().invoke(app, ["push", REPO, str(model), "--dry-run"])
     assert result.exit_code == 1 and "5 problems" in result.stderr and "(5)" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -271,9 +283,23 @@ def test_plan_refuses_bad_repo_ids_and_pr_on_a_branch(model):
     from picli.errors import PicliError
 
     with pytest.raises(PicliError, match="Hub repo id"):
-        plan_push(model, "just-a-name")
+        plan_push("just-a-name", model)
     with pytest.raises(PicliError, match="create-pr"):
-        plan_push(model, REPO, revision="pi-8k", create_pr=True)
+        plan_push(REPO, model, revision="pi-8k", create_pr=True)
+
+
+def test_swapped_order_is_told_apart_from_the_new_one(model, tmp_path, monkeypatch):
+    """Refused only when REPO is a directory and MODEL a repo id that names none: a local folder
+    spelled like the repo id, or a REPO that is no repo id at all, keeps its own outcome."""
+    from picli.errors import PicliError
+
+    with pytest.raises(PicliError, match="REPO comes first"):
+        plan_push(str(model), REPO)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / REPO).mkdir(parents=True)  # e.g. `picli extend ... -o org/model-8k` wrote here once
+    assert plan_push(REPO, model).checkpoint == model.resolve()
+    with pytest.raises(PicliError, match="REPO must be a Hub repo id"):
+        plan_push(str(model), "./not-a-repo-id")
 
 
 def _http_error(cls, status: int, url: str):
@@ -290,7 +316,7 @@ def _http_error(cls, status: int, url: str):
     (lambda url: httpx2.ReadTimeout("timed out"), "timed out", "run the same command again"),
 ])
 def test_hub_errors_map_to_one_line_with_the_next_step(model, error, needle, hint):
-    plan = plan_push(model, REPO)
+    plan = plan_push(REPO, model)
     assert isinstance(plan, PushPlan)
     mapped = translate(error(f"{plan.endpoint}/api/models/{REPO}/commit/main"),
                        HubCall(plan.repo_id, "push", plan.revision, plan.endpoint))

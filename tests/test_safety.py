@@ -103,7 +103,7 @@ def test_push_refuses_a_link_outside_and_never_lists_it(checkpoint, workdir, sec
     (model / "token.txt").symlink_to(secret)
     problems, _ = preflight(model)
     assert any("token.txt" in p and "outside the checkpoint" in p for p in problems), problems
-    result = run("push", model, "org/model-4k", "--dry-run")
+    result = run("push", "org/model-4k", model, "--dry-run")
     assert_clean_error(result, "token.txt")
     assert "secret" not in result.stdout + result.stderr
 
@@ -280,7 +280,7 @@ def test_gguf_stale_staging_is_removed_and_never_nested(gguf_source, workdir):
     (workdir / ".out.gguf.picli.json.picli-tmp-killed").write_text("{")
     seen: list[list[str]] = []
     plan = plan_extend(str(gguf_source), 8192, output=workdir / "out.gguf")
-    apply_extend(plan, ["picli"], on_event=lambda event: seen.append(staging_names(workdir)))
+    apply_extend(plan, "picli", on_event=lambda event: seen.append(staging_names(workdir)))
     during = {name for names in seen for name in names}
     assert during and not [name for name in during if name.count(STAGING_MARK) > 1], during
     assert not [name for name in during if "killed" in name], during

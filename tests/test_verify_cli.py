@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from picli.cli import app
 from picli.passkey import FILLER, QUESTION, TASK
+from tests.helpers import assert_clean_error
 
 runner = CliRunner()
 
@@ -33,6 +34,11 @@ def test_verify_cli_on_tiny_model(tiny_model_dir, tmp_path, workdir):
         counted = [rate for k, rate in zip(r["ks"], r["success"]) if k <= r["k_max"]]
         assert r["lowest_success"] == (min(counted) if r["k_max"] else None)
     assert report["model"]["passkey"]["protocol"]["name"] == "quick"
+    # Partial credit travels with the JSON, per k and per trial (values: test_passkey.py).
+    for r in results:
+        assert [len(row) for row in r["digits_right"]] == [len(row) for row in r["key_logprob"]] == [2] * 4
+        assert len(r["predicted"][0][0]) == r["key_digits"] == 5 and len(r["predicted_text"][0]) == 2
+        assert isinstance(r["mean_digits_right"], float) and r["mean_key_logprob"] < 0
     # How the model ran, as the report has always recorded it (VerifySettings.runtime).
     assert report["settings"] == {"device": "cpu", "dtype": "auto", "attention": "sdpa", "device_map": None,
                                   "batch_size": None}
@@ -61,6 +67,18 @@ def test_verify_errors(tmp_path, workdir):
     assert result.exit_code == 1 and "no MODEL given" in result.stderr
     result = runner.invoke(app, ["verify", str(tmp_path), "--perplexity"])
     assert result.exit_code == 1 and "--perplexity needs text" in result.stderr
+
+
+def test_passkey_is_the_default_measure_decided_in_one_place(workdir):
+    """Bare `picli verify` measures passkey, `--perplexity` alone does not: VerifySettings decides,
+    for the CLI and a library caller alike, and --heatmap asks the same settings."""
+    from picli.verify import VerifySettings
+
+    assert VerifySettings().passkey is True and VerifySettings(perplexity=True, data="x").passkey is False
+    assert VerifySettings(passkey=True, perplexity=True, data="x").passkey is True
+    result = runner.invoke(app, ["verify", "some-model", "--perplexity", "--data", "x", "--heatmap", "grid.png"])
+    assert_clean_error(result, "--heatmap draws the passkey grid")
+    assert not (workdir / "grid.png").exists()
 
 
 def test_verify_perplexity_cli_side_by_side(tiny_model_dir, tmp_path, workdir):

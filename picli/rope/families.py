@@ -3,7 +3,7 @@ architectures cannot take Position Interpolation at all (and why, in the words t
 
 A family's entry holds only facts about the family (its defaults, its legacy key names, the
 first transformers release that applies scaling to it); how a config is read and written is
-in schema.py, the methods' math in methods.py. Pure: no transformers, no torch, no files.
+in schema.py, the methods in methods/. Pure: no transformers, no torch, no files.
 """
 
 from __future__ import annotations

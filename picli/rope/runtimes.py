@@ -4,18 +4,19 @@ The predictions behind `picli inspect` (and `--check`), the model card and the s
 4.x reading. Each rule is read from that runtime's own code; docs/runtimes.md cites the file
 and function of every one, and a rule that was not read is not made up here. Every RoPE
 type is covered: default, linear, dynamic, yarn, llama3, longrope / su, M-RoPE and unknown
-types. Each prediction carries `notes` (what the runtime does) and `differs` (where it reads
-the checkpoint differently from transformers 5, the reference); `check` gathers the latter.
+types. The rules for a type picli writes (linear, yarn) are the method's own (methods/*.py,
+asked through `by_rope_type`); the types picli only reads are ruled here. Each prediction
+carries `notes` (what the runtime does) and `differs` (where it reads the checkpoint
+differently from transformers 5, the reference); `check` gathers the latter.
 Pure: a config dict in, data out. No transformers, no torch, no files.
 """
 
 from __future__ import annotations
 
-import math
-
 from . import values
 from .families import family_of, language_config
-from .schema import RopeState, read_state, scaling_type_of
+from .methods import by_rope_type
+from .schema import RopeState, active_scaling, read_state, scaling_type_of
 
 # The types transformers has a RoPE function for (ROPE_INIT_FUNCTIONS, 4.44 - 5.x) and the
 # legacy names the config classes map onto them ("su" -> longrope in Phi3Config only,
@@ -25,22 +26,11 @@ KNOWN_TYPES = {"default", "linear", "dynamic", "yarn", "longrope", "llama3"}
 _VLLM_UNMULTIPLIED = {"su", "longrope", "llama3"}
 
 
-def _active(config: dict, state: RopeState) -> dict:
-    """The RoPE dict transformers 5 acts on: rope_scaling wins; nested RoPE's full_attention."""
-    config = language_config(config)
-    rope_scaling, rope_parameters = config.get("rope_scaling"), config.get("rope_parameters")
-    if state.nested:
-        full = dict((rope_parameters or {}).get("full_attention") or {})
-        full.update(rope_scaling or {})
-        return full
-    return dict(rope_scaling or rope_parameters or {})
-
-
 def rope_kind(config: dict, state: RopeState | None = None) -> str:
     """The RoPE type a config names, with M-RoPE told apart ("mrope": Qwen2-VL's sections of
     the position ids, stored as type "mrope" or as "default" with mrope_section)."""
     state = state or read_state(config)
-    active = _active(config, state)
+    active = active_scaling(config, state)
     if state.scaling_type == "mrope" or (state.scaling_type == "default" and active.get("mrope_section")):
         return "mrope"
     return state.scaling_type
@@ -59,36 +49,17 @@ def _original_window(config: dict, active: dict) -> tuple[int | None, str]:
     return None, "absent"
 
 
-def _mscale(scale: float, mscale: float = 1.0) -> float:
-    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
-
-
-def configured_yarn_attention(active: dict, factor: float) -> tuple[float, str]:
-    """transformers 5 / 4.57's YaRN attention factor and where it came from."""
-    if active.get("attention_factor") is not None:
-        return values.positive_number(active["attention_factor"], "attention_factor"), "attention_factor"
-    mscale, mscale_all_dim = active.get("mscale"), active.get("mscale_all_dim")
-    for key, value in (("mscale", mscale), ("mscale_all_dim", mscale_all_dim)):
-        if value is not None and value != 0:  # 0 means "not set" to transformers, as None does
-            values.positive_number(value, key)
-    if mscale and mscale_all_dim:
-        return _mscale(factor, mscale) / _mscale(factor, mscale_all_dim), "mscale / mscale_all_dim"
-    return _mscale(factor), "0.1 ln s + 1"
-
-
 def effective_window(config: dict, recorded_window: int | None = None) -> int:
     """The window a checkpoint is meant to be used at: picli.json's record when picli wrote it
-    (either max_position_embeddings convention), else the config as its readers interpret it.
-
-    YaRN configs often keep the pretraining value in max_position_embeddings (Qwen2.5:
-    32768 with factor 4); their window is original x factor (vLLM's reading too)."""
+    (either max_position_embeddings convention), else the config as its readers interpret it
+    (a method's own type: as the method says, e.g. yarn's original x factor)."""
     if recorded_window:
         return int(recorded_window)
     state = read_state(config)
-    if state.scaling_type == "yarn":
-        original, _ = _original_window(config, _active(config, state))
-        return max(state.window, int((original or state.window) * state.factor))
-    return state.window
+    owner = by_rope_type(state.scaling_type)
+    original, _ = _original_window(config, active_scaling(config, state))
+    served = owner.served_window(state, original) if owner else None
+    return state.window if served is None else served
 
 
 def predict_transformers4(config: dict) -> dict:
@@ -129,15 +100,10 @@ def predict_transformers4(config: dict) -> dict:
 def _transformers4_type_rules(config: dict, scaling: dict, state: RopeState) -> list[str]:
     kind = scaling_type_of(scaling)
     differs = []
-    if kind == "yarn":
-        original = scaling.get("original_max_position_embeddings")
-        if original and int(original) != state.window:
-            differs.append(f"4.44 builds the YaRN ramp at max_position_embeddings {state.window}, not "
-                           f"original_max_position_embeddings {original} (4.57 reads it)")
-        if scaling.get("attention_factor") is None and scaling.get("mscale") and scaling.get("mscale_all_dim"):
-            differs.append("4.44 ignores mscale / mscale_all_dim (attention factor 0.1 ln s + 1; 4.57 reads them)")
-        if scaling.get("truncate") is False:
-            differs.append("4.44 ignores truncate: false (4.57 reads it)")
+    owner = by_rope_type(kind)
+    owned = owner.transformers4_differs(scaling, state) if owner else None
+    if owned is not None:
+        differs += owned
     elif kind in ("longrope", "su"):
         if not config.get("original_max_position_embeddings") and scaling.get("original_max_position_embeddings"):
             differs.append("4.x reads original_max_position_embeddings only from the top level, not from rope_scaling")
@@ -149,18 +115,15 @@ def _transformers4_type_rules(config: dict, scaling: dict, state: RopeState) -> 
 def predict_transformers5(config: dict) -> dict:
     """transformers 5.x: rope_scaling wins when present, with theta from the top level."""
     state = read_state(config)
-    active = _active(config, state)
+    active = active_scaling(config, state)
     kind = rope_kind(config, state)
     notes = [state.disagreement] if state.disagreement else []
     differs: list[str] = []
     original, where = _original_window(config, active)
-    if kind == "yarn":
-        attention, source = configured_yarn_attention(active, state.factor)
-        ramp = original or state.window
-        notes.append(f"YaRN ramp at {ramp} tokens" + ("" if original else
-                     " (no original_max_position_embeddings: 5.x fills it with max_position_embeddings)")
-                     + f"; attention factor {attention:.4g} ({source})"
-                     + ("; truncate false" if active.get("truncate") is False else ""))
+    owner = by_rope_type(kind)
+    owned = owner.transformers5_notes(active, state, original) if owner else None
+    if owned is not None:
+        notes += owned
     elif kind == "dynamic":
         notes.append(f"dynamic NTK: theta recomputed for each sequence longer than {original or state.window} tokens")
     elif kind == "llama3":
@@ -190,22 +153,18 @@ def predict_vllm(config: dict, intended_window: int | None = None) -> dict:
     --max-position-embeddings original, where the config alone does not say it)."""
     config = language_config(config)
     state = read_state(config)
-    active = _active(config, state)
+    active = active_scaling(config, state)
     kind = rope_kind(config, state)
     original, where = _original_window(config, active)
     notes: list[str] = []
     differs: list[str] = []
     derived = state.window
-    if kind == "yarn":
-        if original is None:
-            differs.append("no original_max_position_embeddings: vLLM on transformers 4.x fails (get_rope reads it "
-                           "without a default); on transformers 5 it gets 5.x's fill-in")
-        derived = int((original or state.window) * state.factor)
-        attention, source = configured_yarn_attention(active, state.factor)
-        if source != "0.1 ln s + 1" and abs(attention - _mscale(state.factor)) > 1e-9:
-            differs.append(f"ignores {source} (attention factor {_mscale(state.factor):.4g} = 0.1 ln s + 1, "
-                           f"not {attention:.4g})")
-    elif kind in ("linear", "dynamic"):
+    owner = by_rope_type(kind)
+    owned = owner.vllm_reads(active, state, original) if owner else None
+    if owned is not None:
+        derived, owner_differs = owned
+        differs += owner_differs
+    elif kind == "dynamic":
         derived = int(state.window * state.factor)
     if "gemma3" in state.model_type and kind not in ("default", "mrope"):
         derived = state.window  # _get_and_verify_max_len: Gemma 3's window is already scaled
@@ -222,7 +181,10 @@ def predict_vllm(config: dict, intended_window: int | None = None) -> dict:
         notes.append("M-RoPE: default RoPE with mrope_section")
     elif kind not in KNOWN_TYPES:
         differs.append(f"unknown type {kind!r}: get_rope raises ValueError")
-    intended = intended_window or (state.window if kind in ("default", "linear", "mrope") else derived)
+    served = owner.served_window(state, original) if owner else None
+    if served is None:
+        served = state.window if kind in ("default", "mrope") else derived
+    intended = intended_window or served
     return {"derived_max_model_len": derived, "intended_max_model_len": intended,
             "flag": f"--max-model-len {intended}",
             "over_claims": derived > intended, "notes": notes, "differs": differs}
@@ -233,28 +195,18 @@ def predict_llama_cpp(config: dict, intended_window: int | None = None) -> dict:
     rope.scaling.*; recent llama.cpp defaults n_ctx to context_length, older builds to less,
     so the flags always name the context."""
     state = read_state(config)
-    active = _active(config, state)
+    active = active_scaling(config, state)
     kind = rope_kind(config, state)
     original, _ = _original_window(config, active)
     notes: list[str] = []
     differs: list[str] = []
+    owner = by_rope_type(kind)
     gguf_type = {"linear": "linear", "yarn": "yarn", "longrope": "longrope", "su": "longrope"}.get(kind, "none")
     flags = f"-c {intended_window or effective_window(config)}"
-    if kind == "linear":
-        flags += f" --rope-scaling linear --rope-scale {state.factor:g}"
-    elif kind == "yarn":
-        if original is None:
-            differs.append("no original_max_position_embeddings: the converter fails on transformers 4.x "
-                           "(set_gguf_parameters reads it without a default)")
-        flags += f" --rope-scaling yarn --rope-scale {state.factor:g} --yarn-orig-ctx {original or state.window}"
-        if active.get("mscale") or active.get("mscale_all_dim"):
-            differs.append("the converter does not write mscale / mscale_all_dim for this path (only a few "
-                           "architectures' own converters do)")
-        if active.get("attention_factor") is not None:
-            notes.append("attention_factor is written as rope.scaling.yarn_attn_factor; llama.cpp reads that key "
-                         "only for a few architectures")
-        if active.get("truncate") is False:
-            differs.append("truncate: false has no GGUF key: llama.cpp truncates the correction range")
+    owned = owner.llama_cpp_reads(active, state, original) if owner else None
+    if owned is not None:
+        owner_flags, owner_notes, owner_differs = owned
+        flags, notes, differs = flags + owner_flags, notes + owner_notes, differs + owner_differs
     elif kind == "dynamic":
         differs.append("dynamic NTK has no GGUF form: converted as plain RoPE")
     elif kind == "llama3":
@@ -308,11 +260,8 @@ def predict_gguf(architecture: str, metadata: dict, rope_tensors: tuple[str, ...
     notes: list[str] = []
     flags = f"-c {window}"
     tensors = {name.split(".")[0] for name in rope_tensors}
-    if scaling == "yarn":
-        attention = get("rope.scaling.yarn_attn_factor")
-        notes.append(f"YaRN x{factor:g} from {original} tokens; attention factor "
-                     + (f"{attention:g} (rope.scaling.yarn_attn_factor, read only by a few architectures)"
-                        if attention is not None else "computed from the factor"))
+    owner = by_rope_type(scaling)
+    notes += (owner.gguf_notes(factor, original, get("rope.scaling.yarn_attn_factor")) if owner else None) or []
     if "rope_freqs" in tensors:
         notes.append("rope_freqs tensor: llama3-style factors baked in at conversion")
     if {"rope_factors_long", "rope_factors_short"} & tensors:

@@ -156,49 +156,9 @@ def _read_text(config: dict) -> RopeState:
     _check_every_copy(config, family, rope_scaling, rope_parameters)
     nested = family.nested or _is_nested(rope_parameters)
 
-    if config.get("head_dim") is not None:
-        head_dim = config["head_dim"]
-    elif config.get("hidden_size") is not None and config.get("num_attention_heads") is not None:
-        head_dim = config["hidden_size"] // config["num_attention_heads"]
-        if head_dim == 0:
-            raise NotACheckpoint(f"config.json: hidden_size {config['hidden_size']} is smaller than "
-                                 f"num_attention_heads {config['num_attention_heads']}", hint="fix config.json")
-    else:
-        raise NotACheckpoint("config.json gives neither head_dim nor hidden_size and num_attention_heads",
-                             hint="fix config.json")
-
-    local_theta = None
-    if nested:
-        full = dict((rope_parameters or {}).get("full_attention") or {})
-        full_name = "rope_parameters.full_attention"
-        if rope_scaling:
-            full.update(rope_scaling)  # what Gemma 3's / OLMo 3's 5.x config does with a legacy dict
-            full_name = "rope_scaling"
-        active, active_name = full, full_name
-        theta_key, theta = _first((f"{full_name}.rope_theta", full.get("rope_theta")),
-                                  ("rope_theta", config.get("rope_theta")))
-        theta_from_default = theta is None
-        if theta_from_default:
-            theta_key, theta = "rope_theta", family.theta_default
-        sliding = (rope_parameters or {}).get("sliding_attention") or {}
-        local_key, local_theta = _first(
-            ("rope_parameters.sliding_attention.rope_theta", sliding.get("rope_theta")),
-            (family.local_theta_key or "", config.get(family.local_theta_key) if family.local_theta_key else None),
-            ("rope_local_base_freq", family.local_theta_default))
-        local_theta = float(theta) if local_theta is None else values.positive_number(local_theta, local_key)
-    else:
-        # transformers 5 lets rope_scaling win over rope_parameters and then takes theta from
-        # the top-level key, so a file's effective settings follow the same order here.
-        active = rope_scaling if rope_scaling else (rope_parameters or {})
-        active_name = "rope_scaling" if rope_scaling else "rope_parameters"
-        theta_key, theta = _first(
-            ("rope_theta", config.get("rope_theta") if rope_scaling else None),
-            (f"{active_name}.rope_theta", active.get("rope_theta")),
-            ("rope_theta", config.get("rope_theta")),
-            (family.legacy_theta_key or "", config.get(family.legacy_theta_key) if family.legacy_theta_key else None))
-        theta_from_default = theta is None
-        if theta_from_default:
-            theta_key, theta = "rope_theta", family.theta_default
+    head_dim = _head_dim(config)
+    active, active_name, theta_key, theta, theta_from_default, local_theta = _active_and_theta(
+        config, family, rope_scaling, rope_parameters, nested)
     theta = values.positive_number(theta, theta_key)
 
     partial_key, partial = _first(
@@ -234,6 +194,58 @@ def _read_text(config: dict) -> RopeState:
     )
 
 
+def _head_dim(config: dict) -> int:
+    if config.get("head_dim") is not None:
+        return config["head_dim"]
+    if config.get("hidden_size") is not None and config.get("num_attention_heads") is not None:
+        head_dim = config["hidden_size"] // config["num_attention_heads"]
+        if head_dim == 0:
+            raise NotACheckpoint(f"config.json: hidden_size {config['hidden_size']} is smaller than "
+                                 f"num_attention_heads {config['num_attention_heads']}", hint="fix config.json")
+        return head_dim
+    raise NotACheckpoint("config.json gives neither head_dim nor hidden_size and num_attention_heads",
+                         hint="fix config.json")
+
+
+def _active_and_theta(config: dict, family: Family, rope_scaling: dict | None, rope_parameters: dict | None,
+                      nested: bool) -> tuple[dict, str, str, Any, bool, float | None]:
+    """(the RoPE dict transformers 5 acts on, its name, theta's key, theta as found or the family
+    default, whether it was the default, the sliding layers' theta for nested RoPE)."""
+    local_theta = None
+    if nested:
+        full = dict((rope_parameters or {}).get("full_attention") or {})
+        full_name = "rope_parameters.full_attention"
+        if rope_scaling:
+            full.update(rope_scaling)  # what Gemma 3's / OLMo 3's 5.x config does with a legacy dict
+            full_name = "rope_scaling"
+        active, active_name = full, full_name
+        theta_key, theta = _first((f"{full_name}.rope_theta", full.get("rope_theta")),
+                                  ("rope_theta", config.get("rope_theta")))
+        theta_from_default = theta is None
+        if theta_from_default:
+            theta_key, theta = "rope_theta", family.theta_default
+        sliding = (rope_parameters or {}).get("sliding_attention") or {}
+        local_key, local_theta = _first(
+            ("rope_parameters.sliding_attention.rope_theta", sliding.get("rope_theta")),
+            (family.local_theta_key or "", config.get(family.local_theta_key) if family.local_theta_key else None),
+            ("rope_local_base_freq", family.local_theta_default))
+        local_theta = float(theta) if local_theta is None else values.positive_number(local_theta, local_key)
+    else:
+        # transformers 5 lets rope_scaling win over rope_parameters and then takes theta from
+        # the top-level key, so a file's effective settings follow the same order here.
+        active = rope_scaling if rope_scaling else (rope_parameters or {})
+        active_name = "rope_scaling" if rope_scaling else "rope_parameters"
+        theta_key, theta = _first(
+            ("rope_theta", config.get("rope_theta") if rope_scaling else None),
+            (f"{active_name}.rope_theta", active.get("rope_theta")),
+            ("rope_theta", config.get("rope_theta")),
+            (family.legacy_theta_key or "", config.get(family.legacy_theta_key) if family.legacy_theta_key else None))
+        theta_from_default = theta is None
+        if theta_from_default:
+            theta_key, theta = "rope_theta", family.theta_default
+    return active, active_name, theta_key, theta, theta_from_default, local_theta
+
+
 def _disagreement(config: dict, nested: bool) -> str | None:
     """Where rope_scaling and rope_parameters would make readers do different things."""
     rope_scaling, rope_parameters = config.get("rope_scaling"), config.get("rope_parameters")
@@ -256,10 +268,21 @@ def _disagreement(config: dict, nested: bool) -> str | None:
     return "rope_scaling and rope_parameters disagree (" + "; ".join(problems) + "); rope_scaling wins in transformers 4.x and 5.x"
 
 
+def active_scaling(config: dict, state: RopeState) -> dict:
+    """The RoPE dict transformers 5 acts on: rope_scaling wins; nested RoPE's full_attention."""
+    config = language_config(config)
+    rope_scaling, rope_parameters = config.get("rope_scaling"), config.get("rope_parameters")
+    if state.nested:
+        full = dict((rope_parameters or {}).get("full_attention") or {})
+        full.update(rope_scaling or {})
+        return full
+    return dict(rope_scaling or rope_parameters or {})
+
+
 def write_schemas(config: dict, family: Family, state: RopeState, scaling: dict) -> dict:
     """Both schemas, agreeing: rope_parameters for 5.x, top-level keys + rope_scaling for 4.x.
 
-    scaling is the method's part, {"rope_type": ..., "factor": ..., ...}, built in methods.py;
+    scaling is the method's part, {"rope_type": ..., "factor": ..., ...} (methods/*.scaling);
     theta comes from the state. Nested RoPE gets the scaling on INTERPOLATED_LAYER_TYPES only.
     """
     new = copy.deepcopy(config)
@@ -301,3 +324,20 @@ def write_schemas(config: dict, family: Family, state: RopeState, scaling: dict)
     new["rope_scaling"] = {family.legacy_type_key: scaling["rope_type"], **legacy}
     return new
 
+
+
+def write_unscaled(config: dict, family: Family, state: RopeState) -> dict:
+    """Both schemas with no scaling type and the state's theta (ntk's form: plain RoPE)."""
+    new = write_schemas(config, family, state, {"rope_type": "default"})
+    if state.nested:
+        new["rope_parameters"]["full_attention"].pop("factor", None)
+    else:
+        new["rope_parameters"].pop("factor", None)
+    # No scaling type: every reader then takes the plain theta. A key the file did not have stays out.
+    if "rope_scaling" in config:
+        new["rope_scaling"] = None
+    else:
+        new.pop("rope_scaling", None)
+    if "original_max_position_embeddings" in new and "original_max_position_embeddings" not in config:
+        new.pop("original_max_position_embeddings")
+    return new

@@ -373,6 +373,9 @@ def verify(
       picli verify ./my-own-model --passkey -o verify.json
 
       picli verify ./m-16k ./m-16k-yarn ./m-16k-ntk --baseline ./m --passkey --perplexity --data book.txt
+    \f
+    Long because a Typer command declares each option as a parameter and its --help as this
+    docstring: the body, which builds VerifySettings and calls one core function, is about 30 lines.
     """
     from .passkey import QUICK, Protocol
     from .verify import VerifySettings, run_side_by_side, run_verify
@@ -473,6 +476,9 @@ def finetune(
       picli finetune ./m --resume
 
       accelerate launch --config_file fsdp.yaml -m picli finetune ./m --data ./books
+    \f
+    Long because a Typer command declares each option as a parameter and its --help as this
+    docstring: the body, which builds TrainSettings and calls one core function, is about 20 lines.
     """
     from .finetune import finetune_command
     from .training import TrainSettings

@@ -80,7 +80,13 @@ def run_finetune(model_path: Path, output: Path, settings: TrainSettings, resume
                  command: str = "picli finetune", on_event: Events = None,
                  given: set[str] = frozenset()) -> TrainResult:
     """Train; on resume the checkpoint's settings win except the keys in `given` (only
-    micro_batch_size may change: it alters neither the data order nor the step's math)."""
+    micro_batch_size may change: it alters neither the data order nor the step's math).
+
+    Long because it is still the whole run in one piece: resume merging, data, model, optimizer,
+    the loop with its signals and checkpoints, the record and the export. Issue 18 ("a fine-tune
+    loop with seams") splits it into settings resolved once, setup, one step, evaluate, save and
+    export; until then, read it top to bottom.
+    """
     import torch
     import transformers
     from accelerate import Accelerator

@@ -163,3 +163,40 @@ def test_conftest_holds_fixtures_only():
                  and any(isinstance(node, ast.ImportFrom) and (node.module or "").endswith("conftest")
                          for node in ast.walk(ast.parse(path.read_text())))]
     assert importers == [], "import from tests.helpers, not from conftest"
+
+
+# --- functions that fit on a screen ------------------------------------------------------------
+
+MAX_LINES = 80
+# A longer function says why in its docstring, in a sentence that starts so. For a CLI command,
+# whose docstring is its --help, the reason follows a form feed (\f): Click and Typer show no
+# help text after it.
+REASON = "Long because"
+
+
+def long_functions(source: str, name: str) -> list[str]:
+    """Functions (methods and nested ones too) of more than MAX_LINES lines, from `def` to their
+    last line, whose docstring gives no reason."""
+    found = []
+    for node in ast.walk(ast.parse(source, name)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > MAX_LINES and REASON not in (ast.get_docstring(node, clean=False) or ""):
+                found.append(f"{name}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_the_length_check_sees_a_long_function_and_its_reason():
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_LINES))
+    assert long_functions(f"def f():\n{body}", "m.py") == ["m.py:1 f (81 lines)"]
+    assert long_functions(f"class C:\n    def g(self):\n{body.replace('    ', '        ')}", "m.py") == \
+        ["m.py:2 g (81 lines)"]
+    assert long_functions(f"def f():\n    '''Long because it must be.'''\n{body}", "m.py") == []
+    assert long_functions(f"def f():\n{body[:-len(body.splitlines()[-1]) - 1]}", "m.py") == []  # exactly 80
+
+
+def test_no_function_is_long_without_saying_why():
+    found = [entry for path in sorted(PACKAGE.rglob("*.py"))
+             for entry in long_functions(path.read_text(encoding="utf-8"), str(path.relative_to(PACKAGE.parent)))]
+    assert found == [], (f"split these, or say in the docstring why one function is clearer ('{REASON} ...'):\n"
+                         + "\n".join(found))

@@ -369,7 +369,15 @@ def verify_file(report: VerifyReport) -> dict:
             "versions": {}, **report.to_dict()}
 
 
-# --- the benchmark scripts ----------------------------------------------------------------
+# --- the repository's scripts (benchmarks/, docs/card_example.py) ---------------------------------
+
+
+def load_script(path: Path, name: str):
+    """A script of the repository (not a package module) as a module, for its functions."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_benchmark(name: str):
@@ -378,7 +386,4 @@ def load_benchmark(name: str):
     for folder in (ROOT / "benchmarks", ROOT / "benchmarks" / "data"):
         if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / f"{name}.py", f"benchmark_{name}")

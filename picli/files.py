@@ -20,15 +20,16 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError
+from .errors import NotACheckpoint, OutputError
 
 # Linux ioctl that makes dst share src's blocks (copy-on-write) on btrfs/xfs/overlay-on-those.
 _FICLONE = 0x40049409
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 STAGING_MARK = ".picli-tmp-"
 LOCK_SUFFIX = ".picli-lock"
 # Errors that mean "the output cannot take these bytes": the message names the output file.
@@ -293,3 +294,158 @@ def tree_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+# ---------------------------------------------------------------------------------------
+# Where an output may go: the one rule every command that writes an output follows.
+
+# The folders a mistyped -o would take with it. Refused as outputs whatever the flags: no
+# record can make replacing them safe.
+
+
+def _protected_places() -> list[tuple[Path, str]]:
+    places = [(Path("/"), "the filesystem root")]
+    with contextlib.suppress(RuntimeError, KeyError):  # no HOME and no passwd entry
+        places.append((Path.home().resolve(), "your home directory"))
+    try:
+        # The working directory may itself be gone (deleted by another program): nothing to protect then.
+        places.append((Path(os.getcwd()).resolve(), "the current directory"))
+    except OSError:
+        pass
+    return places
+
+
+def check_output(output: Path, *, ours: Callable[[Path], bool], mark: str, force: bool = False,
+                 sources: tuple[Path, ...] | list[Path] = (), empty_ok: bool = False, option: str = "-o/--output") -> None:
+    """May picli write `output` (a folder or a file it builds whole, then renames into place)?
+
+    Refused, whatever `force` says: `/`, the home directory, the current directory and any
+    folder containing one of them; a source (`sources`: the checkpoints read), anything
+    inside a source, or a folder containing one. An existing output is replaced only with
+    `force`, and only when picli wrote it: `ours(path)` says so (picli's record is there:
+    `mark`, named in the refusal). An empty folder holds nothing to lose. `empty_ok`: an
+    existing empty folder needs no --force (finetune).
+    """
+    output = Path(output)
+    resolved = output.resolve()
+    for source in sources:
+        source = Path(source).resolve()
+        if resolved == source:
+            raise OutputError(f"the output {output} is the source checkpoint itself",
+                              hint=f"choose another {option}")
+        if resolved.is_relative_to(source):
+            raise OutputError(f"the output {output} is inside the source checkpoint {source}",
+                              hint=f"choose an {option} outside the source")
+        if source.is_relative_to(resolved):
+            raise OutputError(f"the source {source} is inside the output {output}",
+                              hint=f"choose an {option} that does not contain the source")
+    for place, what in _protected_places():
+        if resolved == place or place.is_relative_to(resolved):
+            where = what if resolved == place else f"a folder containing {what} ({place})"
+            raise OutputError(f"the output {output} is {where}; picli never writes over it, --force included",
+                              hint=f"name a new folder with {option}, e.g. {option.split('/')[0]} ./model-out")
+    if not (output.exists() or output.is_symlink()):
+        return
+    empty = output.is_dir() and not output.is_symlink() and not any(output.iterdir())
+    if empty and empty_ok:
+        return
+    if not force:
+        raise OutputError(f"output {output} already exists", hint=f"pass --force to replace it, or choose {option}")
+    if empty or ours(output):
+        return
+    raise OutputError(f"output {output} exists and picli did not write it (no {mark}); --force replaces only "
+                      "outputs picli wrote", hint=f"choose another {option}, or move it away yourself")
+
+
+# ---------------------------------------------------------------------------------------
+# What is part of a model: the one rule extend (copy) and push (upload, plan) share.
+
+# The one dotfile a Hub repo expects: it says which files are stored with LFS/Xet. Every
+# other hidden file (.env, .netrc, .ssh/, .DS_Store, .git/) is a machine's, not a model's.
+HUB_DOTFILES = {".gitattributes"}
+_KEY_NAMES = re.compile(r"^id_(rsa|dsa|ecdsa|ed25519)(\.pub)?$|\.(pem|key|p12|pfx|ppk|keystore|jks)$")
+# `token`, `hf_token`, `access-token.txt`, `secrets.json`, `credentials`, `netrc`: not tokenizer*.json.
+_SECRET_NAMES = re.compile(r"^(?:.*[_-])?(token|secrets?|credentials?|passwords?|passwd|api[_-]?key|netrc)$")
+# A Hugging Face access token as the Hub issues them (hf_ and 34 letters and digits; 30+ here).
+HF_TOKEN = re.compile(rb"hf_[A-Za-z0-9]{30,}")
+_SCANNED_BYTES = 1 << 20  # text files worth reading for a token; weights and vocabularies are larger
+
+
+def not_model_reason(relative: str, path: Path | None = None) -> str | None:
+    """Why `relative` (a path inside a checkpoint) is not part of the model, or None if it is.
+
+    `path`: the file on disk, read (up to 1 MiB) for a Hugging Face token. Weight files are
+    not read: a token cannot hide in them unnoticed by the runtimes that load them.
+    """
+    parts = relative.split("/")
+    hidden = next((part for part in parts if part.startswith(".")), None)
+    if hidden and relative not in HUB_DOTFILES:
+        return "hidden file" if hidden == parts[-1] else f"in hidden folder {hidden}/"
+    name = parts[-1].lower()
+    if _KEY_NAMES.search(name):
+        return "a private key"
+    if _SECRET_NAMES.match(name.split(".")[0]):
+        return "named like a secret (token, credentials, password)"
+    if path is not None and holds_hf_token(path):
+        return "holds a Hugging Face token (hf_...)"
+    return None
+
+
+def holds_hf_token(path: Path) -> bool:
+    try:
+        if path.stat().st_size > _SCANNED_BYTES or path.name.endswith((".safetensors", ".bin", ".gguf", ".pt")):
+            return False
+        return HF_TOKEN.search(path.read_bytes()) is not None
+    except OSError:
+        return False
+
+
+def model_files(root: Path, skip_dirs: set[str] = frozenset()) -> tuple[list[Path], list[dict]]:
+    """(files of the model under `root`, [{path, reason}] left out) for extend to copy.
+
+    A hidden folder is left out whole and named once (`.git/`), not file by file; `skip_dirs`
+    are picli's own folders (training state), left out without a word.
+    """
+    root = Path(root)
+    kept: list[Path] = []
+    left_out: list[dict] = []
+    for directory, dirnames, filenames in os.walk(root):  # never enters a linked folder, as rglob
+        base = Path(directory)
+        for name in sorted(dirnames):
+            relative = (base / name).relative_to(root).as_posix()
+            if name in skip_dirs or name.startswith("."):
+                dirnames.remove(name)
+                if name not in skip_dirs:
+                    left_out.append({"path": relative + "/", "reason": "hidden folder"})
+        for name in sorted(filenames):
+            path = base / name
+            if not path.is_file():
+                continue
+            relative = path.relative_to(root).as_posix()
+            reason = not_model_reason(relative, path)
+            if reason:
+                left_out.append({"path": relative, "reason": reason})
+            else:
+                kept.append(path)
+    return sorted(kept), left_out
+
+
+def broken_weight_links(path: Path) -> list[str]:
+    """One line per weight file that is a link to nothing (`--weights symlink` outputs link into
+    their source; moving or deleting the source breaks them). Without this, a broken link is
+    simply not a file, and the checkpoint would be said to have no weights at all."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return [f"{link.relative_to(path)} is a link to {os.readlink(link)}, which does not exist (the link is broken)"
+            for link in sorted(path.rglob("*"))
+            if link.name.endswith(WEIGHT_SUFFIXES) and link.is_symlink() and not link.exists()
+            and ".picli" not in link.parts]
+
+
+def refuse_broken_links(path: Path) -> None:
+    broken = broken_weight_links(path)
+    if broken:
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise NotACheckpoint(f"{broken[0]}{more}", hint="the checkpoint it links into (picli extend --weights symlink) "
+                             "moved or was deleted: put it back, or extend that source again with --weights copy")

@@ -218,6 +218,13 @@ def read_gguf(path: Path) -> GGUFInfo:
     metadata = {e.key: e.value for e in layout.entries}
     architecture = metadata.get("general.architecture")
     if not isinstance(architecture, str):
+        from .rope.gguf import merge_hint, split_position
+
+        split = split_position(metadata)
+        if split:  # gguf-split writes the model's metadata into the first shard only
+            raise NotACheckpoint(f"{path.name} is shard {split[0]} of {split[1]} of a split GGUF; only shard 1 holds "
+                                 "the model's metadata, and picli extends one-file GGUFs",
+                                 hint=merge_hint(path.name, split[1]))
         raise NotACheckpoint(f"{path} is not a valid GGUF file: it has no general.architecture", hint=_HINT)
     types: dict[str, int] = {}
     for _, _, type_name in layout.tensors:
@@ -230,6 +237,27 @@ def read_gguf(path: Path) -> GGUFInfo:
         data_bytes=layout.file_size - layout.data_offset, file_size=layout.file_size,
         rope_tensors=tuple(sorted({name for name, _, _ in layout.tensors if name.startswith("rope_")})),
     )
+
+
+@dataclass(frozen=True)
+class GGUFShard:
+    """One file of a split GGUF as far as it can be read alone: later shards hold only split.*
+    keys and their tensors, no architecture."""
+
+    path: Path
+    split: dict[str, Any]  # its split.* keys
+    parameter_count: int
+    tensor_types: dict[str, int]
+    file_size: int
+
+
+def read_shard(path: Path) -> GGUFShard:
+    layout = _load(Path(path))
+    types: dict[str, int] = {}
+    for _, _, type_name in layout.tensors:
+        types[type_name] = types.get(type_name, 0) + 1
+    return GGUFShard(Path(path), {e.key: e.value for e in layout.entries if e.key.startswith("split.")},
+                     sum(n for _, n, _ in layout.tensors), types, layout.file_size)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,9 @@ from . import card as card_module
 from . import rope
 from .checkpoint import index_shards, outside_links, read_config, resolve, safetensors_header
 from .errors import NotACheckpoint, PicliError
+from .files import broken_weight_links, holds_hf_token, not_model_reason
 from .events import Events
-from .hub_errors import PUSH_RETRY, HubCall, is_branch_name, is_repo_id, translate
+from .hub_errors import PUSH_RETRY, HubCall, check_repo_id, is_branch_name, is_repo_id, translate
 from .provenance import RecordError, is_picli_output
 
 # Never published: training state, picli's own bookkeeping and half-written files. The
@@ -44,7 +45,7 @@ from .provenance import RecordError, is_picli_output
 # same matching huggingface_hub's upload_folder applies, so the plan lists what goes up.
 IGNORE_PATTERNS = [
     ".picli/*", "*/.picli/*",
-    # picli finetune: checkpoints/step-*/ (pickled model + optimizer state), .final/ (export staging)
+    # picli finetune: checkpoints/step-*/ (resumable training state), .final/ (export staging)
     "checkpoints/*", ".final/*", "checkpoint-*/*", "*/checkpoint-*/*", "global_step*/*",
     "optimizer.*", "*/optimizer.*", "scheduler.pt", "*/scheduler.pt", "rng_state*.pth", "*/rng_state*.pth",
     "trainer_state.json", "training_args.bin",
@@ -86,6 +87,7 @@ class PushPlan:
     card_action: str  # create | refresh | append | overwrite
     auth: str | None  # where the token will come from (never the token itself)
     warnings: list[str] = field(default_factory=list)
+    withheld: list[dict] = field(default_factory=list)  # [{path, reason}]: not part of a model, never uploaded
 
     @property
     def total_bytes(self) -> int:
@@ -159,6 +161,9 @@ def preflight(checkpoint_dir: Path) -> tuple[list[str], list[str]]:
     problems += outside_links(checkpoint_dir, skip=_not_uploaded)
     files = [entry.path for entry in list_files(checkpoint_dir)[0]]
     problems += _weight_problems(checkpoint_dir, files)
+    if holds_hf_token(checkpoint_dir / card_module.README):
+        # The card is built from it and always uploaded: leaving it out cannot keep the token home.
+        problems.append(f"{card_module.README} holds a Hugging Face token (hf_...); remove it from the text")
     if not any(Path(name).name in TOKENIZER_FILES for name in files):
         problems.append("no tokenizer (tokenizer.json, tokenizer.model or vocab.json): the model could not be "
                         "used from the Hub")
@@ -172,9 +177,9 @@ def preflight(checkpoint_dir: Path) -> tuple[list[str], list[str]]:
 
 
 def _weight_problems(checkpoint_dir: Path, files: list[str]) -> list[str]:
-    problems = []
+    problems = broken_weight_links(checkpoint_dir)
     weights = [name for name in files if name.endswith((".safetensors", ".bin", ".pt", ".pth"))]
-    if not weights:
+    if not weights and not problems:
         problems.append("no weight files (*.safetensors or *.bin)")
     for index_name in [name for name in files if name.endswith(".safetensors.index.json")]:
         try:
@@ -203,17 +208,30 @@ def _not_uploaded(relative: str, is_dir: bool) -> bool:
     return not list(filter_repo_objects([name], ignore_patterns=IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS))
 
 
-def list_files(checkpoint_dir: Path) -> tuple[list[FileEntry], list[str]]:
-    """(files that will be uploaded, files left out), as upload_folder will decide."""
+def list_files(checkpoint_dir: Path) -> tuple[list[FileEntry], list[str], list[dict]]:
+    """(files that will be uploaded, files upload_folder's ignore rules leave out, [{path, reason}]
+    left out by files.not_model_reason (hidden files, keys, tokens), the rule extend copies by)."""
     from huggingface_hub.utils import filter_repo_objects
     from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
 
     every = sorted(path.relative_to(checkpoint_dir).as_posix() for path in checkpoint_dir.glob("**/*")
                    if path.is_file())
     kept = list(filter_repo_objects(every, ignore_patterns=IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS))
-    kept_set = set(kept)
-    return ([FileEntry(name, (checkpoint_dir / name).stat().st_size) for name in kept],
-            [name for name in every if name not in kept_set])
+    withheld = []
+    for name in kept:
+        reason = not_model_reason(name, checkpoint_dir / name)
+        if reason:
+            withheld.append({"path": name, "reason": reason})
+    matched = set(kept)
+    uploaded = matched - {entry["path"] for entry in withheld}
+    return ([FileEntry(name, (checkpoint_dir / name).stat().st_size) for name in kept if name in uploaded],
+            [name for name in every if name not in matched], withheld)
+
+
+def exact_patterns(names: list[str]) -> list[str]:
+    """fnmatch patterns that match exactly these paths (`[`, `*`, `?` taken literally), so
+    upload_folder sends the files the plan listed and nothing else."""
+    return [re.sub(r"([\[*?])", r"[\1]", name) for name in names]
 
 
 # ---------------------------------------------------------------------------------------
@@ -240,9 +258,7 @@ def plan_push(
     _refuse_swapped(repo_id, model)
     checkpoint_dir = resolve(None, on_event=on_event).path if model is None else Path(model)
     checkpoint_dir = checkpoint_dir.expanduser().resolve()
-    if not is_repo_id(repo_id):
-        raise PicliError(f"REPO must be a Hub repo id like your-name/model-16k, got {repo_id!r}",
-                         hint="picli push NAMESPACE/NAME [MODEL] (NAMESPACE: your user name or an organization)")
+    check_repo_id(repo_id)
     revision = None if revision in (None, "", "main") else revision
     if revision and not is_branch_name(revision):
         raise PicliError(f"--revision must be a branch name git accepts, got {revision!r}",
@@ -261,7 +277,7 @@ def plan_push(
                               hint="fix them and run again; nothing was uploaded")
     record, verify_record, existing = card_module.load_inputs(checkpoint_dir)
     card_text = card_module.render_card(checkpoint_dir, record, verify_record, existing, repo_id, overwrite_card)
-    files, ignored = list_files(checkpoint_dir)
+    files, ignored, withheld = list_files(checkpoint_dir)
     readme = FileEntry(card_module.README, len(card_text.encode("utf-8")))
     files = sorted([entry for entry in files if entry.path != card_module.README] + [readme],
                    key=lambda entry: entry.path)
@@ -269,7 +285,7 @@ def plan_push(
         checkpoint=checkpoint_dir, repo_id=repo_id, revision=revision, private=private, create_pr=create_pr,
         exist_ok=exist_ok, commit_message=commit_message or default_commit_message(record),
         commit_description=f"Uploaded with picli {record.get('picli_version') or ''}".strip(),
-        endpoint=constants.ENDPOINT.rstrip("/"), files=files, ignored=ignored, card=card_text,
+        endpoint=constants.ENDPOINT.rstrip("/"), files=files, ignored=ignored, withheld=withheld, card=card_text,
         card_action=card_module.card_action(existing, overwrite_card), auth=token_source(token),
         warnings=warnings,
     )
@@ -359,12 +375,13 @@ def push(plan: PushPlan, token: str | None = None, on_event: Events = None) -> P
                 repo_id=plan.repo_id, folder_path=plan.checkpoint, revision=plan.revision,
                 create_pr=plan.create_pr or None, commit_message=plan.commit_message,
                 commit_description=plan.commit_description, ignore_patterns=list(IGNORE_PATTERNS),
+                allow_patterns=exact_patterns([entry.path for entry in plan.files]),
             )
         except KeyboardInterrupt:
             # Not the CLI's generic "nothing was left behind": the repo may exist and objects be stored.
             raise HubError("interrupted during the upload; nothing was committed",
                            hint=PUSH_RETRY) from None
-    files, _ = list_files(plan.checkpoint)
+    files = list_files(plan.checkpoint)[0]
     return PushResult(
         url=info.pr_url or repo_url(plan.endpoint, plan.repo_id, plan.revision), repo_id=plan.repo_id,
         revision=plan.revision, private=private, created=created, changed=info.oid != head, commit=info.oid,

@@ -39,6 +39,13 @@ def is_repo_id(text: str) -> bool:
     return True
 
 
+def check_repo_id(repo_id: str, option: str = "REPO", usage: str = "picli push NAMESPACE/NAME [MODEL]") -> None:
+    """A PicliError unless `repo_id` is a Hub repo id (is_repo_id): push's REPO, card's --repo."""
+    if not is_repo_id(repo_id):
+        raise PicliError(f"{option} must be a Hub repo id like your-name/model-16k, got {repo_id!r}",
+                         hint=f"{usage} (NAMESPACE: your user name or an organization)")
+
+
 def is_branch_name(text: str) -> bool:
     """A branch name git (and so the Hub) accepts, by `git check-ref-format --branch`'s rules:
     no `..`, `//`, `@{`, control characters, space, or any of ``~^:?*[\\``; no part that starts

@@ -14,9 +14,9 @@ from typing import Any
 from . import rope
 from .checkpoint import (Checkpoint, TensorSummary, length_setting, read_config, read_json_file, resolve,
                          tensor_summary)
-from .errors import CannotExtend
+from .errors import CannotExtend, NotACheckpoint
 from .events import Events
-from .modeling import kv_cache_bytes
+from .kv_cache import kv_cache_bytes, layer_pattern
 from .provenance import RecordError, read_record, recorded_window
 
 KV_MULTIPLES = (1, 2, 4, 8)
@@ -41,6 +41,8 @@ class Inspection:
     can_extend: bool
     cannot_extend_reason: str | None
     kv_cache_bytes: dict[int, int]
+    # Which layers the KV cache grows in: counts per kind (global, sliding, chunked, none), window, chunk.
+    kv_layers: dict[str, Any] | None
     runtimes: dict[str, dict]
     provenance: dict | None
     warnings: list[str] = field(default_factory=list)
@@ -91,6 +93,7 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
     rope_view: dict[str, Any] = {}
     runtimes: dict[str, dict] = {}
     kv: dict[int, int] = {}
+    kv_layers = None
     check = {"ok": True, "disagreements": []}
     if state:
         recorded = recorded_window(record)
@@ -102,6 +105,8 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
             "rope_parameters": state.rope_parameters, "disagreement": state.disagreement,
             # A multimodal wrapper: the RoPE shown is its language model's (text_config).
             "language_model": f"text_config ({state.model_type})" if state.wrapper else None,
+            # Keys the file leaves out, as transformers fills them (the class's defaults).
+            "defaults": state.defaults,
         }
         if state.wrapper:
             warnings.append(f"{state.wrapper} is multimodal: the RoPE shown is its language model's (text_config, "
@@ -117,9 +122,13 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
             warnings.append(f"config.json has no max_position_embeddings; using the family default {state.window}")
         if max_length and int(max_length) < state.window:
             warnings.append(f"tokenizer model_max_length {int(max_length)} is below the window {state.window}")
-        kv = {state.window * multiple: kv_cache_bytes(rope.language_config(config), state.window * multiple,
-                                                      KV_BYTES_PER_VALUE)
+        kv = {state.window * multiple: kv_cache_bytes(config, state.window * multiple, KV_BYTES_PER_VALUE)
               for multiple in KV_MULTIPLES}
+        pattern = layer_pattern(config)
+        kv_layers = pattern.summary()
+        if pattern.unknown:
+            warnings.append(f"layer type(s) {', '.join(pattern.unknown)} unknown to picli: counted as global "
+                            "attention in the KV-cache estimate (an upper bound)")
         runtimes = rope.predict_all(config, recorded)
         check = rope.check(runtimes, state.disagreement)
     return Inspection(
@@ -129,7 +138,8 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
         size_bytes=summary.total_bytes, rope=rope_view,
         tokenizer_max_length=max_length,
         can_extend=reason is None, cannot_extend_reason=reason.message if reason else None,
-        kv_cache_bytes=kv, runtimes=runtimes, provenance=_provenance(record), warnings=warnings, check=check,
+        kv_cache_bytes=kv, kv_layers=kv_layers, runtimes=runtimes, provenance=_provenance(record),
+        warnings=warnings, check=check,
     )
 
 
@@ -174,59 +184,86 @@ def _provenance(record: dict) -> dict | None:
 def _inspect_gguf(model: str, checkpoint: Checkpoint) -> Inspection:
     from .gguf_io import read_gguf, rope_settings
 
-    info = read_gguf(checkpoint.path)
+    warnings: list[str] = []
+    first, shards, count = _gguf_shards(checkpoint.path, warnings)
+    info = read_gguf(first)
     arch, meta = info.architecture, info.metadata
     settings = rope_settings(info)
-    where = f"{checkpoint.path.name} (GGUF metadata)"
-
-    def count(suffix: str) -> int | None:
-        # An integer > 0, or per layer a list of them (hybrid models list 0 for their
-        # non-attention layers: the attention layers' count is the largest).
-        key = f"{arch}.{suffix}"
-        value = meta.get(key)
-        if isinstance(value, list) and value and all(type(item) is int and item >= 0 for item in value):
-            value = max(value)
-        return None if value is None else rope.values.positive_int(value, key, where)
-
-    heads = count("attention.head_count") or 0
-    kv_heads = count("attention.head_count_kv") or heads
-    embedding = count("embedding_length")
-    head_dim = count("attention.key_length") or (embedding // heads if embedding and heads else 0)
-    has_rope = settings.has_rope
-    warnings: list[str] = []
+    shape = rope.gguf.attention_shape(arch, meta, f"{first.name} (GGUF metadata)")
+    head_dim, has_rope = shape["head_dim"], settings.has_rope
     record = _read_record(checkpoint.path, warnings)
-    reason = None
-    if arch in rope.GGUF_PROJECTOR:
-        reason = f"this GGUF is a multimodal projector (mmproj, architecture {arch}): no text positions"
-    elif arch in rope.GGUF_NO_ROPE or not has_rope:
-        reason = f"this GGUF ({arch}) has no RoPE metadata ({arch}.rope.*)"
-    scaling_type = settings.scaling_type
-    factor = settings.factor
+    # The decision extend makes (rope.gguf.plan), at a nominal target: the two never disagree.
+    refusal = rope.gguf.refusal(arch, meta, settings, record.get("rope"), recorded_window(record), first.name)
+    reason = None if refusal is None else refusal.message + (f" ({refusal.hint})" if refusal.hint else "")
+    if settings.dimension_count is not None and head_dim and settings.dimension_count > head_dim:
+        warnings.append(f"inconsistent GGUF: {arch}.rope.dimension_count {settings.dimension_count} exceeds the "
+                        f"head dimension {head_dim}; llama.cpp would rotate channels a head does not have")
     window = settings.context_length
     rotary_dim = settings.dimension_count if settings.dimension_count is not None else head_dim
     rope_view = {
-        "type": "default" if scaling_type == "none" else scaling_type, "factor": factor,
+        "type": "default" if settings.scaling_type == "none" else settings.scaling_type, "factor": settings.factor,
         "theta": settings.freq_base, "head_dim": head_dim, "rotary_dim": rotary_dim,
         "partial_rotary_factor": (rotary_dim / head_dim) if head_dim else 1.0, "window": window,
         "effective_window": window, "original_context_length": settings.original_context_length,
         "rope_tensors": list(info.rope_tensors),
     } if has_rope else {}
-    layers = count("block_count") or 0
-    kv = {}
-    if window and has_rope:
+    kv, kv_layers = {}, None
+    if window and has_rope and shape["layers"] and shape["kv_heads"] and head_dim:
         # Counts the GGUF does not give stay absent (a 0 here would be refused as damage).
-        shape = {key: value for key, value in (("num_hidden_layers", layers), ("num_key_value_heads", kv_heads),
-                                               ("head_dim", head_dim)) if value}
-        kv = {window * m: kv_cache_bytes(shape, window * m, KV_BYTES_PER_VALUE) for m in KV_MULTIPLES}
+        config = {key: shape[name] for key, name in (("num_hidden_layers", "layers"),
+                                                     ("num_key_value_heads", "kv_heads"), ("head_dim", "head_dim"))
+                  if shape[name]}
+        kv = {window * m: kv_cache_bytes(config, window * m, KV_BYTES_PER_VALUE) for m in KV_MULTIPLES}
+        kv_layers = layer_pattern(config).summary()
+        if f"{arch}.attention.sliding_window" in meta:
+            # llama.cpp fixes which layers slide per architecture in its code, not in the metadata.
+            kv_layers["source"] = ("an upper bound: the GGUF has sliding-window layers, but which ones is not "
+                                   "in its metadata, so every layer is counted at full length")
     runtimes = rope.predict_gguf(arch, meta, info.rope_tensors) if has_rope else {}
-    check = rope.check(runtimes)
+    parameters = sum(shard.parameter_count for shard in shards)
+    dtypes: dict[str, int] = {}
+    for shard in shards:
+        for name, number in shard.tensor_types.items():
+            dtypes[name] = dtypes.get(name, 0) + number
     return Inspection(
         model=model, path=str(checkpoint.path), format="gguf", resolved_from=checkpoint.resolved_from,
-        architecture=arch, model_type=arch, parameters=info.parameter_count, dtypes=info.tensor_types,
-        files=[checkpoint.path.name], shards=1, size_bytes=info.file_size, rope=rope_view,
-        tokenizer_max_length=None, can_extend=reason is None, cannot_extend_reason=reason, kv_cache_bytes=kv,
-        runtimes=runtimes, provenance=_provenance(record), warnings=warnings, check=check,
+        architecture=arch, model_type=arch, parameters=parameters, dtypes=dtypes,
+        files=[shard.path.name for shard in shards], shards=count, size_bytes=sum(s.file_size for s in shards),
+        rope=rope_view, tokenizer_max_length=None, can_extend=reason is None, cannot_extend_reason=reason,
+        kv_cache_bytes=kv, kv_layers=kv_layers, runtimes=runtimes, provenance=_provenance(record),
+        warnings=warnings, check=rope.check(runtimes),
     )
+
+
+def _gguf_shards(path: Path, warnings: list[str]) -> tuple[Path, list, int]:
+    """The file holding the model's metadata (shard 1 of a split GGUF, else the file itself),
+    the shards found (gguf_io.GGUFShard), and how many there should be."""
+    from .gguf_io import read_shard
+
+    given = read_shard(path)
+    split = rope.gguf.split_position(given.split)
+    if split is None:
+        return path, [given], 1
+    number, count = split
+    names = rope.gguf.split_names(path.name, count)
+    if names is None:  # renamed: the other shards cannot be found by name
+        if number != 1:
+            raise NotACheckpoint(f"{path.name} is shard {number} of {count} of a split GGUF, and its name is not "
+                                 "llama.cpp's (NAME-00001-of-NNNNN.gguf), so shard 1 cannot be found",
+                                 hint="give the first shard, which holds the model's metadata")
+        warnings.append(f"{path.name} is shard 1 of {count} of a split GGUF; its other shards cannot be found by "
+                        "name: parameters and size are this shard's only")
+        return path, [given], count
+    missing = [name for name in names if not (path.parent / name).is_file()]
+    if names[0] in missing:
+        raise NotACheckpoint(f"{path.name} is shard {number} of {count} of a split GGUF, and shard 1 ({names[0]}), "
+                             "which holds the model's metadata, is missing", hint=f"download {names[0]} beside it")
+    warnings.append(f"{path.name} is shard {number} of {count} of a split GGUF"
+                    + (f": the model is read from shard 1 ({names[0]})" if number != 1 else "")
+                    + (f"; missing: {', '.join(missing)} (parameters and size count the shards found)" if missing
+                       else f"; all {count} shards found"))
+    shards = [given if name == path.name else read_shard(path.parent / name) for name in names if name not in missing]
+    return path.parent / names[0], shards, count
 
 
 def _architecture(config: dict) -> str | None:

@@ -1,5 +1,5 @@
 """A model as picli runs it: loading (device, dtype and attention choices), memory checks
-with the one KV-cache formula, and the anatomy (decoder body, output head, the family's
+with the one KV-cache formula (kv_cache.py), and the anatomy (decoder body, output head, the family's
 logit transform) that lets the loss and perplexity apply the head a chunk at a time.
 
 Shared by `verify` (passkey, perplexity), `finetune` (its loss and plan), and `inspect` and
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PicliError
+from .files import refuse_broken_links
+from .kv_cache import kv_cache_bytes
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -77,6 +79,7 @@ def check_loadable(path: Path) -> None:
     fails only after the weights are loaded. Both are said here, in one line, first.
     """
     path = Path(path)
+    refuse_broken_links(path)
     names = {child.name for child in path.iterdir()} if path.is_dir() else set()
     if not any(name.endswith(".safetensors") for name in names):
         pickled = sorted(name for name in names if name.endswith(PICKLE_SUFFIXES) and name != "training_args.bin")
@@ -193,46 +196,6 @@ def available_memory(device) -> int | None:
         except OSError:
             return None
     return None
-
-
-def kv_cache_bytes(config: dict, tokens: int, bytes_per_value: int = 2) -> int:
-    """Keys and values of one sequence of `tokens`, from config.json's keys: 2 (K and V) x
-    kv_heads x head_dim values per position per layer; sliding-window layers hold only their window.
-
-    The one KV-cache formula: inspect's table, the model card, and (per token) the memory checks.
-    """
-    from . import rope
-    from .errors import NotACheckpoint
-
-    def count(*keys: str) -> int:
-        # The first key present, validated (0 and "2" are damage, not "absent"); 0 if none is.
-        present = [key for key in keys if config.get(key) is not None]
-        return rope.values.positive_int(config[present[0]], present[0]) if present else 0
-
-    layers = count("num_hidden_layers", "n_layer")
-    heads = count("num_key_value_heads", "num_attention_heads")
-    # The whole head_dim, even under partial rotary: the cache holds every key channel.
-    head_dim = count("head_dim")
-    if not head_dim:
-        hidden, all_heads = count("hidden_size"), count("num_attention_heads")
-        head_dim = hidden // all_heads if hidden and all_heads else 0
-    layer_types = config.get("layer_types")
-    if layer_types is None:
-        layer_types = []
-    elif not isinstance(layer_types, list) or not all(isinstance(kind, str) for kind in layer_types):
-        raise NotACheckpoint(f"config.json: layer_types must be a list of strings, got {rope.values.show(layer_types)}",
-                             hint="fix layer_types in config.json")
-    sliding_window = config.get("sliding_window")
-    if sliding_window is not None:
-        sliding_window = rope.values.positive_int(sliding_window, "sliding_window")
-    total_positions = 0
-    for index in range(layers):
-        layer_type = layer_types[index] if index < len(layer_types) else "full_attention"
-        if layer_type == "sliding_attention" and sliding_window:
-            total_positions += min(tokens, sliding_window)
-        else:
-            total_positions += tokens
-    return int(2 * total_positions * heads * head_dim * bytes_per_value)
 
 
 def kv_bytes_per_token(config, dtype) -> int:

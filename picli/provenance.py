@@ -67,6 +67,14 @@ def is_picli_output(path: Path) -> bool:
     return record_path(path).is_file()
 
 
+def is_verify_record(path: Path) -> bool:
+    """Is this file a record `picli verify -o` wrote (which the next run may rewrite)?"""
+    path = Path(path)
+    # A record is a few kilobytes: a large file is something else, and is not read whole.
+    record = read_json_quiet(path) if path.is_file() and path.stat().st_size < 2**26 else {}
+    return str(record.get("command", "")).startswith("picli") and isinstance(record.get("versions"), dict)
+
+
 def is_record_file(relative: str) -> bool:
     """Records that describe one checkpoint and are rewritten (or dropped) for a new one."""
     return relative in (RECORD, VERIFY_RECORD)

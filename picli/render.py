@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,14 +25,55 @@ from .errors import PicliError
 
 def out() -> Console:
     # Built per call so tests (CliRunner swaps sys.stdout) and pipes get the right stream.
-    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    # emoji=False: a `:name:` in a file's string stays text.
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True, emoji=False)
 
 
 def err() -> Console:
-    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True, emoji=False)
+
+
+# What a string from a file (config.json, GGUF metadata, README, a server) may not send to a
+# terminal: C0 controls (ESC starts ANSI sequences; CR and LF forge lines), DEL, C1 controls,
+# and the bidirectional overrides and isolates that reorder what is shown (Trojan Source).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: Any, keep_newlines: bool = False) -> str:
+    """`text` with every control character shown as an escape (`\\x1b`, `\\n`, `\\u202e`).
+
+    The one escaping function: applied to everything picli prints that came from outside
+    (emit's data, messages, warnings, errors). Rich markup is escaped separately, where a
+    string meets a markup template (rich's `escape`). keep_newlines: a document (the model
+    card) keeps its lines and tabs; everything else stays on the line it was printed on.
+    """
+    def shown(match: re.Match) -> str:
+        char = match.group()
+        if keep_newlines and char in "\n\t":
+            return char
+        return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+    return _UNPRINTABLE.sub(shown, str(text))
+
+
+# Result fields that are documents, printed as they are written (their lines kept).
+_DOCUMENTS = {"card"}
+
+
+def _printable_data(value: Any, key: str | None = None) -> Any:
+    if isinstance(value, str):
+        return printable(value, keep_newlines=key in _DOCUMENTS)
+    if isinstance(value, dict):
+        return {printable(name) if isinstance(name, str) else name: _printable_data(item, name)
+                for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable_data(item) for item in value]
+    return value
 
 
 def print_json(data: Any) -> None:
+    # json escapes every control character (and ensure_ascii every non-ASCII one): exact and safe.
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
@@ -39,29 +81,30 @@ def emit(data: dict, *, json_output: bool, human: Callable[[dict], None], dry_ru
          plan: Callable[[dict], None] | None = None) -> None:
     """How every command shows its result, the one place that chooses: `data` as JSON on stdout
     with --json (the same dict the renderers read, so the two never disagree); otherwise the
-    plan (`plan`) when the command only planned (--dry-run, --plan); otherwise `human`."""
+    plan (`plan`) when the command only planned (--dry-run, --plan); otherwise `human`, both
+    given the data with control characters escaped (`printable`)."""
     if json_output:
         print_json(data)
     elif dry_run and plan is not None:
-        plan(data)
+        plan(_printable_data(data))
     else:
-        human(data)
+        human(_printable_data(data))
 
 
 def message(text: str) -> None:
-    err().print(escape(text))
+    err().print(escape(printable(text)))
 
 
 def warning(text: str) -> None:
-    err().print(f"[yellow]Warning:[/] {escape(text)}")
+    err().print(f"[yellow]Warning:[/] {escape(printable(text))}")
 
 
 def error(exc: PicliError) -> None:
     """`Error:` and `Hint:`, one line each, whatever text (a server's, a file's) they carry."""
     console = err()
-    console.print(f"[red]Error:[/] {escape(one_line(exc.message))}", soft_wrap=True)
+    console.print(f"[red]Error:[/] {escape(printable(one_line(exc.message)))}", soft_wrap=True)
     if exc.hint:
-        console.print(f"[dim]Hint:[/] {escape(one_line(exc.hint))}", soft_wrap=True)
+        console.print(f"[dim]Hint:[/] {escape(printable(one_line(exc.hint)))}", soft_wrap=True)
 
 
 def one_line(text: str) -> str:
@@ -101,13 +144,13 @@ def progress(bars: bool = True) -> Iterator[Any]:
 
     def on_event(event: dict) -> None:
         if event.get("kind") == "message":
-            bar.console.print(escape(event["text"]), style="dim")
+            bar.console.print(escape(printable(event["text"])), style="dim")
             return
         if event.get("kind") == "warning":
-            bar.console.print(f"[yellow]Warning:[/] {escape(event['text'])}")
+            bar.console.print(f"[yellow]Warning:[/] {escape(printable(event['text']))}")
             return
         if event.get("kind") == "settings":
-            training_settings(event)
+            training_settings(_printable_data(event))
             return
         if event.get("kind") == "step":
             if not bars or not bar.console.is_terminal:
@@ -172,16 +215,21 @@ def inspection(report: dict, check: bool = False) -> None:
     """`picli inspect`'s tables; with check (--check), the verdict line on stderr after them."""
     console = out()
     rope = report["rope"]
-    summary = _section(f"{report['model']}  ({report['format']})")
+    summary = _section(escape(f"{report['model']}  ({report['format']})"))
     _kv(summary, "path", report["path"])
     if report.get("resolved_from"):
         _kv(summary, "resolved", report["resolved_from"])
     _kv(summary, "architecture", f"{report['architecture']}  (model_type {report['model_type']})")
     _kv(summary, "parameters", human_count(report["parameters"]))
     _kv(summary, "dtype", ", ".join(f"{dtype} x{count}" for dtype, count in report["dtypes"].items()) or "-")
-    _kv(summary, "files", f"{len(report['files'])} weight file(s), {report['shards']} safetensors shard(s), "
-        f"{human_bytes(report['size_bytes'])}" if report["format"] == "transformers"
-        else human_bytes(report["size_bytes"]))
+    if report["format"] == "transformers":
+        files = (f"{len(report['files'])} weight file(s), {report['shards']} safetensors shard(s), "
+                 f"{human_bytes(report['size_bytes'])}")
+    elif report["shards"] > 1:  # a split GGUF: what was found of it
+        files = f"{len(report['files'])} of {report['shards']} GGUF shards, {human_bytes(report['size_bytes'])}"
+    else:
+        files = human_bytes(report["size_bytes"])
+    _kv(summary, "files", files)
     console.print(summary)
 
     if rope:
@@ -201,6 +249,15 @@ def inspection(report: dict, check: bool = False) -> None:
         if report["format"] == "transformers":
             _kv(table, "rope_scaling", json.dumps(rope.get("rope_scaling")))
             _kv(table, "rope_parameters", json.dumps(rope.get("rope_parameters")))
+        if rope.get("defaults"):
+            # Grouped by source: the file left these out and transformers fills them in.
+            by_source: dict[str, list[str]] = {}
+            for key, filled in rope["defaults"].items():
+                by_source.setdefault(filled["source"], []).append(f"{key} {filled['value']:g}"
+                                                                  if isinstance(filled["value"], float)
+                                                                  else f"{key} {filled['value']}")
+            _kv(table, "class defaults", "; ".join(f"{', '.join(keys)} ({source})" for source, keys in by_source.items())
+                + "  (not in config.json)")
         _kv(table, "tokenizer max", report.get("tokenizer_max_length") or "not set")
         console.print(table)
 
@@ -209,6 +266,8 @@ def inspection(report: dict, check: bool = False) -> None:
     if report["kv_cache_bytes"]:
         _kv(verdict, "KV cache / seq", "   ".join(f"{int(window) // 1024}k: {human_bytes(size)}"
                                                  for window, size in report["kv_cache_bytes"].items()) + "  (fp16)")
+    if report.get("kv_layers"):
+        _kv(verdict, "KV layers", kv_layers_line(report["kv_layers"]))
     console.print(verdict)
 
     if report["runtimes"]:
@@ -232,14 +291,26 @@ def inspection(report: dict, check: bool = False) -> None:
         check_summary(report)
 
 
+def kv_layers_line(layers: dict) -> str:
+    """'10 global, 52 sliding (window 1024)': which layers the KV cache grows in, and where that was read."""
+    parts = [f"{layers['global']} global"]
+    if layers["sliding"]:
+        parts.append(f"{layers['sliding']} sliding (window {layers['sliding_window']})")
+    if layers["chunked"]:
+        parts.append(f"{layers['chunked']} chunked (chunk {layers['chunk']})")
+    if layers["none"]:
+        parts.append(f"{layers['none']} without KV cache (linear attention, SSM or MLP)")
+    return ", ".join(parts) + f"  ({layers['source']})"
+
+
 def _runtime_row(name: str, view: dict) -> tuple[str, str, str]:
     """One runtime: what it reads, then its notes; a disagreement with transformers 5 is marked
     on the line where it applies ("differs: ...")."""
     differs = [f"[bold red]differs:[/] {escape(text)}" for text in view.get("differs") or []]
     if name.startswith("transformers"):
         label = {"transformers5": "transformers 5.x", "transformers4": "transformers 4.x"}[name]
-        reads = f"theta {view['theta']:g}, " + ("no scaling" if view["rope_type"] == "default"
-                                                 else f"{view['rope_type']} x{view['factor']:g}")
+        reads = escape(f"theta {view['theta']:g}, " + ("no scaling" if view["rope_type"] == "default"
+                                                        else f"{view['rope_type']} x{view['factor']:g}"))
         notes = list(view.get("notes") or [])
         if view.get("min_version") and view["rope_type"] != "default":
             notes.insert(0, f"needs >= {view['min_version']} for this family")
@@ -251,11 +322,11 @@ def _runtime_row(name: str, view: dict) -> tuple[str, str, str]:
         notes += view.get("notes") or []
         return "vLLM", f"max model len {view['derived_max_model_len']}", "\n".join([escape("; ".join(notes))] + differs)
     if name == "llama_cpp":
-        reads = f"context {view['context_length']}, " + ("no scaling" if view["rope_scaling"] in ("default", "none")
-                                                          else f"{view['rope_scaling']} x{view['factor']:g}")
+        reads = escape(f"context {view['context_length']}, " + (
+            "no scaling" if view["rope_scaling"] in ("default", "none") else f"{view['rope_scaling']} x{view['factor']:g}"))
         notes = [view["flags"], *(view.get("notes") or [])]
         return "llama.cpp", reads, "\n".join([escape("; ".join(notes))] + differs)
-    return name, json.dumps(view), ""
+    return escape(name), escape(json.dumps(view)), ""
 
 
 def check_summary(report: dict) -> None:
@@ -285,12 +356,13 @@ def extend_plan(plan: dict, dry_run: bool) -> None:
     for name, diffs in plan["changes"].items():
         if not diffs:
             continue
-        diff = Table(title=name, title_justify="left", title_style="bold")
+        diff = Table(title=escape(name), title_justify="left", title_style="bold")
         diff.add_column("key", style="cyan")
         diff.add_column("before", style="red")
         diff.add_column("after", style="green")
         for change in diffs:
-            diff.add_row(change["key"], escape(json.dumps(change["before"])), escape(json.dumps(change["after"])))
+            diff.add_row(escape(change["key"]), escape(json.dumps(change["before"])),
+                         escape(json.dumps(change["after"])))
         console.print(diff)
     if dry_run:
         files = Table(title="Files", title_justify="left", title_style="bold")
@@ -301,6 +373,14 @@ def extend_plan(plan: dict, dry_run: bool) -> None:
             files.add_row(escape(action["path"]), human_bytes(action["size"]) if action["size"] else "",
                           action["action"])
         console.print(files)
+    left_out(plan.get("left_out") or [], "not part of a model, not copied")
+
+
+def left_out(entries: list[dict], why: str) -> None:
+    """Files picli would not copy or upload (files.not_model_reason), each with its reason."""
+    if entries:
+        out().print(f"[yellow]Left out[/] ({why}): "
+                    + escape("; ".join(f"{entry['path']} ({entry['reason']})" for entry in entries)))
 
 
 def _method(plan: dict):
@@ -353,6 +433,9 @@ def push_plan(plan: dict) -> None:
     lines += [f"  {entry['path']:<{width}}  {human_bytes(entry['size']):>9}" for entry in plan["files"]]
     if plan["ignored"]:
         lines.append(f"Left out ({len(plan['ignored'])}): " + ", ".join(plan["ignored"]))
+    if plan.get("withheld"):
+        lines.append("Not part of a model, never uploaded: "
+                     + "; ".join(f"{entry['path']} ({entry['reason']})" for entry in plan["withheld"]))
     lines += ["", "----- README.md -----", plan["card"].rstrip(), "----- end of README.md -----"]
     out().print("\n".join(lines), markup=False)
 
@@ -534,7 +617,7 @@ def training_settings(event: dict) -> None:
     console = err()
     console.print("[bold]Fine-tune settings[/] (paper defaults unless set):")
     shown = {key: value for key, value in settings.items() if value is not None}
-    console.print("  " + ", ".join(f"{key}={value}" for key, value in shown.items()), highlight=False)
+    console.print("  " + escape(", ".join(f"{key}={value}" for key, value in shown.items())), highlight=False)
     console.print(f"  processes={event['processes']} accumulation={event['accumulation']} "
                   f"gradient_checkpointing={event['gradient_checkpointing']} train_sequences={event['sequences']} "
                   f"held_out={event['held_out']} parameters={event['parameters']:,}")
@@ -542,28 +625,45 @@ def training_settings(event: dict) -> None:
 
 def finetune_plan(plan: dict) -> None:
     console = out()
-    console.print(f"[bold]Plan[/] for {escape(plan['model'])}: {human_count(plan['parameters'])} parameters, "
-                  f"seq-len {plan['seq_len']}, global batch {plan['batch_size']} "
-                  f"(micro {plan['micro_batch_size']})")
-    table = Table(title="Estimated memory per device", title_justify="left")
+    width = "16-bit activations (bf16 autocast)" if plan["bytes_per_value"] == 2 else "float32"
+    console.print(f"[bold]Plan[/] for {escape(plan['model'])}: {human_count(plan['parameters'])} parameters "
+                  f"(from {escape(plan['parameters_from'])}), seq-len {plan['seq_len']}, global batch "
+                  f"{plan['batch_size']} (micro {plan['micro_batch_size']}), {width}")
+    console.print(f"Schedule: {escape(plan['schedule']['text'])}")
+    table = Table(title="Estimated GB per device (an estimate: docs/finetune.md says what it counts)",
+                  title_justify="left")
     table.add_column("mode")
-    table.add_column("gradient checkpointing")
-    table.add_column("memory", justify="right")
+    table.add_column("ckpt")
+    table.add_column("1 dev", justify="right")
+    table.add_column("DDP", justify="right")
+    counts = list(plan["memory"][0]["fsdp"]) if plan["memory"] else []
+    for count in counts:
+        table.add_column(f"FSDP {count}", justify="right")
+
+    def gigabytes(size: float) -> str:
+        return f"{size / 1e9:,.0f}" if size >= 1e10 else f"{size / 1e9:.1f}"
+
     for row in plan["memory"]:
-        table.add_row(row["mode"], "on" if row["gradient_checkpointing"] else "off", human_bytes(row["bytes"]))
+        table.add_row(row["mode"], "on" if row["gradient_checkpointing"] else "off", gigabytes(row["bytes"]),
+                      gigabytes(row["ddp"]), *(gigabytes(row["fsdp"][count]) for count in counts))
     console.print(table)
-    console.print(f"Measured: one step of {plan['probe']['tokens']} tokens took {plan['probe']['seconds']:.2f} s; "
-                  f"estimated {plan['estimated_seconds_per_step']:.1f} s per optimizer step, "
-                  f"{plan['estimated_hours']:.2f} h for the run (a floor: attention grows faster than linear).")
+    console.print("LoRA under FSDP needs --keep-adapter (sharded weights cannot be merged).")
+    if plan["probe"]:
+        console.print(f"Measured: one step of {plan['probe']['tokens']} tokens took {plan['probe']['seconds']:.2f} s; "
+                      f"estimated {plan['estimated_seconds_per_step']:.1f} s per optimizer step, "
+                      f"{plan['estimated_hours']:.2f} h for the run (a floor: attention grows faster than linear).")
+    else:
+        console.print(f"Time: not measured ({escape(plan['probe_skipped'])}).")
     console.print(f"Suggestion: {escape(plan['suggestion'])}")
 
 
 def finetune_result(result: dict) -> None:
     console = out()
     if result["interrupted"]:
-        console.print(f"[yellow]Interrupted[/] after step {result['steps_done']}; checkpoint saved in "
-                      f"{escape(result['output'])}/checkpoints. Continue with: picli finetune --resume -o "
-                      f"{escape(result['output'])}")
+        by = f" by {result['signal']}" if result.get("signal") else ""
+        console.print(f"[yellow]Interrupted[/]{by} after step {result['steps_done']}; checkpoint saved in "
+                      f"{escape(result['output'])}/checkpoints. Continue with: picli finetune -o "
+                      f"{escape(result['output'])} --resume")
         return
     eval_text = f", eval loss {result['eval_loss']:.4f}" if result.get("eval_loss") is not None else ""
     early = (f"; stopped at step {result['stopped_early_at']}: passkey retrieved at every depth tested by the "

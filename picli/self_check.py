@@ -130,6 +130,7 @@ def self_check(new_dir: Path, source_dir: Path, plan: Any) -> dict:
     legacy_type, legacy_factor = (scaling["rope_type"], scaling["factor"]) if scaling else ("default", 1.0)
     legacy_ok = abs(legacy["factor"] - legacy_factor) < 1e-9 and legacy["rope_type"] == legacy_type \
         and abs(legacy["theta"] - plan.theta) <= 1e-6 * plan.theta
+    _check_windows(plan, source_dir)
     check = {"ok": worst < tolerance and legacy_ok and attention_ok,
              "method": "transformers reads source and output; its inverse frequencies and attention scaling are "
                        "compared with picli's own computation of the method",
@@ -145,3 +146,32 @@ def self_check(new_dir: Path, source_dir: Path, plan: Any) -> dict:
             f"self-check failed ({plan.method}): transformers computes {problem} from picli's own computation",
             hint="nothing was written; run with PICLI_DEBUG=1 and please report this")
     return check
+
+
+def _check_windows(plan: Any, source_dir: Path) -> None:
+    """What the written config means as a window, from its own keys, not from picli's plan:
+    a method whose config states the window (yarn: original x factor, vLLM's reading) must
+    state the target, over the pretraining window the source stated. Comparing frequencies
+    with picli's own computation cannot see a plan that starts from the wrong window (both
+    sides would share it); these keys can."""
+    from .checkpoint import read_config
+
+    written = rope.language_config(plan.new_files["config.json"])
+    state = rope.read_state(written)
+    owner = rope.by_rope_type(state.scaling_type)
+    if owner is None or owner.name != plan.method:
+        return
+    original = written.get("original_max_position_embeddings") or state.original_window_hint
+    if original is None:
+        return
+    served = original * state.factor
+    if abs(served - plan.target_window) >= 1:
+        raise SelfCheckFailed(f"self-check failed ({plan.method}): the written config means original_max_position_"
+                              f"embeddings {original} x factor {state.factor:g} = {served:g} tokens (what vLLM serves), "
+                              f"not the target {plan.target_window}", hint="nothing was written; please report this")
+    source = rope.read_state(rope.language_config(read_config(source_dir)))
+    if source.scaling_type == state.scaling_type and source.original_window_hint \
+            and source.original_window_hint != original:
+        raise SelfCheckFailed(f"self-check failed ({plan.method}): the source was trained over {source.original_window_hint} "
+                              f"tokens (its original_max_position_embeddings) but the output says {original}",
+                              hint="nothing was written; please report this")

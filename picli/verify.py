@@ -28,7 +28,7 @@ from . import provenance
 from .checkpoint import Checkpoint, effective_window, read_config, resolve
 from .errors import PicliError
 from .events import Events
-from .files import atomic_write_json, check_writable_parent
+from .files import atomic_write_json, check_output, check_writable_parent
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,10 @@ def _run(models: list[str | None], settings: VerifySettings, *, save: bool | Non
         save_to = Path(save_to).expanduser().resolve()
         if save_to.is_dir():
             raise PicliError(f"-o {save_to} is a directory", hint="name a file, e.g. -o verify.json")
+        # Rewritten on every run (no --force): only a record picli verify wrote, never a model's file.
+        measured = checkpoints + ([baseline_checkpoint] if baseline_checkpoint else [])
+        check_output(save_to, force=True, sources=[checkpoint.path for checkpoint in measured],
+                     ours=provenance.is_verify_record, mark="picli verify record in it", option="-o")
         check_writable_parent(save_to)
     into_models = [_saves_into_model(checkpoint, save, save_to, on_event) for checkpoint in checkpoints]
     windows = [_window(checkpoint.path) for checkpoint in checkpoints]

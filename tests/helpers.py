@@ -204,6 +204,35 @@ def rotary_class_inv_freqs(checkpoint_dir: Path) -> dict:
             for name, buffer in buffers.items()}
 
 
+# --- reading a written config in a transformers 4.x side environment ---------------------------
+
+# What a config class of the side environment's transformers makes of a written config.json.
+READER = """
+import json, sys
+from transformers import AutoConfig
+config = AutoConfig.from_pretrained(sys.argv[1])
+config = getattr(config, "text_config", None) or config
+scaling = getattr(config, "rope_scaling", None) or {}
+neox = config.model_type == "gpt_neox"
+print(json.dumps({
+    "theta": float(config.rotary_emb_base if neox else config.rope_theta),
+    "partial": float(config.rotary_pct if neox else getattr(config, "partial_rotary_factor", 1.0) or 1.0),
+    "type": scaling.get("rope_type", scaling.get("type")),
+    "factor": scaling.get("factor"),
+    "window": config.max_position_embeddings,
+    "local_theta": getattr(config, "rope_local_base_freq", None),
+}))
+"""
+
+
+def read_in(version: str, directory: Path) -> dict:
+    """READER's answer for the config in `directory`, in the side environment of `version`."""
+    result = subprocess.run([str(side_python(version)), "-c", READER, str(directory)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 # --- running picli and judging its errors ---------------------------------------------------
 
 
@@ -296,16 +325,20 @@ def gguf_tensors() -> dict[str, np.ndarray]:
     }
 
 
-def make_gguf(path: Path, kv: dict | None = None, alignment: int | None = None) -> Path:
+def make_gguf(path: Path, kv: dict | None = None, alignment: int | None = None, split_max_tensors: int = 0) -> Path:
     """A tiny llama GGUF: window 2048, theta 10000, a tokenizer long enough to be summarised, and
-    gguf_tensors(). kv maps a key to (GGUFWriter method, value), replacing a default or adding one."""
+    gguf_tensors(). kv maps a key to (GGUFWriter method, value), replacing a default or adding one,
+    or to None to leave a default out. split_max_tensors > 0 writes gguf-py's split shards instead
+    (PATH-00001-of-0000N.gguf, ...: split.* keys in every shard, the model's metadata in the first
+    only, as llama.cpp splits)."""
     import gguf
 
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
     if alignment is not None:
         writer.add_custom_alignment(alignment)
-    for key, (adder, value) in {**GGUF_METADATA, **(kv or {})}.items():
-        getattr(writer, adder)(key, value)
+    for key, entry in {**GGUF_METADATA, **(kv or {})}.items():
+        if entry is not None:
+            getattr(writer, entry[0])(key, entry[1])
     for name, array in gguf_tensors().items():
         writer.add_tensor(name, array)
     writer.write_header_to_file()

@@ -122,8 +122,9 @@ def dangling_citations(files: dict[str, str]) -> tuple[list[str], set[tuple[str,
     dangling, excused = [], set()
     for name, text in files.items():
         here = (ROOT / name).parent
-        # A <placeholder> in a path (class_defaults-<version>.json) stands for any name.
-        cited = [ROOT / re.sub(r"<[^>]*>", "*", match) for match in REPO_PATH.findall(text)]
+        # A <placeholder> in a path (class_defaults-<version>.json), or a last part in capitals
+        # (plan_configs/MODEL), stands for any name.
+        cited = [ROOT / re.sub(r"<[^>]*>|(?<=/)[A-Z][A-Z_]*$", "*", match) for match in REPO_PATH.findall(text)]
         cited += [ROOT / match if (ROOT / match).exists() else here / match for match in DOC_NAME.findall(text)]
         if name.endswith(".md"):
             for target in LINK.findall(text):
@@ -150,15 +151,18 @@ def test_the_citation_check_finds_what_a_clone_would_lack():
     # Every missing name spelled in pieces, so that this file itself cites none of them.
     design, style, outside = "DESIGN" + ".md", "STYLE" + ".md", "../" + "sha" + "red"
     code, page, nowhere = "picli" + "/x.py", "docs" + "/x.md", "docs" + "/nowhere.md"
+    no_folder = "tests" + "/data/none"
     files = {code: f"# the rule of {design} §2 and {style}",
              page: f"see [the notes]({outside}/notes.txt), [a page](nowhere.md), "
                    "[a heading](design.md#no-such-heading), docs/design.md, "
                    "[a section](design.md#2-the-config-one-intent-several-readers), "
-                   "tests/data/class_defaults-<version>.json and [the guide](../CONTRIBUTING.md)"}
+                   f"tests/data/class_defaults-<version>.json, tests/data/plan_configs/MODEL, {no_folder}/MODEL "
+                   "and [the guide](../CONTRIBUTING.md)"}
     dangling, _ = dangling_citations(files)
     assert sorted(dangling) == sorted([
         f"{code}: picli/{design}", f"{code}: picli/{style}", f"{page}: docs/{outside}/notes.txt", f"{page}: {outside}",
-        f"{page}: {nowhere}", f"{page}: design.md#no-such-heading (no such heading)"]), dangling
+        f"{page}: {nowhere}", f"{page}: design.md#no-such-heading (no such heading)", f"{page}: {no_folder}/*"]), \
+        dangling
 
 
 def test_nothing_cites_a_file_the_repository_does_not_have():

@@ -152,8 +152,9 @@ def test_missing_shard_is_an_error(tmp_path, workdir):
 
 
 def test_force_replaces_existing_output(family_checkpoints, workdir):
+    """Only an output picli wrote (picli.json there): anything else is refused (tests/test_safety.py)."""
     output = workdir / "out"
-    output.mkdir()
+    assert run("extend", family_checkpoints["llama_v4"], "--to", 4096, "-o", output).exit_code == 0
     (output / "stale.txt").write_text("old")
     result = run("extend", family_checkpoints["llama_v4"], "--to", 4096, "-o", output)
     assert result.exit_code == 1 and "already exists" in result.stderr and "--force" in result.stderr

@@ -6,6 +6,7 @@ import json
 
 import gguf
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from picli.cli import app
@@ -66,3 +67,101 @@ def test_not_a_gguf(tmp_path, workdir):
     source = tmp_path / "fake.gguf"
     source.write_bytes(b"definitely not gguf")
     assert_clean_error(runner.invoke(app, ["extend", str(source), "--to", "4096"]), "not a valid GGUF")
+
+
+# ---------------------------------------------------------------------------------------
+# Split GGUFs, an impossible rotary dimension, and inspect agreeing with extend.
+
+
+def _inspect(path) -> tuple[dict, str]:
+    """The JSON report, and its warnings as one text."""
+    result = runner.invoke(app, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    return report, "\n".join(report["warnings"])
+
+
+def test_split_gguf_inspect_reads_the_model_from_shard_1(tmp_path):
+    """gguf-py's split writer, as llama.cpp's gguf-split: the model's metadata only in shard 1."""
+    make_gguf(tmp_path / "tiny.gguf", split_max_tensors=2)
+    first, second = tmp_path / "tiny-00001-of-00002.gguf", tmp_path / "tiny-00002-of-00002.gguf"
+    assert first.is_file() and second.is_file()
+    for given, number in ((first, 1), (second, 2)):
+        report, stderr = _inspect(given)
+        assert f"shard {number} of 2" in stderr and "all 2 shards found" in stderr
+        assert report["architecture"] == "llama" and report["rope"]["window"] == 2048
+        assert report["files"] == [first.name, second.name] and report["shards"] == 2
+        # Every tensor of the model, not one shard's share: 4 x 6 + 7 + 3 x 5.
+        assert report["parameters"] == 46
+        assert report["size_bytes"] == first.stat().st_size + second.stat().st_size
+        assert report["can_extend"] is False
+        assert "split GGUF (2 shards)" in report["cannot_extend_reason"]
+        assert "llama-gguf-split --merge tiny-00001-of-00002.gguf tiny.gguf" in report["cannot_extend_reason"]
+
+
+def test_split_gguf_inspect_lists_missing_shards(tmp_path):
+    make_gguf(tmp_path / "tiny.gguf", split_max_tensors=1)  # three tensors: three shards
+    (tmp_path / "tiny-00002-of-00003.gguf").unlink()
+    report, stderr = _inspect(tmp_path / "tiny-00003-of-00003.gguf")
+    assert "shard 3 of 3" in stderr and "missing: tiny-00002-of-00003.gguf" in stderr
+    assert report["files"] == ["tiny-00001-of-00003.gguf", "tiny-00003-of-00003.gguf"] and report["shards"] == 3
+    (tmp_path / "tiny-00001-of-00003.gguf").unlink()
+    result = runner.invoke(app, ["inspect", str(tmp_path / "tiny-00003-of-00003.gguf")])
+    assert_clean_error(result, "shard 1 (tiny-00001-of-00003.gguf), which holds the model's metadata, is missing")
+
+
+def test_split_gguf_extend_refuses_every_shard(tmp_path, workdir):
+    """One shard rewritten would still say split.count = 2: refused, with the merge command."""
+    make_gguf(tmp_path / "tiny.gguf", split_max_tensors=2)
+    before = tree_hash(tmp_path)
+    for shard in ("tiny-00001-of-00002.gguf", "tiny-00002-of-00002.gguf"):
+        result = runner.invoke(app, ["extend", str(tmp_path / shard), "--to", "8192", "-o", "out.gguf"])
+        assert_clean_error(result, "split GGUF")
+        assert "llama-gguf-split --merge tiny-00001-of-00002.gguf tiny.gguf" in result.stderr
+    assert list(workdir.iterdir()) == [] and tree_hash(tmp_path) == before
+
+
+def test_rope_dimension_count_beyond_head_dim_is_refused(tmp_path, workdir):
+    """64 / 4 heads = 16 channels per head; RoPE over 32 of them cannot be."""
+    shape = {"llama.embedding_length": ("add_uint32", 64), "llama.attention.head_count": ("add_uint32", 4),
+             "llama.block_count": ("add_uint32", 2), "llama.rope.dimension_count": ("add_uint32", 32)}
+    source = tmp_path / "bad.gguf"
+    make_gguf(source, kv=shape)
+    report, stderr = _inspect(source)
+    assert report["can_extend"] is False and "inconsistent" in report["cannot_extend_reason"]
+    assert "dimension_count 32 exceeds the head dimension 16" in stderr
+    for method in ("linear", "yarn", "ntk"):
+        result = runner.invoke(app, ["extend", str(source), "--to", "8192", "-o", "out.gguf", "--method", method])
+        assert_clean_error(result, "llama.rope.dimension_count 32 exceeds the head dimension 16")
+    assert list(workdir.iterdir()) == []
+    # key_length, when present, is the head dimension: 32 channels, and RoPE over all 32 is fine.
+    good = tmp_path / "good.gguf"
+    make_gguf(good, kv={**shape, "llama.attention.key_length": ("add_uint32", 32)})
+    assert _inspect(good)[0]["can_extend"] is True
+    assert runner.invoke(app, ["extend", str(good), "--to", "8192", "-o", "out.gguf"]).exit_code == 0
+
+
+AGREEMENT_CASES = {
+    "unknown scaling type": {"llama.rope.scaling.type": ("add_string", "su-rope"),
+                             "llama.rope.scaling.factor": ("add_float32", 2.0)},
+    "no context length": {"llama.context_length": None},
+    "longrope": {"llama.rope.scaling.type": ("add_string", "longrope"),
+                 "llama.rope.scaling.factor": ("add_float32", 4.0)},
+    "linear": {"llama.rope.scaling.type": ("add_string", "linear"), "llama.rope.scaling.factor": ("add_float32", 2.0),
+               "llama.rope.scaling.original_context_length": ("add_uint32", 1024)},
+    "unscaled": {},
+}
+
+
+@pytest.mark.parametrize("case", sorted(AGREEMENT_CASES))
+def test_inspect_and_extend_agree(case, tmp_path, workdir):
+    """inspect's "can extend" is extend's own decision: yes exactly when `picli extend --to 2x` succeeds,
+    and its reason is extend's error."""
+    source = tmp_path / "model.gguf"
+    make_gguf(source, kv=AGREEMENT_CASES[case])
+    report, _ = _inspect(source)
+    result = runner.invoke(app, ["extend", str(source), "--to", "8192", "-o", "out.gguf"])
+    assert report["can_extend"] is (result.exit_code == 0), (report, result.stderr)
+    if result.exit_code:
+        assert_clean_error(result, report["cannot_extend_reason"].split(" (")[0])
+    assert report["can_extend"] is (case in ("linear", "unscaled"))

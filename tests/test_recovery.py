@@ -104,8 +104,9 @@ def test_the_table_carries_the_json_values_and_the_rules_outcome(recovery):
 
 
 @pytest.mark.slow
-def test_recovery_quick(tmp_path, smollm2):
-    """--quick through every picli command and round: extend, verify at 0 steps, fine-tune every arm,
+def test_recovery_quick(tmp_path, tiny_model_dir):
+    """--quick through every picli command and round, on a tiny random Llama (window 512, x2 to
+    1024: the mechanics are the model's business no more than the numbers are): extend, verify at 0 steps, fine-tune every arm,
     verify, the continuation round (--resume) for PI and the control, verify; the partial credit
     per trial in the JSON; both texts' provenance; the table re-rendered from the saved JSON."""
     sys.path.insert(0, str(ROOT / "benchmarks" / "data"))
@@ -115,7 +116,7 @@ def test_recovery_quick(tmp_path, smollm2):
         missing_environment("the Austen text is missing: `make test` (or `make austen`) fetches it")
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recovery.py"), "--quick", "--json",
-                           "--keep", str(tmp_path / "work")],
+                           "--model", str(tiny_model_dir), "--to", "1024", "--keep", str(tmp_path / "work")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)

@@ -453,3 +453,184 @@ def test_lock_is_exclusive_between_processes_and_reentrant_within_one(tmp_path):
                 pass
     finally:
         release(holder)
+
+
+# ---------------------------------------------------------------------------------------
+# Replacing an output (issue 19): --force replaces only what picli wrote, never a home,
+# the working directory, a source or a folder that holds one.
+
+
+def home_like(path: Path) -> Path:
+    """A folder as a user's home looks: a private key, a shell profile."""
+    (path / ".ssh").mkdir(parents=True)
+    (path / ".ssh" / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (path / ".bashrc").write_text("export PATH\n")
+    return path
+
+
+def test_force_never_replaces_a_folder_picli_did_not_write(checkpoint, workdir):
+    home = home_like(workdir / "someone")
+    before = tree_hash(home)
+    result = run("extend", checkpoint, "--to", 4096, "-o", home, "--force")
+    assert_clean_error(result, "picli did not write it")
+    assert tree_hash(home) == before and not list(workdir.glob(".someone*"))
+
+
+def test_force_never_replaces_the_home_directory(checkpoint, workdir, monkeypatch):
+    home = home_like(workdir.parent / "home")
+    (home / "picli.json").write_text("{}")  # even a record there does not make a home picli's
+    monkeypatch.setenv("HOME", str(home))
+    before = tree_hash(home)
+    assert_clean_error(run("extend", checkpoint, "--to", 4096, "-o", "~", "--force"), "your home directory")
+    assert tree_hash(home) == before
+
+
+@pytest.mark.parametrize("where", [".", "..", "/"])
+def test_force_never_replaces_the_working_directory_or_above(checkpoint, workdir, where, monkeypatch):
+    here = workdir / "projects" / "mine"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    for folder in (here, here.parent):
+        (folder / "notes.txt").write_text("mine")
+        (folder / "picli.json").write_text("{}")  # a record does not make them picli's to replace
+    result = run("extend", checkpoint, "--to", 4096, "-o", where, "--force")
+    # `/` also holds the source, which is said first.
+    assert_clean_error(result, "is inside the output /" if where == "/" else "picli never writes over it")
+    assert (here / "notes.txt").read_text() == "mine" and (here.parent / "notes.txt").read_text() == "mine"
+    assert os.getcwd() == str(here)
+
+
+@pytest.mark.parametrize("target", ["source", "parent"])
+def test_force_never_replaces_the_source_or_a_folder_holding_it(checkpoint, workdir, target):
+    output = checkpoint if target == "source" else checkpoint.parent
+    (checkpoint / "picli.json").write_text("{}")
+    before = tree_hash(checkpoint)
+    result = run("extend", checkpoint, "--to", 4096, "-o", output, "--force")
+    assert_clean_error(result, "the source checkpoint itself" if target == "source" else "is inside the output")
+    assert tree_hash(checkpoint) == before
+
+
+def test_force_replaces_an_output_picli_wrote(checkpoint, workdir):
+    output = workdir / "out"
+    assert run("extend", checkpoint, "--to", 4096, "-o", output).exit_code == 0
+    (output / "leftover.txt").write_text("old")
+    assert run("extend", checkpoint, "--to", 8192, "-o", output, "--force").exit_code == 0
+    assert not (output / "leftover.txt").exists()
+    assert json.loads((output / "picli.json").read_text())["rope"]["target_window"] == 8192
+
+
+def test_force_never_replaces_a_gguf_picli_did_not_write(gguf_source, workdir):
+    mine = workdir / "mine.gguf"
+    mine.write_bytes(b"my own file")
+    result = run("extend", gguf_source, "--to", 8192, "-o", mine, "--force")
+    assert_clean_error(result, "picli did not write it")
+    assert mine.read_bytes() == b"my own file"
+
+
+def test_finetune_force_never_trains_into_a_folder_picli_did_not_write(tiny_model_dir, workdir):
+    home = home_like(workdir / "someone")
+    before = tree_hash(home)
+    result = run("finetune", tiny_model_dir, "-o", home, "--force", "--data", workdir / "none.txt", "--steps", 1)
+    assert_clean_error(result, "picli did not write it")
+    assert tree_hash(home) == before
+    assert_clean_error(run("finetune", tiny_model_dir, "-o", ".", "--data", "x.txt"), "the current directory")
+
+
+@pytest.mark.parametrize("target", ["inside", "foreign"])
+def test_verify_output_never_overwrites_a_model_file_or_a_foreign_file(tiny_model_dir, workdir, target):
+    path = tiny_model_dir / "config.json" if target == "inside" else workdir / "notes.json"
+    if target == "foreign":
+        path.write_text('{"mine": true}')
+    before = path.read_bytes()
+    result = run("verify", tiny_model_dir, "--passkey", "--length", 64, "-o", path)
+    assert_clean_error(result, "inside the source checkpoint" if target == "inside" else "picli did not write it")
+    assert path.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------
+# Secrets (issue 19): what is not part of a model is never copied or uploaded, and said.
+
+FAKE_TOKEN = "hf_" + "Ab3" * 12  # the shape of a Hub token, 36 letters and digits
+# relative path -> the reason picli gives (files.not_model_reason)
+SECRETS = {
+    ".env": "hidden file", ".netrc": "hidden file", ".DS_Store": "hidden file",
+    ".ssh/": "hidden folder", "token.txt": "named like a secret", "hf_token": "named like a secret",
+    "server.pem": "a private key", "id_rsa": "a private key", "notes.txt": "holds a Hugging Face token",
+}
+
+
+def plant_secrets(folder: Path) -> None:
+    (folder / ".env").write_text(f"HF_TOKEN={FAKE_TOKEN}\n")
+    (folder / ".netrc").write_text("machine huggingface.co password x\n")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / ".ssh").mkdir()
+    (folder / ".ssh" / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (folder / "token.txt").write_text("not even a token\n")
+    (folder / "hf_token").write_text("x\n")
+    (folder / "server.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (folder / "id_rsa").write_text("-----BEGIN RSA PRIVATE KEY-----\n")
+    (folder / "notes.txt").write_text(f"trained on my box; login with {FAKE_TOKEN}\n")
+    (folder / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+    (folder / "special_tokens_map.json").write_text("{}")
+    (folder / "added_tokens.json").write_text("{}")
+
+
+def test_not_model_reason_is_the_one_rule():
+    from picli.files import not_model_reason
+
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "added_tokens.json", ".gitattributes", "README.md", "model-00001-of-00002.safetensors"):
+        assert not_model_reason(name) is None, name
+    assert not_model_reason("sub/.env") == "hidden file"
+    assert not_model_reason(".git/config") == "in hidden folder .git/"
+    assert not_model_reason("sub/.gitattributes") == "hidden file"  # only the repo's own, at the top
+    assert not_model_reason("access-token.txt") and not_model_reason("credentials.json")
+
+
+def test_extend_copies_no_secret_and_says_what_it_left_out(checkpoint, workdir):
+    plant_secrets(checkpoint)
+    dry = run("extend", checkpoint, "--to", 4096, "-o", workdir / "out", "--dry-run", "--json")
+    left_out = {entry["path"]: entry["reason"] for entry in json.loads(dry.stdout)["plan"]["left_out"]}
+    assert set(left_out) == set(SECRETS) and all(left_out[p].startswith(r) for p, r in SECRETS.items())
+    result = run("extend", checkpoint, "--to", 4096, "-o", workdir / "out")
+    assert result.exit_code == 0, result.stderr
+    assert "Left out" in result.stdout and "notes.txt (holds a Hugging Face token" in result.stdout
+    copied = {p.relative_to(workdir / "out").as_posix() for p in (workdir / "out").rglob("*") if p.is_file()}
+    assert not {name for name in copied if name in SECRETS or name.startswith(".ssh")}
+    assert {".gitattributes", "special_tokens_map.json", "added_tokens.json"} <= copied
+    assert not any(FAKE_TOKEN.encode() in (workdir / "out" / name).read_bytes() for name in copied)
+
+
+def test_push_plan_lists_no_secret_and_says_why(checkpoint, workdir):
+    from picli.hub import plan_push
+
+    model = push_ready(checkpoint, workdir)
+    plant_secrets(model)
+    plan = plan_push("org/model-4k", model)
+    listed = {entry.path for entry in plan.files}
+    assert not listed & set(SECRETS) and ".ssh/id_ed25519" not in listed and ".gitattributes" in listed
+    withheld = {entry["path"]: entry["reason"] for entry in plan.withheld}
+    assert withheld[".ssh/id_ed25519"] == "in hidden folder .ssh/" and withheld["notes.txt"].startswith("holds")
+    dry = run("push", "org/model-4k", model, "--dry-run")
+    assert dry.exit_code == 0, dry.stderr
+    files_part, _, rest = dry.stdout.partition("Not part of a model, never uploaded: ")
+    assert ".env" not in files_part.split("Files (")[1] and "token.txt (named like a secret" in rest
+    assert FAKE_TOKEN not in dry.stdout
+
+
+@pytest.mark.slow
+def test_push_uploads_no_secret(checkpoint, workdir, hub, env):
+    model = push_ready(checkpoint, workdir)
+    plant_secrets(model)
+    result = picli("push", "org/model-4k", str(model), env=env, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    remote = set(hub.files("org/model-4k"))
+    assert "config.json" in remote and not remote & set(SECRETS) and not [n for n in remote if n.startswith(".ssh")]
+
+
+def test_push_refuses_a_card_holding_a_token(checkpoint, workdir):
+    model = push_ready(checkpoint, workdir)
+    (model / "README.md").write_text(f"# mine\nuse {FAKE_TOKEN}\n")
+    result = run("push", "org/model-4k", model, "--dry-run")
+    assert_clean_error(result, "README.md holds a Hugging Face token")
+    assert FAKE_TOKEN not in result.stdout + result.stderr

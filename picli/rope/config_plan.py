@@ -18,7 +18,8 @@ from ..errors import CannotExtend
 from . import planner, values
 from .families import ROPE_KEYS, Family, family_of, language_config, refusal
 from .methods import METHODS, Current, Extension, Method, Names, Request, get_method
-from .schema import RopeState, active_scaling, read_state, wrapper_conflict, write_schemas, write_unscaled
+from .schema import (RopeState, active_scaling, read_state, theta_split, wrapper_conflict, write_schemas,
+                     write_unscaled)
 
 CONFIG_NAMES = Names(what="checkpoint", window="max_position_embeddings", original="original_max_position_embeddings",
                      factor="the factor in config.json", scaling="rope_scaling / rope_parameters",
@@ -58,6 +59,12 @@ def plan_config(
             text, target_window, method, from_window=from_window, keep_max_position=keep_max_position, force=force,
             recorded_window=recorded_window, recorded_rope=recorded_rope))
     state = read_state(config)
+    split = theta_split(config, state.nested)
+    if split:
+        # Writing either theta into both keys would silently change the model for the
+        # readers of the other: the user says which one the model was trained with.
+        raise CannotExtend(split, hint="set rope_theta and rope_parameters' rope_theta both to the theta the model "
+                                       "was trained with (its model card or training config says), then run again")
     family = family_of(config)
     request = Request(target_window, from_window=from_window, recorded_window=recorded_window,
                       keep_window=keep_max_position, force=force)

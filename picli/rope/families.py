@@ -112,6 +112,8 @@ WRAPPERS: dict[str, tuple[str, bool]] = {
     "llava_onevision": ("qwen2", True),
     "qwen2_vl": ("qwen2_vl_text", False),
     "qwen2_5_vl": ("qwen2_5_vl_text", False),
+    "qwen3_vl": ("qwen3_vl_text", False),
+    "llama4": ("llama4_text", False),
 }
 # M-RoPE: position ids with several sections (time, height, width).
 MROPE = {"qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl", "qwen3_vl_text",
@@ -123,6 +125,8 @@ VISION_ONLY = {"vit", "dinov2", "pixtral", "siglip_vision_model", "siglip2_visio
                "idefics3_vision", "smolvlm_vision", "gemma3n_vision", "qwen2_vl_vision", "mllama_vision_model",
                "llava_vision", "convnext", "swin", "beit", "deit"}
 
+# Llama 4's language model: RoPE only in its chunked-attention layers, none in its global ones.
+CHUNKED_NOPE = {"llama4_text"}
 # Why each family cannot take linear PI, in the words the error prints.
 NO_ROPE = {
     "gpt2": "learned absolute position embeddings",
@@ -145,6 +149,56 @@ GGUF_NO_ROPE = {"gpt2", "bloom", "mpt", "bert", "nomic-bert", "t5", "t5encoder",
 # and projector that go beside a language model GGUF; they have no text positions.
 GGUF_PROJECTOR = {"clip"}
 ROPE_KEYS = ("rope_theta", "rope_parameters", "rope_scaling", "rotary_emb_base")
+
+
+# The keys of a language model's shape that a config may leave to its class.
+SHAPE_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers", "head_dim")
+# Where those defaults come from: the installed transformers' config classes, registered by
+# picli/class_defaults.py (rope/ itself never imports transformers). None: picli's table only.
+_class_lookup = None
+
+
+def use_class_defaults(lookup) -> None:
+    """Register lookup(model_type, {shape key: value}) -> ({key: value}, source) | None."""
+    global _class_lookup
+    _class_lookup = lookup
+
+
+def _theta_given(config: dict, family: Family) -> bool:
+    """Whether the file states a theta anywhere transformers looks for one."""
+    params = config.get("rope_parameters")
+    inner = params.get("full_attention", params) if isinstance(params, dict) else None
+    return any(value is not None for value in (
+        config.get("rope_theta"), config.get(family.legacy_theta_key) if family.legacy_theta_key else None,
+        inner.get("rope_theta") if isinstance(inner, dict) else None))
+
+
+def fill_defaults(config: dict) -> tuple[dict, dict[str, dict]]:
+    """The language model's config as transformers reads it: the keys picli reads that the
+    file leaves out (or sets to null) filled from the installed transformers' config class,
+    built from the file's own shape keys (picli/class_defaults.py), and {key: {"value",
+    "source"}} for each value filled. Theta and the window of a family in picli's table come
+    from that table (held to the classes by tests/test_families.py; it also knows where 4.x
+    and 5.x defaults differ), so they are filled here only for families outside it. Where
+    the installed transformers has no class for the model_type, nothing is filled and the
+    caller's own fallbacks (the family table) apply."""
+    model_type = config.get("model_type")
+    family = family_of(config)
+    missing = [key for key in SHAPE_KEYS if config.get(key) is None]
+    if model_type not in FAMILIES:
+        if config.get("max_position_embeddings") is None:
+            missing.append("max_position_embeddings")
+        if not _theta_given(config, family):
+            missing.append("rope_theta")
+    if not missing or not isinstance(model_type, str) or not model_type:
+        return config, {}
+    given = {key: values.positive_int(config[key], key) for key in SHAPE_KEYS if config.get(key) is not None}
+    found = _class_lookup(model_type, given) if _class_lookup else None
+    if found is None:
+        return config, {}
+    class_values, source = found
+    filled = {key: class_values[key] for key in missing if key in class_values}
+    return {**config, **filled}, {key: {"value": value, "source": source} for key, value in filled.items()}
 
 
 def family_of(config: dict) -> Family:
@@ -213,12 +267,16 @@ def _text_refusal(config: dict, text: dict) -> CannotExtend | None:
     reason = _family_refusal(text, text_type)
     if reason:
         return CannotExtend(f"the language model in text_config ({wrapper}): {reason.message}", hint=reason.hint)
-    if text_type not in FAMILIES:
+    if text_type not in FAMILIES and not _class_known(text_type):
         return CannotExtend(
-            f"{wrapper}: the language model in text_config is {text_type}, which is not in picli's family table, "
-            "so its RoPE defaults are unknown",
-            hint="extend a checkpoint of a known family (llama, mistral, qwen2, gemma3_text, ...)")
+            f"{wrapper}: the language model in text_config is {text_type}, which is neither in picli's family table "
+            "nor a config class of the installed transformers, so its RoPE defaults are unknown",
+            hint="upgrade transformers if it is a new model, or extend a checkpoint of a known family")
     return None
+
+
+def _class_known(model_type: str) -> bool:
+    return _class_lookup is not None and _class_lookup(model_type, {}) is not None
 
 
 def _family_refusal(config: dict, model_type: str) -> CannotExtend | None:
@@ -241,6 +299,8 @@ def _family_refusal(config: dict, model_type: str) -> CannotExtend | None:
             f"{model_type} configs accept only longrope scaling in transformers; linear PI cannot be expressed",
             hint="use the model's long-context (longrope) release instead",
         )
+    if model_type in CHUNKED_NOPE:
+        return _llama4_refusal(config, model_type)
     if model_type in SLIDING_ONLY_ROPE:
         return CannotExtend(
             f"{model_type} applies RoPE only in its sliding-window layers; its global layers have no position "
@@ -254,3 +314,22 @@ def _family_refusal(config: dict, model_type: str) -> CannotExtend | None:
             hint="if the model does use RoPE, add rope_theta to config.json and run again",
         )
     return None
+
+
+def _llama4_refusal(config: dict, model_type: str) -> CannotExtend:
+    """Llama 4 (transformers' modeling_llama4: Llama4TextAttention applies RoPE only where
+    no_rope_layers says so, and those layers attend within attention_chunk_size; the others
+    are global attention with no position encoding) cannot be lengthened by RoPE scaling."""
+    scaling = config.get("rope_scaling") if isinstance(config.get("rope_scaling"), dict) else {}
+    params = config.get("rope_parameters") if isinstance(config.get("rope_parameters"), dict) else {}
+    active = scaling or params
+    reasons = []
+    if (active.get("rope_type") or active.get("type")) == "llama3":
+        reasons.append(f"its RoPE already carries llama3 scaling (factor {active.get('factor')} over "
+                       f"{active.get('original_max_position_embeddings')} tokens)")
+    chunk = config.get("attention_chunk_size")
+    reasons.append("RoPE runs only in its chunked-attention layers" + (f" (attention_chunk_size {chunk})" if chunk else "")
+                   + ", which never see two tokens further apart than a chunk")
+    reasons.append("its global layers have no RoPE at all (NoPE, no_rope_layers)")
+    return CannotExtend(f"{model_type} (Llama 4) cannot be lengthened by RoPE scaling: " + "; ".join(reasons),
+                        hint="Llama 4's window is its max_position_embeddings; picli has no RoPE setting to change")

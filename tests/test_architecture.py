@@ -200,3 +200,57 @@ def test_no_function_is_long_without_saying_why():
              for entry in long_functions(path.read_text(encoding="utf-8"), str(path.relative_to(PACKAGE.parent)))]
     assert found == [], (f"split these, or say in the docstring why one function is clearer ('{REASON} ...'):\n"
                          + "\n".join(found))
+
+
+# --- make test-fast starts no picli process ----------------------------------------------------
+
+TESTS = Path(__file__).resolve().parent
+# What starts a process: subprocess, the helpers that run picli or a side environment in one.
+PROCESS_CALLS = {"run", "Popen", "check_output", "check_call", "call", "picli", "read_in"}
+# Process checks that stay fast on purpose: one short `python -c`/`-m picli` each, testing a
+# process's own behaviour (imports, exit codes), which no in-process call can.
+QUICK_PROCESS_TESTS = {
+    "test_cli.py::test_help_does_not_import_torch_or_transformers",
+    "test_cli.py::test_python_dash_m_and_version",
+    "test_hostile_cli.py::test_usage_error_in_a_real_process",
+    "test_perplexity.py::test_importing_does_not_import_torch",
+    "test_rope.py::test_rope_package_stays_pure",
+}
+
+
+def unmarked_process_tests(source: str, name: str) -> list[str]:
+    """Test functions that start a process (subprocess.*, picli(...), read_in(...)) without the
+    slow mark, on the function or as the module's pytestmark."""
+    tree = ast.parse(source, name)
+    if any(isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "pytestmark" for target in node.targets)
+           and "slow" in ast.unparse(node.value) for node in tree.body):
+        return []
+    found = []
+    for node in tree.body:
+        if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+            continue
+        if any("slow" in ast.unparse(decorator) for decorator in node.decorator_list):
+            continue
+        calls = {ast.unparse(call.func) for call in ast.walk(node) if isinstance(call, ast.Call)}
+        starts = {call for call in calls
+                  if call in ("picli", "read_in") or (call.startswith("subprocess.") and call.split(".")[1] in PROCESS_CALLS)}
+        if starts:
+            found.append(f"{name}::{node.name}")
+    return found
+
+
+def test_the_process_check_sees_subprocess_and_the_slow_mark():
+    body = "    subprocess.run(['python', '-c', 'pass'])\n"
+    assert unmarked_process_tests(f"def test_a():\n{body}", "t.py") == ["t.py::test_a"]
+    assert unmarked_process_tests(f"def test_b(tmp_path):\n    picli('inspect', cwd=tmp_path)\n", "t.py") == ["t.py::test_b"]
+    assert unmarked_process_tests(f"@pytest.mark.slow\ndef test_a():\n{body}", "t.py") == []
+    assert unmarked_process_tests(f"pytestmark = pytest.mark.slow\ndef test_a():\n{body}", "t.py") == []
+    assert unmarked_process_tests("def test_c():\n    run('inspect', 'x')\n", "t.py") == []  # in-process
+
+
+def test_fast_tests_start_no_process():
+    found = [entry for path in sorted(TESTS.glob("test_*.py"))
+             for entry in unmarked_process_tests(path.read_text(encoding="utf-8"), path.name)]
+    assert "test_cli.py::test_python_dash_m_and_version" in found  # the scan sees the quick ones
+    assert sorted(set(found) - QUICK_PROCESS_TESTS) == [], "mark these @pytest.mark.slow (make test-fast skips them)"
+    assert sorted(QUICK_PROCESS_TESTS - set(found)) == [], "no longer a quick process test: drop from the list"

@@ -4,8 +4,8 @@
 # subprocess-heavy or side-environment tests); `make test` is what CI runs. The GPU checks are not
 # tests but shell scripts, benchmarks/gpu_smollm2.sh and benchmarks/gpu_finetune.sh.
 # test-fast as measured (2026-12-07, its pytest command under nice on the 2-core development
-# machine while other jobs shared it, load average 5.4-6.9 throughout): 1008 passed, 2 skipped in
-# 4 min 55 s wall, of which 160 s of CPU time; on idle cores expect about the CPU time, ~3 min.
+# machine while other jobs shared it, 1-minute load average 3.3-7.3 during the run): 1135 passed
+# in 5 min 34 s wall, 262 s of CPU time; on idle cores expect at most about the CPU time, ~4.5 min.
 
 PYTHON ?= python3
 VENV := .venv

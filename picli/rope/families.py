@@ -118,6 +118,14 @@ WRAPPERS: dict[str, tuple[str, bool]] = {
 # M-RoPE: position ids with several sections (time, height, width).
 MROPE = {"qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl", "qwen3_vl_text",
          "qwen3_vl_moe", "qwen3_vl_moe_text", "qwen2_5_omni", "glm4v", "glm4v_text"}
+# Why yarn on M-RoPE is refused although transformers and llama.cpp read it alike (the code
+# read is cited in docs/runtimes.md, "M-RoPE and yarn"): vLLM's MRotaryEmbedding enlarges its
+# position cache to 4 x original_max_position_embeddings (mrope.py, vLLM 0.34.0; 4x for
+# Qwen2-VL and Qwen2.5-VL, and for Qwen3-VL with video pruning), and YaRN's correction range
+# reads that enlarged length, so its ramp sits where transformers' and llama.cpp's do not.
+MROPE_YARN_VLLM = ("vLLM reads yarn with mrope_section differently from transformers and llama.cpp: its "
+                   "MRotaryEmbedding builds the YaRN ramp at 4 x original_max_position_embeddings (its enlarged "
+                   "position cache), so it would serve other frequencies than the ones picli checks")
 # RoPE only in the sliding-window layers; the global layers have no position encoding.
 SLIDING_ONLY_ROPE = {"cohere2"}
 # Vision towers (and image encoders) saved as a model of their own: no language model.
@@ -234,8 +242,8 @@ def _mrope_section(config: dict):
     return None
 
 
-def refusal(config: dict) -> CannotExtend | None:
-    """The reason PI cannot be applied to this architecture at all, or None."""
+def refusal(config: dict, method: str = "linear") -> CannotExtend | None:
+    """The reason `method` cannot be applied to this architecture at all, or None."""
     model_type = config.get("model_type")
     if not model_type:
         return CannotExtend("config.json has no model_type", hint="is this a transformers checkpoint?")
@@ -244,6 +252,10 @@ def refusal(config: dict) -> CannotExtend | None:
                                          if isinstance(config.get("text_config"), dict) else None)
     if model_type in MROPE or section:
         described = f" (mrope_section {section})" if section and section != "unknown" else ""
+        if method == "yarn":
+            return CannotExtend(f"{model_type} uses M-RoPE{described}, and {MROPE_YARN_VLLM}",
+                                hint="for transformers or llama.cpp alone, add the model card's yarn block by hand "
+                                     "(docs/runtimes.md, \"M-RoPE and yarn\", cites each runtime's code)")
         return CannotExtend(
             f"{model_type} uses M-RoPE{described}: its position ids have several sections (time, height, width), "
             "and linear PI of a single window does not describe it",

@@ -75,6 +75,9 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
         warnings.append(f"parameters not counted for pickle weights (never unpickled): {', '.join(summary.unread)}")
     record = _read_record(path, warnings)
     reason = rope.refusal(config)
+    yarn_reason = rope.refusal(config, "yarn")
+    if reason and yarn_reason and yarn_reason.message != reason.message:  # M-RoPE: yarn has a reason of its own
+        warnings.append(f"--method yarn: {yarn_reason.message}")
     state = None if reason else rope.read_state(config)
     kind = rope.rope_kind(config, state) if state else None
     if state and kind not in rope.KNOWN_TYPES and kind != "mrope":

@@ -267,6 +267,8 @@ def test_yarn_on_mrope_is_refused_naming_vllm(name, tmp_path, workdir):
     assert "vLLM" in first and "4 x original_max_position_embeddings" in first and "linear PI" not in first
     assert "Hint: for transformers or llama.cpp alone" in result.stderr
     assert not (workdir / "out").exists() and tree_hash(checkpoint) == before
+    report = json.loads(run("inspect", checkpoint, "--json").stdout)
+    assert any(line.startswith("--method yarn: ") and "vLLM" in line for line in report["warnings"])
     # linear (the default) keeps its own reason.
     assert "linear PI of a single window" in assert_refused(run("extend", checkpoint, "--to", 262144), "M-RoPE")
     with pytest.raises(CannotExtend, match="vLLM"):

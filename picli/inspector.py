@@ -110,6 +110,8 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
             "language_model": f"text_config ({state.model_type})" if state.wrapper else None,
             # Keys the file leaves out, as transformers fills them (the class's defaults).
             "defaults": state.defaults,
+            # SmolLM3: the layers without RoPE (NoPE) have nothing for a RoPE method to extend.
+            "rope_layers": rope.rope_layers(rope.language_config(config)),
         }
         if state.wrapper:
             warnings.append(f"{state.wrapper} is multimodal: the RoPE shown is its language model's (text_config, "

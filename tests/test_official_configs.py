@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from picli import rope
 from picli.cli import app
-from picli.errors import CannotExtend
+from picli.errors import CannotExtend, NotACheckpoint
 from picli.rope.methods.yarn import yarn_attention_factor, yarn_inverse_frequencies
 from tests.conftest import tree_hash, write_checkpoint
 from tests.helpers import read_in
@@ -299,6 +299,36 @@ def test_vllm_mrope_ramp_moves_the_pairs_docs_runtimes_states():
     vllm = yarn_inverse_frequencies(1e6, 128, 4.0, 4 * 32768)
     moved = [abs(b - a) / a for a, b in zip(ours, vllm) if abs(b - a) / a > 1e-9]
     assert len(ours) == 64 and len(moved) == 23 and max(moved) == pytest.approx(1.2353, abs=1e-4)
+
+
+# --- SmolLM3: layers without RoPE ------------------------------------------------------------
+
+def test_smollm3_rope_layers_are_counted_as_its_class_reads_them():
+    """Every 4th SmolLM3 layer has no RoPE (no_rope_layers 0): nothing there to extend."""
+    from transformers import SmolLM3Config
+
+    config = official("smollm3-3b")
+    assert rope.rope_layers(config) == {"rope": 27, "layers": 36, "source": "no_rope_layers"}
+    # Left out, the list is the class's fill-in from no_rope_layer_interval (and the class's layer count).
+    for interval in (None, 3):
+        bare = {key: value for key, value in config.items() if key not in ("no_rope_layers", "no_rope_layer_interval",
+                                                                         "num_hidden_layers", "layer_types")}
+        if interval:
+            bare["no_rope_layer_interval"] = interval
+        counted = rope.rope_layers(bare)
+        assert counted["rope"] == sum(SmolLM3Config(**bare).no_rope_layers) == (24 if interval else 27)
+        assert counted["layers"] == 36 and "no_rope_layer_interval" in counted["source"]
+    assert rope.rope_layers(official("llava-1.5-7b-hf")) is None
+    with pytest.raises(NotACheckpoint, match="no_rope_layers must be a list of 0 and 1"):
+        rope.rope_layers({**config, "no_rope_layers": [1, 2]})
+
+
+def test_inspect_says_how_many_smollm3_layers_use_rope(tmp_path):
+    checkpoint = source(tmp_path, "smollm3-3b")
+    report = json.loads(run("inspect", checkpoint, "--json").stdout)
+    assert report["rope"]["rope_layers"] == {"rope": 27, "layers": 36, "source": "no_rope_layers"}
+    shown = " ".join(run("inspect", checkpoint).stdout.split())
+    assert "RoPE layers 27 of 36 (no_rope_layers); the 9 without RoPE are unaffected by the extension" in shown
 
 
 # --- every official shape: what picli does with it ----------------------------------------------

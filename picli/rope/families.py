@@ -126,6 +126,11 @@ MROPE = {"qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl
 MROPE_YARN_VLLM = ("vLLM reads yarn with mrope_section differently from transformers and llama.cpp: its "
                    "MRotaryEmbedding builds the YaRN ramp at 4 x original_max_position_embeddings (its enlarged "
                    "position cache), so it would serve other frequencies than the ones picli checks")
+# Layers that say one by one whether they apply RoPE: no_rope_layers[i] is 1 for RoPE, 0 for
+# none (NoPE). SmolLM3Config.__post_init__ fills a missing list with no RoPE in every
+# no_rope_layer_interval-th layer (4 by default); SmolLM3Attention reads use_rope from it.
+# Llama 4 (CHUNKED_NOPE) uses the same keys but is refused before.
+NOPE_LAYERS = {"smollm3"}
 # RoPE only in the sliding-window layers; the global layers have no position encoding.
 SLIDING_ONLY_ROPE = {"cohere2"}
 # Vision towers (and image encoders) saved as a model of their own: no language model.
@@ -240,6 +245,28 @@ def _mrope_section(config: dict):
             if (params.get("type") or params.get("rope_type")) == "mrope":
                 return "unknown"
     return None
+
+
+def rope_layers(config: dict) -> dict | None:
+    """How many of a language model's layers apply RoPE, where only some do (NOPE_LAYERS):
+    {"rope": n, "layers": total, "source": where that was read}; None where every layer does.
+    A layer without RoPE has no position encoding to extend: a RoPE method leaves it as it is."""
+    if config.get("model_type") not in NOPE_LAYERS:
+        return None
+    flags = config.get("no_rope_layers")
+    if flags is not None:
+        if not isinstance(flags, list) or not flags or any(flag not in (0, 1) or isinstance(flag, bool)
+                                                           for flag in flags):
+            raise NotACheckpoint(f"config.json: no_rope_layers must be a list of 0 and 1, got {values.show(flags)}",
+                                 hint="fix no_rope_layers in config.json")
+        return {"rope": sum(flags), "layers": len(flags), "source": "no_rope_layers"}
+    layers = fill_defaults(config)[0].get("num_hidden_layers")
+    if layers is None:
+        return None
+    layers = values.positive_int(layers, "num_hidden_layers")
+    interval = values.positive_int(config.get("no_rope_layer_interval", 4), "no_rope_layer_interval")
+    return {"rope": sum((index + 1) % interval != 0 for index in range(layers)), "layers": layers,
+            "source": f"no RoPE in every {interval}th layer (no_rope_layer_interval; the class fills no_rope_layers)"}
 
 
 def refusal(config: dict, method: str = "linear") -> CannotExtend | None:

@@ -6,7 +6,7 @@ On SmolLM2-135M, extended by Position Interpolation to 16k (`picli extend smollm
 side, steady-state tokens/s and peak RSS:
 
 - `picli finetune MODEL --data CORPUS --seq-len 2048 --steps 4 --batch-size 2
-  --micro-batch-size 1 --cpu` (picli's defaults otherwise: fp32 on CPU, AdamW(0.9, 0.95),
+  --micro-batch-size 1 --warmup-steps 20 --cpu` (picli's defaults otherwise: fp32 on CPU, AdamW(0.9, 0.95),
   no weight decay, LR 2e-5, 20 warmup steps; gradient checkpointing "auto", which is off at
   2048 tokens; the loss applies the head on 682-position chunks, each recomputed in
   backward);
@@ -223,7 +223,8 @@ def run_picli(label: str, model: Path, corpus: Path, settings: dict, extra: list
     command = [*picli_cli(), str(settings["threads"]), "finetune", str(model), "--data", str(corpus),
                "--seq-len", str(settings["seq_len"]), "--steps", str(settings["steps"]),
                "--batch-size", str(settings["batch_size"]), "--micro-batch-size", str(settings["micro_batch_size"]),
-               "--cpu", "-o", str(out), "--force", "--json", *extra]
+               # The Trainer's warmup, and what picli's default was before it was capped at a tenth of --steps.
+               "--warmup-steps", "20", "--cpu", "-o", str(out), "--force", "--json", *extra]
     load = wait_for_quiet(max_load, max_wait)
     # cwd: picli remembers its last output in ./.picli
     wall, peak, cpu_marks = measure(command, env, cwd=work, metrics=out / "metrics.jsonl")

@@ -58,6 +58,7 @@ TARGET = 16384
 TRAIN_NOVELS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey")
 HELD_OUT_NOVEL = "persuasion"
 ARMS = {"pi": ("linear", "PI x2"), "yarn": ("yarn", "YaRN x2")}
+WARMUP_STEPS = 20
 
 # The full run. Batch and steps: one 2048-token sequence per step is what 2 CPU cores afford
 # (docs/science.md, "The whole loop on SmolLM2": measured seconds per step and per evaluation).
@@ -123,8 +124,11 @@ def run(args) -> dict:
         if getattr(args, key) is not None:
             plan[key] = getattr(args, key)
     steps = sorted(set(plan["steps"]))
+    # --warmup-steps 20: the warmup the published runs had (picli's default then; it is now capped
+    # at a tenth of --steps, which would give the first round of 10 steps a warmup of 1).
     recipe = ["--seq-len", str(plan["seq_len"]), "--batch-size", str(plan["batch_size"]), "--micro-batch-size", "1",
-              "--seed", str(args.seed), "--cpu"] + (["--lr", str(args.lr)] if args.lr is not None else [])
+              "--warmup-steps", str(WARMUP_STEPS), "--seed", str(args.seed), "--cpu"] + (
+        ["--lr", str(args.lr)] if args.lr is not None else [])
     workdir = work_directory(args.keep, "picli-real-loop-")
     picli = Picli(workdir, args.threads, verbose=args.verbose)
     started = time.perf_counter()

@@ -17,8 +17,9 @@ One module per verb:
   self_check.py        extend's proof: what the installed transformers computes from the written config
   verify.py            `picli verify`: passkey k_max and perplexity, for a model and optionally a baseline
   finetune.py          `picli finetune`: the PI paper's short fine-tune at the new window
-  finetune_plan.py     `picli finetune --plan`: memory per device and time per step before a run
-  finetune_output.py   what finetune writes: resumable checkpoints during the run, and the final model
+  finetune_steps.py    its pieces: setup, one optimizer step, evaluation, checkpoint, export
+  finetune_plan.py     `picli finetune --plan`: memory per device (1..64 devices) from config.json alone, time where probed
+  finetune_output.py   what finetune writes: pickle-free resumable checkpoints, and the final model
   hub.py               `picli push`: publish a checkpoint to the Hub, after checking it
   card.py              the model card (README.md) that `picli push` publishes and `picli card` writes
 
@@ -51,7 +52,7 @@ What the verbs share:
     ruler/scoring.py   RULER's post-processing and metrics, both effective lengths
     ruler/run.py       a run on one model: predictions, scores, averages, the report
   textdata.py          text to evaluate or train on: files, folders, JSON Lines, a Hub dataset
-  training.py          what a fine-tune trains: settings, the loss module, LoRA, precision
+  training.py          what a fine-tune trains: settings resolved once, the LR schedule, the loss module, LoRA
   provenance.py        picli's records (picli.json, picli-verify.json, .picli/last.json): the only owner
   hub_errors.py        talking to the Hub: the one error table and repo-id rule, for downloads and push
   files.py             atomic writes and staged directories: nothing is ever half-written

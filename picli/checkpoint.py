@@ -431,8 +431,15 @@ def outside_links(root: Path, skip: Callable[[str, bool], bool] | None = None) -
 
 
 def weight_files(path: Path) -> list[Path]:
+    """The model's weight files. Training state beside them is not the model: picli finetune's
+    checkpoints/step-N/ (safetensors too) and HF Trainer's checkpoint-N/."""
     return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
-                  and ".picli" not in p.parts)
+                  and ".picli" not in p.parts and not _training_state(p.relative_to(path)))
+
+
+def _training_state(relative: Path) -> bool:
+    top = relative.parts[0] if len(relative.parts) > 1 else ""
+    return top == "checkpoints" or top.startswith("checkpoint-")
 
 
 def tensor_summary(path: Path) -> TensorSummary:

@@ -417,7 +417,10 @@ def finetune(
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps (paper: 1000; ~200 already reach the window).")] = 1000,
     seq_len: Annotated[Optional[str], typer.Option("--seq-len", help="Tokens per sequence. Default: the model's window.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate. Default: 2e-5, or 1e-5 above 30B parameters.")] = None,
-    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warmup from 10% of the LR (paper: 20).")] = 20,
+    warmup_steps: Annotated[Optional[int], typer.Option(
+        "--warmup-steps", help="Linear warmup from 10% of the LR. Default: the paper's 20, capped at a tenth of "
+        "--steps (5 of 50; none below 10 steps); fixed when the run starts, so --resume keeps it.",
+        show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", help="Global batch in sequences, reached by gradient accumulation. Default: the paper's "
         "(section 3.1): 64 when the sequence length is 8192 and the model has at most 40B parameters (its "
@@ -435,10 +438,13 @@ def finetune(
     stop_when_verified: Annotated[bool, typer.Option("--stop-when-verified", help="Stop once the passkey retrieves "
                                                      "at every depth tested by the quick protocol (4 depths x 2 "
                                                      "keys; needs --eval-every, default 50).")] = False,
-    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps (default: 100; "
-                                                      "0: only the final model).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in the output directory exactly.")] = False,
-    plan: Annotated[bool, typer.Option("--plan", help="Estimate memory and time per step; train nothing.")] = False,
+    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0: only the final "
+                                            "model).")] = 100,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the output directory exactly, from "
+                                         "its own source and data (MODEL, if given, must be that checkpoint).")] = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Estimate memory per device (full and LoRA, 1 to 64 devices, "
+                                       "DDP and FSDP) from config.json alone, and the schedule; time one step "
+                                       "when the weights are here and fit. Trains nothing.")] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 autocast on GPUs that have it), bfloat16, float16, "
                                        "float32.")] = "auto",
     attn: AttnOpt = "sdpa",
@@ -456,12 +462,16 @@ def finetune(
     otherwise. Data smaller than steps x batch x seq-len is cycled, with a warning; the
     record counts unique tokens and epochs. picli ships no training data: the paper used
     the Pile (docs/finetune.md shows how to point --data at it).
-    Runs unchanged under `accelerate launch` or `torchrun` (DDP, FSDP). Checkpoints are
-    atomic; Ctrl-C saves one; --resume continues exactly. The output keeps the PI config.
+    Runs unchanged under `accelerate launch` or `torchrun` (DDP, FSDP); --batch-size is
+    global and the LR a function of the optimizer step, whatever the number of processes.
+    Checkpoints are atomic; Ctrl-C or SIGTERM saves one after the step under way and exits
+    130 or 143; --resume continues exactly, on any number of processes.
+    The output keeps the PI config.
 
-    Weights load from safetensors only: picli never unpickles a file, so a checkpoint with
-    only pytorch_model.bin is refused with the command that converts it (docs/safety.md).
-    Every option is checked before the model loads.
+    Weights load from safetensors only, and resume state is picli's own safetensors and
+    JSON: picli never unpickles a file, so a checkpoint with only pytorch_model.bin is
+    refused with the command that converts it (docs/safety.md). Every option is checked
+    before the model loads.
 
     Examples:
 
@@ -477,27 +487,29 @@ def finetune(
 
       accelerate launch --config_file fsdp.yaml -m picli finetune ./m --data ./books
     """
-    from .finetune import finetune_command
+    from .finetune import SIGNAL_EXIT, finetune_command
     from .training import TrainSettings
 
     settings = TrainSettings(
         data=data, text_field=text_field, steps=steps, seq_len=parse_window(seq_len, "--seq-len") if seq_len else None,
         lr=lr, warmup_steps=warmup_steps, batch_size=batch_size, micro_batch_size=micro_batch_size, seed=seed,
         lora=lora, lora_rank=lora_rank, keep_adapter=keep_adapter, gradient_checkpointing=gradient_checkpointing,
-        eval_every=eval_every if eval_every is not None else (50 if stop_when_verified else None), stop_when_verified=stop_when_verified,
-        save_every=save_every if save_every is not None else 100, dtype=dtype, attention=attn, cpu=cpu,
+        eval_every=eval_every, stop_when_verified=stop_when_verified, save_every=save_every, dtype=dtype,
+        attention=attn, cpu=cpu,
     )
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:
-        # On --resume the interrupted run's settings win, except a micro-batch given here: it
-        # changes neither the data nor the step's math, and lowering it is how one gets past an OOM.
-        # (Compared by name: typer vendors its own click, whose enum is not click's.)
-        source = getattr(ctx.get_parameter_source("micro_batch_size"), "name", None)
-        given = {"micro_batch_size"} if source == "COMMANDLINE" else set()
+        # On --resume the run's settings win, except the steps and micro-batch given here
+        # (training.RESUME_MAY_CHANGE). Compared by name: typer vendors its own click.
+        given = {name for name in ("steps", "micro_batch_size")
+                 if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
         result = finetune_command(model, output, settings, resume=resume, plan_only=plan, force=force,
                                   command=_command_line(), on_event=on_event, given=given)
-    if os.environ.get("RANK", "0") != "0":
-        return  # under torchrun / accelerate launch, one report: the main process's
-    render.emit(result, json_output=json_output, dry_run=plan, plan=render.finetune_plan, human=render.finetune_result)
+    interrupted = SIGNAL_EXIT.get(result.get("signal"), 0)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch, one report: the main process's
+        render.emit(result, json_output=json_output, dry_run=plan, plan=render.finetune_plan,
+                    human=render.finetune_result)
+    if interrupted:
+        raise typer.Exit(interrupted)  # 130 / 143: scripts see the interruption; the checkpoint is saved
 
 
 @app.command()

@@ -45,7 +45,7 @@ from .provenance import RecordError, is_picli_output
 # same matching huggingface_hub's upload_folder applies, so the plan lists what goes up.
 IGNORE_PATTERNS = [
     ".picli/*", "*/.picli/*",
-    # picli finetune: checkpoints/step-*/ (pickled model + optimizer state), .final/ (export staging)
+    # picli finetune: checkpoints/step-*/ (resumable training state), .final/ (export staging)
     "checkpoints/*", ".final/*", "checkpoint-*/*", "*/checkpoint-*/*", "global_step*/*",
     "optimizer.*", "*/optimizer.*", "scheduler.pt", "*/scheduler.pt", "rng_state*.pth", "*/rng_state*.pth",
     "trainer_state.json", "training_args.bin",

@@ -629,28 +629,45 @@ def training_settings(event: dict) -> None:
 
 def finetune_plan(plan: dict) -> None:
     console = out()
-    console.print(f"[bold]Plan[/] for {escape(plan['model'])}: {human_count(plan['parameters'])} parameters, "
-                  f"seq-len {plan['seq_len']}, global batch {plan['batch_size']} "
-                  f"(micro {plan['micro_batch_size']})")
-    table = Table(title="Estimated memory per device", title_justify="left")
+    width = "16-bit activations (bf16 autocast)" if plan["bytes_per_value"] == 2 else "float32"
+    console.print(f"[bold]Plan[/] for {escape(plan['model'])}: {human_count(plan['parameters'])} parameters "
+                  f"(from {escape(plan['parameters_from'])}), seq-len {plan['seq_len']}, global batch "
+                  f"{plan['batch_size']} (micro {plan['micro_batch_size']}), {width}")
+    console.print(f"Schedule: {escape(plan['schedule']['text'])}")
+    table = Table(title="Estimated GB per device (an estimate: docs/finetune.md says what it counts)",
+                  title_justify="left")
     table.add_column("mode")
-    table.add_column("gradient checkpointing")
-    table.add_column("memory", justify="right")
+    table.add_column("ckpt")
+    table.add_column("1 dev", justify="right")
+    table.add_column("DDP", justify="right")
+    counts = list(plan["memory"][0]["fsdp"]) if plan["memory"] else []
+    for count in counts:
+        table.add_column(f"FSDP {count}", justify="right")
+
+    def gigabytes(size: float) -> str:
+        return f"{size / 1e9:,.0f}" if size >= 1e10 else f"{size / 1e9:.1f}"
+
     for row in plan["memory"]:
-        table.add_row(row["mode"], "on" if row["gradient_checkpointing"] else "off", human_bytes(row["bytes"]))
+        table.add_row(row["mode"], "on" if row["gradient_checkpointing"] else "off", gigabytes(row["bytes"]),
+                      gigabytes(row["ddp"]), *(gigabytes(row["fsdp"][count]) for count in counts))
     console.print(table)
-    console.print(f"Measured: one step of {plan['probe']['tokens']} tokens took {plan['probe']['seconds']:.2f} s; "
-                  f"estimated {plan['estimated_seconds_per_step']:.1f} s per optimizer step, "
-                  f"{plan['estimated_hours']:.2f} h for the run (a floor: attention grows faster than linear).")
+    console.print("LoRA under FSDP needs --keep-adapter (sharded weights cannot be merged).")
+    if plan["probe"]:
+        console.print(f"Measured: one step of {plan['probe']['tokens']} tokens took {plan['probe']['seconds']:.2f} s; "
+                      f"estimated {plan['estimated_seconds_per_step']:.1f} s per optimizer step, "
+                      f"{plan['estimated_hours']:.2f} h for the run (a floor: attention grows faster than linear).")
+    else:
+        console.print(f"Time: not measured ({escape(plan['probe_skipped'])}).")
     console.print(f"Suggestion: {escape(plan['suggestion'])}")
 
 
 def finetune_result(result: dict) -> None:
     console = out()
     if result["interrupted"]:
-        console.print(f"[yellow]Interrupted[/] after step {result['steps_done']}; checkpoint saved in "
-                      f"{escape(result['output'])}/checkpoints. Continue with: picli finetune --resume -o "
-                      f"{escape(result['output'])}")
+        by = f" by {result['signal']}" if result.get("signal") else ""
+        console.print(f"[yellow]Interrupted[/]{by} after step {result['steps_done']}; checkpoint saved in "
+                      f"{escape(result['output'])}/checkpoints. Continue with: picli finetune -o "
+                      f"{escape(result['output'])} --resume")
         return
     eval_text = f", eval loss {result['eval_loss']:.4f}" if result.get("eval_loss") is not None else ""
     early = (f"; stopped at step {result['stopped_early_at']}: passkey retrieved at every depth tested by the "

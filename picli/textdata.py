@@ -158,6 +158,18 @@ def batch_indices(train: list[int], step: int, batch_size: int) -> list[int]:
     return [train[(start + offset) % len(train)] for offset in range(batch_size)]
 
 
+def sequences_fingerprint(sequences: list[list[int]]) -> str:
+    """sha256 of the packed token ids: one value that changes when the text, the tokenizer,
+    --text-field or --seq-len would give the run other sequences (a resume checks it)."""
+    import hashlib
+    from array import array
+
+    digest = hashlib.sha256()
+    for sequence in sequences:
+        digest.update(array("q", [len(sequence), *sequence]).tobytes())
+    return digest.hexdigest()
+
+
 def data_reuse(train_sequences: int, steps: int, batch_size: int, seq_len: int) -> dict:
     """How much of what `steps` optimizer steps read was new: batch_indices cycles through the
     training sequences, so past one epoch the same tokens come round again."""

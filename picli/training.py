@@ -1,19 +1,23 @@
-"""What a fine-tune trains: its settings, the loss module, LoRA, and the compute precision.
+"""What a fine-tune trains: its settings (resolved once), the LR schedule, the loss module,
+LoRA, and the compute precision.
 
 Shared by the run (finetune.py), its plan (finetune_plan.py) and its output
 (finetune_output.py), which import from here and never from each other's internals:
 
-    settings = TrainSettings(data="book.txt", lora=True)
+    settings = TrainSettings(data="book.txt", lora=True).resolve(window=8192, parameters=7e9)
     loss = build_loss_module(apply_lora(model, settings))(input_ids)
+    lr_of_step_12 = learning_rate(settings, 12)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .errors import PicliError
 
 NORM_NAMES = ("norm", "ln_", "layernorm")
+# The attention projections LoRA adapts, by module name across the families picli trains.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "query_key_value", "dense", "qkv_proj", "Wqkv", "out_proj")
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class TrainSettings:
     steps: int = 1000
     seq_len: int | None = None  # default: the model's window
     lr: float | None = None  # default: 2e-5, or 1e-5 above 30B parameters
-    warmup_steps: int = 20
+    warmup_steps: int | None = None  # default: default_warmup(steps), the paper's 20 from 200 steps on
     warmup_start: float = 0.1  # warmup begins at 10% of the LR
     batch_size: int | None = None  # global, in sequences; default: default_batch_size (the paper's)
     micro_batch_size: int = 1
@@ -34,9 +38,9 @@ class TrainSettings:
     keep_adapter: bool = False
     gradient_checkpointing: str = "auto"  # auto: on above 4k tokens
     max_grad_norm: float | None = None  # the paper does not clip
-    eval_every: int | None = None
+    eval_every: int | None = None  # default: 50 with stop_when_verified
     stop_when_verified: bool = False
-    save_every: int | None = None
+    save_every: int = 100  # 0: only the final model
     eval_fraction: float = 0.01
     dtype: str = "auto"
     attention: str = "sdpa"
@@ -56,7 +60,7 @@ class TrainSettings:
         whole("--steps", self.steps, 1, "the paper trains 1000 steps; ~200 already reach the window")
         whole("--batch-size", self.batch_size, 1, "omit it for the paper's: 64 at 8192 tokens, 128 otherwise")
         whole("--micro-batch-size", self.micro_batch_size, 1, "1 fits the most memory")
-        whole("--warmup-steps", self.warmup_steps, 0, "the paper uses 20; 0 means no warmup")
+        whole("--warmup-steps", self.warmup_steps, 0, "the paper uses 20; 0 means no warmup; omit it for the default")
         whole("--seq-len", self.seq_len, 2, "omit it to train at the model's window")
         whole("--lora-rank", self.lora_rank, 1, "e.g. --lora-rank 16")
         whole("--eval-every", self.eval_every, 1, "e.g. --eval-every 50, or omit it")
@@ -77,6 +81,88 @@ class TrainSettings:
         if self.stop_when_verified and not self.eval_every:
             raise PicliError("--stop-when-verified needs --eval-every N", hint="e.g. --eval-every 50")
         check_options(dtype=self.dtype, attention=self.attention)
+
+    def resolve(self, *, window: int | None, parameters: int, recorded: dict | None = None,
+                given: frozenset[str] | set[str] = frozenset()) -> TrainSettings:
+        """Every default filled in, once, for the run and its plan alike.
+
+        `recorded`: the settings a resumed run started with (its checkpoint's). They win over
+        these, except the keys in `given` that may change without changing the run
+        (RESUME_MAY_CHANGE): resuming means continuing the run.
+        """
+        settings = self
+        if recorded is not None:
+            kept = {key: value for key, value in recorded.items()
+                    if key in RECORDED and not (key in given and key in RESUME_MAY_CHANGE)}
+            settings = replace(self, **kept)
+        seq_len = settings.seq_len or window
+        if not seq_len or seq_len < 2:
+            raise PicliError("cannot tell the sequence length from config.json", hint="pass --seq-len N")
+        batch_size = settings.batch_size or default_batch_size(seq_len, parameters)
+        return replace(
+            settings, seq_len=seq_len, batch_size=batch_size,
+            lr=settings.lr if settings.lr is not None else default_lr(parameters),  # 0 is a value, not 'unset'
+            warmup_steps=settings.warmup_steps if settings.warmup_steps is not None else default_warmup(settings.steps),
+            eval_every=settings.eval_every or (DEFAULT_EVAL_EVERY if settings.stop_when_verified else None))
+
+    def recorded(self) -> dict:
+        """The settings a checkpoint keeps, so that --resume continues this run and no other."""
+        return {key: value for key, value in asdict(self).items() if key in RECORDED}
+
+
+DEFAULT_EVAL_EVERY = 50  # with --stop-when-verified and no --eval-every
+# What fixes a run's data, order and arithmetic: a resume takes these from the checkpoint.
+RECORDED = ("steps", "seed", "batch_size", "micro_batch_size", "seq_len", "lr", "warmup_steps", "warmup_start", "lora",
+            "lora_rank", "lora_alpha", "keep_adapter", "data", "text_field", "eval_fraction", "dtype",
+            "max_grad_norm")
+# Given on a resume's command line, these win: more steps continue the same run (batch order
+# and LR are functions of the step), and a smaller micro-batch changes neither the data nor the
+# step's math (it is how one gets past an out-of-memory stop).
+RESUME_MAY_CHANGE = ("steps", "micro_batch_size")
+
+
+# ---------------------------------------------------------------------------------------
+# The recipe's numbers: LR, warmup, schedule
+
+
+def default_lr(parameters: int) -> float:
+    """The paper (section 3.1): 2e-5 for 7B and 13B, 1e-5 for 33B and 65B."""
+    return 1e-5 if parameters > 30e9 else 2e-5
+
+
+# The paper warms up over 20 of its 1000 steps (2%). A run of 50 steps would spend 40% of its
+# steps below the peak LR, so picli caps the warmup at a tenth of the run: the paper's 20 steps
+# from 200 steps on, fewer below (5 of 50, 1 of 10; none under 10 steps). Fixed when the run
+# starts and recorded, so `--resume --steps MORE` keeps the first round's schedule.
+PAPER_WARMUP_STEPS = 20
+WARMUP_SHARE = 10  # at most 1/10 of the run
+
+
+def default_warmup(steps: int) -> int:
+    return min(PAPER_WARMUP_STEPS, steps // WARMUP_SHARE)
+
+
+def warmup_multiplier(step: int, warmup_steps: int, start: float) -> float:
+    """Linear from `start` x LR to the full LR over warmup_steps, then constant (the paper)."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return 1.0
+    return start + (1.0 - start) * step / warmup_steps
+
+
+def learning_rate(settings: TrainSettings, step: int) -> float:
+    """The LR of optimizer step `step` (0-based): a function of the step alone, whatever the
+    number of processes (accelerate's prepared scheduler would step once per process)."""
+    return settings.lr * warmup_multiplier(step, settings.warmup_steps, settings.warmup_start)
+
+
+def schedule_text(settings: TrainSettings) -> str:
+    """The effective schedule in words, for the plan and the settings printed at the start."""
+    peak, warmup = settings.lr, settings.warmup_steps
+    if not warmup:
+        return f"constant LR {peak:.3g} for {settings.steps} steps (no warmup)"
+    after = max(0, settings.steps - warmup)
+    return (f"LR {peak * settings.warmup_start:.3g} -> {peak:.3g} over {warmup} warmup step{'s' * (warmup != 1)}"
+            f" ({100 * warmup / settings.steps:.0f}% of {settings.steps}), then constant for {after}")
 
 
 # PI paper, section 3.1: "For extending 7B, 13B and 33B models to the 8192 context window size,
@@ -139,8 +225,7 @@ def apply_lora(model, settings: TrainSettings):
     except ImportError:
         raise PicliError("--lora needs the peft package", hint="pip install peft") from None
     names = {name.split(".")[-1] for name, _ in model.named_modules()}
-    targets = [name for name in ("q_proj", "k_proj", "v_proj", "o_proj", "query_key_value", "dense", "qkv_proj",
-                                 "Wqkv", "out_proj") if name in names]
+    targets = [name for name in LORA_TARGETS if name in names]
     if not targets:
         raise PicliError(f"no attention projections found for LoRA in {type(model).__name__}",
                          hint="fine-tune without --lora")

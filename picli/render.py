@@ -284,6 +284,10 @@ def inspection(report: dict, check: bool = False) -> None:
         _kv(table, "head_dim / rotary", f"{rope['head_dim']} / {rope['rotary_dim']}"
             + (f"  (partial rotary {rope['partial_rotary_factor']:g})" if rope["partial_rotary_factor"] != 1 else ""))
         _kv(table, "scaling", scaling + ("  (full-attention layers only)" if rope.get("nested") else ""))
+        if rope.get("rope_layers"):
+            layers = rope["rope_layers"]
+            _kv(table, "RoPE layers", f"{layers['rope']} of {layers['layers']} ({layers['source']}); the "
+                f"{layers['layers'] - layers['rope']} without RoPE are unaffected by the extension")
         if report["format"] == "transformers":
             _kv(table, "rope_scaling", json.dumps(rope.get("rope_scaling")))
             _kv(table, "rope_parameters", json.dumps(rope.get("rope_parameters")))

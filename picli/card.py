@@ -64,7 +64,8 @@ def load_inputs(checkpoint_dir: Path) -> tuple[dict, dict | None, str | None]:
     record = provenance.read_record(checkpoint_dir)
     verify_record = provenance.read_verify_record(checkpoint_dir)
     if _measured(verify_record):
-        provenance.verification_summary(verify_record, provenance.verify_record_path(checkpoint_dir))
+        path = provenance.verify_record_path(checkpoint_dir)
+        provenance.shown_summary(provenance.verify_runs(verify_record, path), path)
     try:
         existing = (checkpoint_dir / README).read_text(encoding="utf-8")
     except OSError:
@@ -412,14 +413,16 @@ def _cell(value: Any) -> str:
 
 
 def _measured(verify_record: dict | None) -> bool:
-    return bool(verify_record) and isinstance(verify_record.get("model"), dict)
+    runs = provenance.verify_runs(verify_record)
+    return bool(runs) and isinstance(runs[0].get("model"), dict)
 
 
 def verification_summary(record: dict, verify_record: dict | None) -> dict | None:
-    """From picli-verify.json when present, else the summary picli.json keeps (the same shape)."""
+    """From picli-verify.json when present (every run it keeps: per protocol and length the
+    newest), else the summary picli.json keeps (the same shape)."""
     if not _measured(verify_record):
         return record.get("verification")
-    return provenance.verification_summary(verify_record)
+    return provenance.shown_summary(provenance.verify_runs(verify_record))
 
 
 def _verification(record: dict, verify_record: dict | None, target: int) -> list[str]:
@@ -430,21 +433,22 @@ def _verification(record: dict, verify_record: dict | None, target: int) -> list
                         f"here shows that it works at {target:,} tokens. Measure it with "
                         "`picli verify MODEL --passkey --baseline BASE` before relying on the window."]
     model, baseline = summary["model"], summary.get("baseline")
+    rows = {name: _rows(summary, name) for name in provenance.PROTOCOL_TABLES}
     finetune = record.get("finetune")
     trained = isinstance(finetune, dict) and (finetune.get("finished") or finetune.get("created"))
-    if trained and summary.get("created") and str(trained) > str(summary["created"]):
+    dates = [str(row["created"]) for table in rows.values() for row in table.values() if row.get("created")]
+    if trained and dates and str(trained) > min(dates):
         lines += ["> The verification below predates the fine-tune: it measured the weights before training.", ""]
+    lines += ["Each row is the newest `picli verify` measurement at that length, dated in its *measured* column "
+              "(picli-verify.json keeps every run).", ""]
     if model.get("passkey_k_max"):
-        protocol = summary.get("passkey_protocol") or {}
-        lines += ["### Passkey retrieval", ""]
-        described = (f"{protocol.get('positions')} key depths x {protocol.get('trials')} random 5-digit keys "
-                     f"(seed {protocol.get('seed')})") if protocol else "protocol not recorded"
-        if protocol.get("name") == "quick":
-            described += "; the *quick* smoke test, not the paper's 32 x 10"
+        newest = _newest(rows["passkey"])
+        protocol = newest["settings"].get("protocol") or {}
         threshold = protocol.get("threshold", 0.2)
-        lines += [f"Mohtashami & Jaggi's prompt as in the PI paper (section 3.3): {described}. k_max is the "
-                  f"largest depth k (tokens from the key line to the end of the prompt) such that every depth up "
-                  f"to k succeeds in at least {threshold:.0%} of trials. k_max cannot equal the length: the "
+        lines += ["### Passkey retrieval", ""]
+        lines += [f"Mohtashami & Jaggi's prompt as in the PI paper (section 3.3): {_passkey_protocol(protocol)}. "
+                  "k_max is the largest depth k (tokens from the key line to the end of the prompt) such that every "
+                  f"depth up to k succeeds in at least {threshold:.0%} of trials. k_max cannot equal the length: the "
                   "deepest key sits after the task line and before the question, so it is shown beside the "
                   "deepest depth tested, with the lowest success rate at any depth up to k_max.", ""]
         header = "| length | k_max | deepest k tested | lowest success up to k_max | mean success |"
@@ -452,7 +456,7 @@ def _verification(record: dict, verify_record: dict | None, target: int) -> list
         if baseline and baseline.get("passkey_k_max"):
             header += " baseline k_max | baseline success |"
             rule += "---:|---:|"
-        lines += [header, rule]
+        lines += [header + " measured |", rule + "---|"]
         for length, k_max in model["passkey_k_max"].items():
             deepest = (model.get("passkey_k_largest") or {}).get(length)
             lowest = (model.get("passkey_lowest_success") or {}).get(length)
@@ -461,35 +465,101 @@ def _verification(record: dict, verify_record: dict | None, target: int) -> list
             if baseline and baseline.get("passkey_k_max"):
                 base_k = baseline["passkey_k_max"].get(length)
                 row += f" {'-' if base_k is None else f'{base_k:,}'} | {_rate(baseline, length)} |"
-            lines.append(row)
-        lines.append("")
+            lines.append(row + f" {_date(rows['passkey'].get(length))} |")
+        lines += ["", *_other_settings(rows["passkey"], newest, lambda row: _passkey_protocol(
+            row["settings"].get("protocol") or {}))]
     if model.get("perplexity"):
-        data = summary.get("perplexity_data")
-        data_label = data if isinstance(data, str) and data.startswith("hf:") else (Path(data).name if data else "?")
-        stride = model.get("stride") or 256
-        lines += ["### Perplexity", "", f"Sliding window (stride {stride}) on `{data_label}`; lower is better.", ""]
+        newest = _newest(rows["perplexity"])
+        lines += ["### Perplexity", "", f"Sliding window {_perplexity_settings(newest)}; lower is better.", ""]
         header, rule = "| length | perplexity |", "|---:|---:|"
         if baseline and baseline.get("perplexity"):
             header += " baseline | delta |"
             rule += "---:|---:|"
-        lines += [header, rule]
+        lines += [header + " measured |", rule + "---|"]
         for length, value in model["perplexity"].items():
             row = f"| {int(length):,} | {value:.3f} |"
             if baseline and baseline.get("perplexity"):
                 base_value = baseline["perplexity"].get(length)
                 row += (" - | - |" if base_value is None else f" {base_value:.3f} | {value - base_value:+.3f} |")
-            lines.append(row)
-        lines.append("")
-    if baseline:
+            lines.append(row + f" {_date(rows['perplexity'].get(length))} |")
+        lines += ["", *_other_settings(rows["perplexity"], newest, _perplexity_settings)]
+    lines += _baselines(record, rows)
+    for note in summary.get("notes") or []:
+        lines.append(f"- Note: {note}")
+    return lines
+
+
+def _rows(summary: dict, protocol: str) -> dict[str, dict]:
+    """Length -> when, how and beside which baseline that row was measured. A summary from before
+    picli kept every run ("measured" absent) is one run: its own date and settings for every row."""
+    measured = (summary.get("measured") or {}).get(protocol)
+    if measured is not None:
+        return {length: {**row, "settings": row.get("settings") or {}} for length, row in measured.items()}
+    model, baseline = summary.get("model") or {}, summary.get("baseline")
+    settings = ({"protocol": summary.get("passkey_protocol") or {}} if protocol == "passkey"
+                else {"stride": model.get("stride")})
+    row = {"created": summary.get("created"), "data": summary.get("perplexity_data"), "settings": settings,
+           "baseline": {key: baseline.get(key) for key in ("path", "source", "window")} if baseline else None}
+    return {length: row for length in model.get(provenance.PROTOCOL_TABLES[protocol][0]) or {}}
+
+
+def _newest(rows: dict[str, dict]) -> dict:
+    return max(rows.values(), key=lambda row: str(row.get("created") or ""), default={"settings": {}})
+
+
+def _date(row: dict | None) -> str:
+    created = (row or {}).get("created")
+    return str(created)[:10] if created else "-"
+
+
+def _passkey_protocol(protocol: dict) -> str:
+    if not protocol:
+        return "protocol not recorded"
+    described = (f"{protocol.get('positions')} key depths x {protocol.get('trials')} random 5-digit keys "
+                 f"(seed {protocol.get('seed')})")
+    if protocol.get("name") == "quick":
+        described += "; the *quick* smoke test, not the paper's 32 x 10"
+    return described
+
+
+def _perplexity_settings(row: dict) -> str:
+    data = row.get("data")
+    label = data if isinstance(data, str) and data.startswith("hf:") else (Path(data).name if data else "?")
+    return f"(stride {row['settings'].get('stride') or 256}) on `{label}`"
+
+
+def _other_settings(rows: dict[str, dict], newest: dict, describe) -> list[str]:
+    """A line for the rows measured otherwise than the text above the table says."""
+    shown = describe(newest)
+    other = [f"{int(length):,} tokens ({_date(row)}): {describe(row)}" for length, row in rows.items()
+             if describe(row) != shown]
+    return ["Rows measured with other settings: " + "; ".join(other) + ".", ""] if other else []
+
+
+def _baselines(record: dict, rows: dict[str, dict[str, dict]]) -> list[str]:
+    """Who each shown row was measured beside: one line per baseline."""
+    found: list[tuple[dict, list[str]]] = []
+    for protocol, table in rows.items():
+        for length, row in table.items():
+            baseline = row.get("baseline")
+            if not baseline:
+                continue
+            for known, where in found:
+                if known == baseline:
+                    where.append(f"{protocol} {int(length):,}")
+                    break
+            else:
+                found.append((baseline, [f"{protocol} {int(length):,}"]))
+    lines = []
+    for baseline, where in found:
         window = baseline.get("window")
         window_text = f"window {window:,} tokens" if isinstance(window, int) else "window not recorded"
         if _is_recorded_source(record, baseline):
             who = f"the model before interpolation ({_baseline_name(baseline)}, {window_text})"
         else:
             who = f"{_baseline_name(baseline)} ({window_text}; not the source recorded in picli.json)"
-        lines.append(f"Baseline: {who}, measured with the same prompts, keys and text.")
-    for note in summary.get("notes") or []:
-        lines.append(f"- Note: {note}")
+        rows_text = "" if len(found) == 1 else f" (rows: {', '.join(where)})"
+        lines.append(f"Baseline{rows_text}: {who}, measured with the same prompts, keys and text.")
     return lines
 
 

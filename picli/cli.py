@@ -289,8 +289,8 @@ def extend(
 @boundary
 def verify(
     models: Annotated[Optional[list[str]], typer.Argument(
-        metavar="MODEL", help="Checkpoint directories, Hub ids (org/name[@rev]) or aliases, measured side by "
-        "side with the same protocol, one at a time. Default: the last one picli wrote in this directory.")] = None,
+        metavar="MODEL", help="Checkpoint directories, GGUF files, Hub ids (org/name[@rev]) or aliases, measured "
+        "side by side with the same protocol, one at a time. Default: the last one picli wrote in this directory.")] = None,
     passkey: Annotated[bool, typer.Option("--passkey", help="Passkey retrieval, the PI paper's protocol (k_max).")] = False,
     perplexity: Annotated[bool, typer.Option("--perplexity", help="Sliding-window perplexity on --data.")] = False,
     length: Annotated[Optional[list[str]], typer.Option(
@@ -352,8 +352,12 @@ def verify(
     measure with a column group per model (#1, #2, ... in the order given, the baseline last
     as `base`), and each MODEL's own picli-verify.json under the rules above. --json then
     prints {"models", "baseline", ..., "reports": [one model's report + "name", ...]}; with
-    one MODEL it prints that model's report, as always. Every MODEL is resolved before any
-    loads: a missing one, a GGUF file, or one given twice stops the run first.
+    one MODEL it prints that model's report, as always. Every MODEL and the baseline are
+    checked before any loads: a missing one, cut-off weights, one given twice (or as its own
+    --baseline), a too short --length or -o inside a measured checkpoint stops the run first.
+    Each run is added to picli-verify.json (newest first); the card shows per measure and
+    length the newest. A GGUF file is loaded as the embedded model is: transformers' GGUF
+    import, dequantized, with its metadata's RoPE scaling (the report says so).
 
     Weights load from safetensors only: picli never unpickles a file, so a checkpoint with
     only pytorch_model.bin is refused with the command that converts it (docs/safety.md).
@@ -397,6 +401,8 @@ def verify(
     )
     if heatmap and not settings.passkey:
         raise PicliError("--heatmap draws the passkey grid", hint="add --passkey")
+    if heatmap:
+        render.check_heatmap(heatmap)
     side_by_side = bool(models) and len(models) > 1
     run = run_side_by_side if side_by_side else run_verify
     with _quiet_third_party(json_output), render.progress(bars=not json_output) as on_event:

@@ -306,6 +306,25 @@ def rope_settings(info: GGUFInfo) -> GGUFRope:
     )
 
 
+def transformers_rope(path: Path) -> dict | None:
+    """The RoPE scaling a GGUF's metadata asks for, as transformers' rope_parameters: None when
+    unscaled (a larger freq_base, ntk, is read by transformers itself). transformers' GGUF
+    import reads rope.scaling.* only for gpt-oss, so a llama GGUF extended by picli would load
+    unscaled: verify applies this instead. A type picli cannot carry over is refused."""
+    info = read_gguf(path)
+    rope = rope_settings(info)
+    if rope.scaling_type == "none" or rope.factor == 1.0:
+        return None
+    if rope.scaling_type == "linear":
+        return {"rope_type": "linear", "factor": rope.factor}
+    if rope.scaling_type == "yarn" and rope.original_context_length:
+        return {"rope_type": "yarn", "factor": rope.factor,
+                "original_max_position_embeddings": rope.original_context_length}
+    raise PicliError(f"{path.name}: RoPE scaling {rope.scaling_type!r} (GGUF metadata) cannot be carried into "
+                     "transformers, so verify would measure another model than llama.cpp runs",
+                     hint="verify the safetensors checkpoint the GGUF was made from")
+
+
 def _string(text: str) -> bytes:
     raw = text.encode("utf-8")
     return _U64.pack(len(raw)) + raw

@@ -75,6 +75,9 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
         warnings.append(f"parameters not counted for pickle weights (never unpickled): {', '.join(summary.unread)}")
     record = _read_record(path, warnings)
     reason = rope.refusal(config)
+    yarn_reason = rope.refusal(config, "yarn")
+    if reason and yarn_reason and yarn_reason.message != reason.message:  # M-RoPE: yarn has a reason of its own
+        warnings.append(f"--method yarn: {yarn_reason.message}")
     state = None if reason else rope.read_state(config)
     kind = rope.rope_kind(config, state) if state else None
     if state and kind not in rope.KNOWN_TYPES and kind != "mrope":
@@ -107,6 +110,8 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
             "language_model": f"text_config ({state.model_type})" if state.wrapper else None,
             # Keys the file leaves out, as transformers fills them (the class's defaults).
             "defaults": state.defaults,
+            # SmolLM3: the layers without RoPE (NoPE) have nothing for a RoPE method to extend.
+            "rope_layers": rope.rope_layers(rope.language_config(config)),
         }
         if state.wrapper:
             warnings.append(f"{state.wrapper} is multimodal: the RoPE shown is its language model's (text_config, "

@@ -96,10 +96,14 @@ def check_loadable(path: Path) -> None:
 
 
 def load_tokenizer(path: Path):
-    """AutoTokenizer from the checkpoint's own files; a broken or missing tokenizer is one line."""
+    """AutoTokenizer from the checkpoint's own files (or a GGUF's metadata); a broken or missing
+    tokenizer is one line."""
     from transformers import AutoTokenizer
 
+    path = Path(path)
     try:
+        if path.suffix == ".gguf":
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
@@ -141,7 +145,8 @@ def from_pretrained(auto_class, path, attention: str, **kwargs):
     (gemma2 in transformers 5) refuse it at load time, and eager is then the only choice.
     Weights are read from safetensors only (use_safetensors): never a pickle (check_loadable).
     """
-    kwargs["use_safetensors"] = True
+    if "gguf_file" not in kwargs:  # a GGUF is read by transformers' own parser, not unpickled either
+        kwargs["use_safetensors"] = True
     try:
         return auto_class.from_pretrained(path, attn_implementation=attention, **kwargs), attention
     except ValueError as exc:
@@ -178,6 +183,35 @@ def load_model(path: Path, device: str = "auto", dtype: str = "auto", attention:
     model.eval()
     input_device = next(model.parameters()).device
     return LoadedModel(model, tokenizer, input_device, torch_dtype, attention, Path(path))
+
+
+def load_gguf_model(path: Path, device: str = "auto", dtype: str = "auto", attention: str = "sdpa",
+                    scaling: dict | None = None) -> LoadedModel:
+    """A GGUF as the embedded model is loaded (gguf_io.import_gguf): transformers' GGUF import,
+    dequantized to `dtype`, in memory; with `scaling`, the RoPE scaling its metadata asks for
+    (gguf_io.transformers_rope), which the import itself ignores for llama-family files."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    check_options(device, dtype, attention)
+    path = Path(path)
+    tokenizer = load_tokenizer(path)
+    chosen_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, chosen_device)
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    if scaling:
+        if hasattr(config, "rope_parameters"):  # transformers 5
+            theta = (config.rope_parameters or {}).get("rope_theta", getattr(config, "rope_theta", None))
+            config.rope_parameters = {**scaling, "rope_theta": theta}
+        else:
+            config.rope_scaling = {**scaling, "type": scaling["rope_type"]}
+    model, attention = from_pretrained(AutoModelForCausalLM, path.parent, attention, gguf_file=path.name,
+                                       config=config, dtype=torch_dtype)
+    model.to(chosen_device)
+    model.eval()
+    return LoadedModel(model, tokenizer, next(model.parameters()).device, torch_dtype, attention, path)
 
 
 def available_memory(device) -> int | None:

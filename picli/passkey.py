@@ -252,11 +252,15 @@ class PromptBuilder:
         # At tiny lengths neighbouring k can coincide; they stay separate rows of trials.
         return prompt_length, [max(smallest, round(largest * index / positions)) for index in range(1, positions + 1)]
 
-    def prompts(self, length: int, protocol: Protocol, rng: random.Random) -> LengthPrompts:
+    def layout(self, length: int, protocol: Protocol, rng: random.Random) -> tuple[list[list[int]], int, list[int]]:
+        """(the keys, prompt tokens, the k values) of one length: draws the keys from `rng`."""
         keys = [[rng.randint(10000, 99999) for _ in range(protocol.trials)] for _ in range(protocol.positions)]
         answer_room = max(len(self.answer(key)) for row in keys for key in row)
         key_line_room = max(len(self.key_line(key)) for row in keys for key in row)
-        prompt_length, ks = self.grid(length, protocol.positions, answer_room, key_line_room)
+        return (keys, *self.grid(length, protocol.positions, answer_room, key_line_room))
+
+    def prompts(self, length: int, protocol: Protocol, rng: random.Random) -> LengthPrompts:
+        keys, prompt_length, ks = self.layout(length, protocol, rng)
         grouped = []
         for k, row in zip(ks, keys):
             prefix_length = prompt_length - k
@@ -268,6 +272,14 @@ class PromptBuilder:
                 group.append(Trial(k, key, prefix_length, suffix, answer))
             grouped.append(group)
         return LengthPrompts(length, ks, grouped, self.task + self.filler(prompt_length))
+
+
+def check_lengths(tokenizer, lengths: list[int], protocol: Protocol = Protocol()) -> None:
+    """Every length long enough for its prompts, with the tokenizer alone: before any weight
+    loads. The keys are drawn as evaluate_passkey draws them, so the rooms are the run's own."""
+    builder, rng = PromptBuilder(tokenizer), random.Random(protocol.seed)
+    for length in lengths:
+        builder.layout(length, protocol, rng)
 
 
 def evaluate_passkey(loaded, lengths: list[int], protocol: Protocol = Protocol(), batch_size: int | None = None,

@@ -182,7 +182,7 @@ def evaluate_token_ids(loaded: LoadedModel, token_ids_list: list[list[int]], len
         check_fits(loaded, min(length, longest), what=f"perplexity at {length}")
         started = time.perf_counter()
         nll_sum, scored, windows, short_documents, scored_short = 0.0, 0, 0, 0, 0
-        emit({"kind": "progress", "task": task, "done": 0, "total": total})
+        emit({"kind": "progress", "task": task, "done": 0, "total": total, "unit": "tokens"})
         with torch.inference_mode():
             for ids in sequences:
                 if len(ids) < length:
@@ -198,7 +198,7 @@ def evaluate_token_ids(loaded: LoadedModel, token_ids_list: list[list[int]], len
                     nll_sum += _chunked_nll(rows, ids[first_target:end], head, adjust, chunk_size)
                     scored += end - first_target
                     windows += 1
-                    emit({"kind": "progress", "task": task, "done": scored, "total": total})
+                    emit({"kind": "progress", "task": task, "done": scored, "total": total, "unit": "tokens"})
         seconds = time.perf_counter() - started
         nll = nll_sum / scored
         results.append(PerplexityResult(length=length, perplexity=math.exp(nll), nll=nll, tokens_scored=scored,

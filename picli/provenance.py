@@ -145,6 +145,24 @@ def read_verify_record(checkpoint_dir: Path) -> dict | None:
     return _read_object(verify_record_path(checkpoint_dir))
 
 
+def verify_runs(verify_file: dict | None, path: Path | None = None) -> list[dict]:
+    """Every `picli verify` run a picli-verify.json keeps, newest first ([] for None).
+
+    The file is {"format": 2, "runs": [record, ...]}; a file written before it kept one run
+    (the record itself, "model" at the top) and is read as that one run.
+    """
+    if not verify_file:
+        return []
+    if "runs" not in verify_file:
+        return [verify_file]
+    runs = verify_file["runs"]
+    path = Path(path or VERIFY_RECORD)
+    if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
+        raise RecordError(f"{path}: \"runs\" is not the list of verify records picli writes",
+                          hint=f"restore {path.name} or delete it (the checkpoint then has no verification)")
+    return runs
+
+
 def recorded_window(record: dict) -> int | None:
     """The window picli wrote a checkpoint for, whichever max_position_embeddings convention it used."""
     return (record.get("rope") or {}).get("target_window")
@@ -223,7 +241,7 @@ def _check_record(record: dict, path: Path) -> None:
 
 
 _SUMMARY_FIELDS = {"created": _TEXT, "passkey_protocol": _OBJECT, "perplexity_data": _TEXT, "model": _OBJECT,
-                   "baseline": _OBJECT, "notes": _LIST}
+                   "baseline": _OBJECT, "notes": _LIST, "measured": _OBJECT}
 _RUN_FIELDS = {"path": _TEXT, "source": _OBJECT, "window": _COUNT, "passkey_k_max": _OBJECT,
                "passkey_k_largest": _OBJECT, "passkey_lowest_success": _OBJECT, "passkey_success": _OBJECT,
                "perplexity": _OBJECT, "stride": _COUNT}
@@ -307,15 +325,76 @@ def verify_record(report: dict, *, command: str, data: str | None) -> dict:
     return {"created": now(), "command": command, "data": data, "versions": versions(), **report}
 
 
+VERIFY_FORMAT = 2  # picli-verify.json as {"format", "runs"}; before it, the file was one run
+
+
 def add_verification(checkpoint_dir: Path, record: dict) -> Path:
-    """picli-verify.json into the checkpoint, and its summary into the checkpoint's picli.json."""
+    """`record` added to picli-verify.json's runs (newest first: an earlier run's measurements
+    stay), and the summary of what the card shows into the checkpoint's picli.json."""
     checkpoint_dir = Path(checkpoint_dir)
     picli_record = read_record(checkpoint_dir)
     path = verify_record_path(checkpoint_dir)
-    atomic_write_json(path, record)
-    picli_record["verification"] = verification_summary(record, path)
+    runs = [record, *verify_runs(_read_object(path), path)]
+    summary = shown_summary(runs, path)  # checked before anything is written
+    atomic_write_json(path, {"format": VERIFY_FORMAT, "runs": runs})
+    picli_record["verification"] = summary
     write_record(checkpoint_dir, picli_record)
     return path
+
+
+# The summary tables each protocol fills (verification_summary), by the name of its report in a
+# run ("passkey": run["model"]["passkey"]). A protocol verify gains adds its line here, and its
+# measurements are then kept and shown per length like these.
+PROTOCOL_TABLES = {
+    "passkey": ("passkey_k_max", "passkey_k_largest", "passkey_lowest_success", "passkey_success"),
+    "perplexity": ("perplexity",),
+}
+
+
+_TABLES = {key for tables in PROTOCOL_TABLES.values() for key in tables}
+
+
+def shown_summary(runs: list[dict], path: Path | None = None) -> dict:
+    """What the card shows from several runs (newest first): per protocol and length the newest
+    run's numbers (model and its baseline), in `verification_summary`'s shape, plus "measured":
+    {protocol: {length: when, by which command, with which settings}}."""
+    summaries = [verification_summary(run, path) for run in runs]
+    if not summaries:
+        return {}
+    shown = {**summaries[0], "model": dict(summaries[0]["model"] or {}), "measured": {}}
+    baseline_shown = None
+    notes: list[str] = []
+    for name, tables in PROTOCOL_TABLES.items():
+        for key in tables:
+            shown["model"].pop(key, None)
+        for run, summary in zip(runs, summaries):
+            model, baseline = summary["model"] or {}, summary["baseline"] or {}
+            for length in model.get(tables[0]) or {}:
+                if length in shown["measured"].get(name, {}):
+                    continue  # a newer run measured this length
+                for key in tables:
+                    if length in (model.get(key) or {}):
+                        shown["model"].setdefault(key, {})[length] = model[key][length]
+                    if length in (baseline.get(key) or {}):
+                        baseline_shown = baseline_shown or {k: v for k, v in baseline.items() if k not in _TABLES}
+                        baseline_shown.setdefault(key, {})[length] = baseline[key][length]
+                report = (run.get("model") or {}).get(name) or {}
+                shown["measured"].setdefault(name, {})[length] = {
+                    "created": run.get("created"), "command": run.get("command"), "data": run.get("data"),
+                    "settings": {k: v for k, v in report.items() if k != "results"}, "runtime": run.get("settings"),
+                    "baseline": {k: baseline.get(k) for k in ("path", "source", "window")} if baseline else None}
+                notes += [note for note in summary["notes"] if note not in notes]
+    shown["baseline"] = baseline_shown
+    shown["notes"] = notes
+    for name in PROTOCOL_TABLES:  # lengths in order, as one run lists them
+        for key in PROTOCOL_TABLES[name]:
+            if key in shown["model"]:
+                shown["model"][key] = dict(sorted(shown["model"][key].items(), key=lambda item: int(item[0])))
+            if baseline_shown and key in baseline_shown:
+                baseline_shown[key] = dict(sorted(baseline_shown[key].items(), key=lambda item: int(item[0])))
+        if name in shown["measured"]:
+            shown["measured"][name] = dict(sorted(shown["measured"][name].items(), key=lambda item: int(item[0])))
+    return shown
 
 
 def verification_summary(record: dict, path: Path | None = None) -> dict:

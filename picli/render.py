@@ -12,6 +12,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -141,6 +142,7 @@ def progress(bars: bool = True) -> Iterator[Any]:
                    TimeRemainingColumn(), console=err(), transient=True)
     tasks: dict[str, Any] = {}
     started: dict[str, float] = {}
+    logged: dict[str, _ProgressLog] = {}
 
     def on_event(event: dict) -> None:
         if event.get("kind") == "message":
@@ -160,9 +162,15 @@ def progress(bars: bool = True) -> Iterator[Any]:
             event = {"kind": "progress", "task": "training", "done": event["step"], "total": event["total_steps"],
                      "unit": "steps", "extra": f"loss {event['loss']:.4f}  {event['tokens_per_second']:,.0f} tok/s  "
                      f"mem {human_bytes(event['memory_bytes'])}"}
-        if event.get("kind") != "progress" or not bars:
+        if event.get("kind") != "progress":
             return
         name = event.get("task", "writing")
+        if not bars or not bar.console.is_terminal:
+            # No live bar: measurements (trials, tokens) that run for minutes log a line now and
+            # then instead, as training logs its steps; a file copy's bytes stay quiet.
+            if event.get("unit", "bytes") != "bytes":
+                logged.setdefault(name, _ProgressLog(name)).update(event)
+            return
         if not tasks:
             bar.start()
         if name not in tasks:
@@ -183,6 +191,36 @@ def progress(bars: bool = True) -> Iterator[Any]:
     finally:
         if tasks:
             bar.stop()
+
+
+PROGRESS_LOG_SECONDS = 30.0  # the most a log stays silent while a task runs (no live bar)
+
+
+class _ProgressLog:
+    """One task's log lines where no bar can be drawn: its first event, then at most one line
+    per PROGRESS_LOG_SECONDS, and its last (done == total)."""
+
+    def __init__(self, name: str):
+        self.name, self.started, self.last = name, time.perf_counter(), None
+
+    def update(self, event: dict) -> None:
+        now = time.perf_counter()
+        done, total, unit = event.get("done", 0), event.get("total"), event["unit"]
+        finished = total is not None and done >= total
+        if self.last is not None and not finished and now - self.last < PROGRESS_LOG_SECONDS:
+            return
+        self.last = now
+        elapsed = now - self.started
+        line = f"{self.name}: {done:,}" + (f" / {total:,}" if total is not None else "") + f" {unit}"
+        line += f"  {_clock(elapsed)} elapsed"
+        if total and 0 < done < total and elapsed > 0:
+            line += f"  eta {_clock(elapsed * (total - done) / done)}"
+        print(line, file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def step_line(event: dict) -> None:
@@ -246,6 +284,10 @@ def inspection(report: dict, check: bool = False) -> None:
         _kv(table, "head_dim / rotary", f"{rope['head_dim']} / {rope['rotary_dim']}"
             + (f"  (partial rotary {rope['partial_rotary_factor']:g})" if rope["partial_rotary_factor"] != 1 else ""))
         _kv(table, "scaling", scaling + ("  (full-attention layers only)" if rope.get("nested") else ""))
+        if rope.get("rope_layers"):
+            layers = rope["rope_layers"]
+            _kv(table, "RoPE layers", f"{layers['rope']} of {layers['layers']} ({layers['source']}); the "
+                f"{layers['layers'] - layers['rope']} without RoPE are unaffected by the extension")
         if report["format"] == "transformers":
             _kv(table, "rope_scaling", json.dumps(rope.get("rope_scaling")))
             _kv(table, "rope_parameters", json.dumps(rope.get("rope_parameters")))
@@ -576,6 +618,21 @@ def _verify_tables(groups: list[tuple[str, str, dict]], report: dict, delta: boo
         console.print(table)
     for note in report.get("notes") or []:
         console.print(f"[yellow]Note:[/] {escape(note)}")
+
+
+def check_heatmap(path: Path) -> None:
+    """--heatmap before anything loads: matplotlib there and the PNG writable, not a finding
+    after the whole measurement."""
+    import importlib.util
+
+    from .files import check_writable_parent
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise PicliError("--heatmap needs matplotlib", hint="pip install matplotlib (or picli[plot])")
+    target = Path(path).expanduser().absolute()
+    if target.is_dir():
+        raise PicliError(f"--heatmap {path} is a directory", hint="name a file, e.g. --heatmap passkey.png")
+    check_writable_parent(target)
 
 
 def passkey_heatmap_png(report: dict, path: str) -> None:

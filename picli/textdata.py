@@ -90,6 +90,12 @@ def _field(record, text_field: str, file: Path, line: int | None) -> str:
     if not isinstance(record, dict):
         raise PicliError(f"{where} is a {type(record).__name__}, not an object with a {text_field!r} field",
                          hint="each record must be a JSON object like {\"text\": \"...\"}")
+    if text_field in record and not isinstance(record[text_field], str):
+        value = record[text_field]
+        kind = "null" if value is None else {bool: "boolean", int: "number", float: "number", list: "list",
+                                             dict: "object"}.get(type(value), type(value).__name__)
+        raise PicliError(f"{where}: field {text_field!r} is a {kind}, not a string of text",
+                         hint=f"make {text_field!r} a string on every line, or drop that line")
     if not isinstance(record.get(text_field), str):
         fields = ", ".join(sorted(record)) or "none"
         raise PicliError(f"{where} has no text field {text_field!r} (fields: {fields})",

@@ -20,6 +20,7 @@ the full record to FILE. A model in a cache (Hub id, the embedded model) is neve
 from __future__ import annotations
 
 import gc
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,14 @@ class VerifySettings:
                 ("--batch-size", self.batch_size, 1, "omit it: picli fits as many trials as memory allows")):
             if value is not None and (not _whole(value) or value < least):
                 raise PicliError(f"{option} must be a whole number of at least {least}, got {value!r}", hint=hint)
+        for length in (self.lengths or ()) if self.perplexity else ():
+            # perplexity.evaluate_token_ids says the same, but only after the model has loaded.
+            if length < 2:
+                raise PicliError(f"--length must be at least 2 tokens for perplexity, got {length}",
+                                 hint="e.g. --length 4096")
+            if self.stride > length:
+                raise PicliError(f"--stride {self.stride} is larger than --length {length}: some tokens would "
+                                 "never be scored", hint=f"use --stride {min(256, length)} or less")
         check_options(self.device, self.dtype, self.attention, self.device_map)
 
 
@@ -106,6 +115,7 @@ class ModelRun:
     passkey: dict | None
     perplexity: dict | None
     source: dict | None = None  # checkpoint.source: lets the card tell the recorded source from another baseline
+    loaded_as: str | None = None  # how it was run when that is not its own weights as stored (a GGUF)
 
 
 @dataclass(frozen=True)
@@ -127,10 +137,34 @@ def resolve_model(model: str | None, on_event: Events) -> Checkpoint:
 
     checkpoint = resolve(model, on_event=on_event)
     if checkpoint.kind == "gguf":
-        raise PicliError(f"{checkpoint.path.name} is a GGUF file; verify runs transformers checkpoints",
-                         hint="verify the safetensors checkpoint the GGUF was made from")
+        from .gguf_io import transformers_rope
+
+        transformers_rope(checkpoint.path)  # whole, and a RoPE scaling transformers can be given
+        return checkpoint
     check_loadable(checkpoint.path)  # safetensors and a tokenizer, before minutes of anything
+    _check_weights(checkpoint.path)
     return checkpoint
+
+
+def _check_weights(path: Path) -> None:
+    """Every shard the index names present, every safetensors header readable and the file as
+    long as it says: a cut-off download fails here, in one line naming the file, not as a
+    traceback after the models before it were measured."""
+    from .checkpoint import index_shards, safetensors_header
+
+    for index_path in sorted(path.glob("*.safetensors.index.json")):
+        missing = [shard for shard in index_shards(index_path) if not (path / shard).is_file()]
+        if missing:
+            raise PicliError(f"{path}: {index_path.name} names shards that are missing: {', '.join(missing[:3])}"
+                             f"{', ...' if len(missing) > 3 else ''}", hint="download the complete checkpoint")
+    for weight_file in sorted(path.glob("*.safetensors")):
+        try:
+            safetensors_header(weight_file)
+        except PicliError as exc:
+            # The message begins with the file's name; the full path says which model it is.
+            named = exc.message.startswith(weight_file.name)
+            raise PicliError(f"{path}{os.sep}{exc.message}" if named else f"{weight_file}: {exc.message}",
+                             hint=exc.hint) from None
 
 
 @dataclass(frozen=True)
@@ -181,24 +215,26 @@ def _run(models: list[str | None], settings: VerifySettings, *, save: bool | Non
     checkpoints = [resolve_model(model, on_event) for model in models]
     _refuse_duplicates(models, checkpoints)
     baseline_checkpoint = resolve_model(settings.baseline, on_event) if settings.baseline else None
-    if baseline_checkpoint is not None and len(models) > 1:
+    if baseline_checkpoint is not None:
         for model, checkpoint in zip(models, checkpoints):
-            if checkpoint.path == baseline_checkpoint.path:
-                raise PicliError(f"{model} is both a MODEL and the --baseline",
-                                 hint="list it once, as --baseline: it gets its own column group")
+            if checkpoint.path.resolve() == baseline_checkpoint.path.resolve():
+                # Refused rather than measured once: a model beside itself shows nothing.
+                raise PicliError(f"{model or checkpoint.path} is both a MODEL and the --baseline",
+                                 hint="list it once, as --baseline: it gets its own column group" if len(models) > 1
+                                 else "a model compared with itself measures nothing: drop --baseline, or name "
+                                 "the model it was made from")
+    measured = checkpoints + ([baseline_checkpoint] if baseline_checkpoint else [])
+    if settings.device_map and any(checkpoint.kind == "gguf" for checkpoint in measured):
+        raise PicliError("--device-map does not apply to a GGUF file: it is loaded whole onto one device",
+                         hint="omit --device-map, or verify the safetensors checkpoint the GGUF was made from")
     if save_to is not None:
-        save_to = Path(save_to).expanduser().resolve()
-        if save_to.is_dir():
-            raise PicliError(f"-o {save_to} is a directory", hint="name a file, e.g. -o verify.json")
-        # Rewritten on every run (no --force): only a record picli verify wrote, never a model's file.
-        measured = checkpoints + ([baseline_checkpoint] if baseline_checkpoint else [])
-        check_output(save_to, force=True, sources=[checkpoint.path for checkpoint in measured],
-                     ours=provenance.is_verify_record, mark="picli verify record in it", option="-o")
-        check_writable_parent(save_to)
+        save_to = _check_save_to(Path(save_to), measured)
     into_models = [_saves_into_model(checkpoint, save, save_to, on_event) for checkpoint in checkpoints]
     windows = [_window(checkpoint.path) for checkpoint in checkpoints]
     # One length list for all (see the module docstring): one MODEL keeps its own window.
     lengths = sorted(set(settings.lengths or windows))
+    if settings.passkey:
+        _check_passkey_lengths(measured, lengths, settings)
     documents = None
     if settings.perplexity:
         from .textdata import load_texts
@@ -243,6 +279,44 @@ def _run(models: list[str | None], settings: VerifySettings, *, save: bool | Non
                       notes=_notes([run for _, run in labelled], lengths, labels=[name for name, _ in labelled]))
 
 
+def _check_save_to(save_to: Path, measured: list[Checkpoint]) -> Path:
+    """-o FILE: a file outside every measured checkpoint, in a writable folder; its absolute path.
+
+    Inside a checkpoint it would overwrite the model's own files (config.json, a weight file,
+    a link into a Hub cache's blobs), and its picli-verify.json is verify's own history there.
+    """
+    written = Path(os.path.abspath(save_to.expanduser()))
+    resolved = written.resolve()
+    for checkpoint in measured:
+        roots = {checkpoint.path.absolute(), checkpoint.path.resolve()}
+        children = checkpoint.path.iterdir() if checkpoint.path.is_dir() else [checkpoint.path]
+        files = {child.resolve() for child in children if child.is_file()}
+        if resolved in files or any(path == root or path.is_relative_to(root)
+                                    for path in (written, resolved) for root in roots):
+            raise PicliError(f"-o {save_to} lies inside the checkpoint {checkpoint.path}, which verify measures",
+                             hint="write the record outside the model, e.g. -o verify.json (a checkpoint picli "
+                             f"wrote keeps its own {provenance.VERIFY_RECORD})")
+    if resolved.is_dir():
+        raise PicliError(f"-o {resolved} is a directory", hint="name a file, e.g. -o verify.json")
+    # Rewritten on every run (no --force): only a record picli verify wrote, never another file.
+    check_output(resolved, force=True, sources=[checkpoint.path for checkpoint in measured],
+                 ours=provenance.is_verify_record, mark="picli verify record in it", option="-o")
+    check_writable_parent(resolved)
+    return resolved
+
+
+def _check_passkey_lengths(measured: list[Checkpoint], lengths: list[int], settings: VerifySettings) -> None:
+    """Every length long enough for the passkey prompt of every model's tokenizer, before any weight loads."""
+    from .modeling import load_tokenizer
+
+    for checkpoint in measured:
+        try:
+            passkey_module.check_lengths(load_tokenizer(checkpoint.path), lengths, settings.protocol)
+        except PicliError as exc:
+            raise PicliError(exc.message if len(measured) == 1 else f"{checkpoint.path.name}: {exc.message}",
+                             hint=exc.hint) from None
+
+
 def _refuse_duplicates(models: list[str | None], checkpoints: list[Checkpoint]) -> None:
     seen: dict[Path, str | None] = {}
     for model, checkpoint in zip(models, checkpoints):
@@ -268,6 +342,11 @@ def _saves_into_model(checkpoint: Checkpoint, save: bool | None, save_to: Path |
     if save is False:
         return False
     elsewhere = "" if save_to is None else f"; the record goes to {save_to}"
+    if checkpoint.kind == "gguf":
+        if on_event:
+            on_event({"kind": "message", "text": f"Not saving into {checkpoint.path.name}: a GGUF file keeps no "
+                      f"{provenance.VERIFY_RECORD}" + (elsewhere or " (-o FILE keeps the record)")})
+        return False
     if checkpoint.source.get("repo") or checkpoint.source.get("embedded"):
         # A cache is not the user's checkpoint: the report is printed (and written to -o FILE).
         if on_event:
@@ -281,10 +360,17 @@ def _saves_into_model(checkpoint: Checkpoint, save: bool | None, save_to: Path |
                       f"{provenance.VERIFY_RECORD} and {provenance.RECORD} into it, -o FILE writes the record to FILE"})
         return False
     provenance.read_record(checkpoint.path)
+    # The earlier runs the new one joins: a broken picli-verify.json fails now, not after measuring.
+    path = provenance.verify_record_path(checkpoint.path)
+    provenance.shown_summary(provenance.verify_runs(provenance.read_verify_record(checkpoint.path), path), path)
     return True
 
 
 def _window(path: Path) -> int:
+    if path.suffix == ".gguf" and path.is_file():
+        from .gguf_io import read_gguf, rope_settings
+
+        return rope_settings(read_gguf(path)).context_length or 0
     try:
         return effective_window(path)
     except provenance.RecordError:
@@ -300,8 +386,24 @@ def _measure(checkpoint: Checkpoint, label: str, lengths: list[int], documents, 
     from .modeling import load_model
 
     window = _window(checkpoint.path)
-    loaded = load_model(checkpoint.path, device=settings.device, dtype=settings.dtype,
-                        attention=settings.attention, device_map=settings.device_map)
+    loaded_as = None
+    if checkpoint.kind == "gguf":
+        from .gguf_io import transformers_rope
+        from .modeling import load_gguf_model
+
+        if on_event:
+            on_event({"kind": "message", "text": f"{checkpoint.path.name} is a GGUF: loading it as picli loads the "
+                      "embedded model, through transformers' GGUF import, dequantized"})
+        scaling = transformers_rope(checkpoint.path)
+        loaded = load_gguf_model(checkpoint.path, device=settings.device, dtype=settings.dtype,
+                                 attention=settings.attention, scaling=scaling)
+        loaded_as = (f"GGUF {checkpoint.path.name} through transformers' GGUF import, dequantized to "
+                     f"{str(loaded.dtype).removeprefix('torch.')}"
+                     + (f", RoPE {scaling['rope_type']} x{scaling['factor']:g} from its metadata" if scaling else "")
+                     + " (llama.cpp runs the quantized weights themselves)")
+    else:
+        loaded = load_model(checkpoint.path, device=settings.device, dtype=settings.dtype,
+                            attention=settings.attention, device_map=settings.device_map)
     try:
         passkey_report = passkey_module.evaluate_passkey(
             loaded, lengths, settings.protocol, batch_size=settings.batch_size,
@@ -317,7 +419,8 @@ def _measure(checkpoint: Checkpoint, label: str, lengths: list[int], documents, 
         gc.collect()
         _empty_cuda_cache()
     return ModelRun(model=label, path=str(checkpoint.path), window=window,
-                    passkey=passkey_report, perplexity=perplexity_report, source=checkpoint.source)
+                    passkey=passkey_report, perplexity=perplexity_report, source=checkpoint.source,
+                    loaded_as=loaded_as)
 
 
 def _empty_cuda_cache() -> None:
@@ -330,7 +433,7 @@ def _empty_cuda_cache() -> None:
 def _notes(runs: list[ModelRun], lengths: list[int], labels: list[str] | None = None) -> list[str]:
     """Notes naming each run by `labels` (default: its role, "model" or "baseline")."""
     labels = labels or [run.model for run in runs]
-    notes = []
+    notes = [f"{label}: {run.loaded_as}" for label, run in zip(labels, runs) if run.loaded_as]
     for label, run in zip(labels, runs):
         beyond = [length for length in lengths if length > run.window]
         if beyond:

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from picli import rope
 from picli.card import BEGIN, END, TAGS, CardError, render_card, verification_summary
 from picli.cli import app
+from picli.provenance import shown_summary as summarise_runs
 from picli.provenance import verification_summary as summarise
 from tests.helpers import FAMILY_CONFIGS, verify_file, verify_report, write_checkpoint
 
@@ -235,3 +236,51 @@ def test_card_without_picli_json_says_it_has_no_provenance(extended):
     result = runner.invoke(app, ["card", str(directory), "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "no provenance" in result.stdout and "no picli.json" in result.stderr
+
+
+def two_runs() -> dict:
+    """picli-verify.json after two runs: the first measured passkey and perplexity at 4k and 8k
+    beside the baseline, the second (newer) only passkey at 8k, with the quick protocol."""
+    from picli.passkey import QUICK, PasskeyReport, Protocol
+    from picli.verify import ModelRun, VerifyReport
+    from tests.helpers import length_result
+
+    first = verify_file(verify_report())
+    quick = Protocol(*QUICK).describe()
+    newer = ModelRun(model="model", path="/abs/m", window=8192, perplexity=None,
+                     passkey=PasskeyReport(quick, 8192, [length_result(8192, [1.0, 1.0, 1.0, 1.0])]).to_dict())
+    second = {**verify_file(VerifyReport(model=newer, baseline=None, passkey_lengths=[8192], perplexity_lengths=[],
+                                         settings={})),
+              "created": "2025-03-04T00:00:00+00:00", "command": "picli verify --passkey --quick --length 8192"}
+    return {"format": 2, "runs": [second, first]}
+
+
+def test_card_shows_the_newest_measurement_per_protocol_and_length(extended):
+    directory, plan = extended
+    history = two_runs()
+    from_file = render_card(directory, picli_record(plan), history, None, "org/m", False)
+    from_summary = render_card(directory, picli_record(plan, verification=summarise_runs(history["runs"])),
+                               None, None, "org/m", False)
+    assert from_file == from_summary
+    body = ModelCard(from_file).text
+    # passkey at 8k: the newer quick run (no baseline beside it); at 4k the first run, dated so
+    assert "| 8,192 | 8,152 | 8,152 | 100% | 100% | - | - | 2025-03-04 |" in body
+    assert "| 4,096 | 4,056 | 4,056 | 100% | 100% | 1,014 | 25% | 2025-01-02 |" in body
+    # the first run's perplexity and baseline did not vanish
+    assert "| 8,192 | 6.877 | 812.250 | -805.373 | 2025-01-02 |" in body
+    assert "newest `picli verify` measurement at that length" in body
+    # the text above the table describes the newest row; the older row's protocol is named
+    assert "4 key depths x 2 random 5-digit keys (seed 0); the *quick* smoke test" in body
+    assert "Rows measured with other settings: 4,096 tokens (2025-01-02): 32 key depths x 10" in body
+    assert "Baseline" in body and "/abs/base" not in body
+
+
+def test_a_single_run_file_is_read_as_one_run():
+    from picli import provenance
+
+    old = verify_file(verify_report())
+    assert provenance.verify_runs(old) == [old]
+    shown = provenance.shown_summary([old])
+    assert {key: shown[key] for key in ("model", "baseline")} == {key: summarise(old)[key] for key in ("model", "baseline")}
+    assert shown["measured"]["passkey"]["8192"]["created"] == "2025-01-02T00:00:00+00:00"
+    assert shown["measured"]["perplexity"]["4096"]["settings"]["stride"] == 256

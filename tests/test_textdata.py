@@ -58,6 +58,16 @@ def test_jsonl_missing_field_lists_the_fields_it_has(tmp_path):
     assert "--text-field" in error.value.hint
 
 
+@pytest.mark.parametrize("value, kind", [("5", "number"), ("null", "null"), ('["a"]', "list")])
+def test_jsonl_field_that_is_not_a_string_says_so(tmp_path, value, kind):
+    # Not "no text field 'text' (fields: text)": the field is there, its value is not text.
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": ' + value + ', "id": 2}\n')
+    with pytest.raises(PicliError, match=rf"data\.jsonl line 2: field 'text' is a {kind}, not a string") as error:
+        load_texts(str(path))
+    assert "no text field" not in error.value.message
+
+
 def test_missing_path(tmp_path):
     with pytest.raises(PicliError, match="no such file or folder") as error:
         load_texts(str(tmp_path / "nope.txt"))

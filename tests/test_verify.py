@@ -72,7 +72,7 @@ def test_side_by_side_equals_single_runs(models, tiny_model_dir):
     assert baseline == perplexities[1]
     # Records: ext is picli's output and gets its own picli-verify.json (its report, the shared
     # baseline beside it); own is the user's and is only read; the source is untouched.
-    saved = json.loads((ext / "picli-verify.json").read_text())
+    saved = json.loads((ext / "picli-verify.json").read_text())["runs"][0]
     assert without_timings({key: saved[key] for key in SINGLE_KEYS - {"saved_to"}}) == \
         without_timings({key: both["reports"][0][key] for key in SINGLE_KEYS - {"saved_to"}})
     assert both["reports"][0]["saved_to"] == str(ext / "picli-verify.json") and both["reports"][1]["saved_to"] is None
@@ -147,7 +147,7 @@ def test_heatmap_has_a_panel_per_model(models, tiny_model_dir):
     (["ext", "./ext/"], "ext and ./ext/ are the same model"),
     (["ext", "ext"], "ext is given twice"),
     (["ext", "missing-dir/"], "missing-dir/: no such file or directory"),
-    (["ext", "model.gguf"], "model.gguf is a GGUF file"),
+    (["ext", "model.gguf"], "model.gguf is not a valid GGUF file"),  # a GGUF is verified, when it is whole
     (["ext", "own", "--baseline", "own"], "own is both a MODEL and the --baseline"),
 ])
 def test_bad_models_stop_before_anything_loads(models, arguments, message, monkeypatch):
@@ -163,3 +163,39 @@ def test_bad_models_stop_before_anything_loads(models, arguments, message, monke
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr and not (models[0] / "picli-verify.json").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    # a cut-off download as the second MODEL or as the baseline: found before the first model is measured
+    (["ext", "cut"], "cut/model.safetensors is"),
+    (["ext", "--baseline", "cut"], "cut/model.safetensors is"),
+    (["cut", "ext"], "(truncated, or still being written)"),
+    # the baseline is the MODEL itself (one MODEL too): refused, not measured twice
+    (["ext", "--baseline", "./ext/"], "ext is both a MODEL and the --baseline"),
+    # -o into a measured checkpoint would overwrite its own files
+    (["ext", "-o", "ext/config.json"], "lies inside the checkpoint"),
+    (["ext", "--baseline", "own", "-o", "own/model.safetensors"], "lies inside the checkpoint"),
+    (["ext", "-o", "ext/picli-verify.json"], "lies inside the checkpoint"),
+    (["ext", "-o", "ext/new.json"], "lies inside the checkpoint"),
+    # options the model is not needed for
+    (["ext", "--length", "1"], "--length 1 is too short for a passkey prompt"),
+    (["ext", "own", "--length", "20"], "--length 20 is too short for a passkey prompt"),
+])
+def test_every_model_and_option_is_checked_before_any_is_measured(models, arguments, message, monkeypatch):
+    import picli.verify
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(picli.verify, "_measure", never)
+    monkeypatch.setattr(picli.verify, "load_model", never, raising=False)
+    cut = models[0].parent / "cut"
+    shutil.copytree(models[1], cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    before = tree_hash(models[0]), tree_hash(models[1])
+    result = runner.invoke(app, ["verify", *arguments, "--quick", "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and (tree_hash(models[0]), tree_hash(models[1])) == before

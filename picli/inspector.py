@@ -62,18 +62,9 @@ def inspect_model(model: str, on_event: Events = None) -> Inspection:
     return _inspect_hf(model, checkpoint)
 
 
-def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
-    path = checkpoint.path
-    config = read_config(path)
-    summary = tensor_summary(path)
-    warnings = []
-    if not summary.files and checkpoint.source.get("repo"):
-        summary = _hub_tensor_summary(checkpoint, summary, warnings)
-    if summary.missing_shards:
-        warnings.append(f"shards named in the index are missing: {', '.join(summary.missing_shards)}")
-    if summary.unread:
-        warnings.append(f"parameters not counted for pickle weights (never unpickled): {', '.join(summary.unread)}")
-    record = _read_record(path, warnings)
+def _extend_decision(config: dict, record: dict, warnings: list[str]):
+    """(why `picli extend` would refuse, or None; the RoPE state; its kind), as extend decides:
+    the architecture's refusal, an unknown scaling type, or a scheme linear PI cannot stack on."""
     reason = rope.refusal(config)
     yarn_reason = rope.refusal(config, "yarn")
     if reason and yarn_reason and yarn_reason.message != reason.message:  # M-RoPE: yarn has a reason of its own
@@ -86,6 +77,22 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
         # What `picli extend` (linear, the default) would say; ntk is known only from picli.json.
         stacking = rope.stacking_refusal(rope.previous_method(state.scaling_type, record.get("rope")), "linear")
         reason = CannotExtend(f"{stacking.message} ({stacking.hint})") if stacking else None
+    return reason, state, kind
+
+
+def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
+    path = checkpoint.path
+    config = read_config(path)
+    summary = tensor_summary(path)
+    warnings = []
+    if not summary.files and checkpoint.source.get("repo"):
+        summary = _hub_tensor_summary(checkpoint, summary, warnings)
+    if summary.missing_shards:
+        warnings.append(f"shards named in the index are missing: {', '.join(summary.missing_shards)}")
+    if summary.unread:
+        warnings.append(f"parameters not counted for pickle weights (never unpickled): {', '.join(summary.unread)}")
+    record = _read_record(path, warnings)
+    reason, state, kind = _extend_decision(config, record, warnings)
     tokenizer = read_json_file(path / "tokenizer_config.json") or {}
     try:
         max_length = length_setting(tokenizer.get("model_max_length"))  # None: absent or "no limit"

@@ -30,7 +30,7 @@ Data: tests/data/alice.txt (~3.5k tokens) repeated into a temporary corpus until
 enough 2048-token sequences. Repeated text is fine for throughput and memory (the work per
 token does not depend on the text), and says nothing about quality.
 
-Every measured run is its own child process with torch.set_num_threads(THREADS) (default 2);
+Every measured run is its own child process with --threads torch threads (default 2);
 its peak RSS is that child's `ru_maxrss` from `os.wait4` (model load, training, and for
 picli the final held-out loss and the export included). tokens/s counts the training steps
 only, from per-step wall times (picli: metrics.jsonl; Trainer: a callback timing
@@ -74,8 +74,9 @@ import tempfile
 import time
 from pathlib import Path
 
-PYTHON = sys.executable
-ROOT = Path(__file__).resolve().parent.parent
+from _common import (PYTHON, ROOT, machine, picli_command, picli_env, run_child, smollm2_source, targets_summary,
+                     targets_table, wait_for_quiet)
+
 ALICE = ROOT / "tests" / "data" / "alice.txt"
 EXTEND_TO = 16384
 
@@ -159,18 +160,6 @@ def trainer_child(spec_path: str) -> None:
 # Measuring
 
 
-def wait_for_quiet(max_load: float, max_wait: float) -> float:
-    """Wait until the 1-minute load average is below max_load (or max_wait passes); return it."""
-    deadline = time.monotonic() + max_wait
-    load = os.getloadavg()[0]
-    if load >= max_load:
-        print(f"  load average {load:.2f} >= {max_load}: waiting up to {max_wait:.0f} s", file=sys.stderr)
-    while load >= max_load and time.monotonic() < deadline:
-        time.sleep(15)
-        load = os.getloadavg()[0]
-    return load
-
-
 def child_cpu_seconds(pid: int) -> float | None:
     """utime + stime of a live process (all its threads), from /proc."""
     try:
@@ -180,60 +169,42 @@ def child_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(command: list[str], env: dict, cwd: Path, metrics: Path | None = None) -> tuple[float, float, list]:
-    """(wall seconds, peak RSS MB, CPU seconds at each new line of `metrics`) of one child process.
+class StepCpuMarks:
+    """While a picli finetune child runs: its CPU seconds (from /proc) each time its
+    metrics.jsonl gains a line, i.e. at the end of each step (sampled every 0.2 s)."""
 
-    Raises with the child's stderr on failure. The CPU samples (picli's metrics.jsonl gains a
-    line at the end of each step) are read from /proc every 0.2 s while the child runs.
-    """
-    cpu_marks: list = []
-    seen = 0
-    with tempfile.TemporaryFile() as stderr:
-        start = time.perf_counter()
-        child = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            if metrics is not None and metrics.exists():
-                lines = sum(1 for line in metrics.read_text().splitlines() if line.strip())
-                if lines > seen:
-                    cpu_marks.append(child_cpu_seconds(child.pid))
-                    seen = lines
-            time.sleep(0.2)
-        wall = time.perf_counter() - start
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            stderr.seek(0)
-            tail = stderr.read().decode(errors="replace")[-3000:]
-            raise RuntimeError(f"{' '.join(command)} exited {code}:\n{tail}")
-    return wall, usage.ru_maxrss / 1024, cpu_marks  # ru_maxrss is KiB on Linux
+    def __init__(self, metrics: Path):
+        self.metrics, self.seen, self.marks = metrics, 0, []
 
-
-def picli_cli() -> list[str]:
-    """`picli` as a user runs it, with torch's thread count fixed first (like the Trainer child)."""
-    return [PYTHON, "-c", "import sys, runpy, torch; torch.set_num_threads(int(sys.argv.pop(1))); "
-                          "sys.argv[0] = 'picli'; runpy.run_module('picli', run_name='__main__')"]
+    def __call__(self, pid: int) -> None:
+        if self.metrics.exists():
+            lines = sum(1 for line in self.metrics.read_text().splitlines() if line.strip())
+            if lines > self.seen:
+                self.marks.append(child_cpu_seconds(pid))
+                self.seen = lines
 
 
 def run_picli(label: str, model: Path, corpus: Path, settings: dict, extra: list[str], work: Path, env: dict,
               max_load: float, max_wait: float) -> dict:
     out = work / "picli-out"
     shutil.rmtree(out, ignore_errors=True)
-    command = [*picli_cli(), str(settings["threads"]), "finetune", str(model), "--data", str(corpus),
-               "--seq-len", str(settings["seq_len"]), "--steps", str(settings["steps"]),
-               "--batch-size", str(settings["batch_size"]), "--micro-batch-size", str(settings["micro_batch_size"]),
-               # The Trainer's warmup, and what picli's default was before it was capped at a tenth of --steps.
-               "--warmup-steps", "20", "--cpu", "-o", str(out), "--force", "--json", *extra]
+    command = picli_command("finetune", str(model), "--data", str(corpus), "--seq-len", str(settings["seq_len"]),
+                            "--steps", str(settings["steps"]), "--batch-size", str(settings["batch_size"]),
+                            "--micro-batch-size", str(settings["micro_batch_size"]),
+                            # The Trainer's warmup, and what picli's default was before it was capped at a
+                            # tenth of --steps.
+                            "--warmup-steps", "20", "--cpu", "-o", str(out), "--force", "--json", *extra)
     load = wait_for_quiet(max_load, max_wait)
     # cwd: picli remembers its last output in ./.picli
-    wall, peak, cpu_marks = measure(command, env, cwd=work, metrics=out / "metrics.jsonl")
+    cpu_marks = StepCpuMarks(out / "metrics.jsonl")
+    child = run_child(command, env, cwd=work, while_running=cpu_marks)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     args = json.loads((out / "training_args.json").read_text())
     shutil.rmtree(out, ignore_errors=True)
-    return summarise(label, [m["seconds"] for m in metrics], cpu_marks, settings, wall, peak, load,
+    return summarise(label, [m["seconds"] for m in metrics], cpu_marks.marks, settings, child.wall_s,
+                     child.peak_rss_mb, load,
                      {"losses": [m["loss"] for m in metrics], "step_rss_bytes": [m["memory_bytes"] for m in metrics],
-                      "gradient_checkpointing": args["gradient_checkpointing"], "command": command[4:]})
+                      "gradient_checkpointing": args["gradient_checkpointing"], "command": command[3:]})
 
 
 def run_trainer(label: str, model: Path, corpus: Path, settings: dict, work: Path, env: dict, max_load: float,
@@ -242,12 +213,12 @@ def run_trainer(label: str, model: Path, corpus: Path, settings: dict, work: Pat
             "result": str(work / "trainer-result.json"), "gradient_checkpointing": label == TRAINER_GC}
     (work / "trainer-spec.json").write_text(json.dumps(spec))
     load = wait_for_quiet(max_load, max_wait)
-    wall, peak, _ = measure([PYTHON, str(Path(__file__).resolve()), "_trainer", str(work / "trainer-spec.json")],
-                            env, cwd=work)
+    child = run_child([PYTHON, str(Path(__file__).resolve()), "_trainer", str(work / "trainer-spec.json")], env,
+                      cwd=work)
     result = json.loads((work / "trainer-result.json").read_text())
     shutil.rmtree(work / "trainer-out", ignore_errors=True)
-    return summarise(label, result.pop("step_seconds"), result.pop("step_end_cpu_seconds"), settings, wall, peak,
-                     load, result)
+    return summarise(label, result.pop("step_seconds"), result.pop("step_end_cpu_seconds"), settings, child.wall_s,
+                     child.peak_rss_mb, load, result)
 
 
 def summarise(label: str, seconds: list[float], cpu_marks: list, settings: dict, wall: float, peak: float,
@@ -275,14 +246,10 @@ def summarise(label: str, seconds: list[float], cpu_marks: list, settings: dict,
 
 
 def prepare(work: Path, env: dict, settings: dict) -> tuple[Path, Path, dict]:
-    picli = [PYTHON, "-m", "picli"]
-    home = Path(env.get("PICLI_HOME") or Path.home() / ".cache" / "picli")
-    if not (home / "models" / "smollm2-135m" / "config.json").is_file():
-        print("Importing smollm2-135m (once, not timed)...", file=sys.stderr)
-    subprocess.run([*picli, "inspect", "smollm2-135m", "--json"], env=env, check=True, stdout=subprocess.DEVNULL)
+    smollm2_source(env)
     model = work / "smol-16k"
     print(f"picli extend smollm2-135m --to {EXTEND_TO} -o {model} (not timed)", file=sys.stderr)
-    subprocess.run([*picli, "extend", "smollm2-135m", "--to", str(EXTEND_TO), "-o", str(model), "--json"],
+    subprocess.run(picli_command("extend", "smollm2-135m", "--to", str(EXTEND_TO), "-o", str(model), "--json"),
                    env=env, check=True, stdout=subprocess.DEVNULL, cwd=work)
 
     from transformers import AutoTokenizer
@@ -352,14 +319,6 @@ def targets(rows: list[dict]) -> list[dict]:
     return checks
 
 
-def targets_table(checks: list[dict]) -> str:
-    lines = ["| target | measured | wanted | result |", "|---|---:|---|---|"]
-    for item in checks:
-        lines.append(f"| {item['target']} | {item['value']:.2f}x | {item['wanted']} | "
-                     f"{'PASS' if item['pass'] else 'FAIL'} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "_trainer":
         trainer_child(sys.argv[2])
@@ -371,7 +330,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (default 4)")
     parser.add_argument("--batch-size", type=int, default=2, help="global batch in sequences (default 2)")
     parser.add_argument("--micro-batch-size", type=int, default=1, help="sequences per forward pass (default 1)")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every child (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in every child (default 2)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per method, interleaved (default 2)")
     parser.add_argument("--no-checkpointing-rows", action="store_true",
                         help="skip the runs with gradient checkpointing (picli's and the Trainer's)")
@@ -394,9 +353,8 @@ def main() -> None:
 
     settings = {"seq_len": args.seq_len, "steps": args.steps, "batch_size": args.batch_size,
                 "micro_batch_size": args.micro_batch_size, "threads": args.threads}
-    env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false",
-               TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1", TQDM_DISABLE="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # Every child (picli and the Trainer) runs torch with args.threads threads.
+    env = picli_env(args.threads, TQDM_DISABLE="1")
     load_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="picli-ft-bench-", dir=args.workdir))
     runs: list[dict] = []
@@ -418,12 +376,8 @@ def main() -> None:
     rows = aggregate(runs)
     checks = targets(rows)
     if args.json or args.save_json:
-        import torch
-        import transformers
-
-        raw = json.dumps({"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                                      "torch": torch.__version__, "transformers": transformers.__version__,
-                                      "load_average_start": load_start, "load_average_end": os.getloadavg()[0]},
+        raw = json.dumps({"machine": {**machine(), "load_average_start": load_start,
+                                      "load_average_end": os.getloadavg()[0]},
                           "settings": settings, "data": data, "results": rows, "runs": runs, "targets": checks},
                          indent=2)
         if args.save_json:
@@ -446,9 +400,8 @@ def report(runs: list[dict], settings: dict, load_end: float) -> None:
           f"{min(loads):.2f}-{max(loads):.2f}, {load_end:.2f} at the end\n")
     print(results_table(rows))
     print()
-    print(targets_table(checks))
-    failed = [item["target"] for item in checks if not item["pass"]]
-    print(f"\n{len(checks) - len(failed)}/{len(checks)} targets met" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print(targets_table(checks, show=lambda item: f"{item['value']:.2f}x"))
+    print(f"\n{targets_summary(checks)}")
 
 
 if __name__ == "__main__":

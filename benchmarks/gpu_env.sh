@@ -1,18 +1,33 @@
 # Shared setup of the GPU scripts (benchmarks/gpu_smollm2.sh, benchmarks/gpu_finetune.sh), sourced
-# by both after they read their own settings. Not a script of its own: it changes the calling shell.
+# by both right after they set ROOT (the repository root, their working directory) and WORK. Not a
+# script of its own: it changes the calling shell.
 #
 # What it gives the caller:
+#   the common settings    OUT, QUICK, PYTHON, ALLOW_CPU, WHEELS, SMOLLM2_DIR, VERIFY_ARGS with their
+#                          defaults (documented in each script's header)
 #   gpu_env_start          $OUT and $WORK made absolute, $OUT/timing.tsv started, everything printed
 #                          also written to $OUT/log.txt, offline/quiet environment exported
 #   say / die / step       a section heading; a setup failure (exit 1); a measured step whose wall time
 #                          and exit status go to timing.tsv and whose failure is added to FAILED
 #   record_machine LINE    the machine (nvidia-smi, the settings LINE) -> $OUT/machine.txt; HAVE_SMI
 #   setup_python           the venv on top of $PYTHON, wheels from $WHEELS, picli's dependencies
-#                          (pyproject.toml) installed offline, SmolLM2 available; sets PY and BASE,
-#                          defines picli(), and appends the versions to $OUT/machine.txt
-#
-# It reads OUT, WORK, PYTHON, ALLOW_CPU, WHEELS and SMOLLM2_DIR (documented in each script's header)
-# and ROOT, the repository root, which the caller sets and cds into.
+#                          (pyproject.toml) installed offline, SmolLM2 available; sets PY, BASE and
+#                          DEVICE (cuda or cpu), defines picli(), and appends the versions and
+#                          benchmarks/_common.py's machine record to $OUT/machine.txt
+#   read_window FILE       picli inspect $BASE --json > FILE; sets WINDOW, the base model's window
+#   verify_step NAME MODEL ARGS...
+#                          the measured step verify-NAME: picli verify MODEL --passkey ARGS (plus
+#                          --quick when QUICK=1, and $VERIFY_ARGS) -> $OUT/verify-NAME.json, then
+#                          its headline numbers in the log
+#   gpu_env_finish         the timing table and $OUT listed; exit 2 when a step failed, else 0
+
+OUT="${OUT:-$ROOT/gpu-out}"
+QUICK="${QUICK:-0}"
+PYTHON="${PYTHON:-python3}"
+ALLOW_CPU="${ALLOW_CPU:-0}"
+WHEELS="${WHEELS:-$ROOT/benchmarks/wheels}"
+SMOLLM2_DIR="${SMOLLM2_DIR:-}"
+VERIFY_ARGS="${VERIFY_ARGS:-}"
 
 say() { printf '\n== %s  [%s]\n' "$*" "$(date -u +%H:%M:%S)"; }
 die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
@@ -163,6 +178,58 @@ print(f"transformers {transformers.__version__}, accelerate {accelerate.__versio
 import picli
 print(f"picli {picli.__version__} from {picli.__file__}")
 PYEOF
+    # What picli will run on, from the venv's own torch (it may have come from $WHEELS): the
+    # caller passes --cpu where it is not cuda.
+    DEVICE="$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')"
+    # The record every benchmark's results carry (benchmarks/_common.py), as one JSON line.
+    "$PY" -c 'import json, sys; sys.path.insert(0, "benchmarks"); from _common import machine; print("machine:", json.dumps(machine()))' \
+        | tee -a "$OUT/machine.txt"
 }
 
 picli() { "$PY" -m picli "$@"; }
+
+read_window() {
+    say "picli inspect $BASE"
+    picli inspect "$BASE" --json > "$1" || die "picli inspect failed"
+    WINDOW="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["rope"]["window"])' "$1")" \
+        || die "no rope.window in $1"
+}
+
+verify_step() {
+    local name=$1 model=$2 report="$OUT/verify-$1.json"
+    shift 2
+    local quick=() extra=()
+    [ "$QUICK" = 1 ] && quick=(--quick)
+    read -r -a extra <<< "$VERIFY_ARGS"
+    # --passkey is explicit: with --perplexity alone, verify would skip passkey.
+    step "verify-$name" bash -c "$(printf '%q ' "$PY" -m picli verify "$model" --passkey "$@" "${quick[@]}" \
+        --no-save --json "${extra[@]}") > $(printf '%q' "$report")"
+    [ -s "$report" ] || return 0
+    # The headline numbers, so the log alone tells the story.
+    "$PY" - "$report" <<'PYEOF' || true
+import json, sys
+report = json.load(open(sys.argv[1]))
+run = report["model"]
+if run.get("passkey"):
+    for r in run["passkey"]["results"]:
+        mean = sum(r["success"]) / len(r["success"])
+        print(f"  passkey {r['length']:>6}: k_max {r['k_max']:>6}  mean success {mean:.2f}  "
+              f"{r['seconds']:.1f} s{'  (beyond window)' if r['beyond_window'] else ''}")
+if run.get("perplexity"):
+    for r in run["perplexity"]["results"]:
+        print(f"  perplexity {r['length']:>6}: {r['perplexity']:.3f}  ({r['tokens_scored']} tokens, {r['seconds']:.1f} s)")
+for note in report.get("notes", []):
+    print(f"  note: {note}")
+PYEOF
+}
+
+gpu_env_finish() {
+    say "done"
+    cat "$OUT/timing.tsv"
+    ls -la "$OUT"
+    if [ "${#FAILED[@]}" -gt 0 ]; then
+        echo "FAILED steps: ${FAILED[*]}"
+        exit 2
+    fi
+    echo "all steps passed"
+}

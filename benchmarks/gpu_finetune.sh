@@ -32,7 +32,7 @@
 # Usage (from the repository root):
 #   bash benchmarks/gpu_finetune.sh                      # the full run: up to 200 steps at 32k (GPU)
 #   QUICK=1 bash benchmarks/gpu_finetune.sh              # a short run that fits one device call
-#   FT_DATA=benchmarks/data/pg19/ bash benchmarks/gpu_finetune.sh
+#   FT_DATA=pg19-books/ bash benchmarks/gpu_finetune.sh   # a git-ignored folder of the checkout, carried
 #   # a dry run of the logic on a CPU machine (what was done before committing):
 #   PYTHON=.venv/bin/python ALLOW_CPU=1 QUICK=1 SEQ_LEN=256 STEPS=2 VERIFY_LENGTHS=512 \
 #       OUT=/tmp/gpu-ft-out bash benchmarks/gpu_finetune.sh
@@ -94,9 +94,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-QUICK="${QUICK:-0}"
-OUT="${OUT:-$ROOT/gpu-out}"
 WORK="${WORK:-${TMPDIR:-/tmp}/picli-gpu-ft-work}"
+# The environment, shared with the other GPU script: the common settings (OUT, QUICK, PYTHON, ...),
+# say, die, step, the machine record, the venv, verify_step.
+source "$ROOT/benchmarks/gpu_env.sh"
 TARGET="${TARGET:-}"
 SEQ_LEN="${SEQ_LEN:-}"
 if [ "$QUICK" = 1 ]; then
@@ -109,17 +110,9 @@ SAVE_EVERY="${SAVE_EVERY:-100}"
 FT_DATA="${FT_DATA:-}"
 VERIFY_LENGTHS="${VERIFY_LENGTHS:-}"
 FT_ARGS="${FT_ARGS:-}"
-VERIFY_ARGS="${VERIFY_ARGS:-}"
-PYTHON="${PYTHON:-python3}"
-ALLOW_CPU="${ALLOW_CPU:-0}"
-WHEELS="${WHEELS:-$ROOT/benchmarks/wheels}"
-SMOLLM2_DIR="${SMOLLM2_DIR:-}"
 FSDP="${FSDP:-1}"
 FSDP_PROCS="${FSDP_PROCS:-}"
 FSDP_SEQ_LEN="${FSDP_SEQ_LEN:-4096}"
-
-# The environment, shared with the other GPU script: say, die, step, the machine record, the venv.
-source "$ROOT/benchmarks/gpu_env.sh"
 gpu_env_start
 
 loud() { printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
@@ -133,10 +126,7 @@ record_machine "QUICK=$QUICK TARGET=${TARGET:-<4x window>} SEQ_LEN=${SEQ_LEN:-<t
 setup_python
 
 # ---------------------------------------------------------------------------- 3. inspect, extend
-say "picli inspect $BASE"
-picli inspect "$BASE" --json > "$WORK/inspect.json" || die "picli inspect failed"
-WINDOW="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["rope"]["window"])' "$WORK/inspect.json")" \
-    || die "no rope.window in $WORK/inspect.json"
+read_window "$WORK/inspect.json"
 TARGET="${TARGET:-$((WINDOW * 4))}"
 SEQ_LEN="${SEQ_LEN:-$TARGET}"
 if [ -z "$VERIFY_LENGTHS" ]; then
@@ -177,29 +167,13 @@ fi
 
 LENGTH_ARGS=()
 for length in $VERIFY_LENGTHS; do LENGTH_ARGS+=(--length "$length"); done
-PROTOCOL_ARGS=()
-[ "$QUICK" = 1 ] && PROTOCOL_ARGS+=(--quick)
-read -r -a EXTRA_VERIFY <<< "$VERIFY_ARGS"
 read -r -a EXTRA_FT <<< "$FT_ARGS"
 DEVICE_ARGS=()
-[ "$torch_state" = cuda ] || DEVICE_ARGS+=(--cpu)
-
-print_passkey() {
-    "$PY" - "$1" <<'EOF' || true
-import json, sys
-report = json.load(open(sys.argv[1]))
-for r in (report["model"].get("passkey") or {}).get("results", []):
-    mean = sum(r["success"]) / len(r["success"])
-    print(f"  passkey {r['length']:>6}: k_max {r['k_max']:>6}  mean success {mean:.2f}  {r['seconds']:.1f} s"
-          f"{'  (beyond window)' if r['beyond_window'] else ''}")
-EOF
-}
+[ "$DEVICE" = cuda ] || DEVICE_ARGS+=(--cpu)
 
 verify() {  # verify NAME MODEL_DIR
     say "picli verify $1 ($2): passkey at $VERIFY_LENGTHS"
-    step "verify-$1" bash -c "$(printf '%q ' "$PY" -m picli verify "$2" --passkey "${LENGTH_ARGS[@]}" \
-        "${PROTOCOL_ARGS[@]}" --no-save --json "${EXTRA_VERIFY[@]}") > $(printf '%q' "$OUT/verify-$1.json")"
-    print_passkey "$OUT/verify-$1.json"
+    verify_step "$1" "$2" "${LENGTH_ARGS[@]}"
 }
 
 # ---------------------------------------------------------------------------- 5. before
@@ -332,7 +306,11 @@ if smi.exists():
         if len(parts) > 1 and parts[1].endswith("MiB"):
             used.append(int(parts[1].split()[0]))
     smi_peak = max(used) if used else None
+sys.path.insert(0, "benchmarks")
+from _common import machine  # noqa: E402
+
 summary = {
+    "machine": machine(),
     "data": data_note, "target_window": target, "seq_len": seq_len, "batch_size": batch, "planned_steps": steps,
     "steps_done": metrics[-1]["step"] if metrics else None,
     "stopped_when_verified_at": finetune.get("stopped_early_at"), "interrupted": finetune.get("interrupted"),
@@ -369,11 +347,4 @@ for length in sorted(set(summary["passkey_before"]) | set(summary["passkey_after
 print(f"FSDP check: {summary['fsdp']}")
 EOF
 
-say "done"
-cat "$OUT/timing.tsv"
-ls -la "$OUT"
-if [ "${#FAILED[@]}" -gt 0 ]; then
-    echo "FAILED steps: ${FAILED[*]}"
-    exit 2
-fi
-echo "all steps passed"
+gpu_env_finish

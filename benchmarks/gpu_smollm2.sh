@@ -83,22 +83,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-OUT="${OUT:-$ROOT/gpu-out}"
 WORK="${WORK:-${TMPDIR:-/tmp}/picli-gpu-work}"
+# The environment, shared with the other GPU script: the common settings (OUT, QUICK, PYTHON, ...),
+# say, die, step, the machine record, the venv, verify_step.
+source "$ROOT/benchmarks/gpu_env.sh"
 LENGTHS="${LENGTHS:-4096 8192 16384 32768}"
 FACTORS="${FACTORS:-2 4}"
 MODELS="${MODELS:-base $(for f in $FACTORS; do printf 'x%s ' "$f"; done)}"
-QUICK="${QUICK:-0}"
 PPL_DATA="${PPL_DATA:-}"
 PPL_MAX_TOKENS="${PPL_MAX_TOKENS:-}"
-PYTHON="${PYTHON:-python3}"
-ALLOW_CPU="${ALLOW_CPU:-0}"
-WHEELS="${WHEELS:-$ROOT/benchmarks/wheels}"
-SMOLLM2_DIR="${SMOLLM2_DIR:-}"
-VERIFY_ARGS="${VERIFY_ARGS:-}"
-
-# The environment, shared with the other GPU script: say, die, step, the machine record, the venv.
-source "$ROOT/benchmarks/gpu_env.sh"
 gpu_env_start
 
 # ---------------------------------------------------------------------------- 1. the machine
@@ -108,10 +101,7 @@ record_machine "LENGTHS='$LENGTHS' FACTORS='$FACTORS' MODELS='$MODELS' QUICK=$QU
 setup_python
 
 # ---------------------------------------------------------------------------- 3. inspect, extend
-say "picli inspect $BASE"
-picli inspect "$BASE" --json > "$OUT/inspect.json" || die "picli inspect failed"
-WINDOW="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["rope"]["window"])' "$OUT/inspect.json")" \
-    || die "no rope.window in $OUT/inspect.json"
+read_window "$OUT/inspect.json"
 echo "window: $WINDOW tokens"
 
 declare -A MODEL_PATH=([base]="$BASE")
@@ -142,8 +132,6 @@ EOF
 # ---------------------------------------------------------------------------- 4. verify
 LENGTH_ARGS=()
 for length in $LENGTHS; do LENGTH_ARGS+=(--length "$length"); done
-PROTOCOL_ARGS=()
-[ "$QUICK" = 1 ] && PROTOCOL_ARGS+=(--quick)
 PPL_ARGS=()
 if [ -n "$PPL_DATA" ]; then
     [ -e "$PPL_DATA" ] || die "PPL_DATA=$PPL_DATA does not exist"
@@ -154,7 +142,6 @@ else
     echo "perplexity: skipped (no PPL_DATA). tests/data/alice.txt is ~3.5k tokens, shorter than these lengths,"
     echo "and repeating it would measure copying, not long-context modelling; give PPL_DATA=<long text> to run it."
 fi
-read -r -a EXTRA <<< "$VERIFY_ARGS"
 
 for name in $MODELS; do
     path="${MODEL_PATH[$name]:-}"
@@ -164,34 +151,8 @@ for name in $MODELS; do
         continue
     fi
     say "picli verify $name ($path): passkey${PPL_DATA:+ + perplexity} at $LENGTHS"
-    # --passkey is explicit: with --perplexity alone, verify would skip passkey.
-    step "verify-$name" bash -c "$(printf '%q ' "$PY" -m picli verify "$path" --passkey "${PPL_ARGS[@]}" \
-        "${LENGTH_ARGS[@]}" "${PROTOCOL_ARGS[@]}" --no-save --json "${EXTRA[@]}") > $(printf '%q' "$OUT/verify-$name.json")"
-    # The headline numbers, so the log alone tells the story.
-    [ -s "$OUT/verify-$name.json" ] || continue
-    "$PY" - "$OUT/verify-$name.json" <<'EOF' || true
-import json, sys
-report = json.load(open(sys.argv[1]))
-run = report["model"]
-if run.get("passkey"):
-    for r in run["passkey"]["results"]:
-        mean = sum(r["success"]) / len(r["success"])
-        print(f"  passkey {r['length']:>6}: k_max {r['k_max']:>6}  mean success {mean:.2f}  "
-              f"{r['seconds']:.1f} s{'  (beyond window)' if r['beyond_window'] else ''}")
-if run.get("perplexity"):
-    for r in run["perplexity"]["results"]:
-        print(f"  perplexity {r['length']:>6}: {r['perplexity']:.3f}  ({r['tokens_scored']} tokens, {r['seconds']:.1f} s)")
-for note in report.get("notes", []):
-    print(f"  note: {note}")
-EOF
+    verify_step "$name" "$path" "${PPL_ARGS[@]}" "${LENGTH_ARGS[@]}"
 done
 
 # ---------------------------------------------------------------------------- 5. summary
-say "done"
-cat "$OUT/timing.tsv"
-ls -la "$OUT"
-if [ "${#FAILED[@]}" -gt 0 ]; then
-    echo "FAILED steps: ${FAILED[*]}"
-    exit 2
-fi
-echo "all steps passed"
+gpu_env_finish

@@ -27,9 +27,10 @@ CPU (measured: 898-1255 s against 88-111 s): opt in.
 The text: Lewis Carroll, "Alice's Adventures in Wonderland" (1865; public domain), the Project
 Gutenberg "Millennium Fulcrum Edition 2.9" as the Canterbury compression corpus ships it
 (alice29.txt, 39357 SmolLM2 tokens, no Gutenberg header). It needs nothing but PyPI: Brotli's
-source distribution carries the corpus in tests/testdata/; this script fetches it once with
-`pip download` into $PICLI_HOME/bench (default ~/.cache/picli/bench) and checks its sha256
-(provenance and hashes: benchmarks/data/README.md). `--data FILE` measures another text.
+source distribution carries the corpus (`brotli-1.2.1/tests/testdata/alice29.txt`); this
+script fetches it once with `pip download` into $PICLI_HOME/bench (default
+~/.cache/picli/bench) and checks its sha256 (provenance and hashes: benchmarks/data/README.md).
+`--data FILE` measures another text.
 
 Run it from the repository root (the results are in docs/science.md, the raw JSON in
 docs/results/methods.json):
@@ -60,7 +61,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import ROOT, PicliRunner, machine, work_directory
+
 BASE = "smollm2-135m"
 TARGET = 16384
 METHODS = ("linear", "yarn", "ntk")
@@ -121,23 +123,13 @@ def locate_text() -> Path:
     return TEXT_CACHE
 
 
-def picli(args: list[str], env: dict, timeout: float) -> dict:
-    """Run one picli command with --json; its parsed stdout, or exit with its stderr."""
-    command = [sys.executable, "-m", "picli", *args, "--json"]
-    log("$ picli " + " ".join(args))
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        sys.exit(f"picli {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout)
-
-
 def passkey_summary(result: dict) -> dict:
     outcomes = [hit for row in result["outcomes"] for hit in row]
     return {"k_max": result["k_max"], "k_largest": result["k_largest"], "retrieved": sum(outcomes),
             "trials": len(outcomes), "beyond_window": result["beyond_window"], "seconds": result["seconds"]}
 
 
-def measure(model: str, name: str, text: Path, calls: list[dict], env: dict, work: Path, timeout: float) -> dict:
+def measure(model: str, name: str, text: Path, calls: list[dict], picli: PicliRunner) -> dict:
     """Perplexity and passkey at every planned length for one model, one picli verify per call."""
     started = time.perf_counter()
     records, perplexity, passkey, window = [], {}, {}, None
@@ -148,7 +140,7 @@ def measure(model: str, name: str, text: Path, calls: list[dict], env: dict, wor
             args += ["--data", str(text), "--stride", "256", "--max-tokens", str(call["max_tokens"])]
         if "passkey" in call["measures"]:
             args += ["--quick"]
-        record = picli(args, env, timeout)
+        record, _ = picli.run(*args)
         records.append(record)
         run = record["model"]
         window = run["window"]
@@ -157,7 +149,7 @@ def measure(model: str, name: str, text: Path, calls: list[dict], env: dict, wor
                 "perplexity", "nll", "tokens_scored", "windows", "seconds", "short_documents")}
         for result in (run["passkey"] or {}).get("results", []):
             passkey[str(result["length"])] = passkey_summary(result)
-    (work / f"verify-{name}.json").write_text(json.dumps(records, indent=2))
+    (picli.workdir / f"verify-{name}.json").write_text(json.dumps(records, indent=2))
     return {"model": model, "window": window, "perplexity": perplexity, "passkey": passkey,
             "tails": tail_perplexities(perplexity), "seconds": time.perf_counter() - started, "records": records}
 
@@ -179,11 +171,11 @@ def tail_perplexities(perplexity: dict) -> list[dict]:
     return tails
 
 
-def extend(method: str, work: Path, env: dict, timeout: float) -> dict:
-    output = work / method
+def extend(method: str, picli: PicliRunner) -> dict:
+    output = picli.workdir / method
     # symlinked weights: the four models share one copy of the base weights; verify only reads them.
-    record = picli(["extend", BASE, "--to", str(TARGET), "--method", method, "-o", str(output),
-                    "--weights", "symlink"], env, timeout)
+    record, _ = picli.run("extend", BASE, "--to", str(TARGET), "--method", method, "-o", str(output),
+                          "--weights", "symlink")
     config = json.loads((output / "config.json").read_text())
     return {"path": str(output), "rope_theta": config.get("rope_theta"), "rope_scaling": config.get("rope_scaling"),
             "max_position_embeddings": config.get("max_position_embeddings"), "record": record}
@@ -191,35 +183,32 @@ def extend(method: str, work: Path, env: dict, timeout: float) -> dict:
 
 def run(args) -> dict:
     calls = QUICK if args.quick else FULL + ([LONG_PASSKEY] if args.long_passkey else [])
-    text = Path(args.data) if args.data else (QUICK_TEXT if args.quick else locate_text())
+    # Absolute: every picli command runs in the work directory.
+    text = Path(args.data).resolve() if args.data else (QUICK_TEXT if args.quick else locate_text())
     if not text.is_file():
         sys.exit(f"Error: no text file at {text}\nHint: pass --data FILE with plain text")
-    env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": str(args.threads),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="picli-methods-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_directory(args.keep, "picli-methods-")
+    picli = PicliRunner(work, args.threads, verbose=True, timeout=args.timeout)
     started = time.perf_counter()
     try:
-        extended = {method: extend(method, work, env, args.timeout) for method in METHODS}
+        extended = {method: extend(method, picli) for method in METHODS}
         paths = {"base": BASE, **{method: extended[method]["path"] for method in METHODS}}
         results = {}
         for name in MODELS:
             log(f"== {name}")
-            results[name] = measure(paths[name], name, text, calls, env, work, args.timeout)
+            results[name] = measure(paths[name], name, text, calls, picli)
             log(f"   {name}: {results[name]['seconds']:.0f} s")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    import torch
-    import transformers
+    environment = machine()
 
     return {"benchmark": "methods", "quick": args.quick, "base": BASE, "target_window": TARGET,
             "text": {"path": str(text), "sha256": sha256(text), "bytes": text.stat().st_size},
             "calls": calls, "stride": 256, "passkey_protocol": "quick (4 depths x 2 keys, seed 0)",
             "threads": args.threads, "wall_seconds": time.perf_counter() - started,
-            "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
-                         "transformers": transformers.__version__},
+            "versions": {key: environment[key] for key in ("python", "torch", "transformers")},
+            "machine": environment,
             "extended": {method: {k: v for k, v in extended[method].items() if k != "record"}
                          for method in METHODS},
             "results": results}
@@ -272,7 +261,7 @@ def main() -> None:
     parser.add_argument("--long-passkey", action="store_true", help="also passkey at 12288 (slow on CPU)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per picli process (default 1)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per picli command")
-    parser.add_argument("--keep", help="keep the work directory (extended models, picli JSON) here")
+    parser.add_argument("--keep", help="keep the work directory (extended models, picli JSON) here; new or empty")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("--table", metavar="JSON", help="print the table of a saved --json result; measure nothing")
     args = parser.parse_args()

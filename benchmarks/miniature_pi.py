@@ -72,7 +72,7 @@ import time
 from functools import reduce
 from pathlib import Path
 
-from picli_runner import PicliRunner, work_directory  # benchmarks/, the script's own folder
+from _common import PicliRunner, machine, work_directory  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -359,6 +359,7 @@ def run(args) -> dict:
         "protocol": {"positions": POSITIONS, "trials": TRIALS, "threshold": 0.2,
                      "passkey_seed": "the run's seed"},
         "threads": args.threads,
+        "machine": machine(),
         "quick": args.quick,
         "recipe": "picli finetune " + " ".join(RECIPE),
         "model": "Llama, 2 layers, hidden 128, 4 heads, MLP 512, rope_theta 1e4, random init, "

@@ -46,7 +46,7 @@ import time
 from functools import reduce
 from pathlib import Path
 
-from picli_runner import PicliRunner, work_directory  # benchmarks/, the script's own folder
+from _common import PicliRunner, machine, work_directory  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks" / "data"))
@@ -205,6 +205,7 @@ def run(args) -> dict:
         "data": {"train": list(TRAIN_NOVELS), "held_out": HELD_OUT_NOVEL, "characters": sizes,
                  "source": "Debian r-cran-janeaustenr 1.0.0-1 (benchmarks/data/README.md)"},
         "threads": args.threads,
+        "machine": machine(),
         "quick": args.quick,
         "wall_seconds": round(time.perf_counter() - started),
         "workdir": str(workdir) if args.keep else None,

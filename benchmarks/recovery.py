@@ -60,7 +60,7 @@ import time
 from functools import reduce
 from pathlib import Path
 
-from picli_runner import PicliRunner, environment, work_directory  # benchmarks/, the script's own folder
+from _common import PicliRunner, machine, work_directory  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks" / "data"))
@@ -278,7 +278,7 @@ def run(args) -> dict:
                   "not_restored_keys": NOT_RESTORED_KEYS, "not_restored_ppl": NOT_RESTORED_PPL},
         "table": table, "decisions": decisions(table),
         "valid": all(decide(row, row)[0] == "valid" for row in table["control"].values()),
-        "losses": losses, "seconds": seconds, "data": data, "environment": environment(),
+        "losses": losses, "seconds": seconds, "data": data, "machine": machine(),
         "threads": args.threads, "quick": args.quick, "command": "benchmarks/recovery.py " + " ".join(args.argv),
         "wall_seconds": round(time.perf_counter() - started),
         "workdir": str(workdir) if args.keep else None,
@@ -309,6 +309,7 @@ def table(result: dict) -> str:
     """The arm x step table (perplexity, keys, digits right, key log-probability, the rules'
     outcome), the per-depth curves, and the time of every phase."""
     plan, rules = result["plan"], result["rules"]
+    host = result["machine"]  # _common.machine(), as every benchmark's JSON records it
     lines = [
         f"{result['model_description']}; extended arms to {result['target_window']}. Fine-tune: {result['recipe']}.",
         f"Perplexity: {result['protocol']['perplexity']}. Passkey: {result['protocol']['passkey']}.",
@@ -356,8 +357,7 @@ def table(result: dict) -> str:
         + "; verify calls " + ", ".join(f"after {step}: {value:.0f}" for step, value in seconds["verify"].items())
         + ".",
         f"Wall time {result['wall_seconds']} s; {result['threads']} torch threads per picli process; "
-        f"{result['environment']['cpu']} ({result['environment']['cpu_count']} CPUs), torch "
-        f"{result['environment']['torch']}, transformers {result['environment']['transformers']}.",
+        f"{host['cpu']} ({host['cpus']} CPUs), torch {host['torch']}, transformers {host['transformers']}.",
     ]
     if result["quick"]:
         lines.append("--quick: mechanics only; these numbers mean nothing.")

@@ -49,12 +49,11 @@ import gzip
 import hashlib
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from picli_runner import PicliRunner, environment, work_directory  # benchmarks/, the script's own folder
+from _common import PicliRunner, machine, picli_env, run_child, work_directory  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "smollm2-135m"
@@ -93,7 +92,7 @@ def run(args) -> dict:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         return {"benchmark": "ruler (issue 21), timing only", "model": BASE, "timing": timing,
-                "environment": environment(), "threads": args.threads,
+                "machine": machine(), "threads": args.threads,
                 "command": "benchmarks/ruler.py " + " ".join(args.argv),
                 "wall_seconds": round(time.perf_counter() - started)}
 
@@ -122,7 +121,7 @@ def run(args) -> dict:
         "quick": args.quick, "lengths": plan["lengths"], "tasks": results["base"]["protocol"]["tasks"],
         "samples": samples, "pilot": pilot, "budget_seconds": args.budget, "extended": extended,
         "protocol": results["base"]["protocol"], "results": results, "timing": timing,
-        "samples_file": samples_file, "environment": environment(), "threads": args.threads,
+        "samples_file": samples_file, "machine": machine(), "threads": args.threads,
         "command": "benchmarks/ruler.py " + " ".join(args.argv),
         "wall_seconds": round(time.perf_counter() - started), "workdir": str(workdir) if args.keep else None,
     }
@@ -183,16 +182,18 @@ def merge_samples(workdir: Path, out: str) -> dict:
 
 
 def time_decoding(workdir: Path, plan: dict, args, picli: Picli) -> dict:
+    """Each arm in its own process (_common.run_child), so its peak RSS is its own."""
     arms = {}
     for arm in ("picli", "generate"):
-        command = [sys.executable, str(Path(__file__).resolve()), "--timing-arm", arm, "--timing-tasks", plan["tasks"], "--timing-length",
-                   str(plan["length"]), "--timing-samples", str(plan["samples"]), "--device", args.device]
-        done = subprocess.run(command, cwd=workdir, env=picli.env, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.stderr.write(done.stderr[-4000:])
-            raise SystemExit(f"the {arm} timing failed (exit {done.returncode})")
-        arms[arm] = json.loads(done.stdout)
-        picli.say(f"timing {arm}: {arms[arm]['seconds']:.1f} s, peak RSS {arms[arm]['peak_rss_bytes'] / 2**20:.0f} MiB")
+        command = [sys.executable, str(Path(__file__).resolve()), "--timing-arm", arm, "--timing-tasks", plan["tasks"],
+                   "--timing-length", str(plan["length"]), "--timing-samples", str(plan["samples"]),
+                   "--device", args.device]
+        try:
+            child = run_child(command, picli_env(args.threads), workdir)
+        except RuntimeError as exc:
+            raise SystemExit(f"the {arm} timing failed: {exc}") from None
+        arms[arm] = {**json.loads(child.stdout), "peak_rss_mb": round(child.peak_rss_mb, 1)}
+        picli.say(f"timing {arm}: {arms[arm]['seconds']:.1f} s, peak RSS {arms[arm]['peak_rss_mb']:.0f} MiB")
     picli_arm, generate_arm = arms["picli"], arms["generate"]
     same = [a == b for a, b in zip(picli_arm.pop("predictions"), generate_arm.pop("predictions"))]
     return {"plan": plan, "picli": picli_arm, "generate": generate_arm,
@@ -222,7 +223,7 @@ def timing_arm(args) -> dict:
               for (task, _), samples in suite.groups().items()]
     # Warm-up, untimed: the first forward pass of a process pays for allocations and kernel choices.
     greedy_generate(loaded, [groups[0][1][0][:32]], 2)
-    loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     if loaded.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -239,9 +240,8 @@ def timing_arm(args) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     return {"arm": args.timing_arm, "seconds": round(seconds, 3), "samples": len(predictions),
-            "generated_tokens": generated, "loaded_rss_bytes": loaded_rss,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "cuda_peak_bytes": torch.cuda.max_memory_allocated() if loaded.device.type == "cuda" else None,
+            "generated_tokens": generated, "loaded_rss_mb": round(loaded_rss, 1),
+            "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if loaded.device.type == "cuda" else None,
             "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", ""),
             "template": suite.protocol["template"]["used"], "predictions": predictions}
 
@@ -266,10 +266,9 @@ def timing_table(timing: dict) -> list[str]:
     plan, rows = timing["plan"], []
     for arm, label in (("picli", "picli (greedy_generate)"), ("generate", "plain model.generate")):
         measured = timing[arm]
-        peak = measured["cuda_peak_bytes"] or measured["peak_rss_bytes"]
+        gpu = f", GPU {measured['cuda_peak_mb']:.0f} MiB" if measured.get("cuda_peak_mb") else ""
         rows.append([label, f"{measured['seconds']:.1f}", str(measured["generated_tokens"]),
-                     f"{peak / 2**20:.0f} MiB" + (" (GPU)" if measured["cuda_peak_bytes"] else " (RSS)"),
-                     f"{measured['loaded_rss_bytes'] / 2**20:.0f} MiB"])
+                     f"{measured['peak_rss_mb']:.0f} MiB RSS{gpu}", f"{measured['loaded_rss_mb']:.0f} MiB"])
     lines = _markdown(["decoding", "seconds", "tokens generated", "peak memory", "RSS after loading"], rows)
     lines += ["", f"timing: {plan['samples']} sample(s) of {plan['tasks']} at {plan['length']} tokens on {BASE} "
               f"({timing['picli']['device']}, {timing['picli']['dtype']}, {timing['picli']['template']} template): "
@@ -311,7 +310,7 @@ def table(result: dict) -> str:
              "the model's own average at the shortest length (NoLiMa); + = the longest tested, maybe more",
              "* beyond the model's trained window",
              f"wall time: {result['wall_seconds']} s ({result['threads']} torch thread(s) per picli process) on "
-             f"{result['environment'].get('cpu')}"]
+             f"{result['machine'].get('cpu')}"]
     if result.get("quick"):
         notes.append("--quick: mechanics only; these numbers mean nothing.")
     return "\n".join(lines + [""] + timing_table(result["timing"]) + [""] + notes)

@@ -54,14 +54,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
+from _common import PYTHON, ROOT, machine, picli_env, run_child, targets_summary, targets_table, wait_for_quiet
+
 THREADS = 2
 MODEL = "smollm2-135m"
 TEXT = ROOT / "tests" / "data" / "alice.txt"
@@ -241,42 +239,23 @@ def child_main(args) -> None:
 # ---------------------------------------------------------------------------------------------
 # Parent side: run the children, compare, print.
 
-def run_child(name: str, args, path: Path, env: dict) -> dict:
+def measure_method(name: str, args, path: Path, env: dict) -> dict:
+    """One method in its own child process (this script with --child NAME): its report, plus the
+    process's wall time and peak RSS and the load average around it."""
     command = [PYTHON, str(Path(__file__).resolve()), "--child", name, "--model-path", str(path),
                "--length", str(args.length), "--positions", str(args.positions), "--trials", str(args.trials),
                "--seed", str(args.seed), "--ppl-length", str(args.ppl_length)]
     load_start = wait_for_quiet(args.max_load, args.max_wait)
     print(f"  running {name} (load average {load_start:.2f}) ...", file=sys.stderr, flush=True)
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-        started = time.perf_counter()
-        child = subprocess.Popen(command, env=env, cwd=ROOT, stdout=stdout, stderr=stderr)
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - started
-        code = os.waitstatus_to_exitcode(status)
-        stdout.seek(0)
-        stderr.seek(0)
-        out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-    if code != 0:
-        raise RuntimeError(f"{name} exited {code}:\n{err[-3000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["process_wall_s"] = wall
+    child = run_child(command, env, cwd=ROOT)
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = child.wall_s
     result["load_start"], result["load_end"] = load_start, os.getloadavg()[0]
-    result["wait4_maxrss_mb"] = usage.ru_maxrss / 1024
-    print(f"    {result['seconds']:.1f} s measured ({result['cpu_seconds']:.0f} CPU s), {wall:.1f} s process, peak RSS {result['peak_rss_mb']:.0f} MB, "
-          f"increment {result['increment_mb']:.0f} MB", file=sys.stderr, flush=True)
+    result["wait4_maxrss_mb"] = child.peak_rss_mb
+    print(f"    {result['seconds']:.1f} s measured ({result['cpu_seconds']:.0f} CPU s), {child.wall_s:.1f} s process, "
+          f"peak RSS {result['peak_rss_mb']:.0f} MB, increment {result['increment_mb']:.0f} MB", file=sys.stderr,
+          flush=True)
     return result
-
-
-def wait_for_quiet(max_load: float, max_wait: float) -> float:
-    """Wait until the 1-minute load average is below max_load (or max_wait passes); return it."""
-    deadline = time.monotonic() + max_wait
-    load = os.getloadavg()[0]
-    if load >= max_load:
-        print(f"  load average {load:.2f} >= {max_load}: waiting up to {max_wait:.0f} s", file=sys.stderr, flush=True)
-    while load >= max_load and time.monotonic() < deadline:
-        time.sleep(15)
-        load = os.getloadavg()[0]
-    return load
 
 
 def model_path(model: str) -> Path:
@@ -351,13 +330,6 @@ def targets(results: dict, agreement: dict, args) -> list[dict]:
     ]
 
 
-def targets_table(checks: list[dict]) -> str:
-    lines = ["| target | measured | wanted | result |", "|---|---:|---|---|"]
-    for item in checks:
-        lines.append(f"| {item['target']} | {item['value']} | {item['wanted']} | {'PASS' if item['pass'] else 'FAIL'} |")
-    return "\n".join(lines)
-
-
 def report(data: dict) -> str:
     """The printed tables, from the JSON this script saves (so --from-json prints the same)."""
     results, agreement, machine, run = data["results"], data["agreement"], data["machine"], data["run"]
@@ -378,10 +350,7 @@ def report(data: dict) -> str:
              ppl_table(results["ppl-picli"], results["ppl-full"])]
     if not all(row["peak_reset"] for row in results.values()):
         lines += ["", "note: the peak-RSS reset was refused here; increments are ru_maxrss - RSS after load"]
-    lines += ["", targets_table(checks)]
-    failed = [item["target"] for item in checks if not item["pass"]]
-    lines += ["", f"{len(checks) - len(failed)}/{len(checks)} targets met"
-              + (f"; FAILED: {'; '.join(failed)}" if failed else "")]
+    lines += ["", targets_table(checks), "", targets_summary(checks, separator="; ")]
     return "\n".join(lines)
 
 
@@ -414,15 +383,14 @@ def main() -> None:
         args.positions, args.trials = 2, 2
 
     load_before = os.getloadavg()[0]  # other work on the machine skews every number below
-    env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false",
-               TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(THREADS))
+    env = picli_env(THREADS)
     path = model_path(args.model)
     print(f"Measuring on {path} ({os.cpu_count()} CPUs, {THREADS} torch threads):", file=sys.stderr)
-    results = {name: run_child(name, args, path, env) for name in CHILDREN}
+    results = {name: measure_method(name, args, path, env) for name in CHILDREN}
     load_after = os.getloadavg()[0]
     agreement = compare(results["passkey-picli"], results["passkey-generate"])
-    data = {"machine": {"cpus": os.cpu_count(), "torch_threads": THREADS, "python": sys.version.split()[0],
-                        "load_average_before": load_before, "load_average_after": load_after},
+    data = {"machine": {**machine(), "torch_threads": THREADS, "load_average_before": load_before,
+                        "load_average_after": load_after},
             "model": str(path),
             "run": {"length": args.length, "positions": args.positions, "trials": args.trials, "seed": args.seed,
                     "ppl_length": args.ppl_length},

@@ -42,7 +42,8 @@ def usage_error(exc) -> PicliError:
 
 class PicliGroup(TyperGroup):
     """The app's group: usage errors print as one `Error:` line and a `Hint:`, like picli's
-    own errors (Click would print its usage block first), and still exit 2 (STYLE.md)."""
+    own errors (Click would print its usage block first), and still exit 2 (docs/design.md,
+    "One error boundary")."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
@@ -405,6 +406,9 @@ def verify(
       picli verify ./my-own-model --passkey -o verify.json
 
       picli verify ./m-16k ./m-16k-yarn ./m-16k-ntk --baseline ./m --passkey --perplexity --data book.txt
+    \f
+    Long because a Typer command declares each option as a parameter and its --help as this
+    docstring: the body, which builds VerifySettings and calls one core function, is about 30 lines.
     """
     from .passkey import QUICK, Protocol
     from .verify import VerifySettings, run_side_by_side, run_verify
@@ -526,6 +530,9 @@ def finetune(
       picli finetune ./m --resume
 
       accelerate launch --config_file fsdp.yaml -m picli finetune ./m --data ./books
+    \f
+    Long because a Typer command declares each option as a parameter and its --help as this
+    docstring: the body, which builds TrainSettings and calls one core function, is about 20 lines.
     """
     from .finetune import SIGNAL_EXIT, finetune_command
     from .training import TrainSettings

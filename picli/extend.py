@@ -143,7 +143,7 @@ def _plan_hf(checkpoint, target_window, output, from_window, weights, max_positi
     config = read_config(source)
     # What depends on the architecture first: a user who downloaded only config.json learns
     # the real reason (Llama 4, M-RoPE, no RoPE), not "no weight files".
-    reason = rope.refusal(config)
+    reason = rope.refusal(config, method)
     if reason:
         raise reason
     require_shards(source)

@@ -62,6 +62,24 @@ def inspect_model(model: str, on_event: Events = None) -> Inspection:
     return _inspect_hf(model, checkpoint)
 
 
+def _extend_decision(config: dict, record: dict, warnings: list[str]):
+    """(why `picli extend` would refuse, or None; the RoPE state; its kind), as extend decides:
+    the architecture's refusal, an unknown scaling type, or a scheme linear PI cannot stack on."""
+    reason = rope.refusal(config)
+    yarn_reason = rope.refusal(config, "yarn")
+    if reason and yarn_reason and yarn_reason.message != reason.message:  # M-RoPE: yarn has a reason of its own
+        warnings.append(f"--method yarn: {yarn_reason.message}")
+    state = None if reason else rope.read_state(config)
+    kind = rope.rope_kind(config, state) if state else None
+    if state and kind not in rope.KNOWN_TYPES and kind != "mrope":
+        reason = CannotExtend(f"unknown RoPE scaling type {kind!r}")
+    elif state and kind != "mrope":
+        # What `picli extend` (linear, the default) would say; ntk is known only from picli.json.
+        stacking = rope.stacking_refusal(rope.previous_method(state.scaling_type, record.get("rope")), "linear")
+        reason = CannotExtend(f"{stacking.message} ({stacking.hint})") if stacking else None
+    return reason, state, kind
+
+
 def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
     path = checkpoint.path
     config = read_config(path)
@@ -74,15 +92,7 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
     if summary.unread:
         warnings.append(f"parameters not counted for pickle weights (never unpickled): {', '.join(summary.unread)}")
     record = _read_record(path, warnings)
-    reason = rope.refusal(config)
-    state = None if reason else rope.read_state(config)
-    kind = rope.rope_kind(config, state) if state else None
-    if state and kind not in rope.KNOWN_TYPES and kind != "mrope":
-        reason = CannotExtend(f"unknown RoPE scaling type {kind!r}")
-    elif state and kind != "mrope":
-        # What `picli extend` (linear, the default) would say; ntk is known only from picli.json.
-        stacking = rope.stacking_refusal(rope.previous_method(state.scaling_type, record.get("rope")), "linear")
-        reason = CannotExtend(f"{stacking.message} ({stacking.hint})") if stacking else None
+    reason, state, kind = _extend_decision(config, record, warnings)
     tokenizer = read_json_file(path / "tokenizer_config.json") or {}
     try:
         max_length = length_setting(tokenizer.get("model_max_length"))  # None: absent or "no limit"
@@ -107,6 +117,8 @@ def _inspect_hf(model: str, checkpoint: Checkpoint) -> Inspection:
             "language_model": f"text_config ({state.model_type})" if state.wrapper else None,
             # Keys the file leaves out, as transformers fills them (the class's defaults).
             "defaults": state.defaults,
+            # SmolLM3: the layers without RoPE (NoPE) have nothing for a RoPE method to extend.
+            "rope_layers": rope.rope_layers(rope.language_config(config)),
         }
         if state.wrapper:
             warnings.append(f"{state.wrapper} is multimodal: the RoPE shown is its language model's (text_config, "

@@ -250,6 +250,42 @@ def _section(title: str) -> Table:
     return table
 
 
+def _rope_table(report: dict, rope: dict):
+    """inspect's RoPE section: window, theta, rotary dims, scaling, the layers RoPE runs in, both
+    schemas' dicts, the keys transformers fills in, the tokenizer's limit."""
+    table = _section("RoPE")
+    if rope.get("language_model"):
+        _kv(table, "language model", f"{rope['language_model']}  (the vision tower has no RoPE window; untouched)")
+    scaling = "none" if rope["type"] == "default" else f"{rope['type']}, factor {rope['factor']:g}"
+    _kv(table, "window", f"{rope['window']} tokens" + ("  (family default: not in config)"
+                                                       if rope.get("window_from_default") else "")
+        + (f"  (effective window {rope['effective_window']}: picli.json or the scaling says so)"
+           if rope.get("effective_window") not in (None, rope["window"]) else ""))
+    _kv(table, "theta", f"{rope['theta']:g}" + (f"  (sliding layers {rope['local_theta']:g})"
+                                                if rope.get("local_theta") else ""))
+    _kv(table, "head_dim / rotary", f"{rope['head_dim']} / {rope['rotary_dim']}"
+        + (f"  (partial rotary {rope['partial_rotary_factor']:g})" if rope["partial_rotary_factor"] != 1 else ""))
+    _kv(table, "scaling", scaling + ("  (full-attention layers only)" if rope.get("nested") else ""))
+    if rope.get("rope_layers"):
+        layers = rope["rope_layers"]
+        _kv(table, "RoPE layers", f"{layers['rope']} of {layers['layers']} ({layers['source']}); the "
+            f"{layers['layers'] - layers['rope']} without RoPE are unaffected by the extension")
+    if report["format"] == "transformers":
+        _kv(table, "rope_scaling", json.dumps(rope.get("rope_scaling")))
+        _kv(table, "rope_parameters", json.dumps(rope.get("rope_parameters")))
+    if rope.get("defaults"):
+        # Grouped by source: the file left these out and transformers fills them in.
+        by_source: dict[str, list[str]] = {}
+        for key, filled in rope["defaults"].items():
+            by_source.setdefault(filled["source"], []).append(f"{key} {filled['value']:g}"
+                                                              if isinstance(filled["value"], float)
+                                                              else f"{key} {filled['value']}")
+        _kv(table, "class defaults", "; ".join(f"{', '.join(keys)} ({source})" for source, keys in by_source.items())
+            + "  (not in config.json)")
+    _kv(table, "tokenizer max", report.get("tokenizer_max_length") or "not set")
+    return table
+
+
 def inspection(report: dict, check: bool = False) -> None:
     """`picli inspect`'s tables; with check (--check), the verdict line on stderr after them."""
     console = out()
@@ -272,33 +308,7 @@ def inspection(report: dict, check: bool = False) -> None:
     console.print(summary)
 
     if rope:
-        table = _section("RoPE")
-        if rope.get("language_model"):
-            _kv(table, "language model", f"{rope['language_model']}  (the vision tower has no RoPE window; untouched)")
-        scaling = "none" if rope["type"] == "default" else f"{rope['type']}, factor {rope['factor']:g}"
-        _kv(table, "window", f"{rope['window']} tokens" + ("  (family default: not in config)"
-                                                           if rope.get("window_from_default") else "")
-            + (f"  (effective window {rope['effective_window']}: picli.json or the scaling says so)"
-               if rope.get("effective_window") not in (None, rope["window"]) else ""))
-        _kv(table, "theta", f"{rope['theta']:g}" + (f"  (sliding layers {rope['local_theta']:g})"
-                                                    if rope.get("local_theta") else ""))
-        _kv(table, "head_dim / rotary", f"{rope['head_dim']} / {rope['rotary_dim']}"
-            + (f"  (partial rotary {rope['partial_rotary_factor']:g})" if rope["partial_rotary_factor"] != 1 else ""))
-        _kv(table, "scaling", scaling + ("  (full-attention layers only)" if rope.get("nested") else ""))
-        if report["format"] == "transformers":
-            _kv(table, "rope_scaling", json.dumps(rope.get("rope_scaling")))
-            _kv(table, "rope_parameters", json.dumps(rope.get("rope_parameters")))
-        if rope.get("defaults"):
-            # Grouped by source: the file left these out and transformers fills them in.
-            by_source: dict[str, list[str]] = {}
-            for key, filled in rope["defaults"].items():
-                by_source.setdefault(filled["source"], []).append(f"{key} {filled['value']:g}"
-                                                                  if isinstance(filled["value"], float)
-                                                                  else f"{key} {filled['value']}")
-            _kv(table, "class defaults", "; ".join(f"{', '.join(keys)} ({source})" for source, keys in by_source.items())
-                + "  (not in config.json)")
-        _kv(table, "tokenizer max", report.get("tokenizer_max_length") or "not set")
-        console.print(table)
+        console.print(_rope_table(report, rope))
 
     verdict = _section("Position Interpolation")
     _kv(verdict, "can extend", "yes" if report["can_extend"] else f"no: {report['cannot_extend_reason']}")

@@ -1,4 +1,4 @@
-"""The package's shape: modules import downward only (STYLE.md), so each can be read and
+"""The package's shape: modules import downward only (CONTRIBUTING.md), so each can be read and
 changed without the ones that use it. Every `from .x import` counts, also those inside
 functions: a late import still ties two modules together."""
 
@@ -140,3 +140,117 @@ def test_no_test_file_imports_another():
                 names = [f"tests.{node.module or ''}"] + [f"tests.{alias.name}" for alias in node.names]
             offenders += [f"{path.name}: {name}" for name in names if name.startswith("tests.test_")]
     assert offenders == []
+
+
+def test_conftest_holds_fixtures_only():
+    """conftest.py holds the fixtures and the session's offline setup; what they build from (the
+    family configs, write_checkpoint, the tokens...) lives in tests/helpers.py, which is where a
+    test file imports it from: one home for each helper."""
+    tests = Path(__file__).parent
+    tree = ast.parse((tests / "conftest.py").read_text())
+    public = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            if not node.name.startswith("_") and not any("fixture" in ast.unparse(d) for d in node.decorator_list):
+                public.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            public += [target.id for target in targets if isinstance(target, ast.Name) and not target.id.startswith("_")]
+        elif isinstance(node, ast.ClassDef):
+            public.append(node.name)
+    assert public == [], "move these to tests/helpers.py"
+    importers = [path.name for path in sorted(tests.glob("*.py")) if path.name != "conftest.py"
+                 and any(isinstance(node, ast.ImportFrom) and (node.module or "").endswith("conftest")
+                         for node in ast.walk(ast.parse(path.read_text())))]
+    assert importers == [], "import from tests.helpers, not from conftest"
+
+
+# --- functions that fit on a screen ------------------------------------------------------------
+
+MAX_LINES = 80
+# A longer function says why in its docstring, in a sentence that starts so. For a CLI command,
+# whose docstring is its --help, the reason follows a form feed (\f): Click and Typer show no
+# help text after it.
+REASON = "Long because"
+
+
+def long_functions(source: str, name: str) -> list[str]:
+    """Functions (methods and nested ones too) of more than MAX_LINES lines, from `def` to their
+    last line, whose docstring gives no reason."""
+    found = []
+    for node in ast.walk(ast.parse(source, name)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > MAX_LINES and REASON not in (ast.get_docstring(node, clean=False) or ""):
+                found.append(f"{name}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_the_length_check_sees_a_long_function_and_its_reason():
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_LINES))
+    assert long_functions(f"def f():\n{body}", "m.py") == ["m.py:1 f (81 lines)"]
+    assert long_functions(f"class C:\n    def g(self):\n{body.replace('    ', '        ')}", "m.py") == \
+        ["m.py:2 g (81 lines)"]
+    assert long_functions(f"def f():\n    '''Long because it must be.'''\n{body}", "m.py") == []
+    assert long_functions(f"def f():\n{body[:-len(body.splitlines()[-1]) - 1]}", "m.py") == []  # exactly 80
+
+
+def test_no_function_is_long_without_saying_why():
+    found = [entry for path in sorted(PACKAGE.rglob("*.py"))
+             for entry in long_functions(path.read_text(encoding="utf-8"), str(path.relative_to(PACKAGE.parent)))]
+    assert found == [], (f"split these, or say in the docstring why one function is clearer ('{REASON} ...'):\n"
+                         + "\n".join(found))
+
+
+# --- make test-fast starts no picli process ----------------------------------------------------
+
+TESTS = Path(__file__).resolve().parent
+# What starts a process: subprocess, the helpers that run picli or a side environment in one.
+PROCESS_CALLS = {"run", "Popen", "check_output", "check_call", "call", "picli", "read_in"}
+# Process checks that stay fast on purpose: one short `python -c`/`-m picli` each, testing a
+# process's own behaviour (imports, exit codes), which no in-process call can.
+QUICK_PROCESS_TESTS = {
+    "test_cli.py::test_help_does_not_import_torch_or_transformers",
+    "test_cli.py::test_python_dash_m_and_version",
+    "test_hostile_cli.py::test_usage_error_in_a_real_process",
+    "test_perplexity.py::test_importing_does_not_import_torch",
+    "test_rope.py::test_rope_package_stays_pure",
+}
+
+
+def unmarked_process_tests(source: str, name: str) -> list[str]:
+    """Test functions that start a process (subprocess.*, picli(...), read_in(...)) without the
+    slow mark, on the function or as the module's pytestmark."""
+    tree = ast.parse(source, name)
+    if any(isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "pytestmark" for target in node.targets)
+           and "slow" in ast.unparse(node.value) for node in tree.body):
+        return []
+    found = []
+    for node in tree.body:
+        if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+            continue
+        if any("slow" in ast.unparse(decorator) for decorator in node.decorator_list):
+            continue
+        calls = {ast.unparse(call.func) for call in ast.walk(node) if isinstance(call, ast.Call)}
+        starts = {call for call in calls
+                  if call in ("picli", "read_in") or (call.startswith("subprocess.") and call.split(".")[1] in PROCESS_CALLS)}
+        if starts:
+            found.append(f"{name}::{node.name}")
+    return found
+
+
+def test_the_process_check_sees_subprocess_and_the_slow_mark():
+    body = "    subprocess.run(['python', '-c', 'pass'])\n"
+    assert unmarked_process_tests(f"def test_a():\n{body}", "t.py") == ["t.py::test_a"]
+    assert unmarked_process_tests(f"def test_b(tmp_path):\n    picli('inspect', cwd=tmp_path)\n", "t.py") == ["t.py::test_b"]
+    assert unmarked_process_tests(f"@pytest.mark.slow\ndef test_a():\n{body}", "t.py") == []
+    assert unmarked_process_tests(f"pytestmark = pytest.mark.slow\ndef test_a():\n{body}", "t.py") == []
+    assert unmarked_process_tests("def test_c():\n    run('inspect', 'x')\n", "t.py") == []  # in-process
+
+
+def test_fast_tests_start_no_process():
+    found = [entry for path in sorted(TESTS.glob("test_*.py"))
+             for entry in unmarked_process_tests(path.read_text(encoding="utf-8"), path.name)]
+    assert "test_cli.py::test_python_dash_m_and_version" in found  # the scan sees the quick ones
+    assert sorted(set(found) - QUICK_PROCESS_TESTS) == [], "mark these @pytest.mark.slow (make test-fast skips them)"
+    assert sorted(QUICK_PROCESS_TESTS - set(found)) == [], "no longer a quick process test: drop from the list"

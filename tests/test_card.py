@@ -19,8 +19,7 @@ from picli.card import BEGIN, END, TAGS, CardError, render_card, verification_su
 from picli.cli import app
 from picli.provenance import shown_summary as summarise_runs
 from picli.provenance import verification_summary as summarise
-from tests.conftest import FAMILY_CONFIGS, write_checkpoint
-from tests.helpers import verify_file, verify_report
+from tests.helpers import FAMILY_CONFIGS, verify_file, verify_report, write_checkpoint
 
 runner = CliRunner()
 BASE = "huggyllama/llama-7b"

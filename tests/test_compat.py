@@ -11,8 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from picli.cli import app
-from tests.conftest import EXTEND_EXPECTED
-from tests.helpers import side_python
+from tests.helpers import EXTEND_EXPECTED, side_python
 
 VERSIONS = ("4.44.2", "4.57.1")
 pytestmark = pytest.mark.slow

@@ -12,26 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from picli.cli import app
-from tests.conftest import EXTEND_EXPECTED, FAMILY_CONFIGS, REFUSED_CONFIGS, tree_hash, write_checkpoint
-from tests.helpers import assert_clean_error
+from tests.helpers import (EXTEND_EXPECTED, FAMILY_CONFIGS, REFUSED_CONFIGS, assert_clean_error, reference_inv_freq,
+                           run, tree_hash, write_checkpoint)
 
-runner = CliRunner()
-
-
-def run(*args: str):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def reference_inv_freq(theta: float, rotary_dim: int, factor: float) -> torch.Tensor:
-    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim
-    return 1.0 / (theta ** exponents) / factor
 
 
 def effective(path: Path) -> dict[str, torch.Tensor]:
-    from tests.conftest import rotary_class_inv_freqs as effective_inv_freqs
+    from tests.helpers import rotary_class_inv_freqs as effective_inv_freqs
 
     return effective_inv_freqs(path)
 

@@ -11,8 +11,7 @@ from typer.testing import CliRunner
 
 from picli.cli import app
 from picli.gguf_io import read_gguf
-from tests.conftest import tree_hash
-from tests.helpers import assert_clean_error, make_gguf
+from tests.helpers import assert_clean_error, make_gguf, tree_hash
 
 runner = CliRunner()
 

@@ -15,26 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from picli import rope
-from picli.cli import app
-from tests.conftest import TINY, rotary_class_inv_freqs, tree_hash, write_checkpoint
-from tests.helpers import read_in, side_python as _python
+from tests.helpers import (TINY, assert_clean_error, read_in, reference_inv_freq, rotary_class_inv_freqs, run,
+                           side_python, tree_hash, write_checkpoint)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 COMPAT_VERSIONS = ("4.44.2", "4.57.1")
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def reference_inv_freq(theta: float, rotary_dim: int, factor: float = 1.0) -> torch.Tensor:
-    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim
-    return 1.0 / (theta ** exponents) / factor
 
 
 def class_defaults(version: str) -> dict:
@@ -65,7 +53,7 @@ def test_class_default_fixture_is_what_the_installed_transformers_5_fills_in():
 @pytest.mark.slow
 @pytest.mark.parametrize("version", COMPAT_VERSIONS)
 def test_class_default_fixture_is_what_transformers_4_fills_in(version):
-    python = _python(version)
+    python = side_python(version)
     result = subprocess.run([str(python), str(DATA / "class_defaults.py")], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -405,11 +393,7 @@ def test_transformers_4_57_reads_wrapper_outputs(name, tmp_path, workdir):
 # --- M-RoPE, per-layer RoPE, layers without RoPE ------------------------------------------
 
 def assert_refused(result, needle: str, workdir: Path) -> None:
-    assert result.exit_code == 1, (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines[0].startswith("Error: ") and needle in lines[0], result.stderr
-    assert sum(line.startswith("Error") for line in lines) == 1 and any(line.startswith("Hint: ") for line in lines)
-    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert_clean_error(result, needle)
     assert list(workdir.iterdir()) == []
 
 

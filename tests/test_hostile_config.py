@@ -17,31 +17,11 @@ import struct
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from picli.cli import app
-from tests.conftest import FAMILY_CONFIGS, tree_hash, write_checkpoint
+from tests.helpers import FAMILY_CONFIGS, assert_clean_error, make_gguf, run, tree_hash, write_checkpoint
 
-runner = CliRunner()
 NAN, INF = float("nan"), float("inf")
 LIMIT = "2,147,483,647"  # picli.rope.MAX_WINDOW, as the error prints it
-
-
-def run(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def assert_one_line_error(result, fragments: list[str]) -> str:
-    """Exit 1 through picli's error boundary: one Error: line holding every fragment."""
-    text = result.output + (result.stderr or "")
-    assert "Traceback" not in text, text
-    assert result.exit_code == 1, (result.exit_code, text, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not an uncaught exception
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    return errors[0]
 
 
 def edited(base: str, edits: dict) -> dict:
@@ -174,7 +154,7 @@ def test_hostile_config_is_one_line_error(name, fragments, command, hostile_chec
     source = hostile_checkpoints[name]
     before = tree_hash(source)
     result = run(*COMMANDS[command](source, workdir))
-    assert_one_line_error(result, fragments)
+    assert_clean_error(result, *fragments)
     assert tree_hash(source) == before
     assert not (workdir / "out").exists()
     assert not (workdir / ".picli").exists()
@@ -188,7 +168,7 @@ def test_theta_zero_is_not_read_as_the_default(checkpoint, workdir):
     (checkpoint / "config.json").write_text(json.dumps(config))
     before = tree_hash(checkpoint)
     result = run("extend", checkpoint, "--to", "8192", "-o", workdir / "out", "--json")
-    assert_one_line_error(result, ["rope_parameters.rope_theta", "got 0"])
+    assert_clean_error(result, "rope_parameters.rope_theta", "got 0")
     assert not (workdir / "out").exists() and tree_hash(checkpoint) == before
 
 
@@ -197,7 +177,7 @@ def test_linear_factor_below_one_is_refused(checkpoint, workdir):
     config["rope_scaling"] = {"type": "linear", "factor": 0.5}
     (checkpoint / "config.json").write_text(json.dumps(config))
     result = run("extend", checkpoint, "--to", "8192", "-o", workdir / "out")
-    assert_one_line_error(result, ["0.5", "below 1"])
+    assert_clean_error(result, "0.5", "below 1")
     assert not (workdir / "out").exists()
     # inspect still describes it: a factor below 1 is valid config, just not something to compose PI on.
     assert run("inspect", checkpoint, "--json").exit_code == 0
@@ -211,7 +191,7 @@ def test_kv_cache_fields(edit, fragments, checkpoint):
     """Read only by inspect's KV-cache estimate (range("2") and min(w, "16") raised before)."""
     config = {**json.loads((checkpoint / "config.json").read_text()), **edit}
     (checkpoint / "config.json").write_text(json.dumps(config))
-    assert_one_line_error(run("inspect", checkpoint), fragments)
+    assert_clean_error(run("inspect", checkpoint), *fragments)
 
 
 def test_unknown_model_type_fails_the_self_check_in_one_line(checkpoint, workdir):
@@ -221,7 +201,7 @@ def test_unknown_model_type_fails_the_self_check_in_one_line(checkpoint, workdir
     (checkpoint / "config.json").write_text(json.dumps(config))
     before = tree_hash(checkpoint)
     result = run("extend", checkpoint, "--to", "8192", "-o", workdir / "out")
-    assert_one_line_error(result, ["cannot read", "cannot check the result"])
+    assert_clean_error(result, "cannot read", "cannot check the result")
     assert not (workdir / "out").exists() and tree_hash(checkpoint) == before
 
 
@@ -238,7 +218,7 @@ def test_unknown_model_type_fails_the_self_check_in_one_line(checkpoint, workdir
 ], ids=["1e12", "500 digits", "past 2^32", "2^31", "in k"])
 def test_to_past_the_limit(to, fragments, checkpoint, workdir):
     result = run("extend", checkpoint, "--to", to, "-o", workdir / "out")
-    assert_one_line_error(result, fragments)
+    assert_clean_error(result, *fragments)
     assert not (workdir / "out").exists()
 
 
@@ -252,7 +232,7 @@ def test_to_at_the_limit_is_planned(checkpoint, workdir):
 
 def test_from_with_hundreds_of_digits(checkpoint, workdir):
     result = run("extend", checkpoint, "--to", "8192", "--from", "9" * 300, "-o", workdir / "out")
-    assert_one_line_error(result, ["--from", LIMIT])
+    assert_clean_error(result, "--from", LIMIT)
 
 
 def test_core_refuses_a_target_past_the_limit():
@@ -292,7 +272,7 @@ def test_self_check_fails_on_nan_frequencies(checkpoint, workdir, monkeypatch):
         self_check.self_check(written, checkpoint, plan)
     # The same check through the CLI: one line, nothing written.
     result = run("extend", checkpoint, "--to", "8192", "-o", workdir / "out")
-    assert_one_line_error(result, ["not finite (nan)"])
+    assert_clean_error(result, "not finite (nan)")
     assert not (workdir / "out").exists()
 
 
@@ -303,30 +283,12 @@ def test_self_check_fails_on_nan_frequencies(checkpoint, workdir, monkeypatch):
 @pytest.mark.parametrize("lr", ["0", "-1e-5", "nan", "inf"])
 def test_finetune_lr_refused_before_loading(lr, checkpoint, workdir):
     result = run("finetune", checkpoint, "--lr", lr, "--plan", "-o", workdir / "ft")
-    assert_one_line_error(result, ["--lr must be a positive finite number"])
+    assert_clean_error(result, "--lr must be a positive finite number")
     assert not (workdir / "ft").exists()
 
 
 # ---------------------------------------------------------------------------------------
 # GGUF metadata.
-
-gguf = pytest.importorskip("gguf")
-
-
-def make_gguf(path: Path, kv: dict | None = None) -> Path:
-    """A tiny llama GGUF; kv maps a key to (adder name, value) replacing the defaults."""
-    import numpy as np
-
-    defaults = {"llama.context_length": ("add_uint32", 2048), "llama.rope.freq_base": ("add_float32", 10000.0)}
-    writer = gguf.GGUFWriter(str(path), "llama")
-    for key, (adder, value) in {**defaults, **(kv or {})}.items():
-        getattr(writer, adder)(key, value)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 6), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def deeply_nested_gguf(path: Path, depth: int) -> Path:
@@ -372,7 +334,7 @@ GGUF_COMMANDS = {
 def test_hostile_gguf_metadata(kv, fragments, command, tmp_path, workdir):
     source = make_gguf(tmp_path / "model.gguf", kv)
     before = tree_hash(source)
-    assert_one_line_error(run(*GGUF_COMMANDS[command](source, workdir)), fragments)
+    assert_clean_error(run(*GGUF_COMMANDS[command](source, workdir)), *fragments)
     assert tree_hash(source) == before
     assert not list(workdir.glob("out.gguf*"))
 
@@ -380,7 +342,7 @@ def test_hostile_gguf_metadata(kv, fragments, command, tmp_path, workdir):
 @pytest.mark.parametrize("command", sorted(GGUF_COMMANDS))
 def test_gguf_arrays_nested_thousands_deep(command, tmp_path, workdir):
     source = deeply_nested_gguf(tmp_path / "deep.gguf", 5000)
-    assert_one_line_error(run(*GGUF_COMMANDS[command](source, workdir)), ["not a valid GGUF file", "nested"])
+    assert_clean_error(run(*GGUF_COMMANDS[command](source, workdir)), "not a valid GGUF file", "nested")
 
 
 def test_gguf_shallow_nested_arrays_still_read(tmp_path):
@@ -394,7 +356,7 @@ def test_gguf_to_past_2_32(tmp_path, workdir):
     """The UINT32 context_length could not hold it: a ValueError traceback before."""
     source = make_gguf(tmp_path / "model.gguf")
     result = run("extend", source, "--to", str(2**32 + 5), "-o", workdir / "out.gguf")
-    assert_one_line_error(result, ["--to", LIMIT, "uint32"])
+    assert_clean_error(result, "--to", LIMIT, "uint32")
     assert not list(workdir.glob("out.gguf*"))
 
 
@@ -417,7 +379,7 @@ def test_runtime_prediction_values_are_checked(case, tmp_path):
     edit, fragment = FUZZ_FOUND[case]
     source = write_checkpoint(tmp_path / "m", {**copy.deepcopy(FAMILY_CONFIGS["llama_v4"]), **edit}, tokenizer_max=2048)
     before = tree_hash(source)
-    assert_one_line_error(run("inspect", source), [fragment])
+    assert_clean_error(run("inspect", source), fragment)
     assert tree_hash(source) == before
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAMILY_CONFIGS, write_checkpoint
-from tests.helpers import REVISION, picli
+from tests.helpers import FAMILY_CONFIGS, REVISION, picli, write_checkpoint
 
 
 def fill_cache(hf_home: Path, repo_id: str) -> Path:
@@ -25,6 +24,7 @@ def fill_cache(hf_home: Path, repo_id: str) -> Path:
     return write_checkpoint(repo_dir / "snapshots" / REVISION, FAMILY_CONFIGS["llama_v4"], tokenizer_max=2048)
 
 
+@pytest.mark.slow
 def test_hub_id_from_offline_cache(tmp_path):
     hf_home = tmp_path / "hf"
     fill_cache(hf_home, "huggyllama/llama-7b")
@@ -40,6 +40,7 @@ def test_hub_id_from_offline_cache(tmp_path):
     assert json.loads(result.stdout)["resolved_from"] == "alias llama-7b -> huggyllama/llama-7b"
 
 
+@pytest.mark.slow
 def test_hub_id_not_cached_offline_names_the_download(tmp_path):
     env = {"HF_HOME": str(tmp_path / "empty-hf"), "HF_HUB_OFFLINE": "1"}
     result = picli("extend", "meta-llama/Llama-2-7b-hf", "--to", "8192", cwd=tmp_path, env=env)
@@ -82,6 +83,7 @@ def stub_hub():
     server.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("repo, needle", [("org/missing", "was not found on the Hub"), ("org/gated", "is gated")])
 def test_online_errors(tmp_path, stub_hub, repo, needle):
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": stub_hub,
@@ -113,6 +115,7 @@ def test_one_repo_id_rule(text, valid):
     assert is_repo_id(text) is valid
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["org/a--b", "org/-model", "org/café"])
 def test_invalid_repo_id_is_a_clean_error(tmp_path, model):
     # huggingface_hub used to refuse these inside snapshot_download, with a traceback.

@@ -7,8 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from picli.cli import app
-from tests.conftest import FAMILY_CONFIGS, REFUSED_CONFIGS, write_checkpoint
-from tests.helpers import make_gguf
+from tests.helpers import FAMILY_CONFIGS, REFUSED_CONFIGS, make_gguf, write_checkpoint
 
 runner = CliRunner()
 

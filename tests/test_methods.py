@@ -11,26 +11,18 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import gguf
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from picli import rope
-from picli.cli import app
 from picli.errors import CannotExtend
 from picli.gguf_io import read_gguf
-from tests.conftest import FAMILY_CONFIGS, TINY, family_rotary, tree_hash, write_checkpoint
-from tests.helpers import assert_clean_error
+from tests.helpers import (FAMILY_CONFIGS, TINY, assert_clean_error, family_rotary, make_gguf, run, tree_hash,
+                           write_checkpoint)
 
-runner = CliRunner()
 # Every family fixture without a scaling of its own.
 UNSCALED = sorted(name for name, config in FAMILY_CONFIGS.items() if not config.get("rope_scaling"))
-
-
-def run(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
 
 
 def rotary_truth(checkpoint_dir) -> dict[str, tuple[torch.Tensor, float]]:
@@ -266,25 +258,16 @@ def test_plan_config_defaults_to_linear_and_leaves_its_input_alone():
 # GGUF in, GGUF out.
 
 
-def make_gguf(path, scaling: str | None = None):
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_context_length(2048)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_rope_dimension_count(64)
-    if scaling:
-        writer.add_rope_scaling_type(gguf.RopeScalingType(scaling))
-        writer.add_rope_scaling_factor(2.0)
-        writer.add_rope_scaling_orig_ctx_len(1024)
-    writer.add_tensor("token_embd.weight", np.arange(12, dtype=np.float32).reshape(3, 4))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+# A rotary dimension of 64: ntk's theta depends on it.
+ROTARY_64 = {"llama.rope.dimension_count": ("add_uint32", 64)}
+# Already linear x2 from a 1024-token pretraining window.
+LINEAR_X2_FROM_1024 = {"llama.rope.scaling.type": ("add_string", "linear"),
+                       "llama.rope.scaling.factor": ("add_float32", 2.0),
+                       "llama.rope.scaling.original_context_length": ("add_uint32", 1024)}
 
 
 def test_gguf_yarn(tmp_path, workdir):
-    source = make_gguf(tmp_path / "m.gguf")
+    source = make_gguf(tmp_path / "m.gguf", ROTARY_64)
     result = run("extend", source, "--to", 8192, "-o", "y.gguf", "--method", "yarn")
     assert result.exit_code == 0, result.stderr
     meta = read_gguf(workdir / "y.gguf").metadata
@@ -301,7 +284,7 @@ def test_gguf_yarn(tmp_path, workdir):
 
 
 def test_gguf_ntk(tmp_path, workdir):
-    source = make_gguf(tmp_path / "m.gguf")
+    source = make_gguf(tmp_path / "m.gguf", ROTARY_64)
     result = run("extend", source, "--to", 8192, "-o", "n.gguf", "--method", "ntk")
     assert result.exit_code == 0, result.stderr
     meta = read_gguf(workdir / "n.gguf").metadata
@@ -413,7 +396,7 @@ def test_config_json_and_gguf_plan_through_the_same_planner(tmp_path):
 
     config = {"model_type": "llama", **TINY, "head_dim": 64, "max_position_embeddings": 2048, "rope_theta": 10000.0,
               "rope_scaling": {"type": "linear", "factor": 2.0, "original_max_position_embeddings": 1024}}
-    info = read_gguf(make_gguf(tmp_path / "m.gguf", scaling="linear"))
+    info = read_gguf(make_gguf(tmp_path / "m.gguf", {**ROTARY_64, **LINEAR_X2_FROM_1024}))
     from_config = rope.current_of(config, rope.read_state(config))
     from_gguf = rope.gguf.current_of("llama", info.metadata, rope_settings(info), None)
     for method in ("linear", "yarn", "ntk"):

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from picli.modeling import kv_bytes_per_token, kv_cache_bytes
-from tests.conftest import FAMILY_CONFIGS
+from tests.helpers import FAMILY_CONFIGS
 
 # Mistral-Nemo's shape: GQA (8 of 32 heads keep keys and values) and a head_dim of 128 that is
 # not hidden_size / heads (160), so a formula that ignores either gets a different number.

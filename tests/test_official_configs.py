@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from picli import rope
 from picli.cli import app
-from tests.conftest import tree_hash, write_checkpoint
-from tests.helpers import read_in
+from picli.errors import CannotExtend, NotACheckpoint
+from picli.rope.methods.yarn import yarn_attention_factor, yarn_inverse_frequencies
+from tests.helpers import read_in, tree_hash, write_checkpoint
 
 DATA = Path(__file__).resolve().parent / "data" / "official"
 runner = CliRunner()
@@ -246,9 +247,93 @@ def test_extend_refuses_a_theta_split_and_writes_nothing(tmp_path, workdir):
     assert not (workdir / "out").exists() and tree_hash(checkpoint) == before
 
 
+# --- M-RoPE and yarn: vLLM reads it otherwise (docs/runtimes.md, "M-RoPE and yarn") ------------
+
+# The block Qwen2.5-VL's model card recommends for long text (QwenLM/Qwen2.5-VL README,
+# "Processing Long Texts"), in place of the released mrope block.
+QWEN25_VL_CARD_YARN = {"type": "yarn", "mrope_section": [16, 24, 24], "factor": 4,
+                       "original_max_position_embeddings": 32768}
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-vl-7b-instruct", "qwen3-vl-8b-instruct"])
+def test_yarn_on_mrope_is_refused_naming_vllm(name, tmp_path, workdir):
+    """Once refused with linear's reason ("linear PI ... does not describe it"), which is not
+    why yarn is: transformers and llama.cpp read yarn with mrope_section alike, vLLM does not."""
+    checkpoint = source(tmp_path, name)
+    before = tree_hash(checkpoint)
+    result = run("extend", checkpoint, "--to", 262144, "--method", "yarn", "-o", workdir / "out")
+    first = assert_refused(result, "M-RoPE")
+    assert "vLLM" in first and "4 x original_max_position_embeddings" in first and "linear PI" not in first
+    assert "Hint: for transformers or llama.cpp alone" in result.stderr
+    assert not (workdir / "out").exists() and tree_hash(checkpoint) == before
+    report = json.loads(run("inspect", checkpoint, "--json").stdout)
+    assert any(line.startswith("--method yarn: ") and "vLLM" in line for line in report["warnings"])
+    # linear (the default) keeps its own reason.
+    assert "linear PI of a single window" in assert_refused(run("extend", checkpoint, "--to", 262144), "M-RoPE")
+    with pytest.raises(CannotExtend, match="vLLM"):
+        rope.plan_config(official(name), 262144, "yarn")
+
+
+def test_transformers_reads_the_card_yarn_block_as_plain_yarn():
+    """What docs/runtimes.md cites for transformers: the Qwen2.5-VL rotary class builds yarn's
+    frequencies and attention factor from the model card's block, mrope_section only regroups them."""
+    import torch
+    from transformers import Qwen2_5_VLConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRotaryEmbedding
+
+    config = {**official("qwen2.5-vl-7b-instruct"), "max_position_embeddings": 131072,
+              "rope_scaling": dict(QWEN25_VL_CARD_YARN)}
+    text = Qwen2_5_VLConfig(**config).get_text_config()
+    embedding = Qwen2_5_VLRotaryEmbedding(text)
+    expected = torch.tensor(yarn_inverse_frequencies(1e6, 128, 4.0, 32768))
+    assert embedding.rope_type == "yarn" and embedding.mrope_section == [16, 24, 24]
+    assert torch.allclose(embedding.inv_freq.double(), expected.double(), rtol=1e-5)
+    assert embedding.attention_scaling == pytest.approx(yarn_attention_factor(4.0))
+
+
+def test_vllm_mrope_ramp_moves_the_pairs_docs_runtimes_states():
+    """vLLM's ramp at 4 x the original window (its MRotaryEmbedding cache length): the numbers
+    docs/runtimes.md gives for Qwen2.5-VL-7B (theta 1e6, head_dim 128, factor 4, 32768)."""
+    ours = yarn_inverse_frequencies(1e6, 128, 4.0, 32768)
+    vllm = yarn_inverse_frequencies(1e6, 128, 4.0, 4 * 32768)
+    moved = [abs(b - a) / a for a, b in zip(ours, vllm) if abs(b - a) / a > 1e-9]
+    assert len(ours) == 64 and len(moved) == 23 and max(moved) == pytest.approx(1.2353, abs=1e-4)
+
+
+# --- SmolLM3: layers without RoPE ------------------------------------------------------------
+
+def test_smollm3_rope_layers_are_counted_as_its_class_reads_them():
+    """Every 4th SmolLM3 layer has no RoPE (no_rope_layers 0): nothing there to extend."""
+    from transformers import SmolLM3Config
+
+    config = official("smollm3-3b")
+    assert rope.rope_layers(config) == {"rope": 27, "layers": 36, "source": "no_rope_layers"}
+    # Left out, the list is the class's fill-in from no_rope_layer_interval (and the class's layer count).
+    for interval in (None, 3):
+        bare = {key: value for key, value in config.items() if key not in ("no_rope_layers", "no_rope_layer_interval",
+                                                                         "num_hidden_layers", "layer_types")}
+        if interval:
+            bare["no_rope_layer_interval"] = interval
+        counted = rope.rope_layers(bare)
+        assert counted["rope"] == sum(SmolLM3Config(**bare).no_rope_layers) == (24 if interval else 27)
+        assert counted["layers"] == 36 and "no_rope_layer_interval" in counted["source"]
+    assert rope.rope_layers(official("llava-1.5-7b-hf")) is None
+    with pytest.raises(NotACheckpoint, match="no_rope_layers must be a list of 0 and 1"):
+        rope.rope_layers({**config, "no_rope_layers": [1, 2]})
+
+
+def test_inspect_says_how_many_smollm3_layers_use_rope(tmp_path):
+    checkpoint = source(tmp_path, "smollm3-3b")
+    report = json.loads(run("inspect", checkpoint, "--json").stdout)
+    assert report["rope"]["rope_layers"] == {"rope": 27, "layers": 36, "source": "no_rope_layers"}
+    shown = " ".join(run("inspect", checkpoint).stdout.split())
+    assert "RoPE layers 27 of 36 (no_rope_layers); the 9 without RoPE are unaffected by the extension" in shown
+
+
 # --- every official shape: what picli does with it ----------------------------------------------
 
-@pytest.mark.parametrize("name, needle", [("qwen3-vl-8b-instruct", "M-RoPE"), ("phi-4-mini-instruct", "longrope"),
+@pytest.mark.parametrize("name, needle", [("qwen3-vl-8b-instruct", "M-RoPE"), ("qwen2.5-vl-7b-instruct", "M-RoPE"),
+                                          ("phi-4-mini-instruct", "longrope"),
                                           ("llama-4-scout-17b-16e", "Llama 4")])
 def test_official_shapes_that_are_refused_say_why(name, needle):
     assert needle in rope.refusal(official(name)).message

@@ -21,7 +21,7 @@ from picli.errors import PicliError
 from picli.modeling import LoadedModel
 from picli.perplexity import evaluate_perplexity, evaluate_token_ids
 from picli.textdata import Document, load_texts
-from tests.conftest import FAMILY_CONFIGS
+from tests.helpers import FAMILY_CONFIGS
 
 DATA = Path(__file__).parent / "data"
 # initializer_range 0.2 (not 0.02) makes the random model's predictions depend strongly on context,

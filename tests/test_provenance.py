@@ -16,18 +16,9 @@ from picli import provenance
 from picli.checkpoint import resolve
 from picli.cli import app
 from picli.errors import ModelNotFound
-from tests.conftest import FAMILY_CONFIGS, tree_hash, write_checkpoint
-from tests.helpers import verify_file, verify_report
+from tests.helpers import FAMILY_CONFIGS, assert_clean_error, tree_hash, verify_file, verify_report, write_checkpoint
 
 runner = CliRunner()
-
-
-def one_line_error(result, *needles: str) -> None:
-    """Exit 1 through the error boundary: `Error: ...` naming what is wrong, no traceback."""
-    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.stderr and result.stderr.startswith("Error: ")
-    for needle in needles:
-        assert needle in " ".join(result.stderr.split()), result.stderr
 
 
 # --- one owner ------------------------------------------------------------------------
@@ -155,7 +146,7 @@ def test_broken_record_stops_extend(broken, workdir):
     model, message = broken
     before = tree_hash(model)
     result = runner.invoke(app, ["extend", str(model), "--to", "16384", "-o", "out16"])
-    one_line_error(result, f"{model / provenance.RECORD}", message)
+    assert_clean_error(result, f"{model / provenance.RECORD}", message)
     assert "restore picli.json or delete it" in result.stderr
     assert tree_hash(model) == before and not (workdir / "out16").exists()
 
@@ -174,9 +165,9 @@ def test_broken_record_is_ignored_by_inspect_with_a_warning(broken):
 def test_broken_record_stops_card_and_push(broken, workdir):
     model, message = broken
     before = tree_hash(model)
-    one_line_error(runner.invoke(app, ["card", str(model)]), str(model / provenance.RECORD), message)
-    one_line_error(runner.invoke(app, ["push", "org/m", str(model), "--dry-run"]), "not ready to publish",
-                   str(model / provenance.RECORD), message)
+    assert_clean_error(runner.invoke(app, ["card", str(model)]), str(model / provenance.RECORD), message)
+    assert_clean_error(runner.invoke(app, ["push", "org/m", str(model), "--dry-run"]), "not ready to publish",
+                       str(model / provenance.RECORD), message)
     assert tree_hash(model) == before  # no README written
 
 
@@ -189,7 +180,7 @@ def test_broken_verify_record_stops_card(picli_output, tmp_path, edit, message):
     record = verify_file(verify_report())
     edit(record)
     (model / provenance.VERIFY_RECORD).write_text(json.dumps(record))
-    one_line_error(runner.invoke(app, ["card", str(model)]), str(model / provenance.VERIFY_RECORD), message)
+    assert_clean_error(runner.invoke(app, ["card", str(model)]), str(model / provenance.VERIFY_RECORD), message)
 
 
 # --- where verify writes --------------------------------------------------------------
@@ -247,7 +238,7 @@ def test_verify_refuses_a_broken_record_before_measuring(picli_output, tmp_path,
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(picli.modeling, "load_model", never)
-    one_line_error(verify(str(model)), str(model / provenance.RECORD), '"source" should be an object')
+    assert_clean_error(verify(str(model)), str(model / provenance.RECORD), '"source" should be an object')
     # --no-save reads no record, so a broken one is no obstacle there (the fixture's stub
     # tokenizer cannot load, and the passkey lengths are checked with it before the weights).
     monkeypatch.setattr(picli.verify, "_check_passkey_lengths", lambda *args: None)
@@ -256,4 +247,4 @@ def test_verify_refuses_a_broken_record_before_measuring(picli_output, tmp_path,
 
 def test_verify_output_must_be_a_file(tiny_model_dir, workdir):
     (workdir / "folder").mkdir()
-    one_line_error(verify(str(tiny_model_dir), "-o", "folder"), "is a directory")
+    assert_clean_error(verify(str(tiny_model_dir), "-o", "folder"), "is a directory")

@@ -27,9 +27,9 @@ from picli.cli import app
 from picli.hub import PushPlan, plan_push, preflight
 from picli.hub_errors import HubCall, translate
 from picli.provenance import remember_last
-from tests.conftest import JUNK, READ_TOKEN, REPO, STRANGER_TOKEN, TOKEN, TOKENS
+from tests.helpers import JUNK, READ_TOKEN, REPO, STRANGER_TOKEN, TOKEN, TOKENS, assert_clean_error, picli
 from tests.hub_server import FakeHub
-from tests.helpers import assert_clean_failure, picli
+
 
 def network_log(env: dict) -> list[str]:
     path = Path(env["PICLI_NETGUARD_LOG"])
@@ -54,6 +54,7 @@ def assert_no_token_anywhere(env: dict, outputs: list[str], *roots: Path) -> Non
                 assert not any(token.encode() in data for token in TOKENS), path
 
 
+@pytest.mark.slow
 def test_push_uploads_byte_identical_files_and_an_honest_card(model, hub, env, tmp_path):
     result = picli("push", REPO, str(model), "--json", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -83,6 +84,7 @@ def test_push_uploads_byte_identical_files_and_an_honest_card(model, hub, env, t
     assert_no_token_anywhere(env, [result.stdout, result.stderr], model, hub.root, Path(env["HF_HOME"]))
 
 
+@pytest.mark.slow
 def test_default_model_public_and_stored_login(model, hub, env, tmp_path):
     """`picli push REPO` publishes the last checkpoint picli wrote here; auth falls back to `hf auth login`."""
     workdir = tmp_path / "work"
@@ -99,11 +101,12 @@ def test_default_model_public_and_stored_login(model, hub, env, tmp_path):
     assert_no_token_anywhere(env, [result.stdout, result.stderr], model)
 
 
+@pytest.mark.slow
 def test_existing_repo_is_refused_unless_exist_ok(model, hub, env, tmp_path):
     assert picli("push", REPO, str(model), env=env, cwd=tmp_path).returncode == 0
     commits = len(hub.load(REPO)["commits"])
     refused = picli("push", REPO, str(model), env=env, cwd=tmp_path)
-    assert_clean_failure(refused, "already exists")
+    assert_clean_error(refused, "already exists")
     assert "--exist-ok" in refused.stderr and len(hub.load(REPO)["commits"]) == commits
 
     # New measurements: --exist-ok adds a commit whose card carries them.
@@ -117,6 +120,7 @@ def test_existing_repo_is_refused_unless_exist_ok(model, hub, env, tmp_path):
     assert hub.head_message(REPO) == "PI x4: 2048 -> 8192 tokens, not fine-tuned"
 
 
+@pytest.mark.slow
 def test_new_revision_is_created_from_main(model, hub, env, tmp_path):
     assert picli("push", REPO, str(model), env=env, cwd=tmp_path).returncode == 0
     main_head = hub.load(REPO)["refs"]["main"]
@@ -130,13 +134,14 @@ def test_new_revision_is_created_from_main(model, hub, env, tmp_path):
     assert hub.head_message(REPO, "pi-8k") == "PI x4, 200 steps"
     assert "notes.txt" in hub.files(REPO, "pi-8k") and "notes.txt" not in hub.files(REPO, "main")
     # The branch now has a commit of its own: pushing to it again needs --exist-ok.
-    assert_clean_failure(picli("push", REPO, str(model), "--revision", "pi-8k", env=env, cwd=tmp_path),
-                         "already exists and has commits")
+    assert_clean_error(picli("push", REPO, str(model), "--revision", "pi-8k", env=env, cwd=tmp_path),
+                       "already exists and has commits")
 
 
+@pytest.mark.slow
 def test_create_pr_leaves_main_alone(model, hub, env, tmp_path):
     missing = picli("push", REPO, str(model), "--create-pr", env=env, cwd=tmp_path)
-    assert_clean_failure(missing, "does not exist")
+    assert_clean_error(missing, "does not exist")
     assert picli("push", REPO, str(model), env=env, cwd=tmp_path).returncode == 0
     main_head = hub.load(REPO)["refs"]["main"]
     (model / "notes.txt").write_text("proposed\n")
@@ -148,26 +153,28 @@ def test_create_pr_leaves_main_alone(model, hub, env, tmp_path):
     assert "notes.txt" in hub.files(REPO, "refs/pr/1")
 
 
+@pytest.mark.slow
 def test_wrong_missing_and_read_only_tokens_are_clean_errors(model, hub, env, tmp_path):
     wrong_token = "hf_" + secrets.token_hex(16)
     wrong = picli("push", REPO, str(model), "--token", wrong_token, env=env, cwd=tmp_path)
-    assert_clean_failure(wrong, "rejected the token")
+    assert_clean_error(wrong, "rejected the token")
     assert wrong_token not in wrong.stderr + wrong.stdout
     assert [path for _, path in hub.requests if path != "/api/agent-harnesses"] == ["/api/whoami-v2"]
 
     no_login = {key: value for key, value in env.items() if key != "HF_TOKEN"}
-    assert_clean_failure(picli("push", REPO, str(model), env=no_login, cwd=tmp_path), "not logged in")
-    assert_clean_failure(picli("push", REPO, str(model), "--token", READ_TOKEN, env=env, cwd=tmp_path), "read-only")
+    assert_clean_error(picli("push", REPO, str(model), env=no_login, cwd=tmp_path), "not logged in")
+    assert_clean_error(picli("push", REPO, str(model), "--token", READ_TOKEN, env=env, cwd=tmp_path), "read-only")
     forbidden = picli("push", REPO, str(model), "--token", STRANGER_TOKEN, env=env, cwd=tmp_path)
-    assert_clean_failure(forbidden, "forbidden")
+    assert_clean_error(forbidden, "forbidden")
     assert hub.load(REPO) is None
     assert_no_token_anywhere(env, [wrong.stderr, forbidden.stderr], model)
 
 
+@pytest.mark.slow
 def test_rerun_after_an_interrupted_upload_completes_it(model, hub, env, tmp_path):
     hub.fail_commits = 1  # the weights go up, then the commit fails
     first = picli("push", REPO, str(model), env=env, cwd=tmp_path)
-    assert_clean_failure(first, "failed with 500")
+    assert_clean_error(first, "failed with 500")
     assert "run the same command again" in first.stderr
     assert set(hub.files(REPO)) == {".gitattributes"}
     weights_oid = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
@@ -182,6 +189,7 @@ def test_rerun_after_an_interrupted_upload_completes_it(model, hub, env, tmp_pat
         assert remote[path] == (model / path).read_bytes()
 
 
+@pytest.mark.slow
 def test_dry_run_makes_no_network_call(model, hub, env, tmp_path):
     before = {path: path.read_bytes() for path in model.rglob("*") if path.is_file()}
     strict = {**env, "PICLI_NETGUARD_STRICT": "1"}  # any connection at all would fail
@@ -202,29 +210,32 @@ def test_dry_run_makes_no_network_call(model, hub, env, tmp_path):
     assert_no_token_anywhere(env, [result.stdout, result.stderr, as_json.stdout])
 
 
+@pytest.mark.slow
 def test_offline_and_unreachable_hub(model, hub, env, tmp_path):
     offline = picli("push", REPO, str(model), env={**env, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
-    assert_clean_failure(offline, "offline mode is on")
+    assert_clean_error(offline, "offline mode is on")
     assert hub.requests == [] and network_log(env) == []
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
     unreachable = picli("push", REPO, str(model), env={**env, "HF_ENDPOINT": f"http://127.0.0.1:{closed}"},
                         cwd=tmp_path)
-    assert_clean_failure(unreachable, "could not reach")
+    assert_clean_error(unreachable, "could not reach")
 
 
+@pytest.mark.slow
 def test_old_argument_order_is_refused_before_anything_is_sent(model, hub, env, tmp_path):
     """`picli push ./model org/name`, the order picli once took: one line that shows the new
     order, exit 1, not one connection, and nothing written into the model (not even the card)."""
     before = {path: path.read_bytes() for path in model.rglob("*") if path.is_file()}
     result = picli("push", str(model), REPO, env=env, cwd=tmp_path)
-    assert_clean_failure(result, f"`picli push {REPO} {model}`")
+    assert_clean_error(result, f"`picli push {REPO} {model}`")
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 2  # Error: and Hint:
     assert hub.requests == [] and network_log(env) == []
     assert {path: path.read_bytes() for path in model.rglob("*") if path.is_file()} == before
 
 
+@pytest.mark.slow
 def test_subprocess_guard_refuses_other_hosts(env, tmp_path):
     code = ("import socket\n"
             "for attempt in (lambda: socket.socket().connect(('192.0.2.1', 80)),\n"

@@ -11,13 +11,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import load_benchmark
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, load_benchmark, missing_environment
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +88,7 @@ def synthetic_result(recovery) -> dict:
             "table": table, "valid": True, "continuation": {"planned": [60, 100], "ran": [], "skipped": {}},
             "seconds": {"extend": {"linear-x2": 9.0}, "finetune": {"control": {"10": 900.0}}, "verify": {"0": 300.0}},
             "wall_seconds": 5000, "threads": 2, "quick": False,
-            "environment": {"cpu": "CPU", "cpu_count": 2, "torch": "2.13.0", "transformers": "5.x"}}
+            "machine": {"cpu": "CPU", "cpus": 2, "torch": "2.13.0", "transformers": "5.x"}}
 
 
 def test_the_table_carries_the_json_values_and_the_rules_outcome(recovery):
@@ -115,7 +112,8 @@ def test_recovery_quick(tmp_path, tiny_model_dir):
     sys.path.insert(0, str(ROOT / "benchmarks" / "data"))
     import austen
 
-    assert austen.available(), "the Austen text is missing: `make install` (or `make austen`) fetches it"
+    if not austen.available():
+        missing_environment("the Austen text is missing: `make test` (or `make austen`) fetches it")
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recovery.py"), "--quick", "--json",
                            "--model", str(tiny_model_dir), "--to", "1024", "--keep", str(tmp_path / "work")],
@@ -153,7 +151,7 @@ def test_recovery_quick(tmp_path, tiny_model_dir):
     assert len(result["data"]["train"]["files"]) == 6
     assert all(len(entry["sha256"]) == 64 for part in ("train", "held_out")
                for entry in result["data"][part]["files"].values())
-    assert {"torch", "transformers", "cpu"} <= set(result["environment"])
+    assert {"torch", "transformers", "cpu", "cpus", "gpus"} <= set(result["machine"])
     assert set(result["decisions"]) == set(table)
     # --table prints the same table from the saved JSON.
     saved = tmp_path / "recovery.json"

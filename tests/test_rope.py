@@ -1,4 +1,4 @@
-"""The config rules of DESIGN.md §2, as pure functions, and the runtime predictions held
+"""The config rules of docs/design.md §2, as pure functions, and the runtime predictions held
 against the installed transformers."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from picli import rope
 from picli.errors import CannotExtend, NotACheckpoint
-from tests.conftest import FAMILY_CONFIGS, REFUSED_CONFIGS
+from tests.helpers import FAMILY_CONFIGS, REFUSED_CONFIGS
 
 
 def plan(name: str, target: int, **options) -> rope.ConfigPlan:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from picli import rope
 from picli.cli import app
 from picli.errors import CannotExtend
-from tests.conftest import write_checkpoint
+from tests.helpers import write_checkpoint
 
 runner = CliRunner()
 

@@ -20,7 +20,7 @@ from picli.errors import PicliError
 from picli.ruler import RulerSettings, build_suite, effective_lengths, run_suite
 from picli.ruler import decoding, generators, prompts, scoring, sources
 from picli.ruler.tasks import SYNTHETIC, TASKS, TEMPLATES, TOKENS_TO_GENERATE
-from tests.conftest import word_tokenizer
+from tests.helpers import word_tokenizer
 
 DATA = Path(__file__).resolve().parent.parent / "picli" / "data" / "ruler"
 

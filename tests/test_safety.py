@@ -18,17 +18,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from picli.cli import app
-from tests.conftest import FAMILY_CONFIGS, tree_hash, write_checkpoint
-from tests.helpers import REVISION, assert_clean_error, make_gguf, picli
+from tests.helpers import (FAMILY_CONFIGS, REVISION, assert_clean_error, make_gguf, picli, run, tree_hash,
+                           write_checkpoint)
 
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
 
 
 def write_safetensors(path: Path, header: object, data: bytes = b"", raw_header: bytes | None = None) -> Path:
@@ -139,6 +132,7 @@ def blob_cache(hf_home: Path, repo_id: str, revision: str) -> Path:
     return snapshot
 
 
+@pytest.mark.slow
 def test_hub_cache_snapshot_links_into_its_blobs_are_allowed(tmp_path):
     hf_home = tmp_path / "hf"
     snapshot = blob_cache(hf_home, "huggyllama/llama-7b", REVISION)
@@ -358,6 +352,7 @@ def test_second_hf_run_leaves_the_first_runs_staging(checkpoint, workdir):
     assert staging_names(workdir) == []
 
 
+@pytest.mark.slow
 def test_two_real_extends_to_one_output(checkpoint, workdir):
     """Two processes: exactly one writes; the other fails with one line, no traceback."""
     code = ("import sys\nfrom picli.cli import app\n"
@@ -623,6 +618,7 @@ def test_push_plan_lists_no_secret_and_says_why(checkpoint, workdir):
     assert FAKE_TOKEN not in dry.stdout
 
 
+@pytest.mark.slow
 def test_push_uploads_no_secret(checkpoint, workdir, hub, env):
     model = push_ready(checkpoint, workdir)
     plant_secrets(model)

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from picli.cli import app
-from tests.conftest import tree_hash
+from tests.helpers import tree_hash
 
 runner = CliRunner()
 pytestmark = pytest.mark.slow

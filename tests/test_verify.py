@@ -8,6 +8,7 @@ that model gives with the same lengths.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import struct
@@ -17,8 +18,7 @@ from typer.testing import CliRunner
 
 from picli.cli import app
 from picli.passkey import FILLER, QUESTION, TASK
-
-from .conftest import tree_hash
+from tests.helpers import missing_environment, tree_hash
 
 runner = CliRunner()
 SINGLE_KEYS = {"model", "baseline", "passkey_lengths", "perplexity_lengths", "settings", "notes", "saved_to"}
@@ -132,7 +132,8 @@ def test_one_model_keeps_its_shape_and_its_window(models):
 
 
 def test_heatmap_has_a_panel_per_model(models, tiny_model_dir):
-    pytest.importorskip("matplotlib")
+    if importlib.util.find_spec("matplotlib") is None:
+        missing_environment("matplotlib (picli's test extra) is not installed: `make install` installs it")
     result = runner.invoke(app, ["verify", "ext", "own", "--baseline", str(tiny_model_dir), "--quick", "--length",
                                  "256", "--no-save", "--heatmap", "grid.png", "--device", "cpu"])
     assert result.exit_code == 0, result.stderr

@@ -17,7 +17,8 @@ then proves it with the installed transformers. Callers use the names below as `
 from . import gguf, values
 from .config_plan import ConfigPlan, current_of, edited_since_record, plan_config
 from .families import (FAMILIES, GGUF_NO_ROPE, GGUF_PROJECTOR, LONGROPE_ONLY, MROPE, NO_HOOK, NO_ROPE,
-                       SLIDING_ONLY_ROPE, WRAPPERS, Family, family_of, fill_defaults, language_config, refusal)
+                       SLIDING_ONLY_ROPE, WRAPPERS, Family, family_of, fill_defaults, language_config, refusal,
+                       rope_layers)
 from .methods import (METHODS, READ_ONLY_TYPES, YARN_BETA_FAST, YARN_BETA_SLOW, Current, Extension, Method, Names,
                       Request, by_rope_type, configured_yarn_attention, get_method, inverse_frequencies, ntk_theta,
                       yarn_attention_factor, yarn_correction_dim, yarn_inverse_frequencies, yarn_kept_fractions,
@@ -38,7 +39,7 @@ __all__ = [
     "effective_window",
     "family_of", "fill_defaults", "format_window", "get_method", "gguf", "inverse_frequencies", "language_config",
     "ntk_theta", "plan", "plan_config", "predict_all", "predict_gguf", "predict_llama_cpp", "predict_transformers4",
-    "predict_transformers5", "predict_vllm", "previous_method", "read_state", "refusal", "rope_kind",
+    "predict_transformers5", "predict_vllm", "previous_method", "read_state", "refusal", "rope_kind", "rope_layers",
     "scaling_type_of", "stacking_refusal", "values", "wrapper_conflict", "write_schemas", "yarn_attention_factor",
     "yarn_correction_dim", "yarn_inverse_frequencies", "yarn_kept_fractions", "yarn_min_transformers",
     "yarn_readers",

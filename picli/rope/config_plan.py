@@ -51,7 +51,7 @@ def plan_config(
     recorded_rope its "rope" record (ntk is known only from it).
     """
     chosen = get_method(method)
-    reason = refusal(config)
+    reason = refusal(config, chosen.name)
     if reason:
         raise reason
     if isinstance(config.get("text_config"), dict):

@@ -118,6 +118,19 @@ WRAPPERS: dict[str, tuple[str, bool]] = {
 # M-RoPE: position ids with several sections (time, height, width).
 MROPE = {"qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl", "qwen3_vl_text",
          "qwen3_vl_moe", "qwen3_vl_moe_text", "qwen2_5_omni", "glm4v", "glm4v_text"}
+# Why yarn on M-RoPE is refused although transformers and llama.cpp read it alike (the code
+# read is cited in docs/runtimes.md, "M-RoPE and yarn"): vLLM's MRotaryEmbedding enlarges its
+# position cache to 4 x original_max_position_embeddings (mrope.py, vLLM 0.34.0; 4x for
+# Qwen2-VL and Qwen2.5-VL, and for Qwen3-VL with video pruning), and YaRN's correction range
+# reads that enlarged length, so its ramp sits where transformers' and llama.cpp's do not.
+MROPE_YARN_VLLM = ("vLLM reads yarn with mrope_section differently from transformers and llama.cpp: its "
+                   "MRotaryEmbedding builds the YaRN ramp at 4 x original_max_position_embeddings (its enlarged "
+                   "position cache), so it would serve other frequencies than the ones picli checks")
+# Layers that say one by one whether they apply RoPE: no_rope_layers[i] is 1 for RoPE, 0 for
+# none (NoPE). SmolLM3Config.__post_init__ fills a missing list with no RoPE in every
+# no_rope_layer_interval-th layer (4 by default); SmolLM3Attention reads use_rope from it.
+# Llama 4 (CHUNKED_NOPE) uses the same keys but is refused before.
+NOPE_LAYERS = {"smollm3"}
 # RoPE only in the sliding-window layers; the global layers have no position encoding.
 SLIDING_ONLY_ROPE = {"cohere2"}
 # Vision towers (and image encoders) saved as a model of their own: no language model.
@@ -234,8 +247,30 @@ def _mrope_section(config: dict):
     return None
 
 
-def refusal(config: dict) -> CannotExtend | None:
-    """The reason PI cannot be applied to this architecture at all, or None."""
+def rope_layers(config: dict) -> dict | None:
+    """How many of a language model's layers apply RoPE, where only some do (NOPE_LAYERS):
+    {"rope": n, "layers": total, "source": where that was read}; None where every layer does.
+    A layer without RoPE has no position encoding to extend: a RoPE method leaves it as it is."""
+    if config.get("model_type") not in NOPE_LAYERS:
+        return None
+    flags = config.get("no_rope_layers")
+    if flags is not None:
+        if not isinstance(flags, list) or not flags or any(flag not in (0, 1) or isinstance(flag, bool)
+                                                           for flag in flags):
+            raise NotACheckpoint(f"config.json: no_rope_layers must be a list of 0 and 1, got {values.show(flags)}",
+                                 hint="fix no_rope_layers in config.json")
+        return {"rope": sum(flags), "layers": len(flags), "source": "no_rope_layers"}
+    layers = fill_defaults(config)[0].get("num_hidden_layers")
+    if layers is None:
+        return None
+    layers = values.positive_int(layers, "num_hidden_layers")
+    interval = values.positive_int(config.get("no_rope_layer_interval", 4), "no_rope_layer_interval")
+    return {"rope": sum((index + 1) % interval != 0 for index in range(layers)), "layers": layers,
+            "source": f"no RoPE in every {interval}th layer (no_rope_layer_interval; the class fills no_rope_layers)"}
+
+
+def refusal(config: dict, method: str = "linear") -> CannotExtend | None:
+    """The reason `method` cannot be applied to this architecture at all, or None."""
     model_type = config.get("model_type")
     if not model_type:
         return CannotExtend("config.json has no model_type", hint="is this a transformers checkpoint?")
@@ -244,6 +279,10 @@ def refusal(config: dict) -> CannotExtend | None:
                                          if isinstance(config.get("text_config"), dict) else None)
     if model_type in MROPE or section:
         described = f" (mrope_section {section})" if section and section != "unknown" else ""
+        if method == "yarn":
+            return CannotExtend(f"{model_type} uses M-RoPE{described}, and {MROPE_YARN_VLLM}",
+                                hint="for transformers or llama.cpp alone, add the model card's yarn block by hand "
+                                     "(docs/runtimes.md, \"M-RoPE and yarn\", cites each runtime's code)")
         return CannotExtend(
             f"{model_type} uses M-RoPE{described}: its position ids have several sections (time, height, width), "
             "and linear PI of a single window does not describe it",

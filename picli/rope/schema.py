@@ -5,7 +5,7 @@ such dict per layer type for nested RoPE such as Gemma 3); transformers 4.x read
 form: top-level `rope_theta` (or the family's own key) and `rope_scaling` ({"type" or
 "rope_type", "factor", ...}). `read_state` says what a file means the way transformers 5
 resolves the two (the legacy dict wins, theta from the top level); `write_schemas` writes
-both so that every reader agrees (DESIGN.md §2). Pure: no transformers, no torch, no files.
+both so that every reader agrees (docs/design.md §2). Pure: no transformers, no torch, no files.
 """
 
 from __future__ import annotations

@@ -299,15 +299,24 @@ def _run(models: list[str | None], settings: VerifySettings, *, save: bool | Non
                for run in runs]
     records = [provenance.verify_record(report.to_dict(), command=command, data=settings.data) for report in reports]
     baseline_name = _names(checkpoints + [baseline_checkpoint])[-1] if baseline_checkpoint else None
+    saved_reports = _write_records(reports, records, checkpoints, into_models, save_to,
+                                   SideBySide(names, baseline_name, reports), command, settings.data)
+    labelled = list(zip(names, runs)) + ([(baseline_name, baseline_run)] if baseline_run else [])
+    return SideBySide(names, baseline_name, saved_reports,
+                      notes=_notes([run for _, run in labelled], lengths, labels=[name for name, _ in labelled]))
+
+
+def _write_records(reports: list[VerifyReport], records: list[dict], checkpoints: list[Checkpoint],
+                   into_models: list[bool], save_to: Path | None, together: SideBySide, command: str,
+                   data: str | None) -> list[VerifyReport]:
+    """Every record written (-o FILE, each checkpoint picli may write into), after every model
+    was measured; the reports as --json prints them: saved_to set, RULER samples named by the
+    file that holds them."""
     written: dict[int, Path] = {}  # report index -> the samples file that holds its RULER samples
     if save_to is not None:
-        if len(reports) == 1:
-            companion = provenance.save_verify_record(save_to, records[0], provenance.ruler_samples_path(save_to))
-        else:
-            result = SideBySide(names, baseline_name, reports).to_dict()
-            companion = provenance.save_verify_record(
-                save_to, provenance.verify_record(result, command=command, data=settings.data),
-                provenance.ruler_samples_path(save_to))
+        record = records[0] if len(reports) == 1 else provenance.verify_record(together.to_dict(), command=command,
+                                                                               data=data)
+        companion = provenance.save_verify_record(save_to, record, provenance.ruler_samples_path(save_to))
         if companion:
             written = dict.fromkeys(range(len(reports)), companion)
     saved_reports = []
@@ -319,9 +328,7 @@ def _run(models: list[str | None], settings: VerifySettings, *, save: bool | Non
         if written.get(index):
             report = _samples_named(report, written[index])
         saved_reports.append(report)
-    labelled = list(zip(names, runs)) + ([(baseline_name, baseline_run)] if baseline_run else [])
-    return SideBySide(names, baseline_name, saved_reports,
-                      notes=_notes([run for _, run in labelled], lengths, labels=[name for name, _ in labelled]))
+    return saved_reports
 
 
 def _check_save_to(save_to: Path, measured: list[Checkpoint], samples: bool = False) -> Path:

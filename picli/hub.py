@@ -53,6 +53,8 @@ IGNORE_PATTERNS = [
     "__pycache__/*", "*/__pycache__/*", ".cache/*", ".ipynb_checkpoints/*", "*/.ipynb_checkpoints/*",
     "wandb/*", "runs/*",
 ]
+# Files a model on the Hub needs: one holding a token is refused, not left out.
+NEEDED_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "tiktoken.model", "vocab.json")
 
 
@@ -161,9 +163,12 @@ def preflight(checkpoint_dir: Path) -> tuple[list[str], list[str]]:
     problems += outside_links(checkpoint_dir, skip=_not_uploaded)
     files = [entry.path for entry in list_files(checkpoint_dir)[0]]
     problems += _weight_problems(checkpoint_dir, files)
-    if holds_hf_token(checkpoint_dir / card_module.README):
-        # The card is built from it and always uploaded: leaving it out cannot keep the token home.
-        problems.append(f"{card_module.README} holds a Hugging Face token (hf_...); remove it from the text")
+    # The card is built from README.md and always uploaded, and a model without its config or
+    # tokenizer files is broken on the Hub: leaving such a file out cannot keep a token home.
+    for name in (card_module.README, *NEEDED_FILES, *TOKENIZER_FILES):
+        if holds_hf_token(checkpoint_dir / name):
+            problems.append(f"{name} holds a Hugging Face token (hf_...); remove it from the file: the model "
+                            "cannot go up without it")
     if not any(Path(name).name in TOKENIZER_FILES for name in files):
         problems.append("no tokenizer (tokenizer.json, tokenizer.model or vocab.json): the model could not be "
                         "used from the Hub")

@@ -628,9 +628,16 @@ def test_push_uploads_no_secret(checkpoint, workdir, hub, env):
     assert "config.json" in remote and not remote & set(SECRETS) and not [n for n in remote if n.startswith(".ssh")]
 
 
-def test_push_refuses_a_card_holding_a_token(checkpoint, workdir):
+@pytest.mark.parametrize("name", ["README.md", "config.json", "tokenizer_config.json"])
+def test_push_refuses_a_needed_file_holding_a_token(checkpoint, workdir, name):
+    """Left out, the card would lose its text or the Hub model its config: refused instead."""
     model = push_ready(checkpoint, workdir)
-    (model / "README.md").write_text(f"# mine\nuse {FAKE_TOKEN}\n")
+    path = model / name
+    if name == "README.md":
+        path.write_text(f"# mine\nuse {FAKE_TOKEN}\n")
+    else:
+        data = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**data, "note": f"token {FAKE_TOKEN}"}))
     result = run("push", "org/model-4k", model, "--dry-run")
-    assert_clean_error(result, "README.md holds a Hugging Face token")
+    assert_clean_error(result, f"{name} holds a Hugging Face token")
     assert FAKE_TOKEN not in result.stdout + result.stderr

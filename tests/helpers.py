@@ -236,9 +236,11 @@ def read_in(version: str, directory: Path) -> dict:
 # --- running picli and judging its errors ---------------------------------------------------
 
 
-def run(*args):
-    """picli in this process (typer's CliRunner), each argument str()-ed: how most tests call it."""
-    return CliRunner().invoke(app, [str(arg) for arg in args])
+def run(*args, **invoke):
+    """picli in this process (typer's CliRunner), each argument str()-ed: how every test that needs
+    no real process calls it (a test file constructs no CliRunner of its own: test_architecture
+    checks). `invoke` goes to CliRunner.invoke (terminal_width=..., input=...)."""
+    return CliRunner().invoke(app, [str(arg) for arg in args], **invoke)
 
 
 def picli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:

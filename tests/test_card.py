@@ -12,16 +12,13 @@ import json
 
 import pytest
 from huggingface_hub import ModelCard
-from typer.testing import CliRunner
 
 from picli import rope
 from picli.card import BEGIN, END, TAGS, CardError, render_card, verification_summary
-from picli.cli import app
 from picli.provenance import shown_summary as summarise_runs
 from picli.provenance import verification_summary as summarise
-from tests.helpers import FAMILY_CONFIGS, verify_file, verify_report, write_checkpoint
+from tests.helpers import FAMILY_CONFIGS, run, verify_file, verify_report, write_checkpoint
 
-runner = CliRunner()
 BASE = "huggyllama/llama-7b"
 
 
@@ -218,22 +215,22 @@ def test_card_command_writes_refreshes_and_previews(extended):
     directory, plan = extended
     (directory / "picli.json").write_text(json.dumps(picli_record(plan)))
     (directory / "README.md").write_text("# notes of mine\n")
-    preview = runner.invoke(app, ["card", str(directory), "--repo", "org/m", "--dry-run"])
+    preview = run("card", str(directory), "--repo", "org/m", "--dry-run")
     assert preview.exit_code == 0, preview.output
     assert (directory / "README.md").read_text() == "# notes of mine\n" and BEGIN in preview.stdout
-    result = runner.invoke(app, ["card", str(directory), "--repo", "org/m", "--json"])
+    result = run("card", str(directory), "--repo", "org/m", "--json")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["action"] == "append" and payload["written"]
     written = (directory / "README.md").read_text()
     assert written == payload["card"] and written.startswith("---\n") and "# notes of mine" in written
-    again = json.loads(runner.invoke(app, ["card", str(directory), "--repo", "org/m", "--json"]).stdout)
+    again = json.loads(run("card", str(directory), "--repo", "org/m", "--json").stdout)
     assert again["action"] == "refresh" and (directory / "README.md").read_text() == written
 
 
 def test_card_without_picli_json_says_it_has_no_provenance(extended):
     directory, _ = extended
-    result = runner.invoke(app, ["card", str(directory), "--dry-run"])
+    result = run("card", str(directory), "--dry-run")
     assert result.exit_code == 0, result.output
     assert "no provenance" in result.stdout and "no picli.json" in result.stderr
 

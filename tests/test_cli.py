@@ -5,13 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from typer.testing import CliRunner
-
 from picli import __version__
-from picli.cli import app, parse_window
+from picli.cli import parse_window
 from picli.docgen import command_names
-
-runner = CliRunner()
+from tests.helpers import assert_clean_error, run
 
 
 def test_help_does_not_import_torch_or_transformers():
@@ -32,7 +29,7 @@ def test_every_command_has_examples_in_help():
     names = command_names()
     assert {"inspect", "extend", "finetune", "verify", "push", "card"} <= set(names)
     for command in names:
-        result = runner.invoke(app, [command, "--help"])
+        result = run(command, "--help")
         assert result.exit_code == 0 and "--json" in result.stdout, command
         assert "Examples" in result.stdout, f"`picli {command} --help` has no Examples section"
         examples = result.stdout.split("Examples", 1)[1]
@@ -40,8 +37,7 @@ def test_every_command_has_examples_in_help():
 
 
 def test_missing_required_option_is_a_usage_error():
-    result = runner.invoke(app, ["extend", "smollm2-135m"])
-    assert result.exit_code == 2 and "--to" in result.stderr
+    assert_clean_error(run("extend", "smollm2-135m"), "--to", exit_code=2)
 
 
 def test_parse_window():

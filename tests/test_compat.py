@@ -8,10 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from picli.cli import app
-from tests.helpers import EXTEND_EXPECTED, side_python
+from tests.helpers import EXTEND_EXPECTED, run, side_python
 
 VERSIONS = ("4.44.2", "4.57.1")
 pytestmark = pytest.mark.slow
@@ -45,8 +43,8 @@ def outputs(family_checkpoints, tmp_path_factory) -> dict[str, Path]:
     made = {}
     for name, (target, *_rest) in EXTEND_EXPECTED.items():
         output = root / name
-        result = CliRunner().invoke(app, ["extend", str(family_checkpoints[name]), "--to", str(target),
-                                          "-o", str(output)])
+        result = run("extend", str(family_checkpoints[name]), "--to", str(target),
+                     "-o", str(output))
         assert result.exit_code == 0, result.stderr
         made[name] = output
     return made
@@ -91,14 +89,13 @@ def test_old_transformers_reads_picli_outputs(version, outputs):
 def test_old_transformers_reads_finetuned_output(version, tiny_model_dir, tmp_path):
     """The PI config survives `picli finetune` in both schemas (save_pretrained in 5.x would drop 4.x keys)."""
     python = side_python(version)
-    runner = CliRunner()
     extended = tmp_path / "ext"
-    assert runner.invoke(app, ["extend", str(tiny_model_dir), "--to", "1024", "-o", str(extended)]).exit_code == 0
+    assert run("extend", str(tiny_model_dir), "--to", "1024", "-o", str(extended)).exit_code == 0
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("The grass is green. The sky is blue. " * 400)
     tuned = tmp_path / "ft"
-    result = runner.invoke(app, ["finetune", str(extended), "--data", str(corpus), "--seq-len", "64", "--steps", "1",
-                                 "--batch-size", "2", "--cpu", "-o", str(tuned)])
+    result = run("finetune", str(extended), "--data", str(corpus), "--seq-len", "64", "--steps", "1",
+                 "--batch-size", "2", "--cpu", "-o", str(tuned))
     assert result.exit_code == 0, result.stderr
     read = subprocess.run([str(python), "-c", READER, str(tuned)], capture_output=True, text=True, timeout=120)
     assert read.returncode == 0, read.stderr[-2000:]

@@ -147,8 +147,7 @@ def test_missing_shard_is_an_error(tmp_path, workdir):
     source = write_checkpoint(tmp_path / "broken", FAMILY_CONFIGS["llama_v4"])
     (source / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}}))
-    result = run("extend", source, "--to", 4096)
-    assert result.exit_code == 1 and "missing" in result.stderr
+    assert_clean_error(run("extend", source, "--to", 4096), "missing")
 
 
 def test_force_replaces_existing_output(family_checkpoints, workdir):
@@ -157,7 +156,8 @@ def test_force_replaces_existing_output(family_checkpoints, workdir):
     assert run("extend", family_checkpoints["llama_v4"], "--to", 4096, "-o", output).exit_code == 0
     (output / "stale.txt").write_text("old")
     result = run("extend", family_checkpoints["llama_v4"], "--to", 4096, "-o", output)
-    assert result.exit_code == 1 and "already exists" in result.stderr and "--force" in result.stderr
+    assert_clean_error(result, "already exists")
+    assert "--force" in result.stderr
     assert (output / "stale.txt").exists()
     assert run("extend", family_checkpoints["llama_v4"], "--to", 4096, "-o", output, "--force").exit_code == 0
     assert not (output / "stale.txt").exists() and (output / "picli.json").exists()
@@ -191,7 +191,7 @@ def test_disk_full_leaves_nothing(checkpoint, workdir, monkeypatch):
 
     monkeypatch.setattr(picli.extend, "copy_file", disk_full)
     result = run("extend", checkpoint, "--to", 4096, "-o", workdir / "out")
-    assert result.exit_code == 1 and "disk full" in result.stderr
+    assert_clean_error(result, "disk full")
     assert list(workdir.iterdir()) == []
 
 
@@ -206,7 +206,7 @@ def test_failed_self_check_writes_nothing(checkpoint, workdir, monkeypatch):
 
     monkeypatch.setattr(picli.self_check, "effective_inv_freqs", off_by_a_bit)
     result = run("extend", checkpoint, "--to", 4096, "-o", workdir / "out")
-    assert result.exit_code == 1 and "self-check failed" in result.stderr
+    assert_clean_error(result, "self-check failed")
     assert list(workdir.iterdir()) == []
 
 

@@ -7,20 +7,16 @@ import json
 import gguf
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from picli.cli import app
 from picli.gguf_io import read_gguf
-from tests.helpers import assert_clean_error, make_gguf, tree_hash
-
-runner = CliRunner()
+from tests.helpers import assert_clean_error, make_gguf, run, tree_hash
 
 
 def test_gguf_extend_writes_scaling_keys(tmp_path, workdir):
     source = tmp_path / "tiny.Q4_K_M.gguf"
     make_gguf(source)
     before = tree_hash(source)
-    result = runner.invoke(app, ["extend", str(source), "--to", "8192", "--json"])
+    result = run("extend", str(source), "--to", "8192", "--json")
     assert result.exit_code == 0, result.stderr
     output = workdir / "tiny.Q4_K_M-8k.gguf"
     assert json.loads(result.stdout)["plan"]["output"] == str(output)
@@ -42,8 +38,8 @@ def test_gguf_extend_writes_scaling_keys(tmp_path, workdir):
 def test_gguf_extend_again_composes(tmp_path, workdir):
     source = tmp_path / "tiny.gguf"
     make_gguf(source)
-    assert runner.invoke(app, ["extend", str(source), "--to", "4096", "-o", "x2.gguf"]).exit_code == 0
-    result = runner.invoke(app, ["extend", "x2.gguf", "--to", "16384", "-o", "x8.gguf", "--json"])
+    assert run("extend", str(source), "--to", "4096", "-o", "x2.gguf").exit_code == 0
+    result = run("extend", "x2.gguf", "--to", "16384", "-o", "x8.gguf", "--json")
     assert result.exit_code == 0, result.stderr
     meta = read_gguf(workdir / "x8.gguf").metadata
     assert meta["llama.rope.scaling.factor"] == 8.0
@@ -59,14 +55,14 @@ def test_gguf_without_rope_is_refused(tmp_path, workdir):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    assert_clean_error(runner.invoke(app, ["extend", str(source), "--to", "4096"]), "no RoPE metadata")
+    assert_clean_error(run("extend", str(source), "--to", "4096"), "no RoPE metadata")
     assert list(workdir.iterdir()) == []
 
 
 def test_not_a_gguf(tmp_path, workdir):
     source = tmp_path / "fake.gguf"
     source.write_bytes(b"definitely not gguf")
-    assert_clean_error(runner.invoke(app, ["extend", str(source), "--to", "4096"]), "not a valid GGUF")
+    assert_clean_error(run("extend", str(source), "--to", "4096"), "not a valid GGUF")
 
 
 # ---------------------------------------------------------------------------------------
@@ -75,7 +71,7 @@ def test_not_a_gguf(tmp_path, workdir):
 
 def _inspect(path) -> tuple[dict, str]:
     """The JSON report, and its warnings as one text."""
-    result = runner.invoke(app, ["inspect", str(path), "--json"])
+    result = run("inspect", str(path), "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     return report, "\n".join(report["warnings"])
@@ -106,7 +102,7 @@ def test_split_gguf_inspect_lists_missing_shards(tmp_path):
     assert "shard 3 of 3" in stderr and "missing: tiny-00002-of-00003.gguf" in stderr
     assert report["files"] == ["tiny-00001-of-00003.gguf", "tiny-00003-of-00003.gguf"] and report["shards"] == 3
     (tmp_path / "tiny-00001-of-00003.gguf").unlink()
-    result = runner.invoke(app, ["inspect", str(tmp_path / "tiny-00003-of-00003.gguf")])
+    result = run("inspect", str(tmp_path / "tiny-00003-of-00003.gguf"))
     assert_clean_error(result, "shard 1 (tiny-00001-of-00003.gguf), which holds the model's metadata, is missing")
 
 
@@ -115,7 +111,7 @@ def test_split_gguf_extend_refuses_every_shard(tmp_path, workdir):
     make_gguf(tmp_path / "tiny.gguf", split_max_tensors=2)
     before = tree_hash(tmp_path)
     for shard in ("tiny-00001-of-00002.gguf", "tiny-00002-of-00002.gguf"):
-        result = runner.invoke(app, ["extend", str(tmp_path / shard), "--to", "8192", "-o", "out.gguf"])
+        result = run("extend", str(tmp_path / shard), "--to", "8192", "-o", "out.gguf")
         assert_clean_error(result, "split GGUF")
         assert "llama-gguf-split --merge tiny-00001-of-00002.gguf tiny.gguf" in result.stderr
     assert list(workdir.iterdir()) == [] and tree_hash(tmp_path) == before
@@ -131,14 +127,14 @@ def test_rope_dimension_count_beyond_head_dim_is_refused(tmp_path, workdir):
     assert report["can_extend"] is False and "inconsistent" in report["cannot_extend_reason"]
     assert "dimension_count 32 exceeds the head dimension 16" in stderr
     for method in ("linear", "yarn", "ntk"):
-        result = runner.invoke(app, ["extend", str(source), "--to", "8192", "-o", "out.gguf", "--method", method])
+        result = run("extend", str(source), "--to", "8192", "-o", "out.gguf", "--method", method)
         assert_clean_error(result, "llama.rope.dimension_count 32 exceeds the head dimension 16")
     assert list(workdir.iterdir()) == []
     # key_length, when present, is the head dimension: 32 channels, and RoPE over all 32 is fine.
     good = tmp_path / "good.gguf"
     make_gguf(good, kv={**shape, "llama.attention.key_length": ("add_uint32", 32)})
     assert _inspect(good)[0]["can_extend"] is True
-    assert runner.invoke(app, ["extend", str(good), "--to", "8192", "-o", "out.gguf"]).exit_code == 0
+    assert run("extend", str(good), "--to", "8192", "-o", "out.gguf").exit_code == 0
 
 
 AGREEMENT_CASES = {
@@ -160,7 +156,7 @@ def test_inspect_and_extend_agree(case, tmp_path, workdir):
     source = tmp_path / "model.gguf"
     make_gguf(source, kv=AGREEMENT_CASES[case])
     report, _ = _inspect(source)
-    result = runner.invoke(app, ["extend", str(source), "--to", "8192", "-o", "out.gguf"])
+    result = run("extend", str(source), "--to", "8192", "-o", "out.gguf")
     assert report["can_extend"] is (result.exit_code == 0), (report, result.stderr)
     if result.exit_code:
         assert_clean_error(result, report["cannot_extend_reason"].split(" (")[0])

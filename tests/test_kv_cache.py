@@ -9,14 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from picli.cli import app
 from picli.errors import NotACheckpoint
 from picli.kv_cache import kv_cache_bytes, layer_pattern
+from tests.helpers import run
 
 OFFICIAL = Path(__file__).parent / "data" / "official"
-runner = CliRunner()
 
 
 def official(name: str) -> dict:
@@ -114,12 +112,12 @@ def test_layer_types_that_do_not_match_the_layers_are_refused():
 def test_inspect_says_which_layers_grow(tmp_path):
     """The official Gemma 3 27B config.json alone: the table's bytes and the layers line."""
     (tmp_path / "config.json").write_text((OFFICIAL / "gemma-3-27b-it.json").read_text())
-    result = runner.invoke(app, ["inspect", str(tmp_path), "--json"])
+    result = run("inspect", str(tmp_path), "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["kv_cache_bytes"]["131072"] == 11_173_625_856
     assert report["kv_layers"]["global"] == 10 and report["kv_layers"]["sliding"] == 52
-    text = runner.invoke(app, ["inspect", str(tmp_path)], terminal_width=200)
+    text = run("inspect", str(tmp_path), terminal_width=200)
     assert text.exit_code == 0, text.stderr
     assert "128k: 11.2 GB" in text.stdout
     assert "10 global, 52 sliding (window 1024)" in text.stdout
@@ -134,7 +132,7 @@ def test_gguf_with_sliding_layers_says_its_estimate_is_an_upper_bound(tmp_path):
              "llama.attention.head_count": ("add_uint32", 4), "llama.attention.head_count_kv": ("add_uint32", 2)}
     make_gguf(tmp_path / "plain.gguf", kv=shape)
     make_gguf(tmp_path / "swa.gguf", kv={**shape, "llama.attention.sliding_window": ("add_uint32", 16)})
-    plain, swa = (json.loads(runner.invoke(app, ["inspect", str(tmp_path / name), "--json"]).stdout)
+    plain, swa = (json.loads(run("inspect", str(tmp_path / name), "--json").stdout)
                   for name in ("plain.gguf", "swa.gguf"))
     # 2 layers x 2 kv heads x 16 dims x (k, v) x 2 bytes x 2048 positions, in both.
     assert plain["kv_cache_bytes"]["2048"] == swa["kv_cache_bytes"]["2048"] == 2 * 2 * 16 * 2 * 2 * 2048

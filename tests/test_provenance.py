@@ -9,16 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 import picli
 from picli import provenance
 from picli.checkpoint import resolve
-from picli.cli import app
 from picli.errors import ModelNotFound
-from tests.helpers import FAMILY_CONFIGS, assert_clean_error, tree_hash, verify_file, verify_report, write_checkpoint
-
-runner = CliRunner()
+from tests.helpers import (FAMILY_CONFIGS, assert_clean_error, run, tree_hash, verify_file, verify_report,
+                           write_checkpoint)
 
 
 # --- one owner ------------------------------------------------------------------------
@@ -31,7 +28,7 @@ def test_every_command_records_the_command_line_the_same_way(tiny_model_dir, wor
              "verify": ["picli", "verify", str(output), "--quick", "--length", "256", "--device", "cpu"]}
     for argv in typed.values():
         monkeypatch.setattr("sys.argv", argv)
-        result = runner.invoke(app, argv[1:])
+        result = run(*argv[1:])
         assert result.exit_code == 0, result.stderr
     extended = json.loads((output / provenance.RECORD).read_text())
     verified = json.loads((output / provenance.VERIFY_RECORD).read_text())["runs"][0]
@@ -87,7 +84,7 @@ def test_resolve_none_is_the_last_output(tmp_path, workdir):
 def test_card_without_model_uses_the_last_output(tmp_path, workdir):
     model = write_checkpoint(tmp_path / "m", FAMILY_CONFIGS["llama_v4"])
     provenance.remember_last(model, "extend")
-    result = runner.invoke(app, ["card", "--dry-run"])
+    result = run("card", "--dry-run")
     assert result.exit_code == 0, result.stderr
     assert f"MODEL: {model.resolve()}" in result.stderr and "# m" in result.stdout
 
@@ -145,7 +142,7 @@ def broken(request, picli_output, tmp_path) -> tuple[Path, str]:
 def test_broken_record_stops_extend(broken, workdir):
     model, message = broken
     before = tree_hash(model)
-    result = runner.invoke(app, ["extend", str(model), "--to", "16384", "-o", "out16"])
+    result = run("extend", str(model), "--to", "16384", "-o", "out16")
     assert_clean_error(result, f"{model / provenance.RECORD}", message)
     assert "restore picli.json or delete it" in result.stderr
     assert tree_hash(model) == before and not (workdir / "out16").exists()
@@ -153,20 +150,20 @@ def test_broken_record_stops_extend(broken, workdir):
 
 def test_broken_record_is_ignored_by_inspect_with_a_warning(broken):
     model, message = broken
-    result = runner.invoke(app, ["inspect", str(model), "--json"])
+    result = run("inspect", str(model), "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["provenance"] is None and report["rope"]["factor"] == 4.0  # config.json still speaks
     assert any(message in text and "ignored" in text for text in report["warnings"])
-    table = runner.invoke(app, ["inspect", str(model)])
+    table = run("inspect", str(model))
     assert table.exit_code == 0 and "Warning:" in table.stderr and "ignored" in table.stderr
 
 
 def test_broken_record_stops_card_and_push(broken, workdir):
     model, message = broken
     before = tree_hash(model)
-    assert_clean_error(runner.invoke(app, ["card", str(model)]), str(model / provenance.RECORD), message)
-    assert_clean_error(runner.invoke(app, ["push", "org/m", str(model), "--dry-run"]), "not ready to publish",
+    assert_clean_error(run("card", str(model)), str(model / provenance.RECORD), message)
+    assert_clean_error(run("push", "org/m", str(model), "--dry-run"), "not ready to publish",
                        str(model / provenance.RECORD), message)
     assert tree_hash(model) == before  # no README written
 
@@ -180,13 +177,13 @@ def test_broken_verify_record_stops_card(picli_output, tmp_path, edit, message):
     record = verify_file(verify_report())
     edit(record)
     (model / provenance.VERIFY_RECORD).write_text(json.dumps(record))
-    assert_clean_error(runner.invoke(app, ["card", str(model)]), str(model / provenance.VERIFY_RECORD), message)
+    assert_clean_error(run("card", str(model)), str(model / provenance.VERIFY_RECORD), message)
 
 
 # --- where verify writes --------------------------------------------------------------
 
 def verify(*args: str):
-    return runner.invoke(app, ["verify", *args, "--quick", "--length", "256", "--device", "cpu"])
+    return run("verify", *args, "--quick", "--length", "256", "--device", "cpu")
 
 
 def test_verify_leaves_a_users_checkpoint_alone_unless_asked(tiny_model_dir, tmp_path, workdir):
@@ -217,7 +214,7 @@ def test_verify_leaves_a_users_checkpoint_alone_unless_asked(tiny_model_dir, tmp
 
 
 def test_verify_writes_into_picli_output_and_no_save_keeps_it_read_only(tiny_model_dir, workdir):
-    assert runner.invoke(app, ["extend", str(tiny_model_dir), "--to", "1024", "-o", "ext"]).exit_code == 0
+    assert run("extend", str(tiny_model_dir), "--to", "1024", "-o", "ext").exit_code == 0
     before = tree_hash(workdir / "ext")
     assert verify("ext", "--no-save").exit_code == 0
     assert tree_hash(workdir / "ext") == before

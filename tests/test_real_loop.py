@@ -15,11 +15,11 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 sys.path.insert(0, str(ROOT / "benchmarks" / "data"))
 
 import austen  # noqa: E402

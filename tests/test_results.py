@@ -5,13 +5,11 @@ hand, or a JSON replaced without updating the page, fails here."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import load_benchmark
+from tests.helpers import ROOT, load_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
 SCIENCE = (ROOT / "docs" / "science.md").read_text(encoding="utf-8")
 RESULTS = ROOT / "docs" / "results"
 

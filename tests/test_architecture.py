@@ -254,3 +254,58 @@ def test_fast_tests_start_no_process():
     assert "test_cli.py::test_python_dash_m_and_version" in found  # the scan sees the quick ones
     assert sorted(set(found) - QUICK_PROCESS_TESTS) == [], "mark these @pytest.mark.slow (make test-fast skips them)"
     assert sorted(QUICK_PROCESS_TESTS - set(found)) == [], "no longer a quick process test: drop from the list"
+
+
+# --- one way to run picli in-process, one repository root -----------------------------------------
+
+# Test files that may construct their own CliRunner or find the repository root themselves, each
+# with its reason. (test_cli.py's `python -c` program builds a CliRunner inside a string: it runs in
+# a fresh process that must not import tests.helpers, and the scan below reads code, not strings.)
+OWN_RUNNER_OR_ROOT: dict[str, str] = {}
+# `Path(__file__).parent.parent`, `.resolve().parents[1]`: the repository root written out again.
+ROOT_BY_HAND = re.compile(r"Path\(__file__\)(\.resolve\(\))?\.(parent\.parent|parents\[1\])")
+
+
+def own_runners_and_roots(source: str, name: str) -> list[str]:
+    """What tests/helpers.py holds once, done again in a test file: a CliRunner constructed (picli is
+    run in-process by helpers.run), ROOT assigned, or the repository root derived from __file__."""
+    found = []
+    for node in ast.walk(ast.parse(source, name)):
+        if isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] == "CliRunner":
+            found.append(f"{name}:{node.lineno} CliRunner()")
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        if any(isinstance(target, ast.Name) and target.id == "ROOT" for target in targets):
+            found.append(f"{name}:{node.lineno} ROOT =")
+        if isinstance(node, (ast.Attribute, ast.Subscript)) and ROOT_BY_HAND.fullmatch(ast.unparse(node)):
+            found.append(f"{name}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_the_runner_and_root_check_sees_each_form():
+    assert own_runners_and_roots("runner = CliRunner()\n", "t.py") == ["t.py:1 CliRunner()"]
+    assert own_runners_and_roots("def f():\n    return typer.testing.CliRunner().invoke(app, [])\n", "t.py") == \
+        ["t.py:2 CliRunner()"]
+    assert own_runners_and_roots("ROOT = Path(__file__).resolve().parent.parent\n", "t.py") == \
+        ["t.py:1 ROOT =", "t.py:1 Path(__file__).resolve().parent.parent"]
+    assert own_runners_and_roots("ROOT: Path = HERE\n", "t.py") == ["t.py:1 ROOT ="]
+    assert own_runners_and_roots("env = {'PYTHONPATH': str(Path(__file__).parents[1])}\n", "t.py") == \
+        ["t.py:1 Path(__file__).parents[1]"]
+    assert own_runners_and_roots("DATA = Path(__file__).parent / 'data'\n", "t.py") == []  # tests/ itself
+    assert own_runners_and_roots("code = 'CliRunner().invoke(app)'\nresult = run('inspect')\n", "t.py") == []
+    assert own_runners_and_roots("from tests.helpers import ROOT\nDOCS = ROOT / 'docs'\n", "t.py") == []
+
+
+def test_picli_is_run_and_the_root_found_only_in_helpers():
+    """tests/helpers.py runs picli in-process (run) and names the repository root (ROOT) once; a
+    test file that makes its own CliRunner or root is a second copy that drifts (another runner's
+    options, another idea of where the repository is)."""
+    found = [entry for path in sorted(TESTS.glob("*.py")) if path.name not in ("helpers.py", *OWN_RUNNER_OR_ROOT)
+             for entry in own_runners_and_roots(path.read_text(encoding="utf-8"), path.name)]
+    assert found == [], "use tests.helpers.run and tests.helpers.ROOT (or add to OWN_RUNNER_OR_ROOT, with why)"
+    helpers = own_runners_and_roots((TESTS / "helpers.py").read_text(encoding="utf-8"), "helpers.py")
+    assert [entry.split(" ", 1)[1] for entry in helpers] == ["ROOT =", "Path(__file__).resolve().parent.parent",
+                                                              "CliRunner()"]  # the one of each
+    stale = [name for name in OWN_RUNNER_OR_ROOT
+             if not own_runners_and_roots((TESTS / name).read_text(encoding="utf-8"), name)]
+    assert stale == [], "no longer an exception: drop from OWN_RUNNER_OR_ROOT"

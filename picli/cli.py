@@ -121,7 +121,7 @@ def _quiet_third_party(json_output: bool, hub_bars: bool = False):
 
 
 def boundary(command):
-    """The error boundary: PicliError and the OS errors a user can fix -> one line, exit 1."""
+    """The error boundary: PicliError and OS errors -> one line, exit 1."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -135,11 +135,18 @@ def boundary(command):
         except OSError as exc:
             known = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system",
                      errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}
-            if exc.errno not in known or os.environ.get("PICLI_DEBUG") == "1":
+            if os.environ.get("PICLI_DEBUG") == "1":
                 raise
-            where = f" writing {exc.filename}" if exc.filename else ""
-            render.error(PicliError(f"{known[exc.errno]}{where}; nothing was left behind",
-                                    hint="free space or choose another -o/--output, then run again"))
+            if exc.errno in known:
+                where = f" writing {exc.filename}" if exc.filename else ""
+                render.error(PicliError(f"{known[exc.errno]}{where}; nothing was left behind",
+                                        hint="free space or choose another -o/--output, then run again"))
+            else:
+                # Not the user's to fix (EIO, a vanished mount): still one line, the OS's own words.
+                where = f" ({exc.filename})" if exc.filename else ""
+                render.error(PicliError(f"the operating system failed: {exc.strerror or exc}{where}",
+                                        hint="check the disk or mount, then run again; PICLI_DEBUG=1 shows the "
+                                        "traceback"))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             render.message("Interrupted; nothing was left behind.")

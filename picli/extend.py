@@ -116,7 +116,14 @@ def plan_extend(
                            hint="target is the transformers/llama.cpp convention; original suits vLLM")
     if from_window is not None and from_window <= 0:
         raise CannotExtend(f"--from must be a positive number of tokens, got {from_window}", hint="e.g. --from 4096")
-    checkpoint = resolve(model, need_weights=True, on_event=on_event)
+    checkpoint = resolve(model, need_weights=False, on_event=on_event)
+    if "repo" in checkpoint.source:
+        # A Hub model is judged by its config.json before its weights download: a refusal that
+        # depends on the architecture (Llama 4, M-RoPE with yarn) must not cost gigabytes.
+        reason = rope.refusal(read_config(checkpoint.path), method)
+        if reason:
+            raise reason
+        checkpoint = resolve(model, need_weights=True)
     cwd = cwd or Path.cwd()
     output = Path(output).expanduser() if output else default_output(checkpoint, target_window, cwd)
     output = output if output.is_absolute() else (cwd / output)

@@ -161,6 +161,24 @@ def test_llama4_is_refused_with_its_reasons_even_with_only_config_json(tmp_path,
     assert report["can_extend"] is False and "chunked-attention" in report["cannot_extend_reason"]
 
 
+def test_a_hub_model_is_refused_by_its_config_before_its_weights_download(tmp_path, workdir, monkeypatch):
+    """`picli extend meta-llama/Llama-4-Scout-...` must not download 200 GB to say no."""
+    import huggingface_hub
+
+    from picli.checkpoint import METADATA_PATTERNS
+
+    snapshot = source(tmp_path, "llama-4-scout-17b-16e")
+    calls = []
+
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None, **_):
+        calls.append(allow_patterns)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert_clean_error(run("extend", "meta-llama/Llama-4-Scout-17B-16E", "--to", 1 << 24), "Llama 4")
+    assert calls == [METADATA_PATTERNS]
+
+
 def test_architecture_refusal_comes_before_missing_weights(tmp_path, workdir):
     checkpoint = source(tmp_path, "phi-4-mini-instruct")
     for weights in checkpoint.glob("*.safetensors"):

@@ -310,8 +310,8 @@ def verify(
         "--haystack", help="RULER's essay haystack: FILE, DIR or hf:NAME (default: Alice in Wonderland, built "
         "in).")] = None,
     chat_template: Annotated[Optional[str], typer.Option(
-        "--chat-template", help="RULER prompts: auto (the tokenizer's chat template when it has one) or none "
-        "(RULER's plain template).")] = None,
+        "--chat-template", help="RULER prompts: auto (the tokenizer's chat template when it has one), chat (the chat "
+        "template, refused when the tokenizer has none) or none (RULER's plain template).")] = None,
     length: Annotated[Optional[list[str]], typer.Option(
         "--length", help="Evaluated length in tokens (repeatable, e.g. --length 8k --length 16k). Default: the "
         "model's window; with several MODELs, every window among them (each model at every length, past its "

@@ -86,6 +86,8 @@ NOT_HERE = {
     ("docs/science.md", "docs/results/recovery.commands.jsonl.gz"): "the same run's command log",
     ("benchmarks/ruler.py", "docs/results/ruler.json"): "where issue 21's RULER run will be committed; not run yet",
     ("benchmarks/ruler.py", "docs/results/ruler-samples.jsonl.gz"): "the same run's every sample",
+    ("docs/science.md", "docs/results/ruler.json"): "issue 21's RULER run, named where it will land; not run yet",
+    ("docs/science.md", "docs/results/ruler-samples.jsonl.gz"): "the same run's every sample",
 }
 
 

@@ -137,6 +137,18 @@ def test_rope_dimension_count_beyond_head_dim_is_refused(tmp_path, workdir):
     assert run("extend", str(good), "--to", "8192", "-o", "out.gguf").exit_code == 0
 
 
+def test_an_mrope_gguf_is_refused_as_its_config_json_is(tmp_path, workdir):
+    """Qwen2-VL's GGUF (rope.dimension_sections) gets the answer its config.json gets, every method."""
+    source = tmp_path / "vl.gguf"
+    make_gguf(source, kv={"llama.rope.dimension_sections": ("add_array", [16, 24, 24, 0])})
+    report, _ = _inspect(source)
+    assert report["can_extend"] is False and "M-RoPE" in report["cannot_extend_reason"]
+    for method in ("linear", "yarn", "ntk"):
+        result = run("extend", str(source), "--to", "8192", "-o", "out.gguf", "--method", method)
+        assert_clean_error(result, "uses M-RoPE (llama.rope.dimension_sections [16, 24, 24, 0])")
+    assert list(workdir.iterdir()) == []
+
+
 AGREEMENT_CASES = {
     "unknown scaling type": {"llama.rope.scaling.type": ("add_string", "su-rope"),
                              "llama.rope.scaling.factor": ("add_float32", 2.0)},

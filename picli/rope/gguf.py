@@ -121,6 +121,16 @@ def refuse_model(architecture: str, metadata: dict, settings: Any, where: str = 
     if architecture in GGUF_NO_ROPE or not settings.has_rope:
         raise CannotExtend(f"this GGUF ({architecture}) has no RoPE metadata ({architecture}.rope.*), so there is "
                            "nothing to interpolate", hint="Position Interpolation applies only to RoPE models")
+    sections = metadata.get(f"{architecture}.rope.dimension_sections")
+    if sections is not None:
+        # The rule the model's config.json meets (families.refusal): one model, one answer,
+        # whichever file of it is extended.
+        listed = list(sections) if isinstance(sections, (list, tuple)) else sections
+        raise CannotExtend(f"this GGUF ({architecture}) uses M-RoPE ({architecture}.rope.dimension_sections "
+                           f"{listed}): its position ids have several sections (time, height, width), and picli "
+                           "refuses it as it refuses the model's config.json",
+                           hint="picli extends single-window RoPE language models; use the model's own "
+                           "long-context settings (docs/runtimes.md, \"M-RoPE and yarn\")")
     split = split_position(metadata)
     if split:
         # One shard rewritten alone would still say split.count and no longer match its siblings.

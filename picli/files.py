@@ -316,7 +316,8 @@ def _protected_places() -> list[tuple[Path, str]]:
 
 
 def check_output(output: Path, *, ours: Callable[[Path], bool], mark: str, force: bool = False,
-                 sources: tuple[Path, ...] | list[Path] = (), empty_ok: bool = False, option: str = "-o/--output") -> None:
+                 sources: tuple[Path, ...] | list[Path] = (), empty_ok: bool = False, option: str = "-o/--output",
+                 exists_hint: str | None = None) -> None:
     """May picli write `output` (a folder or a file it builds whole, then renames into place)?
 
     Refused, whatever `force` says: `/`, the home directory, the current directory and any
@@ -324,7 +325,8 @@ def check_output(output: Path, *, ours: Callable[[Path], bool], mark: str, force
     inside a source, or a folder containing one. An existing output is replaced only with
     `force`, and only when picli wrote it: `ours(path)` says so (picli's record is there:
     `mark`, named in the refusal). An empty folder holds nothing to lose. `empty_ok`: an
-    existing empty folder needs no --force (finetune).
+    existing empty folder needs no --force (finetune). `exists_hint`: what to do about an
+    existing output, where the command has more to offer than --force (finetune's --resume).
     """
     output = Path(output)
     resolved = output.resolve()
@@ -350,7 +352,8 @@ def check_output(output: Path, *, ours: Callable[[Path], bool], mark: str, force
     if empty and empty_ok:
         return
     if not force:
-        raise OutputError(f"output {output} already exists", hint=f"pass --force to replace it, or choose {option}")
+        raise OutputError(f"output {output} already exists",
+                          hint=exists_hint or f"pass --force to replace it, or choose {option}")
     if empty or ours(output):
         return
     raise OutputError(f"output {output} exists and picli did not write it (no {mark}); --force replaces only "

@@ -300,7 +300,8 @@ def finetune_command(model: str | None, output: Path | None, settings: TrainSett
     # home, the current folder or a source never is (checked before the lock sits beside it).
     check_output(output, force=force or resume, sources=[checkpoint.path] if checkpoint else [], empty_ok=True,
                  ours=lambda path: is_picli_output(path) or has_checkpoint(path),
-                 mark="picli.json or checkpoints/ of a picli run")
+                 mark="picli.json or checkpoints/ of a picli run",
+                 exists_hint="pass --resume to continue it, --force to train into it, or choose -o")
     with _output_lock(output):
         point = _resume_point(output, on_event) if resume else None
         # Without MODEL a resume trains from the run's own source, never from .picli/last.json's.

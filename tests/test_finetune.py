@@ -259,6 +259,10 @@ def test_finetune_keeps_pi_config_and_records_training(extended, corpus, workdir
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["steps_done"] == 3 and report["interrupted"] is False and report["signal"] is None
+    # The same command again: the run's output exists, and --resume is what the user most likely meant.
+    again = train(extended, output, str(corpus), "--steps", "3")
+    assert_clean_error(again, "already exists")
+    assert "Hint: pass --resume to continue it" in again.stderr
     config = json.loads((output / "config.json").read_text())
     assert config == json.loads((extended / "config.json").read_text())  # both schemas, untouched
     steps = metrics(output)

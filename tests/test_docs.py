@@ -84,10 +84,6 @@ NOT_HERE = {
     ("docs/concepts.md", "picli/rope/methods/llama3.py"): "the file a new method would be: the page's example",
     ("docs/science.md", "docs/results/recovery.json"): "where issue 20's run will be committed; not run yet",
     ("docs/science.md", "docs/results/recovery.commands.jsonl.gz"): "the same run's command log",
-    ("benchmarks/ruler.py", "docs/results/ruler.json"): "where issue 21's RULER run will be committed; not run yet",
-    ("benchmarks/ruler.py", "docs/results/ruler-samples.jsonl.gz"): "the same run's every sample",
-    ("docs/science.md", "docs/results/ruler.json"): "issue 21's RULER run, named where it will land; not run yet",
-    ("docs/science.md", "docs/results/ruler-samples.jsonl.gz"): "the same run's every sample",
 }
 
 

@@ -18,6 +18,7 @@ RESULTS = ROOT / "docs" / "results"
     ("methods", "methods.json", "table"),
     ("miniature_pi", "miniature_2w_seeds.json", "table"),
     ("real_loop", "real_loop.json", "render"),
+    ("ruler", "ruler.json", "table"),
 ])
 def test_science_tables_are_the_scripts_rendering_of_the_committed_json(script, result, render):
     rendered = getattr(load_benchmark(script), render)(json.loads((RESULTS / result).read_text()))

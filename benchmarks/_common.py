@@ -4,6 +4,8 @@ machine record every results JSON carries, and the targets table.
 - `picli_env`, `picli_command`, `PicliRunner`: each picli command is its own `python -m picli`
   process with this checkout on PYTHONPATH, offline and quiet, optionally with a fixed torch
   thread count (miniature_pi.py, real_loop.py and methods.py run every model operation so).
+  `PicliRunner(replay=True)` continues an interrupted run in its own work directory
+  (recovery.py --resume).
 - `run_child`: one child process measured alone (wall seconds, its own peak RSS from
   `os.wait4`, so runs never mix): extend.py, verify.py and finetune.py.
 - `wait_for_quiet`: wait for a low load average before a measured run (verify.py, finetune.py).
@@ -75,18 +77,50 @@ def work_directory(keep: str | None, prefix: str) -> Path:
 
 class PicliRunner:
     """picli's commands, each `python -m picli ... --json` in the work directory; every result is
-    appended to commands.jsonl there, so an interrupted run still leaves what it measured."""
+    appended to commands.jsonl there, so an interrupted run still leaves what it measured.
 
-    def __init__(self, workdir: Path, threads: int, verbose: bool, timeout: float | None = None):
+    With `replay=True` the work directory is an interrupted run's, and its commands.jsonl is
+    replayed: the n-th command of this run is answered by the n-th recorded one (which must be
+    the same command, else the two runs differ and the script stops) without running picli again;
+    once the record is used up, commands run for real and are appended after it. A script whose
+    commands follow from their results (as recovery.py's do) then continues where it stopped.
+    """
+
+    def __init__(self, workdir: Path, threads: int, verbose: bool, timeout: float | None = None,
+                 replay: bool = False):
         self.workdir, self.verbose, self.timeout, self.started = workdir, verbose, timeout, time.perf_counter()
         self.env = picli_env(threads)
         self.log = workdir / "commands.jsonl"
+        self.pending: list[dict] = self._recorded() if replay else []
+        self.replayed, self.replayed_seconds = 0, 0.0
+
+    def _recorded(self) -> list[dict]:
+        """The commands an interrupted run completed. A last line cut short by the interruption is
+        dropped, and the log rewritten without it, so that new results append to whole lines."""
+        if not self.log.is_file():
+            return []
+        entries = []
+        for line in self.log.read_text().splitlines():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        self.log.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+        return entries
 
     def say(self, text: str) -> None:
         print(f"[{time.perf_counter() - self.started:6.0f}s] {text}", file=sys.stderr, flush=True)
 
-    def run(self, *args: str) -> tuple[dict, float]:
-        """picli's JSON result and the command's wall seconds; a failure ends the script."""
+    def run(self, *args: str, fresh: Path | None = None) -> tuple[dict, float]:
+        """picli's JSON result and the command's wall seconds; a failure ends the script.
+
+        `fresh`: the command's output directory inside the work directory. When the command
+        really runs (is not replayed), a directory left there by an interrupted run of this same
+        script is removed first: picli refuses to write over an existing output."""
+        if self.pending:
+            return self._replay(list(args))
+        if fresh is not None and fresh.exists() and fresh.resolve().is_relative_to(self.workdir.resolve()):
+            shutil.rmtree(fresh)
         started = time.perf_counter()
         child = subprocess.Popen(picli_command(*args, "--json"), cwd=self.workdir, env=self.env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -108,6 +142,18 @@ class PicliRunner:
         if self.verbose:
             self.say(f"picli {' '.join(args)}  ({seconds:.0f} s)")
         return result, seconds
+
+    def _replay(self, args: list[str]) -> tuple[dict, float]:
+        entry = self.pending.pop(0)
+        if entry["command"] != ["picli", *args]:
+            raise SystemExit(f"cannot resume: command {self.replayed + 1} of the interrupted run was "
+                             f"`{' '.join(entry['command'])}`, this run's is `picli {' '.join(args)}`; "
+                             "its arguments or code differ: start a new work directory")
+        self.replayed += 1
+        self.replayed_seconds += entry["seconds"]
+        if self.verbose:
+            self.say(f"replayed: picli {' '.join(args)}  ({entry['seconds']:.0f} s when it ran)")
+        return entry["result"], entry["seconds"]
 
 
 # ---------------------------------------------------------------------------------------

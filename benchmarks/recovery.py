@@ -46,6 +46,13 @@ Llama (--model DIR --to 1024) instead, 245 s on the same loaded cores. Progress 
 table (or --json) to stdout; `--keep DIR` keeps the work directory (models, texts, every
 picli command's JSON in commands.jsonl). The script exits 0 whatever the outcome: it is a
 measurement, and docs/science.md quotes it as measured.
+
+An interrupted run (Ctrl-C, a machine shut down) continues with `--resume DIR`, DIR being its
+--keep directory: the run's own arguments are read from DIR/arguments.json, the picli commands
+that completed are replayed from DIR/commands.jsonl instead of run again, and the first command
+that did not complete starts afresh (a first fine-tune round from its start, a `--resume` round
+from its last checkpoint). The result records how many commands were replayed and their seconds;
+its wall time is this run's plus theirs.
 """
 
 from __future__ import annotations
@@ -80,6 +87,7 @@ ARMS = {
     "yarn": ("YaRN x2, LR 1e-4", "yarn", 1e-4),
 }
 CONTINUED = ("control", "pi")  # the arms a continuation round trains further
+ARGUMENTS = "arguments.json"  # in the work directory: the run's own arguments, for --resume
 
 # The issue's plan. Batch 8 x 1024 tokens per optimizer step (82k tokens per 10 steps); the
 # micro-batch only splits it (gradient accumulation), the result is the same.
@@ -161,9 +169,10 @@ def decisions(table: dict) -> dict:
 
 
 def write_texts(workdir: Path, quick: bool, train_chars: int | None) -> dict:
-    """train/<novel>.txt and heldout/<file>; their provenance: characters and sha256 of what is measured."""
-    (workdir / "train").mkdir()
-    (workdir / "heldout").mkdir()
+    """train/<novel>.txt and heldout/<file>; their provenance: characters and sha256 of what is
+    measured. A resumed run writes them again, byte for byte the same."""
+    (workdir / "train").mkdir(exist_ok=True)
+    (workdir / "heldout").mkdir(exist_ok=True)
     record = {"train": {"author": "Jane Austen", "source": "Debian r-cran-janeaustenr 1.0.0-1 "
                         "(benchmarks/data/README.md)", "files": {}},
               "held_out": {"author": "Lewis Carroll", "files": {}}}
@@ -199,9 +208,16 @@ def run(args) -> dict:
     recipe = ["--seq-len", str(plan["seq_len"]), "--batch-size", str(plan["batch_size"]),
               "--micro-batch-size", str(plan["micro_batch_size"]), "--warmup-steps", str(plan["warmup_steps"]),
               "--seed", "0", "--cpu"]
-    workdir = work_directory(args.keep, "picli-recovery-")
-    picli = Picli(workdir, args.threads, verbose=args.verbose)
+    if args.resume:
+        workdir = Path(args.resume).resolve()
+    else:
+        workdir = work_directory(args.keep, "picli-recovery-")
+        (workdir / ARGUMENTS).write_text(json.dumps({"argv": args.argv}))
+    picli = Picli(workdir, args.threads, verbose=args.verbose, replay=bool(args.resume))
     started = time.perf_counter()
+
+    def elapsed() -> float:  # this run's seconds and the replayed commands' (the interrupted run's)
+        return time.perf_counter() - started + picli.replayed_seconds
     data = write_texts(workdir, args.quick, plan["train_chars"])
     picli.say(f"texts in {workdir}: train Jane Austen (6 novels), held out {list(data['held_out']['files'])}")
     seconds = {"extend": {}, "finetune": {arm: {} for arm in ARMS}, "verify": {}}
@@ -211,7 +227,7 @@ def run(args) -> dict:
     for method in sorted({method for _, method, _ in ARMS.values() if method}):
         output = f"{method}-x2"
         _, seconds["extend"][output] = picli.run("extend", args.model, "--to", str(args.to), "--method", method,
-                                                 "-o", output)
+                                                 "-o", output, fresh=workdir / output)
         for arm, (_, arm_method, _) in ARMS.items():
             if arm_method == method:
                 start_models[arm] = output
@@ -229,7 +245,7 @@ def run(args) -> dict:
             if first:
                 trained, took = picli.run("finetune", start_models[arm], "-o", output, "--data", "train",
                                           "--steps", str(count), "--save-every", str(save_every),
-                                          "--lr", str(ARMS[arm][2]), *recipe)
+                                          "--lr", str(ARMS[arm][2]), *recipe, fresh=workdir / output)
             else:
                 trained, took = picli.run("finetune", start_models[arm], "-o", output, "--resume",
                                           "--steps", str(count), "--save-every", str(save_every))
@@ -252,9 +268,9 @@ def run(args) -> dict:
             continuation["skipped"][str(count)] = f"PI is {outcome} at {last} steps, not partial"
             break
         needed = estimate_round(seconds, int(last), count)
-        elapsed = time.perf_counter() - started
-        if elapsed + needed > args.budget and not args.quick:
-            continuation["skipped"][str(count)] = (f"needs ~{needed:.0f} s (measured pace), {elapsed:.0f} s of "
+        spent = elapsed()
+        if spent + needed > args.budget and not args.quick:
+            continuation["skipped"][str(count)] = (f"needs ~{needed:.0f} s (measured pace), {spent:.0f} s of "
                                                    f"the {args.budget} s budget spent")
             break
         train_round(list(CONTINUED), count, first=False)
@@ -280,10 +296,12 @@ def run(args) -> dict:
         "valid": all(decide(row, row)[0] == "valid" for row in table["control"].values()),
         "losses": losses, "seconds": seconds, "data": data, "machine": machine(),
         "threads": args.threads, "quick": args.quick, "command": "benchmarks/recovery.py " + " ".join(args.argv),
-        "wall_seconds": round(time.perf_counter() - started),
-        "workdir": str(workdir) if args.keep else None,
+        "wall_seconds": round(elapsed()),
+        "resumed": {"replayed_commands": picli.replayed, "replayed_seconds": round(picli.replayed_seconds)}
+        if args.resume else None,
+        "workdir": str(workdir) if args.keep or args.resume else None,
     }
-    if not args.keep:
+    if not (args.keep or args.resume):
         shutil.rmtree(workdir, ignore_errors=True)
     return result
 
@@ -359,6 +377,11 @@ def table(result: dict) -> str:
         f"Wall time {result['wall_seconds']} s; {result['threads']} torch threads per picli process; "
         f"{host['cpu']} ({host['cpus']} CPUs), torch {host['torch']}, transformers {host['transformers']}.",
     ]
+    resumed = result.get("resumed")
+    if resumed:
+        lines.append(f"Resumed after an interruption: {resumed['replayed_commands']} picli commands "
+                     f"({resumed['replayed_seconds']} s of the wall time) are the interrupted run's, replayed from "
+                     "its commands.jsonl; the machine recorded is the resuming one's.")
     if result["quick"]:
         lines.append("--quick: mechanics only; these numbers mean nothing.")
     return "\n".join(lines)
@@ -388,6 +411,9 @@ def parse_args(argv=None):
     # other jobs, one thread per process is faster (real_loop.py measured 3x).
     parser.add_argument("--threads", type=int, default=2, help="torch threads per picli process (default 2)")
     parser.add_argument("--keep", help="keep the work directory here (must be new or empty)")
+    parser.add_argument("--resume", metavar="DIR",
+                        help="continue an interrupted run whose --keep directory is DIR, with its own arguments "
+                             "(give only --json or -v beside it)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every picli command with its time")
     parser.add_argument("--table", metavar="JSON", help="print the table of a saved --json result; measure nothing")
@@ -396,11 +422,29 @@ def parse_args(argv=None):
     return args
 
 
+def resumed_arguments(given: argparse.Namespace) -> argparse.Namespace:
+    """The interrupted run's own arguments (DIR/arguments.json), with --resume, --json and -v as given now."""
+    others = [arg for arg in given.argv if arg not in ("--json", "-v", "--verbose", "--resume", given.resume)
+              and not arg.startswith("--resume=")]
+    if others:
+        raise SystemExit(f"--resume takes the run's arguments from {ARGUMENTS} in its directory: give only --json "
+                         f"or -v beside it, not {' '.join(others)}")
+    saved = Path(given.resume) / ARGUMENTS
+    if not saved.is_file():
+        raise SystemExit(f"{given.resume} is not a recovery.py work directory (no {ARGUMENTS}): give the --keep "
+                         "directory of the run to continue")
+    args = parse_args(json.loads(saved.read_text())["argv"])
+    args.resume, args.json, args.verbose = given.resume, given.json, given.verbose
+    return args
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
         return
+    if args.resume:
+        args = resumed_arguments(args)
     if not austen.available():
         raise SystemExit("The training text is missing: run `make austen` (benchmarks/data/README.md)")
     result = run(args)

@@ -103,6 +103,61 @@ def test_the_table_carries_the_json_values_and_the_rules_outcome(recovery):
     assert recovery.table(changed) != rendered
 
 
+def test_an_interrupted_run_replays_its_completed_commands_then_runs_the_rest(recovery, tmp_path, monkeypatch):
+    """--resume's machinery (PicliRunner in benchmarks/_common.py): the recorded commands answer in
+    order without a process; a cut-off last line is dropped; a leftover output of the first command
+    that really runs is removed (only inside the work directory); a different command stops the run."""
+    common = sys.modules["_common"]  # benchmarks/_common.py, as recovery.py imported it
+    recorded = [{"command": ["picli", "extend", "m", "-o", "a"], "seconds": 10.0, "result": {"n": 1}},
+                {"command": ["picli", "verify", "a"], "seconds": 5.0, "result": {"n": 2}}]
+    log = tmp_path / "commands.jsonl"
+    log.write_text("".join(json.dumps(entry) + "\n" for entry in recorded) + '{"command": ["picli", "fin')
+    started = []
+
+    class Child:  # what subprocess.Popen would start: picli printing its JSON
+        returncode = 0
+
+        def __init__(self, command, **_):
+            started.append(command[3:-1])  # [python, -m, picli, *args, --json]
+
+        def communicate(self, timeout=None):
+            return json.dumps({"n": 3}), ""
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(common.subprocess, "Popen", Child)
+    runner = common.PicliRunner(tmp_path, threads=1, verbose=False, replay=True)
+    assert runner.run("extend", "m", "-o", "a", fresh=tmp_path / "a") == ({"n": 1}, 10.0)
+    assert runner.run("verify", "a") == ({"n": 2}, 5.0)
+    assert started == [] and runner.replayed == 2 and runner.replayed_seconds == 15.0
+    leftover = tmp_path / "b"
+    (leftover / "checkpoint-1").mkdir(parents=True)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    assert runner.run("finetune", "a", "-o", "b", fresh=leftover)[0] == {"n": 3}
+    assert started == [["finetune", "a", "-o", "b"]] and not leftover.exists()
+    runner.run("finetune", "a", "-o", "../outside", fresh=outside)
+    assert outside.is_dir()  # not the script's to remove
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["command"][1] for line in lines] == ["extend", "verify", "finetune", "finetune"]
+    # A run whose commands differ from the record is not the same run: it stops.
+    again = common.PicliRunner(tmp_path, threads=1, verbose=False, replay=True)
+    with pytest.raises(SystemExit, match="command 1 of the interrupted run was `picli extend m -o a`"):
+        again.run("extend", "m", "-o", "other")
+
+
+def test_resume_takes_the_runs_own_arguments(recovery, tmp_path):
+    (tmp_path / "arguments.json").write_text(json.dumps({"argv": ["--quick", "--steps", "3", "--keep", "w"]}))
+    args = recovery.resumed_arguments(recovery.parse_args(["--resume", str(tmp_path), "--json"]))
+    assert (args.quick, args.steps, args.resume, args.json) == (True, [3], str(tmp_path), True)
+    assert args.argv == ["--quick", "--steps", "3", "--keep", "w"]
+    with pytest.raises(SystemExit, match="give only --json or -v beside it, not --steps 5"):
+        recovery.resumed_arguments(recovery.parse_args(["--resume", str(tmp_path), "--steps", "5"]))
+    with pytest.raises(SystemExit, match="not a recovery.py work directory"):
+        recovery.resumed_arguments(recovery.parse_args(["--resume", str(tmp_path / "nothing")]))
+
+
 @pytest.mark.slow
 def test_recovery_quick(tmp_path, tiny_model_dir):
     """--quick through every picli command and round, on a tiny random Llama (window 512, x2 to
@@ -160,3 +215,20 @@ def test_recovery_quick(tmp_path, tiny_model_dir):
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "| PI x2, LR 1e-4 | 2 |" in again.stdout
     assert "--quick: mechanics only" in again.stdout
+    # Interrupted before its last round was recorded (the continuation's two fine-tunes and its
+    # verify): --resume replays the first 8 commands and runs the last 3 again, to the same table.
+    log = tmp_path / "work" / "commands.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    assert len(lines) == 11
+    log.write_text("".join(lines[:8]) + lines[8][:50])  # the 9th cut off mid-line, as a kill leaves it
+    resumed = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recovery.py"), "--resume",
+                              str(tmp_path / "work"), "--json"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    second = json.loads(resumed.stdout)
+    assert second["resumed"]["replayed_commands"] == 8 and len(log.read_text().splitlines()) == 11
+    assert second["command"] == result["command"] and second["continuation"]["ran"] == [2]
+    for arm, rows in table.items():
+        for step, measured in rows.items():
+            assert second["table"][arm][step]["perplexity"] == pytest.approx(measured["perplexity"], rel=1e-6)
+            assert second["table"][arm][step]["per_trial"] == measured["per_trial"]

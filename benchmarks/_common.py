@@ -119,7 +119,8 @@ class PicliRunner:
         script is removed first: picli refuses to write over an existing output."""
         if self.pending:
             return self._replay(list(args))
-        if fresh is not None and fresh.exists() and fresh.resolve().is_relative_to(self.workdir.resolve()):
+        if (fresh is not None and fresh.exists() and fresh.resolve() != self.workdir.resolve()
+                and fresh.resolve().is_relative_to(self.workdir.resolve())):
             shutil.rmtree(fresh)
         started = time.perf_counter()
         child = subprocess.Popen(picli_command(*args, "--json"), cwd=self.workdir, env=self.env,

@@ -138,9 +138,10 @@ def test_an_interrupted_run_replays_its_completed_commands_then_runs_the_rest(re
     assert runner.run("finetune", "a", "-o", "b", fresh=leftover)[0] == {"n": 3}
     assert started == [["finetune", "a", "-o", "b"]] and not leftover.exists()
     runner.run("finetune", "a", "-o", "../outside", fresh=outside)
-    assert outside.is_dir()  # not the script's to remove
+    runner.run("finetune", "a", "-o", ".", fresh=tmp_path)
+    assert outside.is_dir() and log.is_file()  # not the script's to remove, nor the work directory itself
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [line["command"][1] for line in lines] == ["extend", "verify", "finetune", "finetune"]
+    assert [line["command"][1] for line in lines] == ["extend", "verify", "finetune", "finetune", "finetune"]
     # A run whose commands differ from the record is not the same run: it stops.
     again = common.PicliRunner(tmp_path, threads=1, verbose=False, replay=True)
     with pytest.raises(SystemExit, match="command 1 of the interrupted run was `picli extend m -o a`"):

@@ -58,6 +58,7 @@ its wall time is this run's plus theirs.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import math
@@ -387,6 +388,73 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def read_commands(path: str | Path) -> list[dict]:
+    """A run's command record (DIR/commands.jsonl, or the .gz committed beside the result)."""
+    raw = Path(path).read_bytes()
+    text = (gzip.decompress(raw) if str(path).endswith(".gz") else raw).decode("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def argmax_errors(result: dict, commands: list[dict]) -> dict:
+    """{arm: {step: {"positions", "right", "next_token"}}}: where each arm's teacher-forced argmax
+    lands at the key's positions, from the per-trial tokens in the run's verify records.
+
+    At a position of the key (its leading space and digits, all but the last) the argmax is
+    "right" when it is the key's token there and "next_token" when it is instead the key's
+    following token, i.e. the model copies from one position too far. The key's own tokens are
+    read from a model that retrieved the key in the same call (every model of a call sees the
+    same prompts); a key that no model of the call retrieved is left out.
+    """
+    verifies = [record for record in commands if record["command"][1:2] == ["verify"]]
+    steps = list(result["seconds"]["verify"])  # in the order the run measured them
+    if len(verifies) != len(steps):
+        raise SystemExit(f"the command record has {len(verifies)} verify calls, the result {len(steps)} "
+                         "measurements: they are not the same run")
+    out: dict = {arm: {} for arm in result["arms"]}
+    for step, record in zip(steps, verifies):
+        report = record["result"]
+        runs = [single["model"] for single in report["reports"]] if "reports" in report else [report["model"]]
+        models = record["command"][2:2 + len(runs)]  # `picli verify MODEL... --options`, in report order
+        passkeys = {model: run["passkey"]["results"][0] for model, run in zip(models, runs)}
+        reference = {}  # key -> its tokens, from any model that retrieved it
+        for passkey in passkeys.values():
+            for keys, hits, predicted in zip(passkey["keys"], passkey["outcomes"], passkey["predicted"]):
+                for key, hit, tokens in zip(keys, hits, predicted):
+                    if hit:
+                        reference[key] = tokens
+        for arm in result["arms"]:
+            model = result["arms"][arm]["step_0_model"] if step == "0" else f"{arm}-ft"
+            if model not in passkeys:
+                continue  # an arm not measured in this call (a continuation round)
+            count = {"positions": 0, "right": 0, "next_token": 0}
+            passkey = passkeys[model]
+            for keys, predicted in zip(passkey["keys"], passkey["predicted"]):
+                for key, tokens in zip(keys, predicted):
+                    truth = reference.get(key)
+                    if truth is None:
+                        continue
+                    for here, (want, after) in enumerate(zip(truth, truth[1:])):
+                        count["positions"] += 1
+                        count["right"] += tokens[here] == want
+                        count["next_token"] += tokens[here] != want and tokens[here] == after
+            out[arm][step] = count
+    return out
+
+
+def errors_table(result: dict, commands: list[dict]) -> str:
+    """argmax_errors as a table, one row per arm and step."""
+    lines = ["Teacher-forced argmax at the key's positions (its leading space and digits, all but the last), "
+             "over the keys some model of the same call retrieved: the key's token, or the key's next token "
+             "instead.", "",
+             "| arm | steps | positions | argmax = the key's token | argmax = the key's next token |",
+             "|---|---:|---:|---:|---:|"]
+    for arm, by_step in argmax_errors(result, commands).items():
+        for step, count in sorted(by_step.items(), key=lambda item: int(item[0])):
+            lines.append(f"| {result['arms'][arm]['label']} | {step} | {count['positions']} | {count['right']} | "
+                         f"{count['next_token']} |")
+    return "\n".join(lines)
+
+
 def int_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
@@ -417,6 +485,9 @@ def parse_args(argv=None):
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every picli command with its time")
     parser.add_argument("--table", metavar="JSON", help="print the table of a saved --json result; measure nothing")
+    parser.add_argument("--commands", metavar="JSONL",
+                        help="with --table: the run's command record (commands.jsonl, .gz too); adds where the "
+                             "argmax lands at the key's positions, from its per-trial tokens")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
@@ -441,7 +512,10 @@ def resumed_arguments(given: argparse.Namespace) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.table:
-        print(table(json.loads(Path(args.table).read_text())))
+        result = json.loads(Path(args.table).read_text())
+        print(table(result))
+        if args.commands:
+            print("\n" + errors_table(result, read_commands(args.commands)))
         return
     if args.resume:
         args = resumed_arguments(args)

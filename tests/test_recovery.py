@@ -7,6 +7,7 @@ their edges, so that the run's outcome is the rules' and not the code's."""
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 import os
 import subprocess
@@ -101,6 +102,38 @@ def test_the_table_carries_the_json_values_and_the_rules_outcome(recovery):
     changed = copy.deepcopy(result)
     changed["table"]["pi"]["10"]["mean_key_logprob"] = -7.25
     assert recovery.table(changed) != rendered
+
+
+def test_argmax_errors_count_the_keys_tokens_and_the_copies_from_one_position_too_far(recovery, tmp_path):
+    """The key's tokens come from a model that retrieved it in the same verify call; a key no model
+    retrieved is left out; the step-0 rows are the arms' starting checkpoints (PI and PI-low share one)."""
+    def passkey(keys, hits, predicted):
+        return {"passkey": {"results": [{"keys": [keys], "outcomes": [hits], "predicted": [predicted]}]}}
+    # Key 111 is the tokens [9, 1, 2, 3]; key 222, [9, 4, 5, 6]: the base retrieves 111 only.
+    base = passkey([111, 222], [True, False], [[9, 1, 2, 3], [9, 4, 4, 7]])
+    # PI: right at the space, then each position the key's next token; the last position is not counted.
+    linear = passkey([111, 222], [False, False], [[9, 2, 3, 8], [9, 5, 6, 0]])
+    yarn = passkey([111, 222], [False, False], [[7, 1, 2, 3], [9, 5, 6, 0]])
+    verify = {"command": ["picli", "verify", "smollm2-135m", "linear-x2", "yarn-x2", "--passkey"],
+              "result": {"reports": [{"name": "a", "model": base}, {"name": "b", "model": linear},
+                                     {"name": "c", "model": yarn}]}}
+    finetune = {"command": ["picli", "finetune", "linear-x2"], "result": {}}
+    result = {"arms": {"control": {"label": "control", "step_0_model": "smollm2-135m"},
+                       "pi": {"label": "PI", "step_0_model": "linear-x2"},
+                       "pi_low": {"label": "PI-low", "step_0_model": "linear-x2"},
+                       "yarn": {"label": "YaRN", "step_0_model": "yarn-x2"}},
+              "seconds": {"verify": {"0": 1.0}}}
+    errors = recovery.argmax_errors(result, [finetune, verify])
+    assert errors["control"]["0"] == {"positions": 3, "right": 3, "next_token": 0}
+    assert errors["pi"]["0"] == errors["pi_low"]["0"] == {"positions": 3, "right": 1, "next_token": 2}
+    assert errors["yarn"]["0"] == {"positions": 3, "right": 2, "next_token": 0}
+    assert "| PI | 0 | 3 | 1 | 2 |" in recovery.errors_table(result, [finetune, verify])
+    # The committed record is read gzipped as well as plain; a record of another run is refused.
+    record = tmp_path / "commands.jsonl.gz"
+    record.write_bytes(gzip.compress((json.dumps(finetune) + "\n" + json.dumps(verify) + "\n").encode()))
+    assert recovery.read_commands(record) == [finetune, verify]
+    with pytest.raises(SystemExit, match="not the same run"):
+        recovery.argmax_errors({**result, "seconds": {"verify": {"0": 1.0, "10": 2.0}}}, [verify])
 
 
 def test_an_interrupted_run_replays_its_completed_commands_then_runs_the_rest(recovery, tmp_path, monkeypatch):

@@ -36,6 +36,8 @@ Run it from the repository root (after `make install austen`):
 
     .venv/bin/python benchmarks/recovery.py --json --keep ./recovery > recovery.json   # the full run
     .venv/bin/python benchmarks/recovery.py --table recovery.json    # its table again, from the JSON
+    .venv/bin/python benchmarks/recovery.py --table recovery.json --commands ./recovery/commands.jsonl
+                                         # ... and where the argmax lands at the key's positions
     .venv/bin/python benchmarks/recovery.py --quick                  # mechanics only (CI)
 
 --quick runs every arm, command and round at tiny lengths (1 step, then a continuation to 2
@@ -396,7 +398,7 @@ def read_commands(path: str | Path) -> list[dict]:
 
 
 def argmax_errors(result: dict, commands: list[dict]) -> dict:
-    """{arm: {step: {"positions", "right", "next_token"}}}: where each arm's teacher-forced argmax
+    """{arm: {step: {"keys", "positions", "right", "next_token", and the last two by position}}}: where each arm's teacher-forced argmax
     lands at the key's positions, from the per-trial tokens in the run's verify records.
 
     At a position of the key (its leading space and digits, all but the last) the argmax is
@@ -426,18 +428,25 @@ def argmax_errors(result: dict, commands: list[dict]) -> dict:
             model = result["arms"][arm]["step_0_model"] if step == "0" else f"{arm}-ft"
             if model not in passkeys:
                 continue  # an arm not measured in this call (a continuation round)
-            count = {"positions": 0, "right": 0, "next_token": 0}
+            right, next_token, keys_counted = [], [], 0
             passkey = passkeys[model]
             for keys, predicted in zip(passkey["keys"], passkey["predicted"]):
                 for key, tokens in zip(keys, predicted):
                     truth = reference.get(key)
                     if truth is None:
                         continue
+                    keys_counted += 1
                     for here, (want, after) in enumerate(zip(truth, truth[1:])):
-                        count["positions"] += 1
-                        count["right"] += tokens[here] == want
-                        count["next_token"] += tokens[here] != want and tokens[here] == after
-            out[arm][step] = count
+                        if here == len(right):
+                            right.append(0)
+                            next_token.append(0)
+                        right[here] += tokens[here] == want
+                        next_token[here] += tokens[here] != want and tokens[here] == after
+            out[arm][step] = {"keys": keys_counted, "positions": sum(len(reference[key]) - 1 for keys in
+                                                                     passkey["keys"] for key in keys
+                                                                     if key in reference),
+                              "right": sum(right), "next_token": sum(next_token),
+                              "right_by_position": right, "next_token_by_position": next_token}
     return out
 
 
@@ -445,13 +454,15 @@ def errors_table(result: dict, commands: list[dict]) -> str:
     """argmax_errors as a table, one row per arm and step."""
     lines = ["Teacher-forced argmax at the key's positions (its leading space and digits, all but the last), "
              "over the keys some model of the same call retrieved: the key's token, or the key's next token "
-             "instead.", "",
-             "| arm | steps | positions | argmax = the key's token | argmax = the key's next token |",
-             "|---|---:|---:|---:|---:|"]
+             "instead; by position, from the leading space on.", "",
+             "| arm | steps | keys | positions | argmax = the key's token | by position | "
+             "argmax = the key's next token | by position |",
+             "|---|---:|---:|---:|---:|---|---:|---|"]
     for arm, by_step in argmax_errors(result, commands).items():
         for step, count in sorted(by_step.items(), key=lambda item: int(item[0])):
-            lines.append(f"| {result['arms'][arm]['label']} | {step} | {count['positions']} | {count['right']} | "
-                         f"{count['next_token']} |")
+            lines.append(f"| {result['arms'][arm]['label']} | {step} | {count['keys']} | {count['positions']} | "
+                         f"{count['right']} | {' / '.join(map(str, count['right_by_position']))} | "
+                         f"{count['next_token']} | {' / '.join(map(str, count['next_token_by_position']))} |")
     return "\n".join(lines)
 
 

@@ -82,8 +82,6 @@ OUTSIDE = re.compile(r"\.\./shared|(?<![\w.-])shared[/]")
 NOT_HERE = {
     ("CONTRIBUTING.md", "docs/help.md"): "simonw/llm's generated reference, named as that project's file",
     ("docs/concepts.md", "picli/rope/methods/llama3.py"): "the file a new method would be: the page's example",
-    ("docs/science.md", "docs/results/recovery.json"): "where issue 20's run will be committed; not run yet",
-    ("docs/science.md", "docs/results/recovery.commands.jsonl.gz"): "the same run's command log",
 }
 
 

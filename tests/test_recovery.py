@@ -124,10 +124,13 @@ def test_argmax_errors_count_the_keys_tokens_and_the_copies_from_one_position_to
                        "yarn": {"label": "YaRN", "step_0_model": "yarn-x2"}},
               "seconds": {"verify": {"0": 1.0}}}
     errors = recovery.argmax_errors(result, [finetune, verify])
-    assert errors["control"]["0"] == {"positions": 3, "right": 3, "next_token": 0}
-    assert errors["pi"]["0"] == errors["pi_low"]["0"] == {"positions": 3, "right": 1, "next_token": 2}
-    assert errors["yarn"]["0"] == {"positions": 3, "right": 2, "next_token": 0}
-    assert "| PI | 0 | 3 | 1 | 2 |" in recovery.errors_table(result, [finetune, verify])
+    assert errors["control"]["0"] == {"keys": 1, "positions": 3, "right": 3, "next_token": 0,
+                                      "right_by_position": [1, 1, 1], "next_token_by_position": [0, 0, 0]}
+    assert errors["pi"]["0"] == errors["pi_low"]["0"] == {"keys": 1, "positions": 3, "right": 1, "next_token": 2,
+                                                          "right_by_position": [1, 0, 0],
+                                                          "next_token_by_position": [0, 1, 1]}
+    assert errors["yarn"]["0"]["right_by_position"] == [0, 1, 1] and errors["yarn"]["0"]["next_token"] == 0
+    assert "| PI | 0 | 1 | 3 | 1 | 1 / 0 / 0 | 2 | 0 / 1 / 1 |" in recovery.errors_table(result, [finetune, verify])
     # The committed record is read gzipped as well as plain; a record of another run is refused.
     record = tmp_path / "commands.jsonl.gz"
     record.write_bytes(gzip.compress((json.dumps(finetune) + "\n" + json.dumps(verify) + "\n").encode()))

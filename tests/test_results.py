@@ -19,6 +19,7 @@ RESULTS = ROOT / "docs" / "results"
     ("miniature_pi", "miniature_2w_seeds.json", "table"),
     ("real_loop", "real_loop.json", "render"),
     ("ruler", "ruler.json", "table"),
+    ("recovery", "recovery.json", "table"),
 ])
 def test_science_tables_are_the_scripts_rendering_of_the_committed_json(script, result, render):
     rendered = getattr(load_benchmark(script), render)(json.loads((RESULTS / result).read_text()))
@@ -36,3 +37,14 @@ def test_the_rendering_carries_the_json_values():
     before = methods.table(result)
     result["results"]["yarn"]["perplexity"]["1024"]["perplexity"] += 1.0
     assert methods.table(result) != before
+
+
+def test_the_recovery_argmax_table_is_the_scripts_rendering_of_the_committed_record():
+    """The recovery run's second table reads the per-trial tokens from its command record."""
+    recovery = load_benchmark("recovery")
+    result = json.loads((RESULTS / "recovery.json").read_text())
+    rendered = recovery.errors_table(result, recovery.read_commands(RESULTS / "recovery.commands.jsonl.gz"))
+    rows = [line for line in rendered.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + sum(len(by_step) for by_step in result["table"].values())
+    missing = [row for row in rows if row not in SCIENCE]
+    assert not missing, f"docs/science.md does not quote the recovery argmax table as rendered: {missing[:3]}"

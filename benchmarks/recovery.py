@@ -398,8 +398,9 @@ def read_commands(path: str | Path) -> list[dict]:
 
 
 def argmax_errors(result: dict, commands: list[dict]) -> dict:
-    """{arm: {step: {"keys", "positions", "right", "next_token", and the last two by position}}}: where each arm's teacher-forced argmax
-    lands at the key's positions, from the per-trial tokens in the run's verify records.
+    """Where each arm's teacher-forced argmax lands at the key's positions, from the per-trial
+    tokens in the run's verify records: {arm: {step: {"keys", "positions", "right", "next_token",
+    "right_by_position", "next_token_by_position"}}}.
 
     At a position of the key (its leading space and digits, all but the last) the argmax is
     "right" when it is the key's token there and "next_token" when it is instead the key's
@@ -428,7 +429,7 @@ def argmax_errors(result: dict, commands: list[dict]) -> dict:
             model = result["arms"][arm]["step_0_model"] if step == "0" else f"{arm}-ft"
             if model not in passkeys:
                 continue  # an arm not measured in this call (a continuation round)
-            right, next_token, keys_counted = [], [], 0
+            right, next_token, keys_counted, positions = [], [], 0, 0
             passkey = passkeys[model]
             for keys, predicted in zip(passkey["keys"], passkey["predicted"]):
                 for key, tokens in zip(keys, predicted):
@@ -436,16 +437,15 @@ def argmax_errors(result: dict, commands: list[dict]) -> dict:
                     if truth is None:
                         continue
                     keys_counted += 1
+                    positions += len(truth) - 1
                     for here, (want, after) in enumerate(zip(truth, truth[1:])):
                         if here == len(right):
                             right.append(0)
                             next_token.append(0)
                         right[here] += tokens[here] == want
                         next_token[here] += tokens[here] != want and tokens[here] == after
-            out[arm][step] = {"keys": keys_counted, "positions": sum(len(reference[key]) - 1 for keys in
-                                                                     passkey["keys"] for key in keys
-                                                                     if key in reference),
-                              "right": sum(right), "next_token": sum(next_token),
+            out[arm][step] = {"keys": keys_counted, "positions": positions, "right": sum(right),
+                              "next_token": sum(next_token),
                               "right_by_position": right, "next_token_by_position": next_token}
     return out
 

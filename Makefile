@@ -7,7 +7,8 @@
 # machine, shared with other jobs): 1171 passed in 3 min 10 s wall (188 s of CPU time) at a
 # 1-minute load average of 1.3-2.7; an earlier run of 1135 tests took 5 min 34 s at 3.3-7.3.
 # On the same machine with no other job: 1192 passed in 60 s. `make test` under CI=true: 1264
-# passed, 17 min 21 s of tests, on the same 2 idle cores; 2026-12-07 later, 1267 passed in 18 min 46 s.
+# passed, 17 min 21 s of tests, on the same 2 idle cores; 2026-12-07 later, 1267 passed in 18 min 46 s;
+# after the recovery run's publication (fresh clone, idle cores), 1270 passed in 19 min 31 s.
 
 PYTHON ?= python3
 VENV := .venv

@@ -522,6 +522,8 @@ def resumed_arguments(given: argparse.Namespace) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.commands and not args.table:
+        raise SystemExit("--commands reads a finished run's record beside its result: give --table JSON with it")
     if args.table:
         result = json.loads(Path(args.table).read_text())
         print(table(result))

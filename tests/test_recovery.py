@@ -137,6 +137,8 @@ def test_argmax_errors_count_the_keys_tokens_and_the_copies_from_one_position_to
     assert recovery.read_commands(record) == [finetune, verify]
     with pytest.raises(SystemExit, match="not the same run"):
         recovery.argmax_errors({**result, "seconds": {"verify": {"0": 1.0, "10": 2.0}}}, [verify])
+    with pytest.raises(SystemExit, match="give --table"):
+        recovery.main(["--commands", str(record)])
 
 
 def test_an_interrupted_run_replays_its_completed_commands_then_runs_the_rest(recovery, tmp_path, monkeypatch):
